@@ -1,0 +1,171 @@
+"""`InfoSAMConfig`: every knob of the InfoSAM method in one serialisable dataclass.
+
+It is kept separate from `TrainingArguments` on purpose: the method's knobs travel
+with the adapter (`infosam_config.json`) and are needed again at inference and when
+training continues, while optimiser settings belong to a run. Both are parsed by one
+`HfArgumentParser` in `examples/train.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+INFOSAM_CONFIG_NAME = "infosam_config.json"
+SEGMENTATION_LOSSES = ("structure", "focal_dice_iou")
+
+
+@dataclass
+class InfoSAMConfig:
+    """Hyper-parameters of InfoSAM (Zhang, Yuan et al., ICML 2025, arXiv 2505.21920).
+
+    Defaults are those of the paper's reference runs: lambda_1 = 1.0 for the relation
+    compression term L_r, lambda_2 = 0.5 for the relation distillation term L_d, the
+    "structure" segmentation loss, single-mask output, and prompts that are a jittered
+    ground-truth box or one foreground point with equal probability.
+    """
+
+    lambda_1: float = field(default=1.0, metadata={"help": "Weight of the relation compression loss L_r."})
+    lambda_2: float = field(default=0.5, metadata={"help": "Weight of the relation distillation loss L_d."})
+    relation_dim: int = field(
+        default=256, metadata={"help": "Channels C of the image embeddings and mask tokens (256 for every SAM)."}
+    )
+    train_relation_module: bool = field(
+        default=True, metadata={"help": "Train the relation module with the student (paper: yes)."}
+    )
+    seg_loss: str = field(
+        default="structure",
+        metadata={"help": f"Segmentation loss: one of {SEGMENTATION_LOSSES}.", "choices": list(SEGMENTATION_LOSSES)},
+    )
+    structure_loss_weighted_bce: bool = field(
+        default=False,
+        metadata={
+            "help": "Weight the BCE term of the structure loss by the PraNet edge weight. The reference code's BCE "
+            "is in effect unweighted (default False reproduces it)."
+        },
+    )
+    box_prompt_probability: float = field(
+        default=0.5, metadata={"help": "Probability that a training batch is prompted with a box (else points)."}
+    )
+    num_points: int = field(default=1, metadata={"help": "Foreground points per point prompt."})
+    box_noise: float = field(default=0.1, metadata={"help": "Box jitter, as a fraction of the box side."})
+    multimask_output: bool = field(
+        default=False, metadata={"help": "Ask SAM for 3 masks and train the best one (paper: single mask)."}
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank of the default student adapter."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha of the default student adapter."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout of the default student adapter."})
+    lora_target_modules: str = field(
+        default="qkv", metadata={"help": "Comma-separated module names that receive LoRA (default: encoder qkv)."}
+    )
+    modules_to_save: str = field(
+        default="mask_decoder", metadata={"help": "Comma-separated modules trained in full (default: mask decoder)."}
+    )
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A separate teacher SamModel (e.g. ViT-H teaching ViT-B). Default: the student's own weights "
+            "with the adapters disabled, so no second copy of SAM is held in memory."
+        },
+    )
+    gather_across_processes: bool = field(
+        default=True,
+        metadata={
+            "help": "Under DDP, gather relation features from every rank (with gradient) so the B x B Gram "
+            "matrices span the global batch instead of each rank's small local batch."
+        },
+    )
+    cache_teacher_embeddings: bool = field(
+        default=False,
+        metadata={
+            "help": "Cache the teacher's image embeddings by image content. Exact for a frozen teacher; saves the "
+            "teacher's image-encoder pass from the second epoch on. Needs a separate teacher or no trained "
+            "image-encoder adapters being disabled, see docs."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Fail early, with the field name and the fix, rather than deep inside a training step."""
+        for name in ("lambda_1", "lambda_2"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0 or value != value:
+                raise ValueError(f"InfoSAMConfig.{name} must be a non-negative number, got {value!r}.")
+        if self.seg_loss not in SEGMENTATION_LOSSES:
+            raise ValueError(
+                f"InfoSAMConfig.seg_loss={self.seg_loss!r} is not a known segmentation loss; "
+                f"use one of {', '.join(SEGMENTATION_LOSSES)}."
+            )
+        if not 0.0 <= self.box_prompt_probability <= 1.0:
+            raise ValueError(
+                f"InfoSAMConfig.box_prompt_probability must lie in [0, 1], got {self.box_prompt_probability}."
+            )
+        if self.relation_dim <= 0:
+            raise ValueError(f"InfoSAMConfig.relation_dim must be positive, got {self.relation_dim}.")
+        if self.num_points < 1:
+            raise ValueError(f"InfoSAMConfig.num_points must be at least 1, got {self.num_points}.")
+        if self.box_noise < 0:
+            raise ValueError(f"InfoSAMConfig.box_noise must be >= 0, got {self.box_noise}.")
+        if self.lora_r < 1:
+            raise ValueError(f"InfoSAMConfig.lora_r must be at least 1, got {self.lora_r}.")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"InfoSAMConfig.lora_dropout must lie in [0, 1), got {self.lora_dropout}.")
+
+    @property
+    def uses_distillation(self) -> bool:
+        return self.lambda_1 > 0 or self.lambda_2 > 0
+
+    @staticmethod
+    def split_names(value: str | list[str] | None) -> list[str]:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return list(value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, INFOSAM_CONFIG_NAME)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.to_json_string())
+        return path
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "the given dict") -> "InfoSAMConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"{source} has fields InfoSAMConfig does not know: {unknown}. It may come from a newer "
+                f"infosam-hf; upgrade the package or remove those fields."
+            )
+        return cls(**values)
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> "InfoSAMConfig":
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); re-save it with InfoSAMConfig.save_pretrained.")
+        return cls.from_dict(values, source=str(path))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> "InfoSAMConfig":
+        path = os.path.join(folder, INFOSAM_CONFIG_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"No {INFOSAM_CONFIG_NAME} in {folder}; save one with InfoSAMConfig().save_pretrained({str(folder)!r})."
+            )
+        return cls.from_json_file(path)

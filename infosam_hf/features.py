@@ -1,0 +1,109 @@
+"""Capture InfoSAM's two features from an ordinary `SamModel` forward.
+
+InfoSAM needs the image-encoder output z_i and the first mask token z_m after the
+mask decoder's two-way transformer. Neither the mask tokens nor (for a normal call)
+the image embeddings are in `SamModel`'s outputs, and re-implementing the forward
+would fork transformers' code. Forward hooks, registered only for the duration of a
+`with` block, read them as the unmodified model runs. Hooking every encoder and
+two-way transformer found under the model makes this work on a plain `SamModel`, a
+`PeftModel`, and a mask decoder duplicated by `modules_to_save` (the original copy
+runs under `disable_adapter()`, the trainable copy otherwise: both are hooked, and
+whichever ran last is what we read).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+_VISION_ENCODER_CLASSES = ("SamVisionEncoder",)
+_TWO_WAY_TRANSFORMER_CLASSES = ("SamTwoWayTransformer",)
+
+
+@dataclass
+class CapturedFeatures:
+    """What the hooks saw during the last forward inside `capture_sam_features`."""
+
+    image_embeddings: torch.Tensor | None = None  # (B, C, h, w)
+    mask_decoder_tokens: torch.Tensor | None = None  # (B, point_batch, num_tokens, C)
+
+    @property
+    def image_feats(self) -> torch.Tensor:
+        """z_i flattened to (B, h*w, C), as the relation module takes it."""
+        if self.image_embeddings is None:
+            raise RuntimeError(
+                "No image embeddings were captured: the forward did not run the vision encoder (were "
+                "`image_embeddings` passed instead of `pixel_values`?)."
+            )
+        return flatten_image_embeddings(self.image_embeddings)
+
+    @property
+    def mask_token(self) -> torch.Tensor:
+        """z_m: output token 1 (the first mask token; 0 is the IoU token), (B, 1, C)."""
+        if self.mask_decoder_tokens is None:
+            raise RuntimeError("No mask-decoder tokens were captured: the forward did not run the mask decoder.")
+        tokens = self.mask_decoder_tokens
+        if tokens.shape[1] != 1:
+            raise ValueError(
+                f"InfoSAM expects one prompt per image (point_batch_size 1), got {tokens.shape[1]}; "
+                "pass input_boxes of shape (B, 1, 4) or input_points of shape (B, 1, N, 2)."
+            )
+        return tokens[:, 0, 1:2, :]
+
+
+def flatten_image_embeddings(image_embeddings: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, h*w, C), the layout of the reference implementation."""
+    if image_embeddings.dim() != 4:
+        raise ValueError(f"Expected image embeddings of shape (B, C, h, w), got {tuple(image_embeddings.shape)}.")
+    batch, channels = image_embeddings.shape[:2]
+    return image_embeddings.permute(0, 2, 3, 1).reshape(batch, -1, channels)
+
+
+def _modules_of(model: nn.Module, class_names: tuple[str, ...]) -> list[nn.Module]:
+    return [m for m in model.modules() if type(m).__name__ in class_names]
+
+
+def is_sam_model(model: nn.Module) -> bool:
+    return bool(_modules_of(model, _VISION_ENCODER_CLASSES)) and bool(
+        _modules_of(model, _TWO_WAY_TRANSFORMER_CLASSES)
+    )
+
+
+def check_is_sam_model(model: object, what: str = "model") -> None:
+    if not isinstance(model, nn.Module) or not is_sam_model(model):
+        raise TypeError(
+            f"The {what} must be a transformers SamModel (or a PeftModel wrapping one); got "
+            f"{type(model).__name__}. Load one with SamModel.from_pretrained('facebook/sam-vit-base')."
+        )
+
+
+@contextmanager
+def capture_sam_features(model: nn.Module) -> Iterator[CapturedFeatures]:
+    """Within the block, every forward of `model` records z_i and the decoder tokens.
+
+    Usage::
+
+        with capture_sam_features(model) as feats:
+            outputs = model(pixel_values=..., input_boxes=..., multimask_output=False)
+        z_i, z_m = feats.image_feats, feats.mask_token
+    """
+    check_is_sam_model(model)
+    captured = CapturedFeatures()
+
+    def on_vision(_module, _inputs, output):
+        captured.image_embeddings = output[0] if isinstance(output, (tuple, list)) else output.last_hidden_state
+
+    def on_transformer(_module, _inputs, output):
+        captured.mask_decoder_tokens = output[0]
+
+    handles = [m.register_forward_hook(on_vision) for m in _modules_of(model, _VISION_ENCODER_CLASSES)]
+    handles += [m.register_forward_hook(on_transformer) for m in _modules_of(model, _TWO_WAY_TRANSFORMER_CLASSES)]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()

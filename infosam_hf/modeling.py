@@ -1,0 +1,299 @@
+"""The student/teacher pair InfoSAM trains, as one `nn.Module` the Trainer can wrap.
+
+Why one module: under DDP only parameters of the wrapped model get their gradients
+all-reduced, and DDP must see every trained parameter used inside its forward. So
+the PEFT student, the relation module and (if given) a separate teacher all live in
+`InfoSAMModel`, and its forward runs student, teacher and relation module together.
+
+By default the teacher is the student's own base weights with the adapters disabled
+(`PeftModel.disable_adapter()`), so only one copy of SAM is held in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import SamModel
+from transformers.utils import ModelOutput
+
+from .config import INFOSAM_CONFIG_NAME, InfoSAMConfig
+from .features import capture_sam_features, check_is_sam_model
+from .relation import RelationModule
+
+RELATION_WEIGHTS_NAME = "relation_module.safetensors"
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+PROMPT_KEYS = ("input_boxes", "input_points", "input_labels")
+
+
+def default_peft_config(config: InfoSAMConfig) -> LoraConfig:
+    """LoRA on the image encoder's attention (`qkv`) and the mask decoder trained in full, as in the paper."""
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.split_names(config.lora_target_modules),
+        modules_to_save=config.split_names(config.modules_to_save) or None,
+        bias="none",
+    )
+
+
+def build_student(base_model: nn.Module, config: InfoSAMConfig, peft_config: PeftConfig | None = None) -> PeftModel:
+    """Wrap a SamModel with PEFT (LoRA by default; any `PeftConfig` is accepted)."""
+    check_is_sam_model(base_model, "base model")
+    if isinstance(base_model, PeftModel):
+        return base_model
+    return get_peft_model(base_model, peft_config or default_peft_config(config))
+
+
+def upsample_masks(low_res_masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """SAM's low-resolution logits (B, 1, h, w) -> logits at `size`, bilinear as SAM's own post-processing."""
+    return F.interpolate(low_res_masks.float(), size=size, mode="bilinear", align_corners=False)
+
+
+@dataclass
+class InfoSAMModelOutput(ModelOutput):
+    """Student predictions plus the features and relations the InfoSAM losses need."""
+
+    pred_masks: torch.Tensor | None = None  # student mask logits (B, 1, h, w), low resolution
+    iou_scores: torch.Tensor | None = None  # (B, 1)
+    student_image_feats: torch.Tensor | None = None  # (B, HW, C)
+    student_mask_tokens: torch.Tensor | None = None  # (B, 1, C)
+    teacher_image_feats: torch.Tensor | None = None
+    teacher_mask_tokens: torch.Tensor | None = None
+    relation_student: torch.Tensor | None = None  # (B, HW)
+    relation_teacher: torch.Tensor | None = None
+
+
+class InfoSAMModel(nn.Module):
+    """PEFT student + frozen teacher + shared relation module.
+
+    Args:
+        student: a `PeftModel` over a `SamModel` (see `build_student`).
+        config: the method's knobs.
+        teacher: optional separate, frozen `SamModel`. `None` uses the student with
+            its adapters disabled.
+        relation_module: optional pre-trained relation module (e.g. from a checkpoint).
+    """
+
+    def __init__(
+        self,
+        student: PeftModel,
+        config: InfoSAMConfig | None = None,
+        teacher: nn.Module | None = None,
+        relation_module: RelationModule | None = None,
+    ):
+        super().__init__()
+        check_is_sam_model(student, "student")
+        if not isinstance(student, PeftModel):
+            raise TypeError(
+                "The student must be a PeftModel; wrap your SamModel with infosam_hf.build_student(model, config) "
+                "or peft.get_peft_model(model, LoraConfig(...))."
+            )
+        if teacher is not None:
+            check_is_sam_model(teacher, "teacher")
+            teacher.requires_grad_(False)
+            teacher.eval()
+        self.config = config or InfoSAMConfig()
+        self.student = student
+        self.teacher = teacher
+        self.relation_module = relation_module or RelationModule(self.config.relation_dim)
+        self.relation_module.requires_grad_(self.config.train_relation_module)
+        self._check_dims()
+        self.teacher_cache = None  # set by the Trainer when `cache_teacher_embeddings` is on
+
+    def _check_dims(self) -> None:
+        channels = self.student.get_base_model().config.vision_config.output_channels
+        if channels != self.relation_module.dim:
+            raise ValueError(
+                f"The SAM image embeddings have {channels} channels but InfoSAMConfig.relation_dim is "
+                f"{self.relation_module.dim}; set relation_dim={channels}."
+            )
+        if self.teacher is not None:
+            teacher_channels = self.teacher.config.vision_config.output_channels
+            if teacher_channels != channels:
+                raise ValueError(
+                    f"Teacher and student image embeddings differ in channels ({teacher_channels} vs {channels})."
+                )
+
+    # ------------------------------------------------------------------ conveniences the Trainer uses
+    @property
+    def sam_config(self):
+        return self.student.get_base_model().config
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # a frozen teacher never switches to training behaviour
+        return self
+
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        """Checkpoints the student's encoder layers. Non-reentrant by default: the reentrant variant gives no
+        gradient to LoRA weights when the layer input (pixels) does not require grad."""
+        kwargs = {"use_reentrant": False}
+        kwargs.update(activation_checkpointing_kwargs or {})
+        self.student.get_base_model().activation_checkpointing_enable(
+            activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers, offload=offload
+        )
+
+    def activation_checkpointing_disable(self) -> None:
+        self.student.get_base_model().activation_checkpointing_disable()
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return self.student.get_base_model().is_activation_checkpointing
+
+    # transformers < 5 names, kept so scripts written for them work
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs) -> None:
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.activation_checkpointing_disable()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.is_activation_checkpointing
+
+    # ------------------------------------------------------------------ forward
+    @staticmethod
+    def _prompts(inputs: dict) -> dict:
+        prompts = {k: inputs[k] for k in PROMPT_KEYS if inputs.get(k) is not None}
+        if "input_boxes" not in prompts and "input_points" not in prompts:
+            raise ValueError(
+                f"The batch has no prompt: expected 'input_boxes' (B, 1, 4) or 'input_points' (B, 1, N, 2), got keys "
+                f"{sorted(inputs)}. Use infosam_hf.data.SamSegmentationCollator, which samples prompts from the masks."
+            )
+        return prompts
+
+    def _teacher_context(self):
+        if self.teacher is not None:
+            return contextlib.nullcontext()
+        return self.student.disable_adapter()
+
+    def _run_teacher(self, pixel_values: torch.Tensor, prompts: dict, multimask_output: bool):
+        model = self.teacher if self.teacher is not None else self.student
+        with torch.no_grad(), self._teacher_context(), capture_sam_features(model) as feats:
+            embeddings = None
+            if self.teacher_cache is not None:
+                embeddings = self.teacher_cache.lookup(pixel_values)
+            if embeddings is None:
+                model(pixel_values=pixel_values, multimask_output=multimask_output, **prompts)
+                if self.teacher_cache is not None:
+                    self.teacher_cache.store(pixel_values, feats.image_embeddings)
+            else:
+                model(image_embeddings=embeddings, multimask_output=multimask_output, **prompts)
+                feats.image_embeddings = embeddings
+            return feats.image_feats.detach(), feats.mask_token.detach()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_boxes: torch.Tensor | None = None,
+        input_points: torch.Tensor | None = None,
+        input_labels: torch.Tensor | None = None,
+        with_teacher: bool = True,
+        **_unused,
+    ) -> InfoSAMModelOutput:
+        """Student forward, then (if `with_teacher`) the teacher and the shared relation module.
+
+        Extra batch keys (`gt_masks`, sizes) are accepted and ignored, so the
+        collator's whole batch can be passed.
+        """
+        prompts = self._prompts(
+            {"input_boxes": input_boxes, "input_points": input_points, "input_labels": input_labels}
+        )
+        multimask = self.config.multimask_output
+        with capture_sam_features(self.student) as feats:
+            outputs = self.student(pixel_values=pixel_values, multimask_output=multimask, **prompts)
+        student_image_feats, student_mask_tokens = feats.image_feats, feats.mask_token
+        pred_masks, iou_scores = outputs.pred_masks[:, 0], outputs.iou_scores[:, 0]  # one prompt per image
+
+        result = InfoSAMModelOutput(
+            pred_masks=pred_masks,
+            iou_scores=iou_scores,
+            student_image_feats=student_image_feats,
+            student_mask_tokens=student_mask_tokens,
+        )
+        if not with_teacher or not self.config.uses_distillation:
+            return result
+        teacher_image_feats, teacher_mask_tokens = self._run_teacher(pixel_values, prompts, multimask)
+        result.teacher_image_feats = teacher_image_feats
+        result.teacher_mask_tokens = teacher_mask_tokens
+        result.relation_teacher = self.relation_module(teacher_image_feats, teacher_mask_tokens)
+        result.relation_student = self.relation_module(student_image_feats, student_mask_tokens)
+        return result
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, save_directory: str | os.PathLike, **peft_kwargs) -> None:
+        """Adapter (PEFT format, safetensors) + relation module + infosam_config.json in one folder."""
+        os.makedirs(save_directory, exist_ok=True)
+        peft_kwargs.setdefault("safe_serialization", True)
+        self.student.save_pretrained(save_directory, **peft_kwargs)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.relation_module.state_dict().items()}
+        save_file(state, os.path.join(save_directory, RELATION_WEIGHTS_NAME), metadata={"format": "pt"})
+        self.config.save_pretrained(save_directory)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        adapter_path: str | os.PathLike,
+        base_model: nn.Module | str | None = None,
+        teacher: nn.Module | str | None = None,
+        is_trainable: bool = True,
+        require_relation_module: bool = True,
+        **base_kwargs,
+    ) -> "InfoSAMModel":
+        """Rebuild the pair from a local folder written by `save_pretrained` (see `infosam_hf.load` for the Hub)."""
+        adapter_path = os.fspath(adapter_path)
+        if not os.path.isfile(os.path.join(adapter_path, ADAPTER_CONFIG_NAME)):
+            raise FileNotFoundError(
+                f"{adapter_path} has no {ADAPTER_CONFIG_NAME}: it is not a PEFT adapter folder. Point at the folder "
+                "that InfoSAMTrainer.save_model / InfoSAMModel.save_pretrained wrote."
+            )
+        config_path = os.path.join(adapter_path, INFOSAM_CONFIG_NAME)
+        config = InfoSAMConfig.from_json_file(config_path) if os.path.isfile(config_path) else InfoSAMConfig()
+        if base_model is None or isinstance(base_model, str):
+            base_model = SamModel.from_pretrained(base_model or base_model_id_of(adapter_path), **base_kwargs)
+        student = PeftModel.from_pretrained(base_model, adapter_path, is_trainable=is_trainable)
+        relation = load_relation_module(adapter_path, config.relation_dim, required=require_relation_module)
+        if isinstance(teacher, str):
+            teacher = SamModel.from_pretrained(teacher)
+        elif teacher is None and config.teacher_model_name_or_path:
+            teacher = SamModel.from_pretrained(config.teacher_model_name_or_path)
+        return cls(student, config, teacher=teacher, relation_module=relation)
+
+
+def base_model_id_of(adapter_path: str | os.PathLike) -> str:
+    with open(os.path.join(adapter_path, ADAPTER_CONFIG_NAME), encoding="utf-8") as f:
+        base = json.load(f).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(
+            f"{os.path.join(adapter_path, ADAPTER_CONFIG_NAME)} does not name its base model "
+            "(base_model_name_or_path); pass base_model=... explicitly."
+        )
+    return base
+
+
+def load_relation_module(folder: str | os.PathLike, dim: int, required: bool = True) -> RelationModule | None:
+    """The relation module saved beside an adapter; `None` if absent and not `required`."""
+    path = os.path.join(folder, RELATION_WEIGHTS_NAME)
+    if not os.path.isfile(path):
+        if required:
+            raise FileNotFoundError(
+                f"{folder} has no {RELATION_WEIGHTS_NAME}: continuing InfoSAM training needs the trained relation "
+                "module. Use a folder saved by InfoSAMTrainer, or pass require_relation_module=False to start a "
+                "fresh relation module."
+            )
+        return None
+    module = RelationModule(dim)
+    module.load_state_dict(load_file(path))
+    return module

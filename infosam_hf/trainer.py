@@ -1,0 +1,270 @@
+"""`InfoSAMTrainer`: a `transformers.Trainer` that adds InfoSAM's relation distillation to the loss.
+
+Everything else (optimisers, schedulers, mixed precision, gradient accumulation,
+DDP through accelerate, checkpoints, logging, Hub pushes) is the stock Trainer's.
+The loss itself is a static function, `InfoSAMTrainer.compute_infosam_loss`, so tests
+and custom loops can call it alone (as TRL does for its distillation trainers).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import defaultdict
+
+import torch
+import torch.distributed as dist
+from peft import PeftConfig, PeftModel
+from safetensors.torch import load_file
+from torch import nn
+from transformers import SamModel, Trainer, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR  # noqa: F401  (re-exported for users' scripts)
+from transformers.utils import logging
+
+from .config import InfoSAMConfig
+from .losses import InfoSAMLoss, segmentation_loss
+from .modeling import (
+    RELATION_WEIGHTS_NAME,
+    InfoSAMModel,
+    InfoSAMModelOutput,
+    build_student,
+    upsample_masks,
+)
+
+logger = logging.get_logger(__name__)
+
+ADAPTER_SAFE_WEIGHTS_NAME = "adapter_model.safetensors"
+TRAINING_ARGS_JSON = "training_args.json"
+LOSS_PARTS = ("loss_seg", "loss_r", "loss_d")
+
+
+def _gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """All-gather along the batch, keeping the autograd graph (the local slice gets its gradient back).
+
+    Ranks may hold different batch sizes (the last batch of an epoch), so sizes are
+    exchanged first and every slice is padded to the largest.
+    """
+    from torch.distributed.nn.functional import all_gather
+
+    world = dist.get_world_size()
+    local = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(local) for _ in range(world)]
+    dist.all_gather(sizes, local)
+    sizes = [int(s.item()) for s in sizes]
+    biggest = max(sizes)
+    if tensor.shape[0] < biggest:
+        pad = tensor.new_zeros((biggest - tensor.shape[0], *tensor.shape[1:]))
+        tensor = torch.cat([tensor, pad])
+    parts = all_gather(tensor)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def select_best_mask(outputs: InfoSAMModelOutput, gt_masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """With multimask output, train the mask closest to the ground truth (SAM's own rule); else the only one."""
+    logits = upsample_masks(outputs.pred_masks, gt_masks.shape[-2:])
+    iou_scores = outputs.iou_scores
+    if logits.shape[1] == 1:
+        return logits, iou_scores
+    with torch.no_grad():
+        pred = (logits > 0).float()
+        inter = (pred * gt_masks).sum(dim=(2, 3))
+        union = pred.sum(dim=(2, 3)) + gt_masks.sum(dim=(2, 3)) - inter
+        best = (inter / union.clamp_min(1)).argmax(dim=1)
+    index = torch.arange(logits.shape[0], device=logits.device)
+    return logits[index, best].unsqueeze(1), iou_scores[index, best].unsqueeze(1)
+
+
+class InfoSAMTrainer(Trainer):
+    """Fine-tune SAM with a PEFT adapter and InfoSAM's relation distillation.
+
+    Args:
+        model: an `InfoSAMModel`, a `PeftModel` over a `SamModel`, a `SamModel`, or a
+            model id/path (the student's base; the default teacher is the same weights
+            with the adapters disabled).
+        args: the usual `TrainingArguments`. `remove_unused_columns` is forced off (the
+            batch carries prompts and `gt_masks`), `label_names` defaults to `["gt_masks"]`.
+        infosam_config: the method's knobs; defaults to `InfoSAMConfig()`.
+        peft_config: used when `model` is a bare `SamModel` or id (default: LoRA on `qkv`).
+        teacher_model: optional separate teacher, a `SamModel` or id.
+    """
+
+    _tag_names = ["infosam", "sam", "segment-anything", "peft", "lora", "mask-generation"]
+
+    def __init__(
+        self,
+        model: InfoSAMModel | PeftModel | SamModel | str | None = None,
+        args: TrainingArguments | None = None,
+        infosam_config: InfoSAMConfig | None = None,
+        peft_config: PeftConfig | None = None,
+        teacher_model: nn.Module | str | None = None,
+        **kwargs,
+    ):
+        if model is None:
+            raise ValueError("InfoSAMTrainer needs a model: an InfoSAMModel, a PeftModel/SamModel, or a model id.")
+        model = self._as_infosam_model(model, infosam_config, peft_config, teacher_model)
+        self.infosam_config = model.config
+        args = args or TrainingArguments(output_dir="infosam-output")
+        if args.remove_unused_columns:
+            args.remove_unused_columns = False  # the collator's keys are exactly what the model needs
+        if not args.label_names:
+            args.label_names = ["gt_masks"]
+        super().__init__(model=model, args=args, **kwargs)
+        # The loss is a per-batch mean that the Trainer divides for gradient accumulation.
+        self.model_accepts_loss_kwargs = False
+        self.loss_is_scaled_for_ga = False
+        self.infosam_loss = InfoSAMLoss(self.infosam_config)
+        self._loss_parts: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._nan_steps = 0
+        if self.infosam_config.cache_teacher_embeddings:
+            from .teacher_cache import TeacherEmbeddingCache
+
+            model.teacher_cache = TeacherEmbeddingCache.for_model(model)
+
+    @staticmethod
+    def _as_infosam_model(model, infosam_config, peft_config, teacher_model) -> InfoSAMModel:
+        if isinstance(model, InfoSAMModel):
+            if infosam_config is not None and infosam_config != model.config:
+                raise ValueError(
+                    "Both an InfoSAMModel and a different infosam_config were given; set the config on the model."
+                )
+            return model
+        config = infosam_config or InfoSAMConfig()
+        if isinstance(model, str):
+            model = SamModel.from_pretrained(model)
+        student = build_student(model, config, peft_config)
+        teacher_model = teacher_model or config.teacher_model_name_or_path
+        if isinstance(teacher_model, str):
+            teacher_model = SamModel.from_pretrained(teacher_model)
+        return InfoSAMModel(student, config, teacher=teacher_model)
+
+    # ------------------------------------------------------------------ the loss
+    @staticmethod
+    def compute_infosam_loss(
+        outputs: InfoSAMModelOutput,
+        gt_masks: torch.Tensor,
+        config: InfoSAMConfig,
+        infosam_loss: InfoSAMLoss | None = None,
+        gather: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """L = L_seg + lambda_1 * L_r + lambda_2 * L_d, with each part returned for logging.
+
+        `gather=True` (under DDP) all-gathers the teacher features and both relations
+        with gradient, so the Gram matrices span the global batch.
+        """
+        if gt_masks is None:
+            raise ValueError("The batch has no 'gt_masks'; the InfoSAM collator puts the ground truth there.")
+        logits, iou_scores = select_best_mask(outputs, gt_masks)
+        loss_seg = segmentation_loss(config, logits, gt_masks.to(logits.dtype), iou_scores)
+        zero = loss_seg.new_zeros(())
+        parts = {"loss_seg": loss_seg, "loss_r": zero, "loss_d": zero}
+        if outputs.relation_student is not None:
+            tensors = (
+                outputs.teacher_image_feats,
+                outputs.teacher_mask_tokens,
+                outputs.relation_teacher,
+                outputs.relation_student,
+            )
+            if gather:
+                tensors = tuple(_gather_with_grad(t) for t in tensors)
+            distill = (infosam_loss or InfoSAMLoss(config)).from_relations(*tensors)
+            parts["loss_r"], parts["loss_d"] = distill.loss_r, distill.loss_d
+            parts["loss"] = loss_seg + distill.loss
+        else:
+            parts["loss"] = loss_seg
+        return parts
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        gather = self.infosam_config.gather_across_processes and _distributed()
+        parts = self.compute_infosam_loss(
+            outputs, inputs.get("gt_masks"), self.infosam_config, self.infosam_loss, gather=gather
+        )
+        loss = parts["loss"]
+        if not torch.isfinite(loss):
+            detail = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
+            raise FloatingPointError(
+                f"The InfoSAM loss is not finite at step {self.state.global_step} ({detail}). Lower the learning "
+                "rate, prefer bf16 to fp16, or set max_grad_norm."
+            )
+        mode = "train" if model.training else "eval"
+        for name in LOSS_PARTS:
+            self._loss_parts[mode][name].append(parts[name].detach().float().item())
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Returns the student's mask logits at the label size, so `compute_metrics` sees masks, not features."""
+        inputs = self._prepare_inputs(inputs)
+        gt_masks = inputs.get("gt_masks")
+        with torch.no_grad(), self.compute_loss_context_manager():
+            if gt_masks is None:
+                outputs = model(**inputs, with_teacher=False)
+                return None, outputs.pred_masks.detach(), None
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        logits, _ = select_best_mask(outputs, gt_masks)
+        return loss.detach(), logits.detach(), gt_masks.detach()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds the mean of each loss part since the last log (`loss_seg`, `loss_r`, `loss_d`, eval_ prefixed)."""
+        mode = "train" if "loss" in logs else "eval" if "eval_loss" in logs else None
+        if mode is not None:
+            prefix = "" if mode == "train" else "eval_"
+            for name, values in self._loss_parts[mode].items():
+                if values:
+                    logs[f"{prefix}{name}"] = sum(values) / len(values)
+            self._loss_parts[mode].clear()
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ saving and resuming
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Adapter + relation module + infosam_config.json + processor, safetensors and JSON only."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        model.save_pretrained(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        with open(os.path.join(output_dir, TRAINING_ARGS_JSON), "w", encoding="utf-8") as f:
+            f.write(self.args.to_json_string())
+
+    def _load_infosam_weights(self, folder: str) -> None:
+        from peft import set_peft_model_state_dict
+
+        adapter_file = os.path.join(folder, ADAPTER_SAFE_WEIGHTS_NAME)
+        relation_file = os.path.join(folder, RELATION_WEIGHTS_NAME)
+        for path, what in ((adapter_file, "adapter weights"), (relation_file, "relation module")):
+            if not os.path.isfile(path):
+                raise FileNotFoundError(
+                    f"Cannot resume from {folder}: {os.path.basename(path)} ({what}) is missing. Resume from a "
+                    "checkpoint folder written by InfoSAMTrainer."
+                )
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        result = set_peft_model_state_dict(model.student, load_file(adapter_file))
+        if result.unexpected_keys:
+            raise ValueError(f"{adapter_file} does not fit this student: unexpected keys {result.unexpected_keys[:5]}")
+        model.relation_module.load_state_dict(load_file(relation_file))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        self._load_infosam_weights(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        self._load_infosam_weights(self.state.best_model_checkpoint)
+
+    # ------------------------------------------------------------------ model card
+    def create_model_card(self, *args, **kwargs) -> None:
+        """Renders model_cards/ with the run's real values (see `infosam_hf.hub`)."""
+        if not self.is_world_process_zero():
+            return
+        try:
+            from .hub import write_model_card
+        except ImportError:  # pragma: no cover - hub module absent
+            warnings.warn("infosam_hf.hub is unavailable; falling back to transformers' model card.")
+            return super().create_model_card(*args, **kwargs)
+        write_model_card(self, *args, **kwargs)

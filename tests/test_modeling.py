@@ -1,0 +1,165 @@
+"""Feature capture and the student/teacher pair on a tiny SamModel."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import SamModel
+
+from infosam_hf import InfoSAMConfig, InfoSAMModel, build_student, capture_sam_features
+from infosam_hf.features import flatten_image_embeddings
+from infosam_hf.testing import tiny_sam_config, toy_batch
+
+
+@pytest.fixture
+def base():
+    torch.manual_seed(0)
+    return SamModel(tiny_sam_config()).eval()
+
+
+def reference_features(model, batch):
+    """z_i and z_m computed by calling the submodules by hand, to check the hooks against."""
+    emb = model.vision_encoder(batch["pixel_values"]).last_hidden_state
+    sparse, dense = model.prompt_encoder(input_points=None, input_labels=None, input_boxes=batch["input_boxes"], input_masks=None)
+    dec = model.mask_decoder
+    tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight]).repeat(emb.shape[0], 1, 1, 1)
+    tokens = torch.cat([tokens, sparse], dim=2)
+    pos = model.get_image_wide_positional_embeddings().repeat(emb.shape[0], 1, 1, 1)
+    queries, _ = dec.transformer(tokens, emb + dense, pos, None)
+    return flatten_image_embeddings(emb), queries[:, 0, 1:2]
+
+
+def test_capture_on_plain_sam_matches_manual_computation(base):
+    batch = toy_batch(2)
+    with capture_sam_features(base) as feats:
+        base(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"], multimask_output=False)
+    z_i, z_m = reference_features(base, batch)
+    assert feats.image_feats.shape == (2, 64, 256) and feats.mask_token.shape == (2, 1, 256)
+    torch.testing.assert_close(feats.image_feats, z_i)
+    torch.testing.assert_close(feats.mask_token, z_m)
+    # hooks are gone after the block
+    assert all(not m._forward_hooks for m in base.modules())
+
+
+def test_capture_inside_peft_with_modules_to_save_follows_adapter_state(base):
+    batch = toy_batch(2)
+    reference = SamModel(tiny_sam_config()).eval()
+    reference.load_state_dict(base.state_dict())
+    student = build_student(base, InfoSAMConfig())
+    # make the trainable decoder copy and the LoRA deltas non-zero so the two paths are distinguishable
+    with torch.no_grad():
+        for name, p in student.named_parameters():
+            if "modules_to_save" in name or "lora_B" in name:
+                p.add_(0.05)
+    with capture_sam_features(student) as feats:
+        student(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"], multimask_output=False)
+    adapted_tok, adapted_img = feats.mask_token.clone(), feats.image_feats.clone()
+    with student.disable_adapter(), capture_sam_features(student) as feats:
+        student(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"], multimask_output=False)
+    z_i, z_m = reference_features(reference, batch)
+    # adapters off: the original decoder copy ran and reproduces the pre-trained model
+    torch.testing.assert_close(feats.image_feats, z_i)
+    torch.testing.assert_close(feats.mask_token, z_m)
+    # adapters on: the trainable copy ran
+    assert not torch.allclose(adapted_tok, z_m) and not torch.allclose(adapted_img, z_i)
+
+
+def test_shared_teacher_equals_frozen_pretrained_model(base):
+    batch = toy_batch(3)
+    reference = SamModel(tiny_sam_config())
+    reference.load_state_dict(base.state_dict())
+    model = InfoSAMModel(build_student(base, InfoSAMConfig()), InfoSAMConfig())
+    with torch.no_grad():
+        for name, p in model.student.named_parameters():
+            if p.requires_grad:
+                p.add_(0.05)  # the student has moved away from the pre-trained weights
+    out = model(**batch)
+    z_i, z_m = reference_features(reference, batch)
+    torch.testing.assert_close(out.teacher_image_feats, z_i)
+    torch.testing.assert_close(out.teacher_mask_tokens, z_m)
+    assert not out.teacher_image_feats.requires_grad and not out.teacher_mask_tokens.requires_grad
+    assert out.student_image_feats.requires_grad
+    # adapters are active again after the teacher pass
+    assert all(p.requires_grad for n, p in model.student.named_parameters() if "lora_" in n)
+
+
+def test_separate_teacher_gets_no_gradient(base):
+    teacher = SamModel(tiny_sam_config())
+    model = InfoSAMModel(build_student(base, InfoSAMConfig()), InfoSAMConfig(), teacher=teacher)
+    out = model(**toy_batch(2))
+    (out.relation_student.sum() + out.relation_teacher.sum() + out.pred_masks.sum()).backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert any(p.grad is not None for p in model.relation_module.parameters())
+    model.train()
+    assert not teacher.training and model.student.training
+
+
+def test_any_peft_config_is_accepted(base):
+    from peft import IA3Config
+
+    student = build_student(base, InfoSAMConfig(), IA3Config(target_modules=["qkv", "proj"], feedforward_modules=["proj"]))
+    model = InfoSAMModel(student, InfoSAMConfig())
+    out = model(**toy_batch(2))
+    assert out.relation_student.shape == (2, 64)
+
+
+def test_multimask_keeps_first_mask_token(base):
+    config = InfoSAMConfig(multimask_output=True)
+    model = InfoSAMModel(build_student(base, config), config)
+    out = model(**toy_batch(2))
+    assert out.pred_masks.shape[1] == 3 and out.student_mask_tokens.shape == (2, 1, 256)
+
+
+def test_bad_inputs_have_clear_errors(base):
+    with pytest.raises(TypeError, match="SamModel"):
+        build_student(torch.nn.Linear(3, 3), InfoSAMConfig())
+    with pytest.raises(TypeError, match="PeftModel"):
+        InfoSAMModel(base, InfoSAMConfig())
+    model = InfoSAMModel(build_student(base, InfoSAMConfig()), InfoSAMConfig())
+    batch = toy_batch(2)
+    with pytest.raises(ValueError, match="no prompt"):
+        model(pixel_values=batch["pixel_values"], gt_masks=batch["gt_masks"])
+    with pytest.raises(ValueError, match="relation_dim"):
+        InfoSAMModel(build_student(SamModel(tiny_sam_config()), InfoSAMConfig()), InfoSAMConfig(relation_dim=128))
+    with pytest.raises(ValueError, match="one prompt per image"):
+        model(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"].repeat(1, 2, 1))
+
+
+def test_config_validation_and_json_round_trip(tmp_path):
+    config = InfoSAMConfig(lambda_1=0.3, seg_loss="focal_dice_iou", lora_r=4)
+    config.save_pretrained(tmp_path)
+    assert InfoSAMConfig.from_pretrained(tmp_path) == config
+    for bad, match in [
+        (dict(lambda_1=-1.0), "lambda_1"),
+        (dict(lambda_2=float("nan")), "lambda_2"),
+        (dict(seg_loss="dice"), "seg_loss.*structure"),
+        (dict(box_prompt_probability=1.5), "box_prompt_probability"),
+        (dict(num_points=0), "num_points"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            InfoSAMConfig(**bad)
+    (tmp_path / "infosam_config.json").write_text('{"lambda_3": 1}')
+    with pytest.raises(ValueError, match="lambda_3"):
+        InfoSAMConfig.from_pretrained(tmp_path)
+
+
+def test_config_from_hf_argument_parser():
+    from transformers import HfArgumentParser
+
+    (config,) = HfArgumentParser(InfoSAMConfig).parse_args_into_dataclasses(
+        ["--lambda_1", "0.25", "--seg_loss", "focal_dice_iou", "--train_relation_module", "false"]
+    )
+    assert config.lambda_1 == 0.25 and config.seg_loss == "focal_dice_iou" and config.train_relation_module is False
+    with pytest.raises(SystemExit):
+        HfArgumentParser(InfoSAMConfig).parse_args_into_dataclasses(["--seg_loss", "nope"])
+
+
+@pytest.mark.slow
+def test_torch_compile_keeps_capture(base):
+    batch = toy_batch(2)
+    with capture_sam_features(base) as eager:
+        base(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"], multimask_output=False)
+    compiled = torch.compile(base)
+    with capture_sam_features(base) as feats:
+        compiled(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"], multimask_output=False)
+    torch.testing.assert_close(feats.mask_token, eager.mask_token, atol=1e-4, rtol=1e-4)

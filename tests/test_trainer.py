@@ -1,0 +1,193 @@
+"""InfoSAMTrainer: real optimisation steps on a tiny SamModel, checkpoints, accumulation, precision."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import SamModel, TrainingArguments
+
+from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, build_student
+from infosam_hf.testing import tiny_sam_config, toy_batch, toy_segmentation_dataset
+
+
+def make_model(config=None, relation_seed=None):
+    """The same 'pre-trained' base every time (as from_pretrained gives); optionally another relation init."""
+    torch.manual_seed(0)
+    config = config or InfoSAMConfig()
+    model = InfoSAMModel(build_student(SamModel(tiny_sam_config()), config), config)
+    if relation_seed is not None:
+        torch.manual_seed(relation_seed)
+        for module in model.relation_module.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.reset_parameters()
+    return model
+
+
+def make_args(tmp_path, **overrides):
+    values = dict(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        max_steps=4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        dataloader_num_workers=0,
+    )
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def trainable_state(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_training_lowers_the_loss_and_logs_each_part(tmp_path):
+    model = make_model()
+    data = toy_segmentation_dataset(8)
+    trainer = InfoSAMTrainer(model=model, args=make_args(tmp_path, max_steps=30), train_dataset=data)
+    before = trainable_state(model)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert {"loss_seg", "loss_r", "loss_d"} <= set(logs[0])
+    first = sum(e["loss_seg"] for e in logs[:3]) / 3
+    last = sum(e["loss_seg"] for e in logs[-3:]) / 3
+    assert last < 0.8 * first, (first, last)
+    assert all(e["loss_r"] != 0 and e["loss_d"] != 0 for e in logs)
+    after = trainable_state(model)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert any(n.startswith("relation_module.") for n in changed)  # relation module is in the optimizer
+    assert any("lora_" in n for n in changed) and any("modules_to_save" in n for n in changed)
+    # the frozen pre-trained weights (the teacher) did not move
+    frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all("lora_" not in n for n in frozen)
+
+
+def test_frozen_relation_module_is_not_trained(tmp_path):
+    config = InfoSAMConfig(train_relation_module=False)
+    model = make_model(config)
+    before = {k: v.clone() for k, v in model.relation_module.state_dict().items()}
+    InfoSAMTrainer(model=model, args=make_args(tmp_path, max_steps=2), train_dataset=toy_segmentation_dataset(8)).train()
+    assert all(torch.equal(before[k], v) for k, v in model.relation_module.state_dict().items())
+
+
+def test_checkpoint_contents_and_bit_exact_resume(tmp_path):
+    # One batch per epoch: the stock Trainer does not replay the exact shuffling RNG on resume, and with the
+    # whole set in every batch the order cannot matter, so any difference comes from what we restore.
+    data = toy_segmentation_dataset(4)
+    straight = make_model()
+    InfoSAMTrainer(model=straight, args=make_args(tmp_path / "a", max_steps=4), train_dataset=data).train()
+
+    first = make_model()
+    args = make_args(tmp_path / "b", max_steps=4, save_strategy="steps", save_steps=2)
+    InfoSAMTrainer(model=first, args=args, train_dataset=data).train()
+    ckpt = tmp_path / "b" / "run" / "checkpoint-2"
+    files = set(os.listdir(ckpt))
+    assert {"adapter_model.safetensors", "adapter_config.json", "relation_module.safetensors", "infosam_config.json"} <= files
+    assert "training_args.bin" not in files and "training_args.json" in files
+    assert json.loads((ckpt / "infosam_config.json").read_text())["lambda_2"] == 0.5
+
+    resumed = make_model(relation_seed=123)  # a different random relation module before loading
+    trainer = InfoSAMTrainer(model=resumed, args=make_args(tmp_path / "b", max_steps=4), train_dataset=data)
+    trainer._load_from_checkpoint(str(ckpt))
+    saved = load_file(ckpt / "relation_module.safetensors")
+    assert saved.keys() == resumed.relation_module.state_dict().keys()
+    assert all(torch.equal(saved[k], v) for k, v in resumed.relation_module.state_dict().items())
+
+    resumed = make_model(relation_seed=123)
+    trainer = InfoSAMTrainer(model=resumed, args=make_args(tmp_path / "b", max_steps=4), train_dataset=data)
+    trainer.train(resume_from_checkpoint=str(ckpt))
+    for (name, a), b in zip(trainable_state(straight).items(), trainable_state(resumed).values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
+def test_resume_without_relation_module_says_what_is_missing(tmp_path):
+    model = make_model()
+    trainer = InfoSAMTrainer(model=model, args=make_args(tmp_path), train_dataset=toy_segmentation_dataset(4))
+    trainer.save_model(str(tmp_path / "saved"))
+    os.remove(tmp_path / "saved" / "relation_module.safetensors")
+    with pytest.raises(FileNotFoundError, match="relation_module.safetensors"):
+        trainer._load_from_checkpoint(str(tmp_path / "saved"))
+
+
+def test_gradient_accumulation_matches_one_big_batch_for_the_segmentation_loss(tmp_path):
+    # The InfoSAM terms are batch-level (B x B Gram matrices) so they differ by construction between
+    # 2 x B and 2B; the Trainer's loss scaling must still make the segmentation part identical.
+    config = InfoSAMConfig(lambda_1=0.0, lambda_2=0.0)
+    data = toy_segmentation_dataset(4)
+    results = []
+    for bs, ga in ((4, 1), (2, 2)):
+        model = make_model(config)
+        args = make_args(tmp_path / f"{bs}", max_steps=1, per_device_train_batch_size=bs, gradient_accumulation_steps=ga,
+                         learning_rate=1e-2, optim="sgd", max_grad_norm=0.0)
+        InfoSAMTrainer(model=model, args=args, train_dataset=data).train()
+        results.append(trainable_state(model))
+    for name in results[0]:
+        torch.testing.assert_close(results[0][name], results[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    batch = toy_batch(2)
+    grads = []
+    for checkpointing in (False, True):
+        model = make_model()
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            assert model.is_gradient_checkpointing
+        out = model(**batch)
+        parts = InfoSAMTrainer.compute_infosam_loss(out, batch["gt_masks"], model.config)
+        parts["loss"].backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any("lora_" in n for n in grads[1])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_bf16_mixed_precision_and_gradient_checkpointing_train(tmp_path):
+    model = make_model()
+    args = make_args(tmp_path, bf16=True, gradient_checkpointing=True, max_steps=2)
+    trainer = InfoSAMTrainer(model=model, args=args, train_dataset=toy_segmentation_dataset(8))
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in logs) and "loss_d" in logs[0]
+
+
+def test_evaluation_reports_loss_parts_and_mask_predictions(tmp_path):
+    model = make_model()
+    seen = {}
+
+    def compute_metrics(pred):
+        seen["shapes"] = (pred.predictions.shape, pred.label_ids.shape)
+        return {"fraction_positive": float((pred.predictions > 0).mean())}
+
+    trainer = InfoSAMTrainer(model=model, args=make_args(tmp_path, per_device_eval_batch_size=2),
+                             eval_dataset=toy_segmentation_dataset(4), compute_metrics=compute_metrics)
+    metrics = trainer.evaluate()
+    assert seen["shapes"] == ((4, 1, 64, 64), (4, 1, 64, 64))
+    assert {"eval_loss", "eval_loss_seg", "eval_loss_r", "eval_loss_d", "eval_fraction_positive"} <= set(metrics)
+
+
+def test_nan_loss_raises_a_clear_error(tmp_path):
+    model = make_model()
+    data = toy_segmentation_dataset(4)
+    trainer = InfoSAMTrainer(model=model, args=make_args(tmp_path), train_dataset=data)
+    batch = toy_batch(2)
+    batch["pixel_values"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="not finite"):
+        trainer.compute_loss(model, batch)
+
+
+def test_trainer_builds_the_pair_from_a_bare_sam_model(tmp_path):
+    torch.manual_seed(0)
+    trainer = InfoSAMTrainer(model=SamModel(tiny_sam_config()), args=make_args(tmp_path),
+                             infosam_config=InfoSAMConfig(lora_r=2), train_dataset=toy_segmentation_dataset(4))
+    assert isinstance(trainer.model, InfoSAMModel)
+    assert trainer.model.student.peft_config["default"].r == 2
+    assert trainer.args.remove_unused_columns is False and trainer.args.label_names == ["gt_masks"]
+    with pytest.raises(ValueError, match="needs a model"):
+        InfoSAMTrainer(model=None, args=make_args(tmp_path))
