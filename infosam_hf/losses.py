@@ -164,6 +164,12 @@ def _check_mask_shapes(logits: torch.Tensor, target: torch.Tensor, name: str) ->
         )
 
 
+def _box_mean_31(target: torch.Tensor) -> torch.Tensor:
+    """avg_pool2d(kernel 31, stride 1, padding 15) as two 1-D passes: the same numbers, ~15x fewer operations."""
+    rows = F.avg_pool2d(target, kernel_size=(31, 1), stride=1, padding=(15, 0))
+    return F.avg_pool2d(rows, kernel_size=(1, 31), stride=1, padding=(0, 15))
+
+
 def structure_loss(logits: torch.Tensor, target: torch.Tensor, weighted_bce: bool = False) -> torch.Tensor:
     """PraNet's structure loss: BCE + weighted IoU with edge weight 1 + 5|avgpool31(y) - y|.
 
@@ -173,7 +179,7 @@ def structure_loss(logits: torch.Tensor, target: torch.Tensor, weighted_bce: boo
     """
     _check_mask_shapes(logits, target, "structure_loss")
     logits, target = logits.float(), target.float()
-    weight = 1 + 5 * torch.abs(F.avg_pool2d(target, kernel_size=31, stride=1, padding=15) - target)
+    weight = 1 + 5 * torch.abs(_box_mean_31(target) - target)
     if weighted_bce:
         bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
         bce = (weight * bce).sum(dim=(2, 3)) / weight.sum(dim=(2, 3))

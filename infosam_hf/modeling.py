@@ -182,13 +182,11 @@ class InfoSAMModel(nn.Module):
     def _run_teacher(self, pixel_values: torch.Tensor, prompts: dict, multimask_output: bool):
         model = self.teacher if self.teacher is not None else self.student
         with torch.no_grad(), self._teacher_context(), capture_sam_features(model) as feats:
-            embeddings = None
-            if self.teacher_cache is not None:
-                embeddings = self.teacher_cache.lookup(pixel_values)
+            embeddings, keys = (None, None) if self.teacher_cache is None else self.teacher_cache.lookup(pixel_values)
             if embeddings is None:
                 model(pixel_values=pixel_values, multimask_output=multimask_output, **prompts)
                 if self.teacher_cache is not None:
-                    self.teacher_cache.store(pixel_values, feats.image_embeddings)
+                    self.teacher_cache.store(keys, feats.image_embeddings)
             else:
                 model(image_embeddings=embeddings, multimask_output=multimask_output, **prompts)
                 feats.image_embeddings = embeddings

@@ -88,3 +88,14 @@ def toy_batch(batch_size: int, image_size: int = 64, seed: int = 0) -> dict:
 
     rows = toy_segmentation_rows(batch_size, image_size, seed)
     return {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
+
+
+def builtin_sam_config() -> SamConfig:
+    """The built-in default model's architecture: 128 px images, 16x16 embeddings, 4 ViT layers.
+
+    Small enough to pre-train and fine-tune on 2 CPU cores in minutes, big enough that
+    the image encoder dominates the step as it does in real SAM.
+    """
+    return tiny_sam_config(
+        image_size=128, vision_hidden_size=96, vision_layers=4, decoder_mlp_dim=256, patch_size=8
+    )

@@ -1,0 +1,159 @@
+"""InfoSAM's cost over plain PEFT fine-tuning, measured side by side in one run.
+
+Every mode trains the same model (same LoRA, same data, same batch) for the same
+number of optimiser steps, each in its own subprocess so peak memory is measured
+cleanly:
+
+- peft:        plain LoRA fine-tuning, segmentation loss only, no teacher;
+- infosam:     InfoSAM with the shared-weights teacher (adapters disabled), our default;
+- cached:      InfoSAM with the teacher-embedding cache, timed after one pass over the data;
+- two_copies:  InfoSAM with a separate teacher SamModel, as the reference implementation holds it.
+
+The last line printed is `time_ratio=<infosam/peft> memory_ratio=<infosam/peft>`.
+
+Memory: on CUDA, `torch.cuda.max_memory_allocated`; on the CPU, the peak resident set
+size of the worker minus its size after importing the libraries (weights, optimiser
+state and activations, the same for every mode).
+
+    python benchmarks/overhead.py                      # tiny CPU configuration
+    python benchmarks/overhead.py --model vit-b --image_size 1024 --batch_size 4 --bf16   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+MODES = ("peft", "infosam", "cached", "two_copies")
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_worker(args: argparse.Namespace) -> dict:
+    import torch
+    from transformers import SamConfig, SamModel
+
+    from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, build_student
+    from infosam_hf.teacher_cache import TeacherEmbeddingCache
+    from infosam_hf.testing import builtin_sam_config, toy_batch
+
+    baseline_mb = rss_mb()
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    sam_config = SamConfig() if args.model == "vit-b" else builtin_sam_config()
+    if args.model == "vit-b" and args.image_size != 1024:
+        raise SystemExit("--model vit-b runs at 1024 px (SAM's fixed input size)")
+    image_size = sam_config.vision_config.image_size
+    mode = args.worker
+    config = InfoSAMConfig(lambda_1=0.0, lambda_2=0.0) if mode == "peft" else InfoSAMConfig()
+    teacher = SamModel(sam_config) if mode == "two_copies" else None
+    model = InfoSAMModel(build_student(SamModel(sam_config), config), config, teacher=teacher).to(device)
+    if mode == "cached":
+        model.teacher_cache = TeacherEmbeddingCache.for_model(model, storage_device=device)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    batches = [
+        {k: v.to(device) for k, v in toy_batch(args.batch_size, image_size, seed=i).items()}
+        for i in range(args.distinct_batches)
+    ]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+
+    def step(batch):
+        with autocast:
+            outputs = model(**batch)
+            loss = InfoSAMTrainer.compute_infosam_loss(outputs, batch["gt_masks"], config)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for batch in batches:  # warm-up; fills the cache in "cached" mode (the first epoch)
+        step(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(args.steps):
+        start = time.perf_counter()
+        step(batches[i % len(batches)])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        memory_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline_mb
+    return {
+        "mode": mode,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{args.threads} threads",
+        "step_s": statistics.median(times),
+        "images_per_s": args.batch_size / statistics.median(times),
+        "memory_mb": memory_mb,
+        "cache_hits": model.teacher_cache.hits if model.teacher_cache is not None else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["builtin", "vit-b"], default="builtin")
+    parser.add_argument("--image_size", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--distinct_batches", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each mode, alternating order")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--cpu", action="store_true")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(run_worker(args)))
+        return
+
+    modes = args.modes.split(",")
+    results: dict[str, list[dict]] = {m: [] for m in modes}
+    passthrough = [a for a in sys.argv[1:] if not a.startswith("--repeats")]
+    for repeat in range(args.repeats):
+        for mode in modes if repeat % 2 == 0 else reversed(modes):
+            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
+            out = subprocess.run(
+                [sys.executable, __file__, *passthrough, "--worker", mode],
+                capture_output=True, text=True, env=env, check=False,
+            )
+            if out.returncode != 0:
+                raise SystemExit(f"worker {mode} failed:\n{out.stderr[-4000:]}")
+            results[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    def best(mode, key):
+        return min(r[key] for r in results[mode])
+
+    print(f"device: {results[modes[0]][0]['device']}  model: {args.model}  batch: {args.batch_size}  bf16: {args.bf16}")
+    print(f"{'mode':<12}{'step (s)':>10}{'images/s':>10}{'peak MB':>10}{'time x':>9}{'mem x':>8}")
+    for mode in modes:
+        step_s, mem = best(mode, "step_s"), best(mode, "memory_mb")
+        print(
+            f"{mode:<12}{step_s:>10.4f}{args.batch_size / step_s:>10.1f}{mem:>10.1f}"
+            f"{step_s / best('peft', 'step_s'):>9.3f}{mem / best('peft', 'memory_mb'):>8.3f}"
+        )
+    time_ratio = best("infosam", "step_s") / best("peft", "step_s")
+    memory_ratio = best("infosam", "memory_mb") / best("peft", "memory_mb")
+    if "cached" in results:
+        print(f"cached_time_ratio={best('cached', 'step_s') / best('peft', 'step_s'):.3f}")
+    print(f"time_ratio={time_ratio:.3f} memory_ratio={memory_ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
