@@ -90,6 +90,8 @@ class InfoSAMTrainer(Trainer):
         infosam_config: the method's knobs; defaults to `InfoSAMConfig()`.
         peft_config: used when `model` is a bare `SamModel` or id (default: LoRA on `qkv`).
         teacher_model: optional separate teacher, a `SamModel` or id.
+        eval_data_collator: a collator for evaluation (e.g. fixed box prompts), where
+            `data_collator` samples training prompts at random.
     """
 
     _tag_names = ["infosam", "sam", "segment-anything", "peft", "lora", "mask-generation"]
@@ -101,6 +103,7 @@ class InfoSAMTrainer(Trainer):
         infosam_config: InfoSAMConfig | None = None,
         peft_config: PeftConfig | None = None,
         teacher_model: nn.Module | str | None = None,
+        eval_data_collator=None,
         **kwargs,
     ):
         if model is None:
@@ -113,6 +116,7 @@ class InfoSAMTrainer(Trainer):
         if not args.label_names:
             args.label_names = ["gt_masks"]
         super().__init__(model=model, args=args, **kwargs)
+        self.eval_data_collator = eval_data_collator
         # The loss is a per-batch mean that the Trainer divides for gradient accumulation.
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
@@ -194,6 +198,15 @@ class InfoSAMTrainer(Trainer):
         for name in LOSS_PARTS:
             self._loss_parts[mode][name].append(parts[name].detach().float().item())
         return (loss, outputs) if return_outputs else loss
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        if self.eval_data_collator is None:
+            return super().get_eval_dataloader(eval_dataset)
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Returns the student's mask logits at the label size, so `compute_metrics` sees masks, not features."""
