@@ -1,0 +1,32 @@
+"""The built-in default: a tiny SAM pre-trained on a synthetic domain, and the data to fine-tune it on.
+
+Real SAM weights and the benchmark sets cannot be downloaded everywhere (CI, air-gapped
+machines), so infosam-hf ships a small, honest stand-in that exercises the same code:
+`sam-tiny-general` (made by examples/pretrain_builtin_sam.py, committed) segments the
+synthetic "general" domain from box prompts; fine-tuning adapts it to the shifted
+"specialised" domain.
+"""
+
+from __future__ import annotations
+
+import os
+
+BUILTIN_MODEL_PATH = os.path.join(os.path.dirname(__file__), "sam-tiny-general")
+BUILTIN_IMAGE_SIZE = 128
+BUILTIN_TRAIN_SAMPLES = 2000
+BUILTIN_TEST_SAMPLES = 200
+
+
+def builtin_dataset_path(domain: str = "specialised", seed: int = 0) -> str:
+    """Writes the synthetic domain's parquet shards once (in the cache dir) and returns the folder."""
+    from ..synthetic import ensure_synthetic_dataset
+
+    return str(
+        ensure_synthetic_dataset(
+            domain,
+            num_train=BUILTIN_TRAIN_SAMPLES,
+            num_test=BUILTIN_TEST_SAMPLES,
+            image_size=BUILTIN_IMAGE_SIZE,
+            seed=seed,
+        )
+    )
