@@ -101,11 +101,11 @@ class InfoSAMModel(nn.Module):
             check_is_sam_model(teacher, "teacher")
             teacher.requires_grad_(False)
             teacher.eval()
-        self.config = config or InfoSAMConfig()
+        self.infosam_config = config or InfoSAMConfig()
         self.student = student
         self.teacher = teacher
-        self.relation_module = relation_module or RelationModule(self.config.relation_dim)
-        self.relation_module.requires_grad_(self.config.train_relation_module)
+        self.relation_module = relation_module or RelationModule(self.infosam_config.relation_dim)
+        self.relation_module.requires_grad_(self.infosam_config.train_relation_module)
         self._check_dims()
         self.teacher_cache = None  # set by the Trainer when `cache_teacher_embeddings` is on
 
@@ -209,7 +209,7 @@ class InfoSAMModel(nn.Module):
         prompts = self._prompts(
             {"input_boxes": input_boxes, "input_points": input_points, "input_labels": input_labels}
         )
-        multimask = self.config.multimask_output
+        multimask = self.infosam_config.multimask_output
         with capture_sam_features(self.student) as feats:
             outputs = self.student(pixel_values=pixel_values, multimask_output=multimask, **prompts)
         student_image_feats, student_mask_tokens = feats.image_feats, feats.mask_token
@@ -221,7 +221,7 @@ class InfoSAMModel(nn.Module):
             student_image_feats=student_image_feats,
             student_mask_tokens=student_mask_tokens,
         )
-        if not with_teacher or not self.config.uses_distillation:
+        if not with_teacher or not self.infosam_config.uses_distillation:
             return result
         teacher_image_feats, teacher_mask_tokens = self._run_teacher(pixel_values, prompts, multimask)
         result.teacher_image_feats = teacher_image_feats
@@ -238,7 +238,7 @@ class InfoSAMModel(nn.Module):
         self.student.save_pretrained(save_directory, **peft_kwargs)
         state = {k: v.detach().contiguous().cpu() for k, v in self.relation_module.state_dict().items()}
         save_file(state, os.path.join(save_directory, RELATION_WEIGHTS_NAME), metadata={"format": "pt"})
-        self.config.save_pretrained(save_directory)
+        self.infosam_config.save_pretrained(save_directory)
 
     @classmethod
     def from_pretrained(

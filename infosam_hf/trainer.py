@@ -109,7 +109,7 @@ class InfoSAMTrainer(Trainer):
         if model is None:
             raise ValueError("InfoSAMTrainer needs a model: an InfoSAMModel, a PeftModel/SamModel, or a model id.")
         model = self._as_infosam_model(model, infosam_config, peft_config, teacher_model)
-        self.infosam_config = model.config
+        self.infosam_config = model.infosam_config
         args = args or TrainingArguments(output_dir="infosam-output")
         if args.remove_unused_columns:
             args.remove_unused_columns = False  # the collator's keys are exactly what the model needs
@@ -131,7 +131,7 @@ class InfoSAMTrainer(Trainer):
     @staticmethod
     def _as_infosam_model(model, infosam_config, peft_config, teacher_model) -> InfoSAMModel:
         if isinstance(model, InfoSAMModel):
-            if infosam_config is not None and infosam_config != model.config:
+            if infosam_config is not None and infosam_config != model.infosam_config:
                 raise ValueError(
                     "Both an InfoSAMModel and a different infosam_config were given; set the config on the model."
                 )

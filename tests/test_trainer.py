@@ -140,7 +140,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
             model.gradient_checkpointing_enable()
             assert model.is_gradient_checkpointing
         out = model(**batch)
-        parts = InfoSAMTrainer.compute_infosam_loss(out, batch["gt_masks"], model.config)
+        parts = InfoSAMTrainer.compute_infosam_loss(out, batch["gt_masks"], model.infosam_config)
         parts["loss"].backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and any("lora_" in n for n in grads[1])

@@ -1,0 +1,63 @@
+"""examples/train.py end to end on the built-in tiny SAM and a small synthetic set."""
+
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+from infosam_hf.builtin import BUILTIN_MODEL_PATH
+from infosam_hf.synthetic import write_synthetic_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "examples", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_train_script_runs_streams_and_saves_the_adapter(tmp_path):
+    assert os.path.isfile(os.path.join(BUILTIN_MODEL_PATH, "model.safetensors")), "built-in weights are missing"
+    data = write_synthetic_dataset(tmp_path / "data", "specialised", num_train=32, num_test=8, image_size=128, seed=1)
+    out = tmp_path / "run"
+    summary = load_script("train").main(
+        ["--dataset_name", str(data), "--output_dir", str(out), "--max_steps", "6", "--per_device_train_batch_size", "4",
+         "--logging_steps", "2", "--disable_tqdm", "true", "--lora_r", "4"]
+    )
+    for key in ("zero_shot_iou", "iou", "zero_shot_dice", "dice"):
+        assert 0.0 <= summary[key] <= 1.0
+    files = set(os.listdir(out))
+    assert {"adapter_model.safetensors", "adapter_config.json", "relation_module.safetensors",
+            "infosam_config.json", "preprocessor_config.json"} <= files
+    assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl")) for f in files)
+    assert json.loads((out / "infosam_config.json").read_text())["lora_r"] == 4
+    assert json.loads((out / "iou_before_after.json").read_text())["iou"] == summary["iou"]
+
+
+def test_train_script_needs_max_steps_when_streaming(tmp_path):
+    with pytest.raises(SystemExit, match="max_steps"):
+        load_script("train").main(["--output_dir", str(tmp_path), "--max_steps", "-1"])
+
+
+def test_paper_recipe_command(tmp_path, capsys, monkeypatch):
+
+    (tmp_path / "train.csv").write_text("image,label\n")
+    (tmp_path / "test.csv").write_text("image,label\n")
+    spec = importlib.util.spec_from_file_location("paper", os.path.join(ROOT, "benchmarks", "paper.py"))
+    paper = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = paper  # dataclasses resolve their module by name
+    spec.loader.exec_module(paper)
+    monkeypatch.setattr(sys, "argv", ["paper.py", "--dataset", "road", "--data_root", str(tmp_path), "--print_only"])
+    paper.main()
+    command = capsys.readouterr().out
+    assert "--num_train_epochs 20" in command and "--eval_prompt points --eval_num_points 5" in command
+    assert "--learning_rate 2e-4" in command and "min_lr_rate" in command
+    monkeypatch.setattr(sys, "argv", ["paper.py", "--dataset", "polyp", "--data_root", str(tmp_path / "nope")])
+    with pytest.raises(SystemExit, match="train.csv"):
+        paper.main()
