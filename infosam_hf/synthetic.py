@@ -7,12 +7,18 @@ whose colour and texture resemble the background, separated only by a slight shi
 tint and texture frequency, with soft boundaries. A model pre-trained on "general"
 transfers imperfectly, which gives fine-tuning something real to fix.
 
-Pure numpy + PIL, deterministic under a seed.
+Pure numpy + PIL, deterministic under a seed. The built-in tiny SAM
+(`infosam_hf/builtin/sam-tiny-general`) was pre-trained on exactly this generator's
+"general" output: a change to the pixels it draws must bump `GENERATOR_VERSION` and
+retrain that model (examples/pretrain_builtin_sam.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +27,14 @@ import PIL.ImageDraw
 
 DOMAINS = ("general", "specialised")
 GENERATOR_VERSION = 2  # part of the cache folder name: a changed generator never reuses old data
+_ALIASES = {"specialized": "specialised"}
+
+
+def _canonical_domain(domain: str) -> str:
+    domain = _ALIASES.get(domain, domain)
+    if domain not in DOMAINS:
+        raise ValueError(f"Unknown synthetic domain {domain!r}; use one of {DOMAINS}.")
+    return domain
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -57,9 +71,8 @@ def make_synthetic_sample(
     domain: str, image_size: int, rng: np.random.Generator
 ) -> tuple[PIL.Image.Image, PIL.Image.Image]:
     """One (RGB image, 0/255 mask) pair of the given domain."""
-    if domain not in DOMAINS:
-        raise ValueError(f"Unknown synthetic domain {domain!r}; use one of {DOMAINS}.")
-    size = image_size
+    domain = _canonical_domain(domain)
+    size = int(image_size)
     mask = _random_shape_mask(rng, size)
     if domain == "general":
         base = rng.uniform(0.1, 0.9, 3)
@@ -79,14 +92,38 @@ def make_synthetic_sample(
         tint = 0.45 * tint / np.linalg.norm(tint)  # enough for the pre-trained model to find ~20% IoU zero-shot
         object_texture = _smooth_noise(rng, size, int(rng.integers(24, 36)))
         foreground = base[None, None] + tint[None, None] + 0.30 * (object_texture[..., None] - 0.5)
-        soft = np.asarray(
-            PIL.Image.fromarray((mask * 255).astype(np.uint8)).resize((size // 2, size // 2)).resize((size, size), PIL.Image.BILINEAR),
-            dtype=np.float32,
-        )[..., None] / 255.0
+        soft = (
+            np.asarray(
+                PIL.Image.fromarray((mask * 255).astype(np.uint8))
+                .resize((size // 2, size // 2))
+                .resize((size, size), PIL.Image.BILINEAR),
+                dtype=np.float32,
+            )[..., None]
+            / 255.0
+        )
         image = soft * foreground + (1 - soft) * background
         image = image + rng.normal(0, 0.03, image.shape)
     image = (np.clip(image, 0, 1) * 255).astype(np.uint8)
     return PIL.Image.fromarray(image), PIL.Image.fromarray((mask * 255).astype(np.uint8))
+
+
+def _contiguous_shards(count: int, shards: int) -> list[range]:
+    """The same split as `datasets.Dataset.shard(contiguous=True)`: the first `count % shards` get one more."""
+    div, mod = divmod(count, shards)
+    bounds, start = [], 0
+    for index in range(shards):
+        end = start + div + (1 if index < mod else 0)
+        bounds.append(range(start, end))
+        start = end
+    return bounds
+
+
+def _png(image: PIL.Image.Image) -> bytes:
+    from io import BytesIO
+
+    buffer = BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def write_synthetic_dataset(
@@ -98,41 +135,114 @@ def write_synthetic_dataset(
     seed: int = 0,
     num_shards: int = 2,
 ) -> Path:
-    """Parquet shards `train-0000i-of-0000N.parquet` / `test-...` with `image` and `label` columns."""
-    from datasets import Dataset, Features, Image
+    """Parquet shards `train-0000i-of-0000N.parquet` / `test-...` with `image` and `label` Image columns.
 
+    The same arguments give byte-identical files (PNG and parquet encoding are
+    deterministic for a given library version). A split with no samples writes no
+    file. Existing files are never overwritten.
+    """
+    import datasets
+    import pyarrow.parquet as pq
+
+    domain = _canonical_domain(domain)
+    if num_train < 0 or num_test < 0 or num_train + num_test == 0:
+        raise ValueError(f"Need at least one sample; got num_train={num_train}, num_test={num_test}.")
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}.")
     output_dir = Path(output_dir)
+    plan = []
+    for split, count in (("train", num_train), ("test", num_test)):
+        shards = min(num_shards, count)
+        for index, rows in enumerate(_contiguous_shards(count, shards) if count else []):
+            path = output_dir / f"{split}-{index:05d}-of-{shards:05d}.parquet"
+            if path.exists():
+                raise FileExistsError(
+                    f"{path} already exists; write_synthetic_dataset never overwrites. Pick an empty output_dir "
+                    "or delete the old files."
+                )
+            plan.append((split, path, rows))
     output_dir.mkdir(parents=True, exist_ok=True)
-    features = Features({"image": Image(), "label": Image()})
-    for split, count, offset in (("train", num_train, 0), ("test", num_test, 1_000_003)):
-        rng = np.random.default_rng([seed, offset, DOMAINS.index(domain)])
-        rows = [make_synthetic_sample(domain, image_size, rng) for _ in range(count)]
-        dataset = Dataset.from_dict({"image": [r[0] for r in rows], "label": [r[1] for r in rows]}, features=features)
-        shards = max(1, min(num_shards, count))
-        for index in range(shards):
-            shard = dataset.shard(num_shards=shards, index=index, contiguous=True)
-            shard.to_parquet(str(output_dir / f"{split}-{index:05d}-of-{shards:05d}.parquet"))
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
+    rngs = {  # one generator per split, drawn in order: shard boundaries do not change the samples
+        split: np.random.default_rng([seed, offset, DOMAINS.index(domain)])
+        for split, offset in (("train", 0), ("test", 1_000_003))
+    }
+    for split, path, rows in plan:
+        images, labels = [], []
+        for index in rows:
+            image, mask = make_synthetic_sample(domain, image_size, rngs[split])
+            name = f"{domain}-{split}-{index:06d}"
+            images.append({"bytes": _png(image), "path": f"{name}.png"})
+            labels.append({"bytes": _png(mask), "path": f"{name}_mask.png"})
+        # The Arrow schema carries the `datasets` features, so readers see Image columns.
+        table = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).data.table
+        tmp = path.with_name(path.name + ".tmp")
+        pq.write_table(table, str(tmp))
+        os.replace(tmp, path)
     return output_dir
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("INFOSAM_HF_CACHE", Path.home() / ".cache" / "infosam_hf")) / "synthetic"
+    """Where synthetic data sets are cached: `$INFOSAM_HF_CACHE/synthetic` (default `~/.cache/infosam_hf`)."""
+    return Path(os.environ.get("INFOSAM_HF_CACHE") or Path.home() / ".cache" / "infosam_hf") / "synthetic"
+
+
+def default_dataset_dir(
+    domain: str = "specialised",
+    num_train: int = 2000,
+    num_test: int = 200,
+    image_size: int = 128,
+    seed: int = 0,
+    num_shards: int = 2,
+) -> Path:
+    """The folder `ensure_synthetic_dataset` uses for these parameters (not created here)."""
+    domain = _canonical_domain(domain)
+    shards = "" if num_shards == 2 else f"-{num_shards}shards"  # the default keeps the established folder name
+    return cache_root() / f"v{GENERATOR_VERSION}-{domain}-{image_size}px-seed{seed}-{num_train}+{num_test}{shards}"
+
+
+_MARKER = ".complete"
 
 
 def ensure_synthetic_dataset(
-    domain: str, num_train: int = 2000, num_test: int = 200, image_size: int = 128, seed: int = 0
+    domain: str = "specialised",
+    num_train: int = 2000,
+    num_test: int = 200,
+    image_size: int = 128,
+    seed: int = 0,
+    num_shards: int = 2,
 ) -> Path:
-    """The dataset's folder in the cache, written on first use; an existing folder is reused, never rewritten."""
-    folder = cache_root() / f"v{GENERATOR_VERSION}-{domain}-{image_size}px-seed{seed}-{num_train}+{num_test}"
-    done = folder / ".complete"
-    if not done.exists():
-        tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
-        write_synthetic_dataset(tmp, domain, num_train, num_test, image_size, seed)
-        (tmp / ".complete").write_text("ok\n")
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process finished first: keep theirs
-            import shutil
+    """The data set's folder in the cache, written on first use and reused afterwards.
 
-            shutil.rmtree(tmp, ignore_errors=True)
+    It is generated in a temporary folder renamed into place, so processes starting
+    together (one per rank) never read a half-written data set. A folder at that place
+    without the completion marker is not ours: it is left untouched and reported.
+    """
+    params = dict(
+        domain=_canonical_domain(domain),
+        num_train=num_train,
+        num_test=num_test,
+        image_size=image_size,
+        seed=seed,
+        num_shards=num_shards,
+    )
+    folder = default_dataset_dir(**params)
+    if not (folder / _MARKER).exists():
+        if folder.exists():
+            raise FileExistsError(
+                f"{folder} exists but was not completed by ensure_synthetic_dataset; it is left untouched. "
+                "Move it away, or point INFOSAM_HF_CACHE at another folder."
+            )
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        try:
+            write_synthetic_dataset(staging, **{k: v for k, v in params.items()})
+            (staging / _MARKER).write_text(json.dumps(params, sort_keys=True) + "\n")
+            try:
+                staging.rename(folder)
+            except OSError:
+                if not (folder / _MARKER).exists():  # not a finished copy from a concurrent process
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return folder

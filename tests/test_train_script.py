@@ -34,7 +34,7 @@ def test_train_script_runs_streams_and_saves_the_adapter(tmp_path):
         assert 0.0 <= summary[key] <= 1.0
     files = set(os.listdir(out))
     assert {"adapter_model.safetensors", "adapter_config.json", "relation_module.safetensors",
-            "infosam_config.json", "preprocessor_config.json"} <= files
+            "infosam_config.json", "processor_config.json"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl")) for f in files)
     assert json.loads((out / "infosam_config.json").read_text())["lora_r"] == 4
     assert json.loads((out / "iou_before_after.json").read_text())["iou"] == summary["iou"]

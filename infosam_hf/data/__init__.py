@@ -1,30 +1,37 @@
-"""Streaming segmentation data for SAM fine-tuning: sources, SAM preprocessing, prompts, collator."""
+"""Streaming segmentation data for SAM: loading, SAM preprocessing, prompt sampling, batching.
 
-from .collator import PROMPT_TYPES, SamSegmentationCollator
+The flow is `load_segmentation_dataset` -> `split_for_process` (multi-process runs)
+-> `prepare_dataset(dataset, SamSegmentationPreprocessor.from_processor(processor))`
+-> `DataLoader(..., collate_fn=SamSegmentationCollator(PromptSampler(seed=...)))`.
+"""
+
+from .collator import SamSegmentationCollator
 from .images import CorruptImageError, decode_image, to_binary_mask, to_rgb_pil
-from .preprocessing import SamSegmentationPreprocessor, longest_side_size
-from .prompts import PromptSampler
-from .sources import CorruptSampleLog, load_segmentation_dataset, prepare_dataset
-
-
-def split_for_process(dataset, rank: int, world_size: int):
-    """Each rank's disjoint part of a (streamed) dataset: by shard when shards divide evenly, else by example."""
-    from datasets.distributed import split_dataset_by_node
-
-    return split_dataset_by_node(dataset, rank=rank, world_size=world_size)
-
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, SamSegmentationPreprocessor, longest_side_size
+from .prompts import PAD_LABEL, PROMPT_TYPES, PromptSampler
+from .sources import (
+    CorruptSampleCounter,
+    CorruptSampleLog,
+    load_segmentation_dataset,
+    prepare_dataset,
+    split_for_process,
+)
 
 __all__ = [
-    "PROMPT_TYPES",
     "CorruptImageError",
+    "CorruptSampleCounter",
     "CorruptSampleLog",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "PAD_LABEL",
+    "PROMPT_TYPES",
     "PromptSampler",
     "SamSegmentationCollator",
     "SamSegmentationPreprocessor",
     "decode_image",
     "load_segmentation_dataset",
-    "longest_side_size",
     "prepare_dataset",
+    "longest_side_size",
     "split_for_process",
     "to_binary_mask",
     "to_rgb_pil",

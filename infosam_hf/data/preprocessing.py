@@ -1,13 +1,17 @@
-"""SAM's geometry for an image and its mask: longest side to the model size, pad bottom-right, normalise.
+"""SAM's image geometry, done once per sample on the CPU.
 
-Written with PIL and numpy rather than through `SamProcessor` for two reasons: the
-mask must follow exactly the same resize (nearest neighbour) and padding as the image,
-which the processor does not do for training labels; and the per-sample cost matters
-when a GPU waits on a 2-core data loader. The numbers match `SamProcessor`'s (tested).
+`SamProcessor` does the same resize / normalise / pad, but converts every image to
+float64, normalises channel by channel through generic helpers and cannot carry
+a binary mask at the image resolution (it resizes masks to 256 px for its own
+decoder-resolution labels). Training needs the mask at the *input* resolution, next
+to the image, and the data loader must keep a GPU fed, so this module redoes the
+geometry with the same PIL resampling (bit-for-bit the same resized pixels) and a
+fused float32 normalisation.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,71 +23,150 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def longest_side_size(height: int, width: int, longest: int) -> tuple[int, int]:
-    """SAM's `ResizeLongestSide`: the (h, w) after scaling the longest side to `longest`, rounded half up."""
-    scale = longest / max(height, width)
+def longest_side_size(height: int, width: int, longest_edge: int) -> tuple[int, int]:
+    """SAM's `ResizeLongestSide` shape, with its round-half-up, as `SamImageProcessor` computes it."""
+    scale = longest_edge * 1.0 / max(height, width)
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
 class SamSegmentationPreprocessor:
-    """One (image, mask) -> `pixel_values`, `gt_masks`, `original_sizes`, `reshaped_input_sizes`."""
+    """Image + mask -> the tensors SAM trains on, in SAM's padded `image_size` frame.
+
+    Output (numpy, so that rows travel cheaply between data-loader workers):
+    `pixel_values` float32 (3, S, S), `gt_masks` float32 (1, S, S) in {0, 1} (only when a
+    mask is given), `original_sizes` int64 (h, w), `reshaped_input_sizes` int64 (h, w).
+    Padding is bottom-right, with 0 in normalised space for the image (as SAM) and 0
+    (background) for the mask.
+
+    `mask_threshold=None` binarises masks by their kind (see `to_binary_mask`); pass a
+    number to force "foreground = value > threshold".
+    """
 
     def __init__(
         self,
         image_size: int = 1024,
-        image_mean: tuple[float, float, float] = IMAGENET_MEAN,
-        image_std: tuple[float, float, float] = IMAGENET_STD,
+        image_mean: Sequence[float] = IMAGENET_MEAN,
+        image_std: Sequence[float] = IMAGENET_STD,
         rescale_factor: float = 1 / 255,
+        resample: int = PIL.Image.BILINEAR,
+        mask_threshold: float | None = None,
     ):
+        if image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {image_size}.")
         self.image_size = int(image_size)
-        self.mean = np.asarray(image_mean, dtype=np.float32).reshape(3, 1, 1)
-        self.std = np.asarray(image_std, dtype=np.float32).reshape(3, 1, 1)
+        self.image_mean = tuple(float(m) for m in image_mean)
+        self.image_std = tuple(float(s) for s in image_std)
         self.rescale_factor = float(rescale_factor)
+        self.resample = int(resample)
+        self.mask_threshold = mask_threshold
+        if len(self.image_mean) != 3 or len(self.image_std) != 3:
+            raise ValueError("image_mean and image_std need one value per RGB channel.")
+        # (x * rescale - mean) / std == x * scale - shift, one multiply-subtract per pixel.
+        std = np.asarray(self.image_std, dtype=np.float64)
+        self._scale = (self.rescale_factor / std).astype(np.float32)
+        self._shift = (np.asarray(self.image_mean, dtype=np.float64) / std).astype(np.float32)
 
     @classmethod
-    def from_processor(cls, processor: Any) -> "SamSegmentationPreprocessor":
-        """From a `SamProcessor`, its image processor, or a path/Hub id to load one from."""
-        if isinstance(processor, str):
-            from transformers import SamProcessor
+    def from_processor(cls, processor_or_path: Any, **kwargs) -> SamSegmentationPreprocessor:
+        """Read mean, std, size and resampling from a `SamProcessor`, its image processor, or a path/Hub id.
 
-            processor = SamProcessor.from_pretrained(processor)
+        Using the checkpoint's own processor settings keeps training inputs identical to
+        what the model saw in pre-training and what `SamProcessor` gives at inference.
+        """
+        processor = processor_or_path
+        if isinstance(processor_or_path, str):
+            from transformers import AutoImageProcessor
+
+            processor = AutoImageProcessor.from_pretrained(processor_or_path)
         image_processor = getattr(processor, "image_processor", processor)
         size = getattr(image_processor, "size", None) or {}
-        longest = size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
-        return cls(
-            image_size=int(longest or 1024),
-            image_mean=tuple(image_processor.image_mean),
-            image_std=tuple(image_processor.image_std),
-            rescale_factor=float(getattr(image_processor, "rescale_factor", 1 / 255)),
+        longest_edge = size.get("longest_edge") if hasattr(size, "get") else getattr(size, "longest_edge", None)
+        if longest_edge is None:
+            raise ValueError(
+                f"{type(image_processor).__name__} has no size['longest_edge']; SAM's geometry needs one. "
+                "Pass a SamProcessor / SamImageProcessor or build SamSegmentationPreprocessor(image_size=...) directly."
+            )
+        pad_size = getattr(image_processor, "pad_size", None) or {}
+        pad_h = pad_size.get("height") if hasattr(pad_size, "get") else getattr(pad_size, "height", None)
+        if pad_h is not None and int(pad_h) != int(longest_edge):
+            raise ValueError(
+                f"The processor pads to {pad_h} but resizes to {longest_edge}; SAM expects both equal to the model's "
+                "image size. Fix the processor config (pad_size / size.longest_edge)."
+            )
+        resample = getattr(image_processor, "resample", PIL.Image.BILINEAR)
+        params = dict(
+            image_size=int(longest_edge),
+            image_mean=image_processor.image_mean,
+            image_std=image_processor.image_std,
+            rescale_factor=getattr(image_processor, "rescale_factor", 1 / 255),
+            resample=int(resample) if resample is not None else PIL.Image.BILINEAR,
+        )
+        params.update(kwargs)
+        return cls(**params)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(image_size={self.image_size}, image_mean={self.image_mean}, "
+            f"image_std={self.image_std}, mask_threshold={self.mask_threshold})"
         )
 
-    def __call__(self, image: Any, mask: Any = None) -> dict[str, np.ndarray]:
-        if isinstance(image, dict) and mask is None and "image" in image:
-            image, mask = image["image"], image.get("mask")
-        source = describe_source(image)
-        rgb = to_rgb_pil(decode_image(image, "image"))
+    def preprocess_image(
+        self, image: PIL.Image.Image | np.ndarray
+    ) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+        rgb = to_rgb_pil(image)
         height, width = rgb.height, rgb.width
         new_h, new_w = longest_side_size(height, width, self.image_size)
-        resized = np.asarray(rgb.resize((new_w, new_h), PIL.Image.BILINEAR), dtype=np.float32)
-        pixels = np.zeros((3, self.image_size, self.image_size), dtype=np.float32)
-        pixels[:, :new_h, :new_w] = (resized.transpose(2, 0, 1) * self.rescale_factor - self.mean) / self.std
-        out = {
-            "pixel_values": pixels,
-            "original_sizes": np.array([height, width], dtype=np.int64),
-            "reshaped_input_sizes": np.array([new_h, new_w], dtype=np.int64),
+        if (new_h, new_w) != (height, width):
+            rgb = rgb.resize((new_w, new_h), resample=self.resample)
+        size = self.image_size
+        pixel_values = np.zeros((3, size, size), dtype=np.float32)
+        for channel, band in enumerate(rgb.split()):
+            view = pixel_values[channel, :new_h, :new_w]
+            np.multiply(np.asarray(band), self._scale[channel], out=view)
+            view -= self._shift[channel]
+        return pixel_values, (height, width), (new_h, new_w)
+
+    def preprocess_mask(self, mask: PIL.Image.Image | np.ndarray, reshaped_size: tuple[int, int]) -> np.ndarray:
+        binary = to_binary_mask(mask, self.mask_threshold)
+        new_h, new_w = reshaped_size
+        if binary.shape != (new_h, new_w):
+            binary = np.asarray(PIL.Image.fromarray(binary).resize((new_w, new_h), resample=PIL.Image.NEAREST))
+        gt_masks = np.zeros((1, self.image_size, self.image_size), dtype=np.float32)
+        gt_masks[0, :new_h, :new_w] = binary
+        return gt_masks
+
+    def __call__(
+        self,
+        image: Any,
+        mask: Any = None,
+        source: str | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Preprocess one sample; `source` (a file name or sample id) only feeds error messages.
+
+        `image` / `mask` may also be paths, bytes or `datasets.Image` dicts, and `image`
+        a whole row `{"image": ..., "mask": ...}`.
+        """
+        if isinstance(image, dict) and mask is None and "image" in image:
+            image, mask = image["image"], image.get("mask")
+        if source is None and not isinstance(image, np.ndarray):
+            source = describe_source(image)
+        image = decode_image(image, "image")
+        if mask is not None:
+            mask = decode_image(mask, "mask")
+            image_hw, mask_hw = image_size_hw(image), image_size_hw(mask)
+            if image_hw != mask_hw:
+                raise ValueError(
+                    f"Image and mask sizes differ for sample {source or '<unnamed>'}: image is {image_hw[1]}x"
+                    f"{image_hw[0]} (WxH) but mask is {mask_hw[1]}x{mask_hw[0]}. Masks must be annotated at the "
+                    "image's resolution: resize the mask with nearest-neighbour to the image size (or re-export "
+                    "the pair), or drop the sample."
+                )
+        pixel_values, original_size, reshaped_size = self.preprocess_image(image)
+        features = {
+            "pixel_values": pixel_values,
+            "original_sizes": np.asarray(original_size, dtype=np.int64),
+            "reshaped_input_sizes": np.asarray(reshaped_size, dtype=np.int64),
         }
         if mask is not None:
-            decoded = decode_image(mask, "mask")
-            mask_hw = image_size_hw(decoded)
-            if mask_hw != (height, width):
-                raise ValueError(
-                    f"Image {source!r} is {height}x{width} but its mask {describe_source(mask)!r} is "
-                    f"{mask_hw[0]}x{mask_hw[1]} (HxW). Each mask must have its image's size; re-export the mask "
-                    "at the image's resolution or fix the image/mask pairing."
-                )
-            binary = to_binary_mask(decoded)
-            resized_mask = PIL.Image.fromarray(binary * 255).resize((new_w, new_h), PIL.Image.NEAREST)
-            gt = np.zeros((1, self.image_size, self.image_size), dtype=np.float32)
-            gt[0, :new_h, :new_w] = np.asarray(resized_mask) > 0
-            out["gt_masks"] = gt
-        return out
+            features["gt_masks"] = self.preprocess_mask(mask, reshaped_size)
+        return features

@@ -1,152 +1,472 @@
-"""Where image/mask pairs come from, all through `datasets`, streamed by default.
+"""Image/mask datasets from the Hub or disk, streamed through `datasets`, with errors that say what to fix.
 
-- a Hub dataset id or a local folder `load_dataset` understands (imagefolder with
-  `metadata.jsonl`, parquet, webdataset tar shards);
-- the CSV layout of the reference InfoSAM / Conv-LoRA benchmark folders
-  (`<root>/train.csv`, `<root>/test.csv`, columns `image,label` of paths relative to root).
-
-Columns are normalised to `image` and `mask`. Image columns are read undecoded, so a
-corrupt file reaches our decoder, which names it, and `prepare_dataset` can skip and
-count it instead of the whole stream failing inside `datasets`.
+Every source ends up as a `datasets.IterableDataset` (or `Dataset`) with exactly two
+columns, `image` and `mask`, both `datasets.Image`, so that the rest of the pipeline
+(`prepare_dataset`, the collator, the Trainer) never has to know where data came from.
 """
 
 from __future__ import annotations
 
+import atexit
 import csv
-import glob
 import logging
 import os
+import threading
+import weakref
+from collections.abc import Sequence
 from typing import Any
 
-from .images import CorruptImageError
+import datasets
+from datasets import Dataset, IterableDataset
+from datasets import Image as ImageFeature
+
+from .images import CorruptImageError, decode_image, describe_source
 from .preprocessing import SamSegmentationPreprocessor
 
 logger = logging.getLogger(__name__)
 
+_SPLIT_CSV_NAMES = {
+    "validation": ("val", "validation", "valid"),
+    "val": ("val", "validation", "valid"),
+    "valid": ("valid", "val", "validation"),
+}
+_FILE_BUILDERS = {".parquet": "parquet", ".tar": "webdataset", ".arrow": "arrow"}
+_SPLIT_HINT = "Pick one of them (split=...; examples/train.py: --train_split / --eval_split)."
+_MAX_DEFAULT_SHARDS = 64
 
-def _is_csv_layout(path: str) -> bool:
-    return os.path.isdir(path) and (
-        os.path.isfile(os.path.join(path, "train.csv")) or os.path.isfile(os.path.join(path, "test.csv"))
-    )
 
-
-def _csv_rows(root: str, split: str, image_column: str, mask_column: str) -> list[dict[str, str]]:
-    path = os.path.join(root, f"{split}.csv")
-    if not os.path.isfile(path):
-        available = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(root, "*.csv")))
-        raise FileNotFoundError(f"{path} does not exist; splits available in {root}: {available}. Pass --train_split/--eval_split.")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        for column, flag in ((image_column, "--image_column"), (mask_column, "--mask_column")):
-            if column not in columns:
-                raise ValueError(f"{path} has no column {column!r}; its columns are {columns}. Pass {flag} <name>.")
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            pair = {}
-            for column, key in ((image_column, "image"), (mask_column, "mask")):
-                file = os.path.join(root, row[column])
-                if not os.path.isfile(file):
-                    raise FileNotFoundError(
-                        f"{path}, line {line}: the {column} file {row[column]!r} does not exist under {root}. "
-                        "Fix the path (paths are relative to the folder holding the CSV) or remove the row."
-                    )
-                pair[key] = file
-            rows.append(pair)
-    if not rows:
-        raise ValueError(f"{path} lists no samples; add rows `image,label` of relative paths.")
-    return rows
+# --------------------------------------------------------------------------- loading
 
 
 def load_segmentation_dataset(
-    name_or_path: str,
+    name_or_path: str | os.PathLike,
     split: str = "train",
     image_column: str = "image",
     mask_column: str = "label",
     streaming: bool = True,
     data_files: Any = None,
-    **load_kwargs,
-):
-    """A (streamed) dataset of `image`, `mask` columns from any supported source."""
-    from datasets import Dataset, Image, IterableDataset, load_dataset
+    *,
+    num_shards: int | None = None,
+    check_not_empty: bool = True,
+    **load_kwargs: Any,
+) -> IterableDataset | Dataset:
+    """Load image/mask pairs as a dataset with columns `image` and `mask`.
 
-    if _is_csv_layout(name_or_path):
-        rows = _csv_rows(name_or_path, split, image_column, mask_column)
-        dataset = Dataset.from_list(rows)
-        return dataset.to_iterable_dataset(num_shards=min(len(rows), 8)) if streaming else dataset
-    if os.path.isdir(name_or_path) and data_files is None:
-        parquet = sorted(glob.glob(os.path.join(name_or_path, f"{split}-*.parquet")))
-        if parquet:
-            name_or_path, data_files = "parquet", {split: parquet}
-    dataset = load_dataset(name_or_path, data_files=data_files, split=split, streaming=streaming, **load_kwargs)
-    columns = list(dataset.column_names or (dataset.features or {}).keys())
-    for column, flag in ((image_column, "--image_column"), (mask_column, "--mask_column")):
-        if columns and column not in columns:
-            raise ValueError(
-                f"The dataset {name_or_path!r} (split {split!r}) has no column {column!r}; its columns are {columns}. "
-                f"Pass {flag} <name>."
+    `name_or_path` may be:
+
+    - a reference benchmark folder (InfoSAM / Conv-LoRA layout): `<root>/train.csv`,
+      `<root>/test.csv`, ... with `image,label` columns of paths relative to `<root>`
+      (also found one level down, as in `datasets/polyp/polyp/`); `split` picks the CSV
+      (`"validation"` reads `val.csv`, `"test_Kvasir"` reads `test_Kvasir.csv`);
+    - a single `.csv` file in that format;
+    - a folder of parquet shards, an imagefolder (`metadata.jsonl` with `file_name` and
+      `mask_file_name`), webdataset `.tar` shards, or a Hub dataset id: all handed to
+      `datasets.load_dataset`, so `data_files`, `revision`, `token`... pass through;
+    - a single `.parquet` / `.tar` file, or a builder name (`"parquet"`, `"webdataset"`,
+      `"imagefolder"`) with `data_files`.
+
+    Column names are configurable (`--image_column`, `--mask_column`; an imagefolder's
+    `mask_file_name` becomes the column `mask`). A webdataset column is found by its
+    name without the extension (`label` finds `label.png`). With `streaming=True`
+    images are read lazily, one by one.
+
+    `num_shards` sets the shard count of a streamed CSV layout (default: the largest
+    power of two up to 64 not above the number of rows), so that data-loader workers
+    and ranks can share it without reading every row (see `split_for_process`).
+    """
+    path = os.path.expanduser(os.fspath(name_or_path))
+    if data_files is not None and not isinstance(data_files, dict):
+        data_files = {split: data_files}
+
+    csv_layout = None if data_files is not None else _find_csv_layout(path, split)
+    if csv_layout is not None:
+        root, csv_path = csv_layout
+        dataset = _load_csv_layout(root, csv_path, image_column, mask_column, streaming, num_shards)
+        source, image_column, mask_column = csv_path, "image", "mask"  # already renamed by the CSV reader
+    else:
+        builder_path = path
+        if os.path.isfile(path):
+            extension = os.path.splitext(path)[1].lower()
+            if extension not in _FILE_BUILDERS:
+                raise ValueError(
+                    f"Cannot tell how to read {path!r}. Pass a folder, a reference CSV (image,label columns), or "
+                    f".parquet / .tar (webdataset) shards."
+                )
+            builder_path, data_files = _FILE_BUILDERS[extension], {split: path}
+        elif _looks_local(path) and not os.path.exists(path):
+            raise FileNotFoundError(
+                f"The dataset folder {path!r} does not exist. Check the path, or pass a Hub dataset id such as "
+                "'user/dataset'."
             )
-    if image_column != "image":
-        dataset = dataset.rename_column(image_column, "image")
-    if mask_column != "mask":
-        dataset = dataset.rename_column(mask_column, "mask")
-    features = dataset.features or {}
-    for column in ("image", "mask"):
-        if isinstance(features.get(column), Image):
-            dataset = dataset.cast_column(column, Image(decode=False))
-    extra = [c for c in (dataset.column_names or []) if c not in ("image", "mask")]
-    if extra:
-        dataset = dataset.remove_columns(extra)
-    if not streaming and isinstance(dataset, Dataset) and len(dataset) == 0:
-        raise ValueError(f"The dataset {name_or_path!r} split {split!r} is empty.")
+        try:
+            dataset = datasets.load_dataset(
+                builder_path, split=split, streaming=streaming, data_files=data_files, **load_kwargs
+            )
+        except ValueError as err:
+            if "split" in str(err).lower():
+                raise ValueError(f"{path!r} has no split {split!r}: {err}. {_SPLIT_HINT}") from err
+            raise
+        source = path
+    dataset = _normalise_columns(dataset, image_column, mask_column, source)
+    if check_not_empty:
+        _raise_if_empty(dataset, source, split)
     return dataset
 
 
+def _looks_local(path: str) -> bool:
+    return path.startswith((os.sep, ".", "~")) or (os.sep in path and path.count("/") != 1) or os.path.isabs(path)
+
+
+def _split_csv_candidates(split: str) -> tuple[str, ...]:
+    return _SPLIT_CSV_NAMES.get(split, (split,))
+
+
+def _find_csv_layout(path: str, split: str) -> tuple[str, str] | None:
+    """`(root, csv_path)` when `path` is a reference CSV layout (or one of its CSVs), else None."""
+    if os.path.isfile(path) and path.lower().endswith(".csv"):
+        return os.path.dirname(os.path.abspath(path)), os.path.abspath(path)
+    if not os.path.isdir(path):
+        return None
+    roots = [path]
+    # The reference downloads unpack to datasets/<name>/<name>/*.csv.
+    nested = os.path.join(path, os.path.basename(os.path.normpath(path)))
+    if os.path.isdir(nested):
+        roots.append(nested)
+    for root in roots:
+        csvs = sorted(f for f in os.listdir(root) if f.lower().endswith(".csv"))
+        if not csvs:
+            continue
+        for name in _split_csv_candidates(split):
+            if f"{name}.csv" in csvs:
+                return os.path.abspath(root), os.path.abspath(os.path.join(root, f"{name}.csv"))
+        if any(f in csvs for f in ("train.csv", "test.csv", "val.csv")):
+            available = [os.path.splitext(f)[0] for f in csvs]
+            raise FileNotFoundError(
+                f"{root!r} is a CSV-layout dataset without {split}.csv. Available splits: {available}. {_SPLIT_HINT}"
+            )
+    return None
+
+
+def _default_num_shards(num_rows: int) -> int:
+    shards = 1
+    while shards * 2 <= min(num_rows, _MAX_DEFAULT_SHARDS):
+        shards *= 2
+    return shards
+
+
+def _load_csv_layout(
+    root: str, csv_path: str, image_column: str, mask_column: str, streaming: bool, num_shards: int | None
+) -> IterableDataset | Dataset:
+    """Resolve the CSV's relative paths; the images themselves stay on disk until iterated.
+
+    The CSV is small (paths only), so it is read eagerly: a missing file is reported
+    now, with its row, rather than hours into training.
+    """
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        header = list(reader.fieldnames or [])
+        for column, flag in ((image_column, "--image_column"), (mask_column, "--mask_column")):
+            if column not in header:
+                raise ValueError(
+                    f"{csv_path} has no column {column!r}. Available columns: {header}. Pass {flag} <one of them>."
+                )
+        images, masks = [], []
+        for row_number, row in enumerate(reader, start=1):
+            pair = []
+            for column in (image_column, mask_column):
+                relative = (row.get(column) or "").strip()
+                resolved = os.path.normpath(os.path.join(root, relative)) if relative else ""
+                if not relative or not os.path.isfile(resolved):
+                    raise FileNotFoundError(
+                        f"{csv_path}, line {reader.line_num} (sample row {row_number}), column {column!r}: file "
+                        f"{resolved or '<empty>'!r} (from {relative!r}, relative to {root!r}) does not exist. "
+                        "Fix the path in the CSV or restore the file."
+                    )
+                pair.append(resolved)
+            images.append(pair[0])
+            masks.append(pair[1])
+    if not images:
+        raise ValueError(f"{csv_path} lists no samples. Add image,label rows or pick another split.")
+    table = Dataset.from_dict(
+        {"image": images, "mask": masks},
+        features=datasets.Features({"image": ImageFeature(), "mask": ImageFeature()}),
+    )
+    if not streaming:
+        return table
+    shards = num_shards or _default_num_shards(len(images))
+    return table.to_iterable_dataset(num_shards=min(shards, len(images)))
+
+
+def _resolve_column(columns: Sequence[str], requested: str, exclude: str | None) -> str | None:
+    if requested in columns:
+        return requested
+    # webdataset names columns after the file extension: "label.png" for key.label.png
+    by_stem = [c for c in columns if c.split(".")[0] == requested and c != exclude]
+    return by_stem[0] if len(by_stem) == 1 else None
+
+
+def _column_names(dataset: IterableDataset | Dataset) -> list[str] | None:
+    if dataset.features is not None:
+        return list(dataset.features)
+    if isinstance(dataset, IterableDataset):
+        return None
+    return list(dataset.column_names)
+
+
+def _normalise_columns(dataset, image_column: str, mask_column: str, source: str):
+    columns = _column_names(dataset)
+    if columns is None:
+        # Some streamed sources only know their columns after the first row.
+        dataset = dataset._resolve_features()
+        columns = _column_names(dataset) or []
+    image = _resolve_column(columns, image_column, exclude=None)
+    if image is None:
+        raise ValueError(
+            f"{source} has no column {image_column!r} (asked for as the image column). Available columns: "
+            f"{columns}. Pass --image_column <name> (image_column=... in Python)."
+        )
+    mask = _resolve_column(columns, mask_column, exclude=image)
+    if mask is None:
+        raise ValueError(
+            f"{source} has no column {mask_column!r} (asked for as the mask column). Available columns: "
+            f"{columns}. Pass --mask_column <name> (mask_column=... in Python)."
+        )
+    for column, role, flag in ((image, "image", "--image_column"), (mask, "mask", "--mask_column")):
+        feature = dataset.features[column] if dataset.features is not None else None
+        if isinstance(feature, datasets.ClassLabel) or (
+            isinstance(feature, datasets.Value)
+            and feature.dtype not in ("string", "large_string", "binary", "large_binary")
+        ):
+            hint = (
+                " It holds class ids (an imagefolder with class sub-folders?): describe the masks in a "
+                "metadata.jsonl with 'file_name' and 'mask_file_name'."
+                if isinstance(feature, datasets.ClassLabel)
+                else ""
+            )
+            raise ValueError(
+                f"Column {column!r} of {source} is {feature}, not an {role}.{hint} "
+                f"Available columns: {columns}. Pass {flag} <name of the {role} column>."
+            )
+    dataset = dataset.select_columns([image, mask])
+    renames = {old: new for old, new in ((image, "image"), (mask, "mask")) if old != new}
+    if renames:
+        dataset = dataset.rename_columns(renames)
+    for column in ("image", "mask"):
+        feature = dataset.features[column] if dataset.features is not None else None
+        if (
+            feature is not None
+            and not isinstance(feature, ImageFeature)
+            and (isinstance(feature, datasets.Value) or isinstance(feature, dict))
+        ):
+            dataset = dataset.cast_column(column, ImageFeature())  # paths or bytes -> lazily decoded images
+    return dataset
+
+
+def _without_decoding(dataset):
+    if dataset.features is None:
+        return dataset
+    for column, feature in dataset.features.items():
+        if isinstance(feature, ImageFeature) and feature.decode:
+            dataset = dataset.cast_column(column, ImageFeature(decode=False))
+    return dataset
+
+
+def _raise_if_empty(dataset, source: str, split: str) -> None:
+    if isinstance(dataset, Dataset):
+        empty = len(dataset) == 0
+    else:
+        empty = next(iter(_without_decoding(dataset).take(1)), None) is None
+    if empty:
+        raise ValueError(
+            f"The {split!r} split of {source} is empty. Check the path / data_files pattern, or pick another split."
+        )
+
+
+# --------------------------------------------------------------------------- distribution
+
+
+def split_for_process(dataset, rank: int | None = None, world_size: int | None = None):
+    """The part of `dataset` this process reads, disjoint from every other rank's.
+
+    Wraps `datasets.distributed.split_dataset_by_node`: a stream with a shard count
+    divisible by `world_size` is split by shard (each rank opens only its files);
+    otherwise each rank reads the stream and keeps every `world_size`-th sample, which
+    is still disjoint but costs every rank the full read. Shuffle with the same seed
+    on every rank (`dataset.shuffle(seed=...)`, `set_epoch`) so the split stays disjoint.
+    `rank` / `world_size` default to `torch.distributed` or the `RANK` / `WORLD_SIZE`
+    environment that `torchrun` and `accelerate launch` set.
+    """
+    if rank is None or world_size is None:
+        env_rank, env_world = _distributed_env()
+        rank = env_rank if rank is None else rank
+        world_size = env_world if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must lie in [0, world_size); got rank={rank}, world_size={world_size}.")
+    if world_size == 1:
+        return dataset
+    if isinstance(dataset, IterableDataset) and dataset.n_shards % world_size != 0:
+        logger.warning(
+            "The stream has %d shards, not a multiple of %d processes: every rank reads all of it and keeps "
+            "1/%d. Reshard (e.g. num_shards=%d) to let each rank read only its own files.",
+            dataset.n_shards,
+            world_size,
+            world_size,
+            world_size * max(1, dataset.n_shards // world_size),
+        )
+    from datasets.distributed import split_dataset_by_node
+
+    return split_dataset_by_node(dataset, rank=rank, world_size=world_size)
+
+
+def _distributed_env() -> tuple[int, int]:
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    except ImportError:  # pragma: no cover
+        pass
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
 class CorruptSampleLog:
-    """Counts and names the samples a stream skipped, for the report at the end of a run."""
+    """Counts and names the samples skipped because their image or mask could not be decoded.
+
+    Each skip is logged as it happens (file and fix), `report()` summarises, and every
+    log that skipped something reports again when the process exits, so a long run
+    ends with the list. Data-loader workers hold their own copies: with
+    `num_workers > 0` the per-skip warnings (emitted in the workers) are the record.
+    """
 
     def __init__(self):
         self.skipped: list[str] = []
+        self._lock = threading.Lock()
+        _LOGS.add(self)
 
-    def add(self, message: str) -> None:
-        self.skipped.append(message)
-        logger.warning("Skipped a corrupt sample (%d so far): %s", len(self.skipped), message)
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def count(self) -> int:
+        return len(self.skipped)
+
+    def add(self, source: str, error: BaseException | str = "") -> None:
+        with self._lock:
+            self.skipped.append(source)
+        logger.warning("Skipping corrupt sample %s (%d skipped so far): %s", source, self.count, error)
 
     def report(self) -> str:
         if not self.skipped:
             return "No corrupt samples were skipped."
-        return f"{len(self.skipped)} corrupt sample(s) skipped:\n" + "\n".join(f"  - {m}" for m in self.skipped)
+        return (
+            f"Skipped {self.count} corrupt sample(s): {', '.join(self.skipped)}. Re-export or remove these files "
+            "(or pass skip_corrupt=False to stop at the first one)."
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(count={self.count})"
 
 
-def prepare_dataset(dataset, preprocessor: SamSegmentationPreprocessor, skip_corrupt: bool = True, corrupt_log=None):
-    """Lazily maps `image`/`mask` rows to model inputs; corrupt samples are skipped and logged (or raise)."""
-    log = corrupt_log if corrupt_log is not None else CorruptSampleLog()
+CorruptSampleCounter = CorruptSampleLog  # the name used in the design notes
+_LOGS: weakref.WeakSet[CorruptSampleLog] = weakref.WeakSet()
 
-    def generate(rows):
-        for row in rows:
-            try:
-                yield preprocessor(row["image"], row["mask"])
-            except CorruptImageError as err:
-                if not skip_corrupt:
-                    raise
-                log.add(str(err))
 
-    from datasets import Dataset, IterableDataset
+@atexit.register
+def _report_corrupt_samples_at_exit() -> None:  # pragma: no cover - runs at interpreter exit
+    for log in list(_LOGS):
+        if log.count:
+            logger.warning(log.report())
 
-    def transform(batch):
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        out = list(generate(rows))
-        keys = ("pixel_values", "gt_masks", "original_sizes", "reshaped_input_sizes")
-        return {k: [o[k] for o in out] for k in keys}
 
-    if isinstance(dataset, Dataset):
-        # Map-style data is transformed lazily on access: nothing is preprocessed (or held in memory) ahead of use.
-        # A corrupt file raises here, naming it: a map-style dataset cannot drop an index.
-        def on_access(batch):
-            out = [preprocessor(image, mask) for image, mask in zip(batch["image"], batch["mask"])]
-            return {k: [o[k] for o in out] for k in out[0]} if out else {}
+class _Preprocess:
+    """The per-sample function `prepare_dataset` maps; a class so that workers can pickle it."""
 
-        return dataset.with_transform(on_access)
-    mapped = dataset.map(transform, batched=True, batch_size=8, remove_columns=dataset.column_names)
-    mapped.corrupt_log = log
-    return mapped
+    def __init__(self, preprocessor: SamSegmentationPreprocessor, skip_corrupt: bool, log: CorruptSampleLog):
+        self.preprocessor = preprocessor
+        self.skip_corrupt = skip_corrupt
+        self.log = log
+
+    def one(self, image_value: Any, mask_value: Any, fallback_name: str) -> dict | None:
+        image_source = describe_source(image_value, fallback_name)
+        mask_source = describe_source(mask_value, f"mask of {image_source}")
+        try:
+            image = decode_image(image_value, "image")
+        except CorruptImageError as err:
+            return self._skip(image_source, err)
+        try:
+            mask = decode_image(mask_value, "mask") if mask_value is not None else None
+        except CorruptImageError as err:
+            return self._skip(mask_source, err)
+        name = image_source if mask_value is None else f"{image_source} (mask {mask_source})"
+        return self.preprocessor(image, mask, source=name)
+
+    def _skip(self, source: str, error: CorruptImageError) -> None:
+        if not self.skip_corrupt:
+            raise error
+        self.log.add(source, error)
+        return None
+
+    def stream(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        out: dict[str, list] = {}
+        masks = batch.get("mask", [None] * len(batch["image"]))
+        for image_value, mask_value, index in zip(batch["image"], masks, indices):
+            features = self.one(image_value, mask_value, f"<sample #{index} of the stream>")
+            if features is None:
+                continue
+            for key, value in features.items():
+                out.setdefault(key, []).append(value)
+        if not out:  # every row of the batch was skipped: keep the column layout, no rows
+            out = {key: [] for key in ("pixel_values", "original_sizes", "reshaped_input_sizes", "gt_masks")}
+        return out
+
+    def transform(self, batch: dict[str, list]) -> dict[str, list]:
+        masks = batch.get("mask", [None] * len(batch["image"]))
+        rows = [self.one(i, m, "<unnamed sample>") for i, m in zip(batch["image"], masks)]
+        keys = next((list(r) for r in rows if r is not None), ["pixel_values"])
+        return {key: [None if r is None else r[key] for r in rows] for key in keys}
+
+
+def prepare_dataset(
+    dataset: IterableDataset | Dataset,
+    preprocessor: SamSegmentationPreprocessor,
+    skip_corrupt: bool = True,
+    corrupt_log: CorruptSampleLog | None = None,
+) -> IterableDataset | Dataset:
+    """Lazily turn `image`/`mask` rows into SAM features (see `SamSegmentationPreprocessor`).
+
+    Decoding is taken over from `datasets` (image columns are cast to
+    `Image(decode=False)`) so that a corrupt file is skipped and counted instead of
+    ending the stream; a missing file or an image/mask size mismatch still raises, since
+    those point at a broken dataset rather than a bad file. A streamed dataset drops
+    skipped rows; a map-style one (where rows cannot disappear) yields them with
+    `pixel_values=None` and `SamSegmentationCollator` drops them. The log of skipped
+    samples is `corrupt_log` (a new one by default), also reachable as
+    `prepared.corrupt_log`.
+    """
+    log = CorruptSampleLog() if corrupt_log is None else corrupt_log
+    columns = _column_names(dataset)
+    if columns is None:
+        dataset = dataset._resolve_features()
+        columns = _column_names(dataset) or []
+    if "image" not in columns:
+        raise ValueError(
+            f"prepare_dataset expects an 'image' column (and 'mask'); got {columns}. "
+            "Load the data with load_segmentation_dataset, which normalises the column names."
+        )
+    fn = _Preprocess(preprocessor, skip_corrupt, log)
+    dataset = _without_decoding(dataset)
+    if isinstance(dataset, IterableDataset):
+        prepared = dataset.map(fn.stream, batched=True, batch_size=1, with_indices=True, remove_columns=columns)
+    else:
+        prepared = dataset.with_transform(fn.transform)
+    prepared.corrupt_log = log
+    return prepared

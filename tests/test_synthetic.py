@@ -1,0 +1,156 @@
+"""The built-in synthetic domains: content, domain shift, determinism, parquet output and the cache."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import numpy as np
+import PIL.Image
+import PIL.ImageFilter
+import pytest
+
+from infosam_hf.synthetic import (
+    DOMAINS,
+    default_dataset_dir,
+    ensure_synthetic_dataset,
+    make_synthetic_sample,
+    write_synthetic_dataset,
+)
+
+
+def _samples(domain, n=30, size=96, seed=0):
+    rng = np.random.default_rng(seed)
+    return [make_synthetic_sample(domain, size, rng) for _ in range(n)]
+
+
+def _contrast(image, mask):
+    """Colour distance between the object and a ring of background just around it."""
+    pixels = np.asarray(image, np.float32)
+    inside = np.asarray(mask) > 0
+    ring = np.asarray(PIL.Image.fromarray(np.asarray(mask)).filter(PIL.ImageFilter.MaxFilter(9))) > 0
+    ring &= ~inside
+    return float(np.linalg.norm(pixels[inside].mean(0) - pixels[ring].mean(0)))
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_sample_types_sizes_and_objects(domain):
+    samples = _samples(domain)
+    fractions, centres = [], []
+    for image, mask in samples:
+        assert image.mode == "RGB" and mask.mode == "L" and image.size == mask.size == (96, 96)
+        values = np.unique(np.asarray(mask))
+        assert set(values.tolist()) <= {0, 255}
+        fg = np.asarray(mask) > 0
+        fractions.append(fg.mean())
+        ys, xs = np.nonzero(fg)
+        centres.append((xs.mean(), ys.mean()))
+    fractions, centres = np.array(fractions), np.array(centres)
+    # drawn for 5-40% of the image; ellipses and polygons inscribed in that box cover a bit less
+    assert fractions.min() >= 0.02 and fractions.max() <= 0.42
+    assert fractions.max() - fractions.min() > 0.2  # varied sizes
+    assert centres.std(axis=0).min() > 5  # not always centred
+    assert np.abs(centres - 48).max() > 15
+
+
+def test_specialised_domain_is_shifted_low_contrast_and_textured():
+    general, specialised = _samples("general"), _samples("specialised")
+    general_contrast = np.median([_contrast(i, m) for i, m in general])
+    special_contrast = np.median([_contrast(i, m) for i, m in specialised])
+    assert general_contrast > 1.5 * special_contrast  # the object blends into its surroundings
+    assert special_contrast > 20  # low, but still learnable
+
+    def roughness(image, mask):  # high-frequency energy inside the object
+        gray = np.asarray(image.convert("L"), np.float32)
+        detail = np.abs(np.diff(gray, axis=1))[:, :-1][np.asarray(mask)[:, 1:-1] > 0]
+        return detail.mean()
+
+    assert np.median([roughness(*s) for s in specialised]) > 1.3 * np.median([roughness(*s) for s in general])
+
+
+def test_deterministic_under_seed():
+    a = make_synthetic_sample("general", 64, np.random.default_rng(5))
+    b = make_synthetic_sample("general", 64, np.random.default_rng(5))
+    c = make_synthetic_sample("general", 64, np.random.default_rng(6))
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+    assert not np.array_equal(np.asarray(a[0]), np.asarray(c[0]))
+
+
+def test_fast_enough():
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    for index in range(100):
+        make_synthetic_sample(DOMAINS[index % 2], 128, rng)
+    assert 100 / (time.perf_counter() - start) > 40  # thousands per minute, with margin for a busy CI box
+
+
+def test_unknown_domain():
+    with pytest.raises(ValueError, match="use one of"):
+        make_synthetic_sample("medical", 64, np.random.default_rng(0))
+
+
+def _digest(folder):
+    return {
+        name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        for name in sorted(os.listdir(folder))
+        if not name.startswith(".")
+    }
+
+
+def test_write_parquet_shards_deterministic_and_streamable(tmp_path):
+    from datasets import Image, load_dataset
+
+    write_synthetic_dataset(tmp_path / "a", "specialised", num_train=5, num_test=3, image_size=48, seed=2)
+    write_synthetic_dataset(tmp_path / "b", "specialised", num_train=5, num_test=3, image_size=48, seed=2)
+    digest_a = _digest(tmp_path / "a")
+    assert sorted(digest_a) == [
+        "test-00000-of-00002.parquet",
+        "test-00001-of-00002.parquet",
+        "train-00000-of-00002.parquet",
+        "train-00001-of-00002.parquet",
+    ]
+    assert digest_a == _digest(tmp_path / "b")  # byte-identical
+    write_synthetic_dataset(tmp_path / "c", "specialised", num_train=5, num_test=3, image_size=48, seed=3)
+    assert _digest(tmp_path / "c") != digest_a
+
+    stream = load_dataset(
+        "parquet", data_files={"train": str(tmp_path / "a" / "train-*.parquet")}, split="train", streaming=True
+    )
+    assert isinstance(stream.features["image"], Image) and isinstance(stream.features["label"], Image)
+    rows = list(stream)
+    assert len(rows) == 5 and rows[0]["image"].size == (48, 48) and rows[0]["label"].mode == "L"
+    # the same samples whatever the sharding; an empty split writes no file
+    one_shard = tmp_path / "one"
+    write_synthetic_dataset(one_shard, "specialised", num_train=5, num_test=0, image_size=48, seed=2, num_shards=1)
+    assert _digest(one_shard).keys() == {"train-00000-of-00001.parquet"}
+    single = list(load_dataset("parquet", data_files=str(one_shard / "train-*.parquet"), split="train", streaming=True))
+    assert [np.asarray(r["image"]).tobytes() for r in single] == [np.asarray(r["image"]).tobytes() for r in rows]
+
+
+def test_write_never_overwrites(tmp_path):
+    write_synthetic_dataset(tmp_path, "general", num_train=2, num_test=0, image_size=32, num_shards=1)
+    before = _digest(tmp_path)
+    with pytest.raises(FileExistsError, match="never overwrites"):
+        write_synthetic_dataset(tmp_path, "general", num_train=2, num_test=0, image_size=32, seed=9, num_shards=1)
+    assert _digest(tmp_path) == before
+
+
+def test_ensure_creates_once_in_cache_and_respects_user_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("INFOSAM_HF_CACHE", str(tmp_path / "cache"))
+    params = dict(image_size=32, num_train=4, num_test=2, seed=0)
+    expected = default_dataset_dir("general", **params)
+    assert str(expected).startswith(str(tmp_path / "cache"))
+    path = ensure_synthetic_dataset("general", **params)
+    assert path == expected and len(_digest(expected)) == 4
+    stamp = {name: os.stat(path / name).st_mtime_ns for name in os.listdir(path)}
+    assert ensure_synthetic_dataset("general", **params) == path  # reused, not regenerated
+    assert {name: os.stat(path / name).st_mtime_ns for name in os.listdir(path)} == stamp
+    assert [p for p in os.listdir(expected.parent)] == [expected.name]  # no staging folder left behind
+
+    foreign = default_dataset_dir("specialised", **params)
+    foreign.mkdir(parents=True)
+    (foreign / "mine.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match="left untouched"):
+        ensure_synthetic_dataset("specialised", **params)
+    assert os.listdir(foreign) == ["mine.txt"]
