@@ -96,9 +96,9 @@ def build_datasets(data_args, preprocessor, training_args):
     kwargs = dict(image_column=data_args.image_column, mask_column=data_args.mask_column)
     train = load_segmentation_dataset(source, split=data_args.train_split, streaming=data_args.streaming, **kwargs)
     if training_args.world_size > 1 and data_args.streaming:
-        from datasets.distributed import split_dataset_by_node
-
-        train = split_dataset_by_node(train, rank=training_args.process_index, world_size=training_args.world_size)
+        # Each rank reads its own shards (or its slice of each global batch). accelerate's default for iterable data
+        # (rank 0 reads and dispatches) would concatenate box- and point-prompted batches, which cannot be merged.
+        training_args.accelerator_config.dispatch_batches = False
     if data_args.streaming:  # shuffle file references, not preprocessed tensors (4 GB per 256 at 1024 px)
         train = train.shuffle(seed=training_args.seed, buffer_size=256)
     train = prepare_dataset(train, preprocessor)
