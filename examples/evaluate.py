@@ -1,0 +1,388 @@
+"""Evaluate an InfoSAM adapter against its zero-shot base model on one dataset split.
+
+With no arguments it evaluates the built-in tiny SAM zero-shot on the built-in
+"specialised" synthetic test split, and, if `examples/train.py` has written its default
+adapter to `outputs/infosam-builtin`, that adapter too:
+
+    python examples/evaluate.py
+    python examples/evaluate.py --adapter outputs/infosam-builtin --output_file metrics.json
+    python examples/evaluate.py --adapter user/sam-vit-base-polyp-infosam --dataset_name /data/polyp \\
+        --split test_Kvasir --structure_measures --batch_size 16 --output_file kvasir.json
+    python examples/evaluate.py --adapter user/sam-road-infosam --dataset_name /data/road --prompt points --num_points 5
+    python examples/evaluate.py --model_name_or_path facebook/sam-vit-base --dataset_name /data/polyp   # base only
+
+Both rows of the table are measured in one pass over the data, on the same batches with
+the same prompts: the zero-shot row runs the adapter's own base weights with the adapter
+switched off (`PeftModel.disable_adapter()`), so no second copy of SAM is loaded.
+
+Metrics are measured at the ORIGINAL image size, against the dataset's own mask: the
+padded-square logits are cropped to the valid region and resized to the image (as
+`SamProcessor.post_process_masks` does), then scored by
+`infosam_hf.metrics.SegmentationMetrics`:
+
+* `iou`, `dice`: averaged over the binarisation thresholds (0.1, 0.3, 0.5, 0.7, 0.9) of
+  the logits, then over images (the InfoSAM paper's protocol);
+* `iou@0.5`, `dice@0.5`: the plain mask (probability > 0.5);
+* with `--structure_measures` (polyp, camouflage sets): `s_measure`, `e_measure`,
+  `weighted_f` on sigmoid(logits); `--reference_protocol` reproduces the reference
+  code's variants (clipped logits, adaptive E-measure, beta^2 = 0.3).
+
+Empty ground truth (an image without the object) is part of real data and has a defined
+result: IoU = Dice = 1 when the prediction is empty too, else 0; the box prompt of such
+an image is the whole image (see `infosam_hf.data.prompts`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser, SamModel, SamProcessor
+
+from infosam_hf.builtin import BUILTIN_MODEL_PATH, builtin_dataset_path
+from infosam_hf.callbacks import sam_low_res_logits
+from infosam_hf.data import (
+    PromptSampler,
+    SamSegmentationCollator,
+    SamSegmentationPreprocessor,
+    decode_image,
+    load_segmentation_dataset,
+    to_binary_mask,
+)
+from infosam_hf.metrics import SegmentationMetrics
+
+logger = logging.getLogger("infosam_hf.evaluate")
+
+DEFAULT_ADAPTER_DIR = os.path.join("outputs", "infosam-builtin")  # examples/train.py's default output_dir
+ROW_LABELS = {"zero_shot": "zero-shot base", "adapter": "adapter"}
+PROMPT_KEYS = ("input_boxes", "input_points", "input_labels")
+
+
+@dataclass
+class EvaluationArguments:
+    adapter: str | None = field(
+        default=None,
+        metadata={"help": "Trained InfoSAM adapter: a folder written by examples/train.py or a Hub id."},
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Base SAM (folder or Hub id). Without --adapter only this model is evaluated (zero-shot)."},
+    )
+    base_model: str | None = field(
+        default=None,
+        metadata={"help": "Load the adapter on this base instead of the one named in its adapter_config.json."},
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub dataset id, local folder (imagefolder/parquet/webdataset) or reference CSV layout. "
+            "Default: the built-in synthetic 'specialised' domain."
+        },
+    )
+    split: str = field(default="test")
+    image_column: str = field(default="image")
+    mask_column: str = field(default="label")
+    streaming: bool = field(default=False, metadata={"help": "Stream the split instead of loading it first."})
+    max_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N images only."})
+    prompt: str = field(default="box", metadata={"help": "Prompt type.", "choices": ["box", "points"]})
+    num_points: int = field(default=1, metadata={"help": "Foreground points per image with --prompt points."})
+    box_noise: float = field(default=0.0, metadata={"help": "Box jitter (fraction of the box side); 0 = tight box."})
+    seed: int = field(default=0, metadata={"help": "Seed of the prompt draw (points, box jitter)."})
+    batch_size: int = field(default=8)
+    num_workers: int = field(default=0, metadata={"help": "Data-loading processes."})
+    device: str | None = field(default=None, metadata={"help": "Default: cuda if available, else cpu."})
+    dtype: str = field(default="float32", metadata={"help": "Model dtype.", "choices": ["float32", "bfloat16", "float16"]})
+    structure_measures: bool = field(
+        default=False, metadata={"help": "Also report S-measure, E-measure and weighted F (polyp, camouflage)."}
+    )
+    reference_protocol: bool = field(
+        default=False,
+        metadata={"help": "Structure measures as the InfoSAM reference code computes them (to compare with the paper)."},
+    )
+    compare_base: bool = field(
+        default=True, metadata={"help": "Also evaluate the zero-shot base model (--compare_base false to skip)."}
+    )
+    output_file: str | None = field(default=None, metadata={"help": "Write the results as JSON to this file."})
+    disable_tqdm: bool = field(default=False)
+
+    def __post_init__(self):
+        if self.num_points < 1:
+            raise ValueError(f"--num_points must be at least 1, got {self.num_points}.")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch_size must be at least 1, got {self.batch_size}.")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError(f"--max_samples must be at least 1, got {self.max_samples}.")
+        if self.reference_protocol and not self.structure_measures:
+            logger.info("--reference_protocol only changes the structure measures; enabling --structure_measures.")
+            self.structure_measures = True
+
+
+# ------------------------------------------------------------------------------ models
+
+
+def resolve_models(args: EvaluationArguments) -> tuple[str | None, str | None]:
+    """(adapter, base) to evaluate. No model flag at all = the built-in default."""
+    if args.model_name_or_path and args.base_model and args.model_name_or_path != args.base_model:
+        raise ValueError(
+            f"--model_name_or_path {args.model_name_or_path!r} and --base_model {args.base_model!r} name different "
+            "base models; pass one of them."
+        )
+    base = args.base_model or args.model_name_or_path
+    adapter = args.adapter
+    if adapter is None and base is None:
+        base = BUILTIN_MODEL_PATH
+        if os.path.isfile(os.path.join(DEFAULT_ADAPTER_DIR, "adapter_config.json")):
+            adapter = DEFAULT_ADAPTER_DIR
+            logger.info("Evaluating the built-in model and the adapter found in %s.", DEFAULT_ADAPTER_DIR)
+        else:
+            logger.info(
+                "Evaluating the built-in model zero-shot (train an adapter with examples/train.py to compare)."
+            )
+    return adapter, base
+
+
+def default_device(device: str | None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_models(adapter: str | None, base: str | None, device: torch.device, dtype: torch.dtype):
+    """The model to evaluate and its processor: a PeftModel (adapter) or a SamModel (base only), in eval mode."""
+    if adapter is not None:
+        import infosam_hf
+
+        model, processor = infosam_hf.load(adapter, base_model=base, device=device)
+    else:
+        model = SamModel.from_pretrained(base)
+        processor = SamProcessor.from_pretrained(base)
+    model.to(device=device, dtype=dtype)
+    model.eval()
+    return model, processor
+
+
+# ------------------------------------------------------------------------------ data
+
+
+class EvaluationStream(torch.utils.data.IterableDataset):
+    """Raw `{image, mask}` rows -> model features plus the binary mask at the original size.
+
+    The ground truth is scored at the image's own resolution, so the original mask
+    travels beside the preprocessed tensors. With several workers each one takes every
+    `num_workers`-th image (images are decoded only by the worker that keeps them).
+    """
+
+    def __init__(self, dataset, preprocessor: SamSegmentationPreprocessor, max_samples: int | None = None):
+        self.dataset = _without_decoding(dataset)
+        self.preprocessor = preprocessor
+        self.max_samples = max_samples
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for index, row in enumerate(self.dataset):
+            if self.max_samples is not None and index >= self.max_samples:
+                break
+            if index % workers != worker:
+                continue
+            image, mask = decode_image(row["image"], "image"), decode_image(row["mask"], "mask")
+            features = self.preprocessor(image, mask, source=_source_name(row["image"], index))
+            features["gt_original"] = to_binary_mask(mask, self.preprocessor.mask_threshold)
+            yield features
+
+
+def _source_name(value, index: int) -> str:
+    if isinstance(value, dict) and value.get("path"):
+        return str(value["path"])
+    return f"<sample #{index}>"
+
+
+def _without_decoding(dataset):
+    """Image columns as undecoded bytes/paths: skipped rows (other workers' images) then cost no decoding."""
+    from datasets import Image as ImageFeature
+
+    if getattr(dataset, "features", None) is None:
+        return dataset
+    for column, feature in dataset.features.items():
+        if isinstance(feature, ImageFeature) and feature.decode:
+            dataset = dataset.cast_column(column, ImageFeature(decode=False))
+    return dataset
+
+
+class EvaluationCollator:
+    """Stacks features and samples the prompt (the same one for both models); keeps the original masks as a list."""
+
+    def __init__(self, prompt: str, num_points: int, box_noise: float, seed: int):
+        sampler = PromptSampler(
+            box_probability=1.0 if prompt == "box" else 0.0, num_points=num_points, box_noise=box_noise, seed=seed
+        )
+        self.collator = SamSegmentationCollator(sampler, prompt_type=prompt)
+
+    def __call__(self, features):
+        originals = [f.pop("gt_original") for f in features]
+        batch = self.collator(features)
+        batch["gt_original"] = originals
+        return batch
+
+
+def dataset_size(dataset, max_samples: int | None) -> int | None:
+    try:
+        n = len(dataset)
+    except TypeError:
+        n = None
+    if max_samples is not None:
+        return max_samples if n is None else min(n, max_samples)
+    return n
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+def evaluate(model, loader, runs: dict[str, contextlib.AbstractContextManager], metric_kwargs: dict, total, disable_tqdm):
+    """One pass over the data; every run (zero-shot, adapter) scores the same batch, prompts included."""
+    metrics = {name: SegmentationMetrics(**metric_kwargs) for name in runs}
+    with tqdm(total=total, unit="img", desc="evaluating", disable=disable_tqdm) as progress:
+        for batch in loader:
+            prompts = {k: batch[k] for k in PROMPT_KEYS if k in batch}
+            size = batch["pixel_values"].shape[-1]
+            for name, context in runs.items():
+                with context():
+                    logits = sam_low_res_logits(model, batch["pixel_values"], **prompts).cpu()
+                metrics[name].update(
+                    logits,
+                    batch["gt_original"],
+                    original_size=batch["original_sizes"],
+                    reshaped_input_size=batch["reshaped_input_sizes"],
+                    pad_size=size,
+                )
+            progress.update(len(batch["gt_original"]))
+    return metrics
+
+
+def format_table(results: dict[str, dict[str, float]], num_images: int) -> str:
+    """A Markdown table: one row per model, and the adapter's gain over the base when both were run."""
+    keys = list(next(iter(results.values())))
+    header = ["model", "images", *keys]
+    rows = [[ROW_LABELS.get(name, name), str(num_images), *(f"{values[k]:.4f}" for k in keys)] for name, values in results.items()]
+    if "zero_shot" in results and "adapter" in results:
+        rows.append(
+            ["adapter - base", "", *(f"{results['adapter'][k] - results['zero_shot'][k]:+.4f}" for k in keys)]
+        )
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells):
+        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    separator = "|" + "|".join(("-" * (w + 2)) if i == 0 else ("-" * (w + 1) + ":") for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(header), separator, *(line(r) for r in rows)])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    (args,) = HfArgumentParser(EvaluationArguments).parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+
+    adapter, base = resolve_models(args)
+    device = default_device(args.device)
+    dtype = getattr(torch, args.dtype)
+    model, processor = load_models(adapter, base, device, dtype)
+    preprocessor = SamSegmentationPreprocessor.from_processor(processor)
+
+    source = args.dataset_name or builtin_dataset_path("specialised")
+    dataset = load_segmentation_dataset(
+        source, split=args.split, image_column=args.image_column, mask_column=args.mask_column, streaming=args.streaming
+    )
+    total = dataset_size(dataset, args.max_samples)
+    loader = torch.utils.data.DataLoader(
+        EvaluationStream(dataset, preprocessor, args.max_samples),
+        batch_size=args.batch_size,
+        collate_fn=EvaluationCollator(args.prompt, args.num_points, args.box_noise, args.seed),
+        num_workers=args.num_workers,
+    )
+
+    runs: dict[str, contextlib.AbstractContextManager] = {}
+    if adapter is None:
+        runs["zero_shot"] = contextlib.nullcontext
+    else:
+        if args.compare_base:
+            runs["zero_shot"] = model.disable_adapter  # the adapter's own base weights, adapter switched off
+        runs["adapter"] = contextlib.nullcontext
+
+    if args.reference_protocol:
+        metric_kwargs = dict(
+            structure_measures=True, structure_input="clip", e_measure_mode="adaptive", wf_beta2=0.3
+        )
+    else:
+        metric_kwargs = dict(structure_measures=args.structure_measures)
+    accumulators = evaluate(model, loader, runs, metric_kwargs, total, args.disable_tqdm)
+    num_images = next(iter(accumulators.values())).num_images
+    if num_images == 0:
+        raise ValueError(f"The {args.split!r} split of {source} gave no images to evaluate.")
+    scores = {name: acc.compute() for name, acc in accumulators.items()}
+    for name, values in scores.items():
+        bad = {k: v for k, v in values.items() if not (math.isfinite(v) and 0.0 <= v <= 1.0)}
+        if bad:  # a broken metric must never reach a results table
+            raise RuntimeError(f"Metrics of the {ROW_LABELS[name]} out of [0, 1]: {bad}.")
+
+    reference = accumulators[next(iter(accumulators))]
+    result = {
+        "dataset": str(source),
+        "split": args.split,
+        "num_images": num_images,
+        "models": {
+            **({"zero_shot": base_name(model, base)} if "zero_shot" in runs else {}),
+            **({"adapter": adapter} if adapter is not None else {}),
+        },
+        "prompt": {"type": args.prompt, "num_points": args.num_points if args.prompt == "points" else None,
+                   "box_noise": args.box_noise, "seed": args.seed},
+        "protocol": {
+            "thresholds": list(reference.thresholds),
+            "threshold_on": reference.threshold_on,
+            "structure_measures": reference.structure_measures,
+            "structure_input": reference.structure_input,
+            "e_measure_mode": reference.e_measure_mode,
+            "wf_beta2": reference.wf_beta2,
+            "size": "original image",
+        },
+        "metrics": scores,
+    }
+    if "zero_shot" in scores and "adapter" in scores:
+        result["improvement"] = {k: scores["adapter"][k] - scores["zero_shot"][k] for k in scores["adapter"]}
+
+    print(f"\n{source} [{args.split}], {num_images} images, {describe_prompt(args)}:\n")
+    print(format_table(scores, num_images))
+    if args.output_file:
+        directory = os.path.dirname(os.path.abspath(args.output_file))
+        os.makedirs(directory, exist_ok=True)
+        with open(args.output_file, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+        print(f"\nWrote {args.output_file}")
+    return result
+
+
+def base_name(model, base: str | None) -> str | None:
+    if base is not None:
+        return base
+    config = getattr(model, "peft_config", {}).get("default")
+    return getattr(config, "base_model_name_or_path", None)
+
+
+def describe_prompt(args: EvaluationArguments) -> str:
+    if args.prompt == "box":
+        return "box prompt" + (f" (jitter {args.box_noise})" if args.box_noise else "")
+    return f"{args.num_points} point{'s' if args.num_points > 1 else ''} per image"
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from error

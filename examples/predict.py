@@ -1,0 +1,331 @@
+"""Segment images with an InfoSAM adapter (or a plain SAM) from box / point prompts.
+
+For every image it writes `<output_dir>/<name>_mask.png` (the binary mask, 0/255, at the
+image's original size) and `<output_dir>/<name>_overlay.png` (the mask over the image in
+blue with the prompt drawn: box in green, foreground points green, background points red).
+
+    python examples/predict.py --adapter outputs/infosam-builtin --images photo.png --box 12 20 90 110
+    python examples/predict.py --adapter user/sam-polyp-infosam --images scans/ --points 120,88 --output_dir preds
+    python examples/predict.py --model_name_or_path facebook/sam-vit-base --prompts prompts.json
+
+Prompt coordinates are pixels of the ORIGINAL image (x to the right, y down), as you read
+them in an image viewer; they are mapped to the model's input frame exactly as
+`SamProcessor` maps them. `--box` / `--points` / `--negative_points` apply to every image;
+`--prompts prompts.json` gives one prompt per image, keyed by file name (or path):
+
+    {"a.png": {"box": [10, 20, 110, 140]},
+     "b.jpg": {"points": [[40, 52], [60, 70]], "labels": [1, 0]}}
+
+(a list of `{"image": "a.png", "box": ...}` objects works too; with no `--images`, the
+images listed there are read, relative to the JSON file). A prompt may combine a box and
+points. Existing outputs are never overwritten unless `--overwrite` is given.
+Without --adapter and --model_name_or_path the built-in tiny SAM is used, with the adapter
+in outputs/infosam-builtin if examples/train.py has written one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import HfArgumentParser, SamModel, SamProcessor
+
+from infosam_hf.builtin import BUILTIN_MODEL_PATH
+from infosam_hf.callbacks import sam_low_res_logits
+from infosam_hf.data import SamSegmentationPreprocessor, decode_image, to_rgb_pil
+from infosam_hf.metrics import postprocess_logits
+from infosam_hf.visualization import mask_to_image, render_overlay
+
+logger = logging.getLogger("infosam_hf.predict")
+
+DEFAULT_ADAPTER_DIR = os.path.join("outputs", "infosam-builtin")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+OUTPUT_SUFFIXES = ("_mask", "_overlay")
+
+
+@dataclass
+class PredictionArguments:
+    images: list[str] = field(
+        default_factory=list, metadata={"help": "Image files and/or folders (every image inside, not recursive)."}
+    )
+    adapter: str | None = field(default=None, metadata={"help": "InfoSAM adapter: a folder or a Hub id."})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Plain SAM (folder or Hub id), used when no --adapter is given."}
+    )
+    base_model: str | None = field(
+        default=None, metadata={"help": "Load the adapter on this base instead of the one in its adapter_config.json."}
+    )
+    box: list[float] | None = field(
+        default=None, metadata={"help": "Box prompt x1 y1 x2 y2 in original image pixels.", "nargs": 4}
+    )
+    points: list[str] | None = field(
+        default=None, metadata={"help": "Foreground points, each as x,y in original image pixels."}
+    )
+    negative_points: list[str] | None = field(default=None, metadata={"help": "Background points, each as x,y."})
+    prompts: str | None = field(default=None, metadata={"help": "JSON file with one prompt per image."})
+    output_dir: str = field(default="predictions")
+    overwrite: bool = field(default=False, metadata={"help": "Replace existing output files."})
+    threshold: float = field(default=0.0, metadata={"help": "Mask logit threshold (0 = probability 0.5)."})
+    alpha: float = field(default=0.5, metadata={"help": "Opacity of the mask in the overlay."})
+    device: str | None = field(default=None, metadata={"help": "Default: cuda if available, else cpu."})
+
+
+@dataclass
+class Prompt:
+    box: list[float] | None = None
+    points: list[list[float]] | None = None
+    labels: list[int] | None = None
+
+    def validate(self, width: int, height: int, where: str) -> None:
+        """Coordinates must lie on the image (0..width, 0..height); boxes must have x1 <= x2, y1 <= y2."""
+        if self.box is None and not self.points:
+            raise ValueError(f"{where}: no prompt. Give a box and/or points.")
+        if self.box is not None:
+            if len(self.box) != 4:
+                raise ValueError(f"{where}: a box is x1 y1 x2 y2, got {self.box}.")
+            x1, y1, x2, y2 = self.box
+            if x1 > x2 or y1 > y2:
+                raise ValueError(f"{where}: box {self.box} is not x1 y1 x2 y2 with x1 <= x2 and y1 <= y2.")
+            _check_inside([[x1, y1], [x2, y2]], width, height, f"{where}: box {self.box}")
+        if self.points:
+            labels = self.labels if self.labels is not None else [1] * len(self.points)
+            if len(labels) != len(self.points):
+                raise ValueError(f"{where}: {len(self.points)} points but {len(labels)} labels.")
+            if any(label not in (0, 1) for label in labels):
+                raise ValueError(f"{where}: point labels must be 1 (foreground) or 0 (background), got {labels}.")
+            self.labels = [int(label) for label in labels]
+            _check_inside(self.points, width, height, f"{where}: points")
+
+
+def _check_inside(points, width: int, height: int, what: str) -> None:
+    for point in points:
+        if len(point) != 2:
+            raise ValueError(f"{what}: a point is (x, y), got {point}.")
+        x, y = point
+        if not (np.isfinite(x) and np.isfinite(y) and 0 <= x <= width and 0 <= y <= height):
+            raise ValueError(
+                f"{what}: ({x:g}, {y:g}) lies outside the image, which is {width}x{height} (WxH); prompt "
+                "coordinates are pixels of the original image, x in [0, width], y in [0, height]."
+            )
+
+
+def parse_point(text: str) -> list[float]:
+    parts = text.replace(" ", "").split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return [float(parts[0]), float(parts[1])]
+    except ValueError:
+        raise ValueError(f"A point is written x,y (e.g. 120,88), got {text!r}.") from None
+
+
+def cli_prompt(args: PredictionArguments) -> Prompt | None:
+    positives = [parse_point(p) for p in args.points or []]
+    negatives = [parse_point(p) for p in args.negative_points or []]
+    if args.box is None and not positives and not negatives:
+        return None
+    points = positives + negatives
+    return Prompt(
+        box=list(args.box) if args.box is not None else None,
+        points=points or None,
+        labels=[1] * len(positives) + [0] * len(negatives) if points else None,
+    )
+
+
+def _prompt_from_json(entry, where: str) -> Prompt:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected an object with 'box' and/or 'points', got {entry!r}.")
+    unknown = set(entry) - {"image", "box", "points", "labels"}
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; use 'box', 'points' and 'labels'.")
+    points = entry.get("points")
+    if points is not None:
+        points = [[float(v) for v in p] for p in points]
+    box = entry.get("box")
+    return Prompt(box=[float(v) for v in box] if box is not None else None, points=points, labels=entry.get("labels"))
+
+
+def read_prompt_file(path: str) -> dict[str, Prompt]:
+    """`{image name or path: Prompt}` from the JSON file (an object keyed by image, or a list of objects)."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if isinstance(data, list):
+        entries = {}
+        for i, entry in enumerate(data):
+            if not isinstance(entry, dict) or "image" not in entry:
+                raise ValueError(f"{path}, entry {i}: a list entry needs an 'image' key.")
+            entries[str(entry["image"])] = entry
+    elif isinstance(data, dict):
+        entries = data
+    else:
+        raise ValueError(f"{path} must hold an object keyed by image name or a list of objects.")
+    return {name: _prompt_from_json(entry, f"{path}, {name!r}") for name, entry in entries.items()}
+
+
+def collect_images(paths: list[str]) -> list[str]:
+    images = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(
+                os.path.join(path, name)
+                for name in os.listdir(path)
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+                and not os.path.splitext(name)[0].endswith(OUTPUT_SUFFIXES)  # our own outputs, from an earlier run
+            )
+            if not found:
+                raise ValueError(f"The folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+            images.extend(found)
+        elif os.path.isfile(path):
+            images.append(path)
+        else:
+            raise FileNotFoundError(f"The image {path} does not exist.")
+    return images
+
+
+def match_prompts(images: list[str], table: dict[str, Prompt], prompt_file: str) -> list[Prompt]:
+    base = os.path.dirname(os.path.abspath(prompt_file))
+    by_path = {os.path.normpath(os.path.join(base, name)): p for name, p in table.items()}
+    prompts, missing = [], []
+    for image in images:
+        prompt = (
+            table.get(image)
+            or by_path.get(os.path.normpath(os.path.abspath(image)))
+            or table.get(os.path.basename(image))
+        )
+        if prompt is None:
+            missing.append(image)
+        prompts.append(prompt)
+    if missing:
+        raise ValueError(f"{prompt_file} has no prompt for {', '.join(missing)} (keys are file names or paths).")
+    return prompts
+
+
+def output_paths(images: list[str], output_dir: str, overwrite: bool) -> list[tuple[str, str]]:
+    """`(mask path, overlay path)` per image; refuses clashes and (without overwrite) existing files, up front."""
+    stems: dict[str, str] = {}
+    paths = []
+    for image in images:
+        stem = os.path.splitext(os.path.basename(image))[0]
+        if stem in stems:
+            raise ValueError(
+                f"{image} and {stems[stem]} would both be saved as {stem}_mask.png; rename one of them or run them "
+                "separately with different --output_dir."
+            )
+        stems[stem] = image
+        paths.append((os.path.join(output_dir, f"{stem}_mask.png"), os.path.join(output_dir, f"{stem}_overlay.png")))
+    if not overwrite:
+        existing = [p for pair in paths for p in pair if os.path.exists(p)]
+        if existing:
+            shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
+            raise FileExistsError(
+                f"Refusing to overwrite {shown}. Pass --overwrite to replace them, or choose another --output_dir."
+            )
+    return paths
+
+
+def load_model(args: PredictionArguments, device: torch.device):
+    if args.model_name_or_path and args.base_model and args.model_name_or_path != args.base_model:
+        raise ValueError("--model_name_or_path and --base_model name different base models; pass one of them.")
+    base = args.base_model or args.model_name_or_path
+    adapter = args.adapter
+    if adapter is None and base is None:
+        base = BUILTIN_MODEL_PATH
+        if os.path.isfile(os.path.join(DEFAULT_ADAPTER_DIR, "adapter_config.json")):
+            adapter = DEFAULT_ADAPTER_DIR
+    if adapter is not None:
+        import infosam_hf
+
+        logger.info("Loading adapter %s%s", adapter, f" on {base}" if base else "")
+        model, processor = infosam_hf.load(adapter, base_model=base, device=device)
+    else:
+        logger.info("Loading %s (no adapter)", base)
+        model, processor = SamModel.from_pretrained(base), SamProcessor.from_pretrained(base)
+    return model.to(device).eval(), processor
+
+
+def to_model_frame(coords, original: tuple[int, int], reshaped: tuple[int, int]) -> torch.Tensor:
+    """Original pixels -> the resized model input, as `SamProcessor` scales prompt coordinates."""
+    xy = torch.tensor(coords, dtype=torch.float32).reshape(-1, 2)
+    return xy * torch.tensor([reshaped[1] / original[1], reshaped[0] / original[0]])
+
+
+def predict_one(model, preprocessor, image, prompt: Prompt, threshold: float) -> np.ndarray:
+    """Boolean mask at the image's original size."""
+    features = preprocessor(image)
+    original = tuple(int(v) for v in features["original_sizes"])
+    reshaped = tuple(int(v) for v in features["reshaped_input_sizes"])
+    inputs = {"pixel_values": torch.from_numpy(features["pixel_values"])[None]}
+    if prompt.box is not None:
+        inputs["input_boxes"] = to_model_frame(prompt.box, original, reshaped).reshape(1, 1, 4)
+    if prompt.points:
+        inputs["input_points"] = to_model_frame(prompt.points, original, reshaped).reshape(1, 1, -1, 2)
+        inputs["input_labels"] = torch.tensor(prompt.labels, dtype=torch.int64).reshape(1, 1, -1)
+    logits = sam_low_res_logits(model, **inputs).cpu()
+    full = postprocess_logits(logits, original, reshaped, pad_size=preprocessor.image_size)[0]
+    return full > threshold
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    argv = sys.argv[1:] if argv is None else argv
+    (args,) = HfArgumentParser(PredictionArguments).parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+
+    shared = cli_prompt(args)
+    if args.prompts and shared is not None:
+        raise ValueError("Give either --prompts (one prompt per image) or --box/--points (one for all), not both.")
+    if args.prompts:
+        table = read_prompt_file(args.prompts)
+        if args.images:
+            images = collect_images(args.images)
+        else:
+            base = os.path.dirname(os.path.abspath(args.prompts))
+            images = collect_images([name if os.path.isabs(name) else os.path.join(base, name) for name in table])
+        prompts = match_prompts(images, table, args.prompts)
+    else:
+        if shared is None:
+            raise ValueError("No prompt: give --box x1 y1 x2 y2, --points x,y ... or --prompts prompts.json.")
+        images = collect_images(args.images)
+        prompts = [shared] * len(images)
+    if not images:
+        raise ValueError("No images: give --images (files or folders) or list them in --prompts.")
+
+    # Everything that can be checked without the model is checked first: no half-written output folder.
+    outputs = output_paths(images, args.output_dir, args.overwrite)
+    decoded, checked = [], []
+    for path, prompt in zip(images, prompts):
+        image = to_rgb_pil(decode_image(path, "image"))
+        prompt = Prompt(prompt.box, prompt.points, prompt.labels)  # a copy per image: validate fills in labels
+        prompt.validate(image.width, image.height, path)
+        decoded.append(image)
+        checked.append(prompt)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, processor = load_model(args, device)
+    preprocessor = SamSegmentationPreprocessor.from_processor(processor)
+    os.makedirs(args.output_dir, exist_ok=True)
+    results = []
+    for path, image, prompt, (mask_path, overlay_path) in zip(images, decoded, checked, outputs):
+        mask = predict_one(model, preprocessor, image, prompt, args.threshold)
+        mask_to_image(mask).save(mask_path)
+        render_overlay(image, mask, box=prompt.box, points=prompt.points, labels=prompt.labels, alpha=args.alpha).save(
+            overlay_path
+        )
+        area = int(mask.sum())
+        print(f"{path}: mask {area} px ({100.0 * area / mask.size:.1f}%) -> {mask_path}, {overlay_path}")
+        results.append({"image": path, "mask": mask_path, "overlay": overlay_path, "mask_pixels": area})
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        raise SystemExit(f"error: {error}") from error

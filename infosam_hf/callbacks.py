@@ -1,0 +1,257 @@
+"""Trainer callbacks: overlays of a few fixed samples at every evaluation, to judge a run by eye.
+
+Numbers say how much a run improves; pictures say *how* (a mask that bleeds into a
+look-alike background, a missed thin structure, a box prompt that is ignored). The
+:class:`EvalOverlayCallback` predicts the same samples with the same prompts at every
+evaluation and writes, under ``<output_dir>/eval_overlays/step-<N>/``:
+
+* ``sample-00.png``, ``sample-01.png``, ...: the image at its original size with the
+  predicted mask filled in blue, the ground truth outlined in yellow and the prompt
+  (green box, or green/red points) drawn on top;
+* ``grid.png``: all samples side by side;
+* ``scores.json``: each sample's IoU and Dice at probability 0.5, and the evaluation's metrics.
+
+Usage::
+
+    raw_eval = load_segmentation_dataset(path, split="test", streaming=False)
+    trainer = InfoSAMTrainer(..., callbacks=[EvalOverlayCallback(raw_eval, num_samples=4)])
+
+The samples are raw ``{"image", "mask"}`` rows (what ``load_segmentation_dataset`` yields,
+before ``prepare_dataset``), because the overlay is drawn on the original image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from .metrics import binary_iou_dice, postprocess_logits
+from .visualization import image_grid, render_overlay
+
+__all__ = ["EvalOverlayCallback", "sam_low_res_logits", "unwrap_sam_model"]
+
+
+def unwrap_sam_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module whose forward is SamModel's: the student of an InfoSAMModel, else the model itself."""
+    model = getattr(model, "module", model)  # DDP / DataParallel
+    student = getattr(model, "student", None)
+    return student if student is not None and hasattr(model, "relation_module") else model
+
+
+@torch.no_grad()
+def sam_low_res_logits(
+    model: torch.nn.Module,
+    pixel_values: torch.Tensor,
+    input_boxes: torch.Tensor | None = None,
+    input_points: torch.Tensor | None = None,
+    input_labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mask logits ``(B, h, w)`` (float32, decoder resolution) for one prompt and one mask per image.
+
+    ``model`` is a ``SamModel``, a ``PeftModel`` over one (adapters as currently enabled) or an
+    ``InfoSAMModel`` (its student). Prompts are in the padded model-input frame, as
+    ``SamProcessor`` and ``SamSegmentationCollator`` give them. Bring the logits to the
+    original image with ``infosam_hf.metrics.postprocess_logits(..., pad_size=image_size)``.
+    """
+    sam = unwrap_sam_model(model)
+    param = next(sam.parameters())
+    prompts = {
+        name: value.to(param.device)
+        for name, value in (("input_boxes", input_boxes), ("input_points", input_points), ("input_labels", input_labels))
+        if value is not None
+    }
+    if "input_boxes" not in prompts and "input_points" not in prompts:
+        raise ValueError("SAM needs a prompt: pass input_boxes (B, 1, 4) or input_points (B, 1, N, 2).")
+    pixel_values = pixel_values.to(param.device, dtype=param.dtype if param.is_floating_point() else None)
+    outputs = sam(pixel_values=pixel_values, multimask_output=False, **prompts)
+    return outputs.pred_masks[:, 0, 0].float()
+
+
+def _metric_prefix(metrics: Mapping[str, Any] | None) -> str:
+    for key in metrics or {}:
+        if key.endswith("_runtime"):
+            return key[: -len("_runtime")]
+    return "eval"
+
+
+class EvalOverlayCallback(TrainerCallback):
+    """Saves overlays of the same few samples, with the same prompts, at each evaluation.
+
+    Args:
+        samples: raw rows with an image and a mask: dicts ``{"image", "mask"}`` (``"label"``
+            also accepted), ``(image, mask)`` pairs, or a ``datasets`` dataset of such rows.
+            Images and masks may be PIL images, arrays or paths. The first ``num_samples``
+            are taken once, at construction.
+        num_samples: how many samples to draw.
+        output_subdir: folder under ``args.output_dir``; each evaluation writes ``step-<N>/``
+            (``step-<N>-<prefix>/`` for ``trainer.evaluate(metric_key_prefix=...)`` other than
+            ``"eval"``, so a zero-shot evaluation at step 0 is kept apart).
+        prompt_type: ``"box"`` (tight ground-truth box) or ``"points"``.
+        num_points: foreground points per point prompt.
+        seed: seed of the point draw (made once, reused at every evaluation).
+        preprocessor: a ``SamSegmentationPreprocessor``; default: from the Trainer's
+            ``processing_class`` (a ``SamProcessor``), else from the model's image size.
+        alpha: opacity of the mask colour.
+
+    The forward runs on every process (a sharded model needs them all); only the main
+    process writes.
+    """
+
+    def __init__(
+        self,
+        samples: Iterable[Any],
+        num_samples: int = 4,
+        output_subdir: str = "eval_overlays",
+        prompt_type: str = "box",
+        num_points: int = 1,
+        seed: int = 0,
+        preprocessor: Any = None,
+        alpha: float = 0.5,
+    ):
+        if prompt_type not in ("box", "points"):
+            raise ValueError(f"prompt_type must be 'box' or 'points', got {prompt_type!r}.")
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
+        self.samples = self._take(samples, num_samples)
+        if not self.samples:
+            raise ValueError("EvalOverlayCallback got no samples to draw.")
+        self.output_subdir = output_subdir
+        self.prompt_type = prompt_type
+        self.num_points = num_points
+        self.seed = seed
+        self.preprocessor = preprocessor
+        self.alpha = alpha
+        self._batch: dict[str, torch.Tensor] | None = None
+        self.last_output_dir: str | None = None
+
+    @staticmethod
+    def _take(samples: Iterable[Any], num_samples: int) -> list[tuple[Any, np.ndarray]]:
+        from .data import decode_image, to_binary_mask, to_rgb_pil
+
+        taken = []
+        for row in samples:
+            if isinstance(row, Mapping):
+                if "image" not in row:
+                    hint = (
+                        " These rows are already preprocessed: pass the raw dataset (before prepare_dataset), "
+                        "since the overlay is drawn on the original image."
+                        if "pixel_values" in row
+                        else ""
+                    )
+                    raise ValueError(f"EvalOverlayCallback needs rows with 'image' and 'mask'; got {sorted(row)}.{hint}")
+                image, mask = row["image"], row.get("mask", row.get("label"))
+            else:
+                image, mask = row
+            if mask is None:
+                raise ValueError("EvalOverlayCallback needs a ground-truth mask with every sample (column 'mask').")
+            image = to_rgb_pil(decode_image(image, "image"))
+            mask = to_binary_mask(decode_image(mask, "mask")).astype(bool)
+            if mask.shape != (image.height, image.width):
+                raise ValueError(
+                    f"Sample {len(taken)}: the mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                    f"{image.width}x{image.height}; masks must be at the image's resolution."
+                )
+            taken.append((image, mask))
+            if len(taken) == num_samples:
+                break  # stop before reading (and decoding) another row of a streamed dataset
+        return taken
+
+    # ------------------------------------------------------------------ preparation (once)
+    def _resolve_preprocessor(self, model: torch.nn.Module, processing_class: Any):
+        from .data import SamSegmentationPreprocessor
+
+        if self.preprocessor is not None:
+            return self.preprocessor
+        image_processor = getattr(processing_class, "image_processor", processing_class)
+        if image_processor is not None and hasattr(image_processor, "pad_size"):
+            self.preprocessor = SamSegmentationPreprocessor.from_processor(processing_class)
+        else:
+            sam = unwrap_sam_model(model)
+            config = sam.get_base_model().config if hasattr(sam, "get_base_model") else sam.config
+            self.preprocessor = SamSegmentationPreprocessor(image_size=config.vision_config.image_size)
+        return self.preprocessor
+
+    def _prepare(self, model: torch.nn.Module, processing_class: Any) -> dict[str, torch.Tensor]:
+        if self._batch is not None:
+            return self._batch
+        from .data import PromptSampler, SamSegmentationCollator
+
+        preprocessor = self._resolve_preprocessor(model, processing_class)
+        features = [preprocessor(image, mask.astype(np.uint8)) for image, mask in self.samples]
+        sampler = PromptSampler(
+            box_probability=1.0 if self.prompt_type == "box" else 0.0,
+            num_points=self.num_points,
+            box_noise=0.0,
+            seed=self.seed,
+        )
+        self._batch = SamSegmentationCollator(sampler, prompt_type=self.prompt_type)(features)
+        return self._batch
+
+    # ------------------------------------------------------------------ drawing
+    @staticmethod
+    def _to_original(coords: np.ndarray, original: tuple[int, int], reshaped: tuple[int, int]) -> np.ndarray:
+        """Model-frame (x, y) -> original image pixels, the inverse of SamProcessor's coordinate scaling."""
+        scale = np.array([original[1] / reshaped[1], original[0] / reshaped[0]])
+        return coords.reshape(-1, 2) * scale
+
+    def render(self, model: torch.nn.Module, processing_class: Any = None) -> tuple[list, list[dict]]:
+        """Overlays (PIL images) and per-sample scores for the model as it is now."""
+        batch = self._prepare(model, processing_class)
+        was_training = model.training
+        model.eval()
+        try:
+            logits = sam_low_res_logits(
+                model,
+                batch["pixel_values"],
+                input_boxes=batch.get("input_boxes"),
+                input_points=batch.get("input_points"),
+                input_labels=batch.get("input_labels"),
+            ).cpu()
+        finally:
+            model.train(was_training)
+        size = batch["pixel_values"].shape[-1]
+        overlays, scores = [], []
+        for i, (image, gt) in enumerate(self.samples):
+            original = tuple(int(v) for v in batch["original_sizes"][i])
+            reshaped = tuple(int(v) for v in batch["reshaped_input_sizes"][i])
+            pred = postprocess_logits(logits[i : i + 1], original, reshaped, pad_size=size)[0] > 0
+            prompt: dict[str, Any] = {}
+            if "input_boxes" in batch:
+                prompt["box"] = self._to_original(batch["input_boxes"][i, 0].numpy(), original, reshaped).reshape(-1)
+            else:
+                prompt["points"] = self._to_original(batch["input_points"][i, 0].numpy(), original, reshaped)
+                prompt["labels"] = batch["input_labels"][i, 0].numpy()
+            overlays.append(render_overlay(image, pred, gt_mask=gt, alpha=self.alpha, **prompt))
+            plain = binary_iou_dice(np.where(pred, 1.0, -1.0), gt)
+            scores.append({"sample": i, "iou@0.5": float(plain["iou"][0]), "dice@0.5": float(plain["dice"][0])})
+        return overlays, scores
+
+    # ------------------------------------------------------------------ TrainerCallback
+    def on_evaluate(self, args, state, control, model=None, processing_class=None, metrics=None, **kwargs):
+        if model is None:
+            return
+        overlays, scores = self.render(model, processing_class)
+        if not state.is_world_process_zero:
+            return
+        prefix = _metric_prefix(metrics)
+        suffix = "" if prefix == "eval" else "-" + (prefix[len("eval_") :] if prefix.startswith("eval_") else prefix)
+        folder = os.path.join(args.output_dir, self.output_subdir, f"step-{state.global_step}{suffix}")
+        os.makedirs(folder, exist_ok=True)
+        for i, overlay in enumerate(overlays):
+            overlay.save(os.path.join(folder, f"sample-{i:02d}.png"))
+        image_grid(overlays, columns=min(4, len(overlays))).save(os.path.join(folder, "grid.png"))
+        summary = {
+            "global_step": state.global_step,
+            "prompt": self.prompt_type,
+            "samples": scores,
+            "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))},
+        }
+        with open(os.path.join(folder, "scores.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+        self.last_output_dir = folder
