@@ -175,8 +175,10 @@ class EvaluationStream(torch.utils.data.IterableDataset):
     """Raw `{image, mask}` rows -> model features plus the binary mask at the original size.
 
     The ground truth is scored at the image's own resolution, so the original mask
-    travels beside the preprocessed tensors. With several workers each one takes every
-    `num_workers`-th image (images are decoded only by the worker that keeps them).
+    travels beside the preprocessed tensors. With several workers, a streamed
+    `datasets.IterableDataset` splits itself between them (by shard); any other dataset
+    is split here, each worker taking every `num_workers`-th image (decoded only by the
+    worker that keeps it).
     """
 
     def __init__(self, dataset, preprocessor: SamSegmentationPreprocessor, max_samples: int | None = None):
@@ -185,8 +187,17 @@ class EvaluationStream(torch.utils.data.IterableDataset):
         self.max_samples = max_samples
 
     def __iter__(self):
+        from datasets import IterableDataset
+
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if isinstance(self.dataset, IterableDataset):
+            worker, workers = 0, 1  # it already yields only this worker's shards
+            if self.max_samples is not None and info is not None and info.num_workers > 1:
+                raise ValueError(
+                    "--max_samples with a streamed dataset and --num_workers > 1 cannot pick the first N images; "
+                    "use --num_workers 0 or --streaming false."
+                )
         for index, row in enumerate(self.dataset):
             if self.max_samples is not None and index >= self.max_samples:
                 break
