@@ -42,6 +42,12 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+if __name__ == "__main__":
+    # Run as a script, this file's folder heads sys.path and would shadow the Hugging Face `evaluate`
+    # library (which infosam_hf.evaluate_metric imports) with this very file.
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+
 import torch
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, SamModel, SamProcessor
@@ -98,13 +104,17 @@ class EvaluationArguments:
     batch_size: int = field(default=8)
     num_workers: int = field(default=0, metadata={"help": "Data-loading processes."})
     device: str | None = field(default=None, metadata={"help": "Default: cuda if available, else cpu."})
-    dtype: str = field(default="float32", metadata={"help": "Model dtype.", "choices": ["float32", "bfloat16", "float16"]})
+    dtype: str = field(
+        default="float32", metadata={"help": "Model dtype.", "choices": ["float32", "bfloat16", "float16"]}
+    )
     structure_measures: bool = field(
         default=False, metadata={"help": "Also report S-measure, E-measure and weighted F (polyp, camouflage)."}
     )
     reference_protocol: bool = field(
         default=False,
-        metadata={"help": "Structure measures as the InfoSAM reference code computes them (to compare with the paper)."},
+        metadata={
+            "help": "Structure measures as the InfoSAM reference code computes them (to compare with the paper)."
+        },
     )
     compare_base: bool = field(
         default=True, metadata={"help": "Also evaluate the zero-shot base model (--compare_base false to skip)."}
@@ -181,10 +191,9 @@ class EvaluationStream(torch.utils.data.IterableDataset):
     worker that keeps it).
     """
 
-    def __init__(self, dataset, preprocessor: SamSegmentationPreprocessor, max_samples: int | None = None):
+    def __init__(self, dataset, preprocessor: SamSegmentationPreprocessor):
         self.dataset = _without_decoding(dataset)
         self.preprocessor = preprocessor
-        self.max_samples = max_samples
 
     def __iter__(self):
         from datasets import IterableDataset
@@ -193,14 +202,7 @@ class EvaluationStream(torch.utils.data.IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if isinstance(self.dataset, IterableDataset):
             worker, workers = 0, 1  # it already yields only this worker's shards
-            if self.max_samples is not None and info is not None and info.num_workers > 1:
-                raise ValueError(
-                    "--max_samples with a streamed dataset and --num_workers > 1 cannot pick the first N images; "
-                    "use --num_workers 0 or --streaming false."
-                )
         for index, row in enumerate(self.dataset):
-            if self.max_samples is not None and index >= self.max_samples:
-                break
             if index % workers != worker:
                 continue
             image, mask = decode_image(row["image"], "image"), decode_image(row["mask"], "mask")
@@ -243,20 +245,23 @@ class EvaluationCollator:
         return batch
 
 
-def dataset_size(dataset, max_samples: int | None) -> int | None:
-    try:
-        n = len(dataset)
-    except TypeError:
-        n = None
-    if max_samples is not None:
-        return max_samples if n is None else min(n, max_samples)
-    return n
+def first_samples(dataset, max_samples: int | None):
+    """The first `max_samples` rows (all without it), and their number when it is known."""
+    from datasets import IterableDataset
+
+    if isinstance(dataset, IterableDataset):
+        if max_samples is None:
+            return dataset, None
+        return dataset.take(max_samples), max_samples  # a streamed split may hold fewer: the bar then stops early
+    if max_samples is not None and max_samples < len(dataset):
+        dataset = dataset.select(range(max_samples))
+    return dataset, len(dataset)
 
 
 # ------------------------------------------------------------------------------ evaluation
 
 
-def evaluate(model, loader, runs: dict[str, contextlib.AbstractContextManager], metric_kwargs: dict, total, disable_tqdm):
+def evaluate(model, loader, runs: dict, metric_kwargs: dict, total: int | None, disable_tqdm: bool = False):
     """One pass over the data; every run (zero-shot, adapter) scores the same batch, prompts included."""
     metrics = {name: SegmentationMetrics(**metric_kwargs) for name in runs}
     with tqdm(total=total, unit="img", desc="evaluating", disable=disable_tqdm) as progress:
@@ -281,7 +286,10 @@ def format_table(results: dict[str, dict[str, float]], num_images: int) -> str:
     """A Markdown table: one row per model, and the adapter's gain over the base when both were run."""
     keys = list(next(iter(results.values())))
     header = ["model", "images", *keys]
-    rows = [[ROW_LABELS.get(name, name), str(num_images), *(f"{values[k]:.4f}" for k in keys)] for name, values in results.items()]
+    rows = [
+        [ROW_LABELS.get(name, name), str(num_images), *(f"{values[k]:.4f}" for k in keys)]
+        for name, values in results.items()
+    ]
     if "zero_shot" in results and "adapter" in results:
         rows.append(
             ["adapter - base", "", *(f"{results['adapter'][k] - results['zero_shot'][k]:+.4f}" for k in keys)]
@@ -289,9 +297,10 @@ def format_table(results: dict[str, dict[str, float]], num_images: int) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells):
-        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+        padded = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "| " + " | ".join(padded) + " |"
 
-    separator = "|" + "|".join(("-" * (w + 2)) if i == 0 else ("-" * (w + 1) + ":") for i, w in enumerate(widths)) + "|"
+    separator = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
     return "\n".join([line(header), separator, *(line(r) for r in rows)])
 
 
@@ -310,15 +319,15 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = load_segmentation_dataset(
         source, split=args.split, image_column=args.image_column, mask_column=args.mask_column, streaming=args.streaming
     )
-    total = dataset_size(dataset, args.max_samples)
+    dataset, total = first_samples(dataset, args.max_samples)
     loader = torch.utils.data.DataLoader(
-        EvaluationStream(dataset, preprocessor, args.max_samples),
+        EvaluationStream(dataset, preprocessor),
         batch_size=args.batch_size,
         collate_fn=EvaluationCollator(args.prompt, args.num_points, args.box_noise, args.seed),
         num_workers=args.num_workers,
     )
 
-    runs: dict[str, contextlib.AbstractContextManager] = {}
+    runs = {}  # row name -> context the forward runs in
     if adapter is None:
         runs["zero_shot"] = contextlib.nullcontext
     else:

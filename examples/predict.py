@@ -61,7 +61,7 @@ class PredictionArguments:
         default=None, metadata={"help": "Load the adapter on this base instead of the one in its adapter_config.json."}
     )
     box: list[float] | None = field(
-        default=None, metadata={"help": "Box prompt x1 y1 x2 y2 in original image pixels.", "nargs": 4}
+        default=None, metadata={"help": "Box prompt x1 y1 x2 y2 in original image pixels."}
     )
     points: list[str] | None = field(
         default=None, metadata={"help": "Foreground points, each as x,y in original image pixels."}

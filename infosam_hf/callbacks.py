@@ -61,11 +61,8 @@ def sam_low_res_logits(
     """
     sam = unwrap_sam_model(model)
     param = next(sam.parameters())
-    prompts = {
-        name: value.to(param.device)
-        for name, value in (("input_boxes", input_boxes), ("input_points", input_points), ("input_labels", input_labels))
-        if value is not None
-    }
+    given = {"input_boxes": input_boxes, "input_points": input_points, "input_labels": input_labels}
+    prompts = {name: value.to(param.device) for name, value in given.items() if value is not None}
     if "input_boxes" not in prompts and "input_points" not in prompts:
         raise ValueError("SAM needs a prompt: pass input_boxes (B, 1, 4) or input_points (B, 1, N, 2).")
     pixel_values = pixel_values.to(param.device, dtype=param.dtype if param.is_floating_point() else None)
@@ -144,7 +141,9 @@ class EvalOverlayCallback(TrainerCallback):
                         if "pixel_values" in row
                         else ""
                     )
-                    raise ValueError(f"EvalOverlayCallback needs rows with 'image' and 'mask'; got {sorted(row)}.{hint}")
+                    raise ValueError(
+                        f"EvalOverlayCallback needs rows with 'image' and 'mask'; got {sorted(row)}.{hint}"
+                    )
                 image, mask = row["image"], row.get("mask", row.get("label"))
             else:
                 image, mask = row

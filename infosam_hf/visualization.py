@@ -89,8 +89,8 @@ def _as_mask(mask: Any, size_hw: tuple[int, int] | None = None, what: str = "mas
     if array.ndim != 2:
         raise ValueError(f"The {what} must be one (H, W) mask, got shape {array.shape}.")
     if array.dtype != np.bool_:
-        threshold = 0.5 if np.issubdtype(array.dtype, np.floating) and array.size and float(np.nanmax(array)) <= 1.0 else 0
-        array = array > threshold
+        unit_floats = np.issubdtype(array.dtype, np.floating) and array.size and float(np.nanmax(array)) <= 1.0
+        array = array > (0.5 if unit_floats else 0)
     if size_hw is not None and tuple(array.shape) != tuple(size_hw):
         raise ValueError(
             f"The {what} is {array.shape[1]}x{array.shape[0]} (WxH) but the image is {size_hw[1]}x{size_hw[0]}: "

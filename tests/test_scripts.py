@@ -169,6 +169,46 @@ def test_evaluate_base_model_mismatch_is_a_clear_error(evaluate_script, assets, 
                      "--base_model", assets["other_base"])
 
 
+def test_evaluate_streamed_with_workers_sees_every_image(evaluate_script, assets, tmp_path):
+    """A streamed split splits itself between data-loader workers: no image lost or counted twice."""
+    streamed = run_evaluate(evaluate_script, assets, tmp_path, "--model_name_or_path", assets["base"],
+                            "--streaming", "true", "--num_workers", "2")
+    in_memory = run_evaluate(evaluate_script, assets, tmp_path, "--model_name_or_path", assets["base"])
+    assert streamed["num_images"] == in_memory["num_images"] == len(SIZES)
+    for key, value in in_memory["metrics"]["zero_shot"].items():
+        assert streamed["metrics"]["zero_shot"][key] == pytest.approx(value, abs=1e-12)
+
+
+def write_dataset(folder, pairs):
+    (folder / "images").mkdir(parents=True)
+    rows = ["image,label"]
+    for i, (image, mask) in enumerate(pairs):
+        image.save(folder / "images" / f"{i}.png")
+        mask.save(folder / "images" / f"{i}_gt.png")
+        rows.append(f"images/{i}.png,images/{i}_gt.png")
+    (folder / "test.csv").write_text("\n".join(rows) + "\n")
+    return str(folder)
+
+
+def test_evaluate_empty_ground_truth_has_a_defined_result(evaluate_script, assets, tmp_path):
+    """An image without the object scores 1 if the prediction is empty too, else 0 (per threshold)."""
+    image = PIL.Image.open(image_path(assets, 2)).convert("RGB")
+    data = write_dataset(tmp_path / "empty", [(image, PIL.Image.new("L", image.size, 0))])
+    result = evaluate_script.main(["--model_name_or_path", assets["base"], "--dataset_name", data,
+                                   "--disable_tqdm", "true"])
+    scores = result["metrics"]["zero_shot"]
+    assert scores["iou@0.5"] in (0.0, 1.0) and scores["dice@0.5"] == scores["iou@0.5"]
+    assert scores["iou"] * 5 == pytest.approx(round(scores["iou"] * 5))  # a share of the 5 thresholds
+
+
+def test_evaluate_mask_of_another_size_is_a_clear_error(evaluate_script, assets, tmp_path):
+    image = PIL.Image.open(image_path(assets, 2)).convert("RGB")  # 80x80
+    data = write_dataset(tmp_path / "bad", [(image, PIL.Image.new("L", (40, 40), 0))])
+    with pytest.raises(ValueError, match="sizes differ"):
+        evaluate_script.main(["--model_name_or_path", assets["base"], "--dataset_name", data,
+                              "--disable_tqdm", "true"])
+
+
 def test_evaluate_defaults_to_the_builtin_model(evaluate_script, assets, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no outputs/infosam-builtin here: zero-shot only
     monkeypatch.setattr(evaluate_script, "builtin_dataset_path", lambda domain: assets["data"])
