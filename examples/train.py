@@ -123,7 +123,18 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.max_steps <= 0 and data_args.streaming:
         raise SystemExit("A streamed dataset has no length: pass --max_steps (or --streaming false with epochs).")
 
-    processor = SamProcessor.from_pretrained(model_args.model_name_or_path)
+    processor_source = model_args.model_name_or_path
+    if model_args.resume_adapter:
+        from infosam_hf.hub import resolve_folder
+        from infosam_hf.modeling import base_model_id_of
+
+        # The adapter names its base; only an explicit --model_name_or_path overrides it.
+        adapter_folder = resolve_folder(model_args.resume_adapter)
+        explicit_base = None if model_args.model_name_or_path == BUILTIN_MODEL_PATH else model_args.model_name_or_path
+        processor_source = explicit_base or base_model_id_of(adapter_folder)
+        if os.path.isfile(os.path.join(adapter_folder, "processor_config.json")):
+            processor_source = adapter_folder
+    processor = SamProcessor.from_pretrained(processor_source)
     preprocessor = SamSegmentationPreprocessor.from_processor(processor)
     train_dataset, eval_dataset = build_datasets(data_args, preprocessor, training_args)
 
@@ -141,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     if model_args.resume_adapter:
         from infosam_hf.hub import load_for_training
 
-        model = load_for_training(model_args.resume_adapter, base_model=model_args.model_name_or_path)
+        model = load_for_training(adapter_folder, base_model=explicit_base)
     else:
         model = SamModel.from_pretrained(model_args.model_name_or_path)
 
@@ -173,9 +184,25 @@ def main(argv: list[str] | None = None) -> dict:
         )
         with open(os.path.join(training_args.output_dir, "iou_before_after.json"), "w") as f:
             json.dump(summary, f, indent=2)
+    card = {**card_kwargs(data_args), "baseline_metrics": before}
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=data_args.dataset_name or "synthetic-specialised")
+        trainer.push_to_hub(**card)
+    else:
+        trainer.create_model_card(**card)
     return summary
+
+
+def card_kwargs(data_args) -> dict:
+    """What the model card says about the data: Hub ids become `datasets:` metadata, local folders only a name."""
+    source = data_args.dataset_name
+    split = f"split {data_args.eval_split}" + (
+        f", at most {data_args.max_eval_samples} images" if data_args.max_eval_samples is not None else ""
+    )
+    if source is None:
+        return {"dataset": "the built-in synthetic 'specialised' domain", "dataset_args": split}
+    if os.path.exists(source):
+        return {"dataset": f"local data `{os.path.basename(os.path.normpath(source))}`", "dataset_args": split}
+    return {"dataset": source, "dataset_tags": source, "dataset_args": split}
 
 
 if __name__ == "__main__":

@@ -13,14 +13,9 @@ from .modeling import InfoSAMModel, InfoSAMModelOutput, build_student, default_p
 from .relation import RelationModule
 from .trainer import InfoSAMTrainer
 
+from .hub import load, load_for_training
+
 __version__ = "0.1.0"
-
-
-def load(*args, **kwargs):
-    """Load a trained InfoSAM adapter from a folder or the Hub, ready for inference. See `infosam_hf.hub.load`."""
-    from .hub import load as _load
-
-    return _load(*args, **kwargs)
 
 
 __all__ = [
@@ -36,6 +31,7 @@ __all__ = [
     "default_peft_config",
     "focal_dice_iou_loss",
     "load",
+    "load_for_training",
     "relation_compression_loss",
     "relation_distillation_loss",
     "structure_loss",

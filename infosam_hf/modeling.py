@@ -30,6 +30,7 @@ from .relation import RelationModule
 
 RELATION_WEIGHTS_NAME = "relation_module.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 PROMPT_KEYS = ("input_boxes", "input_points", "input_labels")
 
 
@@ -231,14 +232,34 @@ class InfoSAMModel(nn.Module):
         return result
 
     # ------------------------------------------------------------------ save / load
-    def save_pretrained(self, save_directory: str | os.PathLike, **peft_kwargs) -> None:
-        """Adapter (PEFT format, safetensors) + relation module + infosam_config.json in one folder."""
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, processor=None, model_card: bool = True, **peft_kwargs
+    ) -> None:
+        """Adapter (PEFT format, safetensors) + relation module + infosam_config.json (+ processor) in one folder.
+
+        With `model_card=True` the folder gets the InfoSAM README.md (model-level values; a
+        Trainer's `create_model_card`/`push_to_hub` adds the run's). PEFT's generic stub is
+        never written, and a README.md that infosam_hf did not write is left exactly as it was.
+        """
         os.makedirs(save_directory, exist_ok=True)
         peft_kwargs.setdefault("safe_serialization", True)
-        self.student.save_pretrained(save_directory, **peft_kwargs)
+        with _without_peft_model_card(self.student):
+            self.student.save_pretrained(save_directory, **peft_kwargs)
         state = {k: v.detach().contiguous().cpu() for k, v in self.relation_module.state_dict().items()}
         save_file(state, os.path.join(save_directory, RELATION_WEIGHTS_NAME), metadata={"format": "pt"})
         self.infosam_config.save_pretrained(save_directory)
+        if processor is not None:
+            processor.save_pretrained(save_directory)
+        if model_card:
+            from .model_card import model_card_info, render_model_card, save_model_card
+
+            save_model_card(save_directory, render_model_card(model_card_info(self, folder=save_directory)))
+
+    def push_to_hub(self, repo_id: str, processor=None, **kwargs):
+        """Adapter, relation module, config, processor and model card in one commit; see `infosam_hf.hub.push_to_hub`."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, processor=processor, **kwargs)
 
     @classmethod
     def from_pretrained(
@@ -270,6 +291,16 @@ class InfoSAMModel(nn.Module):
         return cls(student, config, teacher=teacher, relation_module=relation)
 
 
+@contextlib.contextmanager
+def _without_peft_model_card(peft_model):
+    """PEFT's save_pretrained rewrites any README.md it finds (and fails on one that is not UTF-8); the card is ours."""
+    peft_model.create_or_update_model_card = lambda output_dir: None
+    try:
+        yield
+    finally:
+        del peft_model.create_or_update_model_card
+
+
 def base_model_id_of(adapter_path: str | os.PathLike) -> str:
     with open(os.path.join(adapter_path, ADAPTER_CONFIG_NAME), encoding="utf-8") as f:
         base = json.load(f).get("base_model_name_or_path")
@@ -278,6 +309,10 @@ def base_model_id_of(adapter_path: str | os.PathLike) -> str:
             f"{os.path.join(adapter_path, ADAPTER_CONFIG_NAME)} does not name its base model "
             "(base_model_name_or_path); pass base_model=... explicitly."
         )
+    if not os.path.exists(base):
+        from .builtin import builtin_model_path
+
+        return builtin_model_path(base) or base
     return base
 
 

@@ -9,7 +9,6 @@ and custom loops can call it alone (as TRL does for its distillation trainers).
 from __future__ import annotations
 
 import os
-import warnings
 from collections import defaultdict
 
 import torch
@@ -241,11 +240,10 @@ class InfoSAMTrainer(Trainer):
             return
         os.makedirs(output_dir, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        model.save_pretrained(output_dir)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
         with open(os.path.join(output_dir, TRAINING_ARGS_JSON), "w", encoding="utf-8") as f:
-            f.write(self.args.to_json_string())
+            f.write(self.args.to_json_string())  # to_json_string redacts hub_token & co.
+        model.save_pretrained(output_dir, processor=self.processing_class, model_card=False)
+        self.create_model_card(output_dir=output_dir)  # the card with the run's values
 
     def _load_infosam_weights(self, folder: str) -> None:
         from peft import set_peft_model_state_dict
@@ -271,13 +269,16 @@ class InfoSAMTrainer(Trainer):
         self._load_infosam_weights(self.state.best_model_checkpoint)
 
     # ------------------------------------------------------------------ model card
-    def create_model_card(self, *args, **kwargs) -> None:
-        """Renders model_cards/ with the run's real values (see `infosam_hf.hub`)."""
+    def create_model_card(self, **kwargs) -> None:
+        """The InfoSAM card (model_cards/) with the run's real values; see `infosam_hf.model_card.write_model_card`."""
         if not self.is_world_process_zero():
             return
-        try:
-            from .hub import write_model_card
-        except ImportError:  # pragma: no cover - hub module absent
-            warnings.warn("infosam_hf.hub is unavailable; falling back to transformers' model card.")
-            return super().create_model_card(*args, **kwargs)
-        write_model_card(self, *args, **kwargs)
+        from .model_card import write_model_card
+
+        write_model_card(self, **kwargs)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """hub_strategy every_save/checkpoint/all_checkpoints without the stock pickles (see `hub.push_checkpoint`)."""
+        from .hub import push_checkpoint
+
+        push_checkpoint(self, checkpoint_folder)

@@ -1,7 +1,6 @@
 """Data pipeline: SAM geometry, mask binarisation, prompts, collator, sources and their errors."""
 
 import csv
-import io
 
 import numpy as np
 import pytest

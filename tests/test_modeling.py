@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from transformers import SamModel
 
 from infosam_hf import InfoSAMConfig, InfoSAMModel, build_student, capture_sam_features

@@ -6,6 +6,7 @@ import os
 import sys
 
 import pytest
+from huggingface_hub import ModelCard
 
 from infosam_hf.builtin import BUILTIN_MODEL_PATH
 from infosam_hf.synthetic import write_synthetic_dataset
@@ -38,6 +39,16 @@ def test_train_script_runs_streams_and_saves_the_adapter(tmp_path):
     assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl")) for f in files)
     assert json.loads((out / "infosam_config.json").read_text())["lora_r"] == 4
     assert json.loads((out / "iou_before_after.json").read_text())["iou"] == summary["iou"]
+
+    card = ModelCard.load(out / "README.md")  # the run's card, written beside the adapter
+    assert card.data.library_name == "peft" and card.data.pipeline_tag == "mask-generation"
+    assert card.data.datasets is None  # a local folder is no Hub dataset id
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results["iou"] == pytest.approx(summary["iou"]) and results["dice"] == pytest.approx(summary["dice"])
+    assert f"| iou | {summary['iou']:.6g} | {summary['zero_shot_iou']:.6g} |" in card.text  # adapter vs zero-shot
+    for value in ("LoRA rank r | 4", "training_steps | 6", "local data `data`", "sam-tiny-general`, the tiny SAM"):
+        assert value in card.text, value
+    assert "None" not in card.text and "{{" not in card.text
 
 
 def test_train_script_needs_max_steps_when_streaming(tmp_path):

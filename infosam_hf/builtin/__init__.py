@@ -17,6 +17,21 @@ BUILTIN_TRAIN_SAMPLES = 2000
 BUILTIN_TEST_SAMPLES = 200
 
 
+def builtin_model_path(recorded: str | os.PathLike | None) -> str | None:
+    """This install's copy of a built-in model recorded under another install's path, else None.
+
+    An adapter trained on the built-in model records the absolute path of the
+    infosam_hf that trained it (PEFT's `base_model_name_or_path`); on any other machine
+    or virtual environment that path does not exist, but the same weights ship here.
+    """
+    if not recorded:
+        return None
+    parts = os.path.normpath(os.fspath(recorded)).replace("\\", "/").split("/")
+    if len(parts) >= 3 and parts[-3:-1] == ["infosam_hf", "builtin"] and parts[-1] == os.path.basename(BUILTIN_MODEL_PATH):
+        return BUILTIN_MODEL_PATH
+    return None
+
+
 def builtin_dataset_path(domain: str = "specialised", seed: int = 0) -> str:
     """Writes the synthetic domain's parquet shards once (in the cache dir) and returns the folder."""
     from ..synthetic import ensure_synthetic_dataset
