@@ -50,10 +50,11 @@ if __name__ == "__main__":
 
 import torch
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser, SamModel, SamProcessor
+from transformers import HfArgumentParser
 
-from infosam_hf.builtin import BUILTIN_MODEL_PATH, builtin_dataset_path
-from infosam_hf.callbacks import sam_low_res_logits
+from infosam_hf import builtin
+from infosam_hf.builtin import builtin_dataset_path
+from infosam_hf.modeling import sam_low_res_logits
 from infosam_hf.data import (
     PromptSampler,
     SamSegmentationCollator,
@@ -62,11 +63,11 @@ from infosam_hf.data import (
     load_segmentation_dataset,
     to_binary_mask,
 )
+from infosam_hf.hub import load_model_or_base
 from infosam_hf.metrics import SegmentationMetrics
 
 logger = logging.getLogger("infosam_hf.evaluate")
 
-DEFAULT_ADAPTER_DIR = os.path.join("outputs", "infosam-builtin")  # examples/train.py's default output_dir
 ROW_LABELS = {"zero_shot": "zero-shot base", "adapter": "adapter"}
 PROMPT_KEYS = ("input_boxes", "input_points", "input_labels")
 
@@ -139,22 +140,12 @@ class EvaluationArguments:
 
 def resolve_models(args: EvaluationArguments) -> tuple[str | None, str | None]:
     """(adapter, base) to evaluate. No model flag at all = the built-in default."""
-    if args.model_name_or_path and args.base_model and args.model_name_or_path != args.base_model:
-        raise ValueError(
-            f"--model_name_or_path {args.model_name_or_path!r} and --base_model {args.base_model!r} name different "
-            "base models; pass one of them."
-        )
-    base = args.base_model or args.model_name_or_path
-    adapter = args.adapter
-    if adapter is None and base is None:
-        base = BUILTIN_MODEL_PATH
-        if os.path.isfile(os.path.join(DEFAULT_ADAPTER_DIR, "adapter_config.json")):
-            adapter = DEFAULT_ADAPTER_DIR
-            logger.info("Evaluating the built-in model and the adapter found in %s.", DEFAULT_ADAPTER_DIR)
+    adapter, base = builtin.resolve_models(args.adapter, args.base_model, args.model_name_or_path)
+    if not (args.adapter or args.base_model or args.model_name_or_path):  # the built-in default
+        if adapter is not None:
+            logger.info("Evaluating the built-in model and the adapter found in %s.", adapter)
         else:
-            logger.info(
-                "Evaluating the built-in model zero-shot (train an adapter with examples/train.py to compare)."
-            )
+            logger.info("Evaluating the built-in model zero-shot (train an adapter with examples/train.py to compare).")
     return adapter, base
 
 
@@ -166,16 +157,7 @@ def default_device(device: str | None) -> torch.device:
 
 def load_models(adapter: str | None, base: str | None, device: torch.device, dtype: torch.dtype):
     """The model to evaluate and its processor: a PeftModel (adapter) or a SamModel (base only), in eval mode."""
-    if adapter is not None:
-        import infosam_hf
-
-        model, processor = infosam_hf.load(adapter, base_model=base, device=device)
-    else:
-        model = SamModel.from_pretrained(base)
-        processor = SamProcessor.from_pretrained(base)
-    model.to(device=device, dtype=dtype)
-    model.eval()
-    return model, processor
+    return load_model_or_base(adapter, base, device=device, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------ data

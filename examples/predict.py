@@ -33,17 +33,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser, SamModel, SamProcessor
+from transformers import HfArgumentParser
 
-from infosam_hf.builtin import BUILTIN_MODEL_PATH
-from infosam_hf.callbacks import sam_low_res_logits
+from infosam_hf import builtin
+from infosam_hf.modeling import sam_low_res_logits
 from infosam_hf.data import SamSegmentationPreprocessor, decode_image, to_rgb_pil
+from infosam_hf.hub import load_model_or_base
 from infosam_hf.metrics import postprocess_logits
 from infosam_hf.visualization import mask_to_image, render_overlay
 
 logger = logging.getLogger("infosam_hf.predict")
 
-DEFAULT_ADAPTER_DIR = os.path.join("outputs", "infosam-builtin")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 OUTPUT_SUFFIXES = ("_mask", "_overlay")
 
@@ -232,23 +232,9 @@ def output_paths(images: list[str], output_dir: str, overwrite: bool) -> list[tu
 
 
 def load_model(args: PredictionArguments, device: torch.device):
-    if args.model_name_or_path and args.base_model and args.model_name_or_path != args.base_model:
-        raise ValueError("--model_name_or_path and --base_model name different base models; pass one of them.")
-    base = args.base_model or args.model_name_or_path
-    adapter = args.adapter
-    if adapter is None and base is None:
-        base = BUILTIN_MODEL_PATH
-        if os.path.isfile(os.path.join(DEFAULT_ADAPTER_DIR, "adapter_config.json")):
-            adapter = DEFAULT_ADAPTER_DIR
-    if adapter is not None:
-        import infosam_hf
-
-        logger.info("Loading adapter %s%s", adapter, f" on {base}" if base else "")
-        model, processor = infosam_hf.load(adapter, base_model=base, device=device)
-    else:
-        logger.info("Loading %s (no adapter)", base)
-        model, processor = SamModel.from_pretrained(base), SamProcessor.from_pretrained(base)
-    return model.to(device).eval(), processor
+    adapter, base = builtin.resolve_models(args.adapter, args.base_model, args.model_name_or_path)
+    logger.info("Loading %s", f"adapter {adapter} on {base}" if adapter else f"{base} (no adapter)")
+    return load_model_or_base(adapter, base, device=device)
 
 
 def to_model_frame(coords, original: tuple[int, int], reshaped: tuple[int, int]) -> torch.Tensor:

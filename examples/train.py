@@ -30,6 +30,7 @@ from transformers import HfArgumentParser, SamModel, SamProcessor, TrainingArgum
 
 from infosam_hf import InfoSAMConfig, InfoSAMTrainer
 from infosam_hf.builtin import BUILTIN_MODEL_PATH, builtin_dataset_path
+from infosam_hf.callbacks import EvalOverlayCallback
 from infosam_hf.data import (
     PromptSampler,
     SamSegmentationCollator,
@@ -89,6 +90,13 @@ class DataArguments:
     structure_measures: bool = field(
         default=False, metadata={"help": "Also report S-measure, E-measure and weighted F (polyp, camouflage)."}
     )
+    eval_overlays: int = field(
+        default=4,
+        metadata={
+            "help": "Save overlays of this many evaluation images (same prompts each time) under "
+            "<output_dir>/eval_overlays/step-<N>/ at every evaluation; 0 to turn off."
+        },
+    )
 
 
 def build_datasets(data_args, preprocessor, training_args):
@@ -102,11 +110,10 @@ def build_datasets(data_args, preprocessor, training_args):
     if data_args.streaming:  # shuffle file references, not preprocessed tensors (4 GB per 256 at 1024 px)
         train = train.shuffle(seed=training_args.seed, buffer_size=256)
     train = prepare_dataset(train, preprocessor)
-    evaluation = load_segmentation_dataset(source, split=data_args.eval_split, streaming=False, **kwargs)
+    raw_evaluation = load_segmentation_dataset(source, split=data_args.eval_split, streaming=False, **kwargs)
     if data_args.max_eval_samples is not None:
-        evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
-    evaluation = prepare_dataset(evaluation, preprocessor)
-    return train, evaluation
+        raw_evaluation = raw_evaluation.select(range(min(data_args.max_eval_samples, len(raw_evaluation))))
+    return train, prepare_dataset(raw_evaluation, preprocessor), raw_evaluation
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -136,12 +143,14 @@ def main(argv: list[str] | None = None) -> dict:
             processor_source = adapter_folder
     processor = SamProcessor.from_pretrained(processor_source)
     preprocessor = SamSegmentationPreprocessor.from_processor(processor)
-    train_dataset, eval_dataset = build_datasets(data_args, preprocessor, training_args)
+    train_dataset, eval_dataset, raw_eval_dataset = build_datasets(data_args, preprocessor, training_args)
 
     train_sampler = PromptSampler(
         box_probability=infosam_config.box_prompt_probability,
         num_points=infosam_config.num_points,
         box_noise=infosam_config.box_noise,
+        max_box_noise=infosam_config.max_box_noise,
+        box_jitter=infosam_config.box_jitter,
         seed=training_args.seed,
     )
     eval_sampler = PromptSampler(box_probability=1.0 if data_args.eval_prompt == "box" else 0.0, box_noise=0.0,
@@ -167,6 +176,16 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=processor,
         compute_metrics=build_compute_metrics(structure_measures=data_args.structure_measures),
     )
+    if data_args.eval_overlays > 0:
+        trainer.add_callback(
+            EvalOverlayCallback(
+                raw_eval_dataset,
+                num_samples=data_args.eval_overlays,
+                prompt_type="box" if data_args.eval_prompt == "box" else "points",
+                num_points=data_args.eval_num_points,
+                preprocessor=preprocessor,
+            )
+        )
     before = trainer.evaluate(metric_key_prefix="zero_shot")
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     after = trainer.evaluate()

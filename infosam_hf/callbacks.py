@@ -32,42 +32,10 @@ import torch
 from transformers import TrainerCallback
 
 from .metrics import binary_iou_dice, postprocess_logits
+from .modeling import sam_low_res_logits, unwrap_sam_model
 from .visualization import image_grid, render_overlay
 
 __all__ = ["EvalOverlayCallback", "sam_low_res_logits", "unwrap_sam_model"]
-
-
-def unwrap_sam_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The module whose forward is SamModel's: the student of an InfoSAMModel, else the model itself."""
-    model = getattr(model, "module", model)  # DDP / DataParallel
-    student = getattr(model, "student", None)
-    return student if student is not None and hasattr(model, "relation_module") else model
-
-
-@torch.no_grad()
-def sam_low_res_logits(
-    model: torch.nn.Module,
-    pixel_values: torch.Tensor,
-    input_boxes: torch.Tensor | None = None,
-    input_points: torch.Tensor | None = None,
-    input_labels: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Mask logits ``(B, h, w)`` (float32, decoder resolution) for one prompt and one mask per image.
-
-    ``model`` is a ``SamModel``, a ``PeftModel`` over one (adapters as currently enabled) or an
-    ``InfoSAMModel`` (its student). Prompts are in the padded model-input frame, as
-    ``SamProcessor`` and ``SamSegmentationCollator`` give them. Bring the logits to the
-    original image with ``infosam_hf.metrics.postprocess_logits(..., pad_size=image_size)``.
-    """
-    sam = unwrap_sam_model(model)
-    param = next(sam.parameters())
-    given = {"input_boxes": input_boxes, "input_points": input_points, "input_labels": input_labels}
-    prompts = {name: value.to(param.device) for name, value in given.items() if value is not None}
-    if "input_boxes" not in prompts and "input_points" not in prompts:
-        raise ValueError("SAM needs a prompt: pass input_boxes (B, 1, 4) or input_points (B, 1, N, 2).")
-    pixel_values = pixel_values.to(param.device, dtype=param.dtype if param.is_floating_point() else None)
-    outputs = sam(pixel_values=pixel_values, multimask_output=False, **prompts)
-    return outputs.pred_masks[:, 0, 0].float()
 
 
 def _metric_prefix(metrics: Mapping[str, Any] | None) -> str:

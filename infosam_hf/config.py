@@ -52,6 +52,21 @@ class InfoSAMConfig:
     )
     num_points: int = field(default=1, metadata={"help": "Foreground points per point prompt."})
     box_noise: float = field(default=0.1, metadata={"help": "Box jitter, as a fraction of the box side."})
+    max_box_noise: float | None = field(
+        default=5.0,
+        metadata={
+            "help": "Cap on the box jitter, in pixels of SAM's 1024 px input (scaled to smaller inputs). The "
+            "reference code uses 5; SAM's own recipe 20. None: no cap."
+        },
+    )
+    box_jitter: str = field(
+        default="shift",
+        metadata={
+            "help": "'shift' (reference code: the whole box moves by one offset) or 'corners' (SAM's recipe: each "
+            "coordinate gets its own noise).",
+            "choices": ["shift", "corners"],
+        },
+    )
     multimask_output: bool = field(
         default=False, metadata={"help": "Ask SAM for 3 masks and train the best one (paper: single mask)."}
     )
@@ -111,6 +126,10 @@ class InfoSAMConfig:
             raise ValueError(f"InfoSAMConfig.num_points must be at least 1, got {self.num_points}.")
         if self.box_noise < 0:
             raise ValueError(f"InfoSAMConfig.box_noise must be >= 0, got {self.box_noise}.")
+        if self.max_box_noise is not None and self.max_box_noise < 0:
+            raise ValueError(f"InfoSAMConfig.max_box_noise must be >= 0 or None, got {self.max_box_noise}.")
+        if self.box_jitter not in ("shift", "corners"):
+            raise ValueError(f"InfoSAMConfig.box_jitter must be 'shift' or 'corners', got {self.box_jitter!r}.")
         if self.lora_r < 1:
             raise ValueError(f"InfoSAMConfig.lora_r must be at least 1, got {self.lora_r}.")
         if not 0.0 <= self.lora_dropout < 1.0:

@@ -9,7 +9,7 @@ one the adapter names unless one is given.
 
 Entry points: `push_to_hub` (also `InfoSAMModel.push_to_hub`), `push_checkpoint` (what
 `InfoSAMTrainer._push_from_checkpoint` runs instead of the stock one, which writes
-`training_args.bin` with `torch.save`), `load`, `load_for_training`, `resolve_folder`.
+`training_args.bin` with `torch.save`), `load`, `load_model_or_base`, `load_for_training`, `resolve_folder`.
 Tokens are handed to `huggingface_hub` and never formatted into a message, card or log.
 """
 
@@ -410,6 +410,29 @@ def load(
     if device is not None:
         model = model.to(device)
     return (model if is_trainable else model.eval()), processor
+
+
+def load_model_or_base(
+    adapter: str | os.PathLike | None,
+    base_model: str | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+):
+    """(model, processor) in eval mode: `adapter` on its base (see `load`), or, with no adapter, the base alone.
+
+    What evaluation and prediction need when the same flags may name a fine-tuned adapter
+    or just a SAM checkpoint to run zero-shot.
+    """
+    from transformers import SamModel, SamProcessor
+
+    if adapter is not None:
+        model, processor = load(adapter, base_model=base_model, device=device)
+    elif base_model is not None:
+        model, processor = SamModel.from_pretrained(base_model), SamProcessor.from_pretrained(base_model)
+    else:
+        raise ValueError("Name an adapter or a base model to load.")
+    return model.to(device=device, dtype=dtype).eval(), processor
 
 
 def load_for_training(

@@ -269,7 +269,9 @@ def _infosam_summary(config: InfoSAMConfig, separate_teacher: bool) -> dict[str,
         "seg_loss": seg,
         "teacher": teacher,
         "relation_module": f"{'trained' if config.train_relation_module else 'frozen'}, {config.relation_dim} channels",
-        "prompts": f"jittered ground-truth box (noise {_fmt(config.box_noise)}) with probability {_fmt(box)}, "
+        "prompts": f"jittered ground-truth box ({config.box_jitter} noise {_fmt(config.box_noise)}"
+        + (f", at most {_fmt(config.max_box_noise)} px at 1024" if config.max_box_noise is not None else "")
+        + f") with probability {_fmt(box)}, "
         f"else {points}",
         "mask_output": "3 masks, best one trained" if config.multimask_output else "single mask",
     }
@@ -463,7 +465,8 @@ def render_model_card(info: Mapping[str, Any], template: str | None = None) -> s
         f"{_base_model_md(base)}, fine-tuned{on_data} for promptable mask generation."
     )
     metrics = dict(info.get("metrics") or {})
-    baseline = {k: v for k, v in (info.get("baseline_metrics") or {}).items() if k in metrics}
+    # The base model's losses include a relation module it never trained with: only quality metrics compare.
+    baseline = {k: v for k, v in (info.get("baseline_metrics") or {}).items() if k in metrics and not _is_loss(k)}
     split = ", ".join(info.get("dataset_args") or [])
     metrics_intro = "Final evaluation" + (f" on {names[0]}" if names else "") + (f" ({split})" if split else "") + ":"
     env = jinja2.Environment(
@@ -484,7 +487,7 @@ def render_model_card(info: Mapping[str, Any], template: str | None = None) -> s
         datasets_md=datasets_md,
         hyperparameters=info.get("hyperparameters") or [],
         metrics=[(name, _fmt(value)) for name, value in metrics.items()],
-        baseline=[_fmt(baseline[name]) if name in baseline else "" for name in metrics] if baseline else None,
+        baseline=[_fmt(baseline[name]) if name in baseline else "–" for name in metrics] if baseline else None,
         card_marker=CARD_MARKER,
         metrics_intro=metrics_intro,
         eval_history=_eval_history_table(list(info.get("evaluations") or []), list(metrics)),

@@ -134,6 +134,8 @@ def test_config_validation_and_json_round_trip(tmp_path):
         (dict(seg_loss="dice"), "seg_loss.*structure"),
         (dict(box_prompt_probability=1.5), "box_prompt_probability"),
         (dict(num_points=0), "num_points"),
+        (dict(max_box_noise=-1.0), "max_box_noise"),
+        (dict(box_jitter="gaussian"), "box_jitter.*shift.*corners"),
     ]:
         with pytest.raises(ValueError, match=match):
             InfoSAMConfig(**bad)
@@ -149,6 +151,10 @@ def test_config_from_hf_argument_parser():
         ["--lambda_1", "0.25", "--seg_loss", "focal_dice_iou", "--train_relation_module", "false"]
     )
     assert config.lambda_1 == 0.25 and config.seg_loss == "focal_dice_iou" and config.train_relation_module is False
+    (sam_recipe,) = HfArgumentParser(InfoSAMConfig).parse_args_into_dataclasses(
+        ["--max_box_noise", "20", "--box_jitter", "corners"]
+    )
+    assert sam_recipe.max_box_noise == 20.0 and sam_recipe.box_jitter == "corners"
     with pytest.raises(SystemExit):
         HfArgumentParser(InfoSAMConfig).parse_args_into_dataclasses(["--seg_loss", "nope"])
 

@@ -1,6 +1,7 @@
 """What an installed (non-editable) infosam-hf needs besides its modules must be declared as package data."""
 
 import fnmatch
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -39,8 +40,13 @@ def test_every_data_file_in_the_package_is_declared():
 @pytest.mark.slow
 def test_the_wheel_carries_the_card_template_and_the_builtin_model(tmp_path):
     pytest.importorskip("setuptools", reason="building the wheel without isolation needs setuptools installed")
+    source = tmp_path / "source"  # setuptools builds in place (build/): keep the checkout clean
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "infosam_hf", source / "infosam_hf", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
+                    str(tmp_path), str(source)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("infosam_hf-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for path in tracked_data_files():

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import sys
 
 import pytest
@@ -40,12 +41,18 @@ def test_train_script_runs_streams_and_saves_the_adapter(tmp_path):
     assert json.loads((out / "infosam_config.json").read_text())["lora_r"] == 4
     assert json.loads((out / "iou_before_after.json").read_text())["iou"] == summary["iou"]
 
+    # overlays of the same 4 evaluation images, zero-shot and after training
+    assert sorted(os.listdir(out / "eval_overlays")) == ["step-0-zero_shot", "step-6"]
+    overlays = sorted(os.listdir(out / "eval_overlays" / "step-6"))
+    assert overlays == ["grid.png"] + [f"sample-{i:02d}.png" for i in range(4)] + ["scores.json"]
+
     card = ModelCard.load(out / "README.md")  # the run's card, written beside the adapter
     assert card.data.library_name == "peft" and card.data.pipeline_tag == "mask-generation"
     assert card.data.datasets is None  # a local folder is no Hub dataset id
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert results["iou"] == pytest.approx(summary["iou"]) and results["dice"] == pytest.approx(summary["dice"])
     assert f"| iou | {summary['iou']:.6g} | {summary['zero_shot_iou']:.6g} |" in card.text  # adapter vs zero-shot
+    assert re.search(r"^\| loss \| [-0-9.e]+ \| – \|$", card.text, flags=re.M)  # the base never trained a relation
     for value in ("LoRA rank r | 4", "training_steps | 6", "local data `data`", "sam-tiny-general`, the tiny SAM"):
         assert value in card.text, value
     assert "None" not in card.text and "{{" not in card.text

@@ -17,6 +17,32 @@ BUILTIN_TRAIN_SAMPLES = 2000
 BUILTIN_TEST_SAMPLES = 200
 
 
+# examples/train.py's default --output_dir: where the evaluation and prediction scripts look for an adapter.
+DEFAULT_ADAPTER_DIR = os.path.join("outputs", "infosam-builtin")
+
+
+def resolve_models(
+    adapter: str | None, base_model: str | None = None, model_name_or_path: str | None = None
+) -> tuple[str | None, str | None]:
+    """(adapter, base) a script should load, given its flags; no model flag at all = the built-in default.
+
+    `model_name_or_path` is the transformers-style alias of `base_model` (both accepted, they
+    must agree). The default is the built-in SAM with the adapter `examples/train.py` wrote
+    to `DEFAULT_ADAPTER_DIR`, if there is one, else the built-in SAM zero-shot.
+    """
+    if model_name_or_path and base_model and model_name_or_path != base_model:
+        raise ValueError(
+            f"--model_name_or_path {model_name_or_path!r} and --base_model {base_model!r} name different base "
+            "models; pass one of them."
+        )
+    base = base_model or model_name_or_path
+    if adapter is None and base is None:
+        base = BUILTIN_MODEL_PATH
+        if os.path.isfile(os.path.join(DEFAULT_ADAPTER_DIR, "adapter_config.json")):
+            adapter = DEFAULT_ADAPTER_DIR
+    return adapter, base
+
+
 def builtin_model_path(recorded: str | os.PathLike | None) -> str | None:
     """This install's copy of a built-in model recorded under another install's path, else None.
 
