@@ -125,7 +125,10 @@ def main() -> None:
 
     modes = args.modes.split(",")
     results: dict[str, list[dict]] = {m: [] for m in modes}
-    passthrough = [a for a in sys.argv[1:] if not a.startswith("--repeats")]
+    # The worker gets the parsed settings (not sys.argv, where "--repeats 3" would leave a stray "3").
+    passthrough = [f"--{name}={getattr(args, name)}" for name in
+                   ("model", "image_size", "batch_size", "steps", "distinct_batches", "threads", "modes")]
+    passthrough += [f"--{flag}" for flag in ("bf16", "cpu") if getattr(args, flag)]
     for repeat in range(args.repeats):
         for mode in modes if repeat % 2 == 0 else reversed(modes):
             env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
