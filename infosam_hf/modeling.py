@@ -269,10 +269,19 @@ class InfoSAMModel(nn.Module):
         teacher: nn.Module | str | None = None,
         is_trainable: bool = True,
         require_relation_module: bool = True,
+        revision: str | None = None,
+        token: str | bool | None = None,
         **base_kwargs,
     ) -> "InfoSAMModel":
-        """Rebuild the pair from a local folder written by `save_pretrained` (see `infosam_hf.load` for the Hub)."""
+        """Rebuild the pair from a folder written by `save_pretrained`, or a Hub repo it was pushed to.
+
+        For inference only, `infosam_hf.load` is lighter (no relation module, optional merge).
+        """
         adapter_path = os.fspath(adapter_path)
+        if not os.path.isdir(adapter_path):
+            from .hub import resolve_folder
+
+            adapter_path = resolve_folder(adapter_path, revision=revision, token=token)
         if not os.path.isfile(os.path.join(adapter_path, ADAPTER_CONFIG_NAME)):
             raise FileNotFoundError(
                 f"{adapter_path} has no {ADAPTER_CONFIG_NAME}: it is not a PEFT adapter folder. Point at the folder "

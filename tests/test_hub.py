@@ -274,6 +274,8 @@ def test_continued_training_from_a_pushed_adapter_restores_the_relation_module(f
     trainable = {n for n, p in again.named_parameters() if p.requires_grad}
     assert any("lora_" in n for n in trainable) and any(n.startswith("relation_module.") for n in trainable)
     torch.testing.assert_close(predict(again.student.eval(), toy_batch(2)), predict(trained.student, toy_batch(2)))
+    same = InfoSAMModel.from_pretrained("tiny/infosam-polyp")  # the transformers-style entry point takes Hub ids too
+    assert all(torch.equal(expected[k], v) for k, v in same.relation_module.state_dict().items())
 
     HfApi().delete_file("relation_module.safetensors", repo_id="tiny/infosam-polyp")
     with pytest.raises(FileNotFoundError, match=r"tiny/infosam-polyp has no relation_module\.safetensors.*"
