@@ -28,6 +28,7 @@ from .builtin import builtin_model_path
 from .config import INFOSAM_CONFIG_NAME
 from .model_card import (
     ALLOWED_PATTERNS,
+    CARD_MARKER,
     MODEL_CARD_NAME,
     PICKLE_SUFFIXES,
     _card_is_replaceable,
@@ -78,6 +79,7 @@ def push_to_hub(
     base_model_id: str | None = None,
     training_args=None,
     metrics: Mapping[str, float] | None = None,
+    overwrite_card: bool = False,
     **card_kwargs,
 ):
     """Adapter + relation module + infosam_config.json + processor + model card in one commit.
@@ -86,6 +88,8 @@ def push_to_hub(
     of a base that was trained from a local copy), so others can load the adapter.
     `training_args`/`metrics` (and `language`, `license`, `tags`, `dataset`, ... as in
     `Trainer.create_model_card`) fill the card when no Trainer is at hand.
+    A README.md already in the repo that infosam_hf did not generate (edited on the Hub,
+    say) is left in place unless `overwrite_card=True`.
     Returns huggingface_hub's `CommitInfo`.
     """
     from huggingface_hub import HfApi
@@ -99,8 +103,9 @@ def push_to_hub(
     except HfHubHTTPError as err:
         _raise_hub_error(err, repo_id, "create", api.endpoint)
     repo_id = repo_url.repo_id
+    keep_remote_card = not overwrite_card and _has_hand_written_card(api, repo_id, revision)
     with tempfile.TemporaryDirectory(prefix="infosam-push-") as folder:
-        model.save_pretrained(folder)
+        model.save_pretrained(folder, processor=processor, model_card=False)
         if base_model_id:
             _set_base_model(folder, base_model_id)
         elif not is_hub_id(base_model_id_of(folder)) and not builtin_model_path(base_model_id_of(folder)):
@@ -109,8 +114,6 @@ def push_to_hub(
                 "it from the Hub. Pass base_model_id='owner/name' to push_to_hub to record the Hub id of that base.",
                 stacklevel=2,
             )
-        if processor is not None:
-            processor.save_pretrained(folder)
         info = model_card_info(
             model,
             repo_id=repo_id,
@@ -120,8 +123,15 @@ def push_to_hub(
             finetuned_from=card_kwargs.pop("finetuned_from", None) or base_model_id,
             **card_kwargs,
         )
-        with open(os.path.join(folder, MODEL_CARD_NAME), "w", encoding="utf-8") as f:
-            f.write(render_model_card(info))
+        if keep_remote_card:
+            warnings.warn(
+                f"{repo_id} already has a README.md that infosam_hf did not write; it was kept. Pass "
+                "overwrite_card=True to replace it with the generated card.",
+                stacklevel=2,
+            )
+        else:
+            with open(os.path.join(folder, MODEL_CARD_NAME), "w", encoding="utf-8") as f:
+                f.write(render_model_card(info))
         _check_no_pickles(folder)
         try:
             return api.upload_folder(
@@ -134,6 +144,17 @@ def push_to_hub(
             )
         except HfHubHTTPError as err:
             _raise_hub_error(err, repo_id, "upload to", api.endpoint)
+
+
+def _has_hand_written_card(api, repo_id: str, revision: str | None) -> bool:
+    from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
+
+    try:
+        path = api.hf_hub_download(repo_id, MODEL_CARD_NAME, revision=revision)
+    except (EntryNotFoundError, RevisionNotFoundError):
+        return False
+    with open(path, "rb") as f:
+        return CARD_MARKER.encode() not in f.read()
 
 
 def _set_base_model(folder: str, base_model_id: str) -> None:

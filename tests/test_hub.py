@@ -134,6 +134,22 @@ def test_push_sends_exactly_the_safe_files_and_a_card_with_real_values(fake_hub,
                     hub_debug_logs.text)
 
 
+def test_push_keeps_a_card_edited_on_the_hub(fake_hub, trained):
+    trained.push_to_hub("tiny/infosam-polyp", processor=tiny_processor())
+    edited = b"---\nlicense: mit\n---\n# Polyp adapter\n\nWritten by hand on the Hub.\n"
+    HfApi().upload_file(path_or_fileobj=edited, path_in_repo="README.md", repo_id="tiny/infosam-polyp")
+    with torch.no_grad():
+        trained.relation_module.query_proj.weight.add_(1.0)
+    with pytest.warns(UserWarning, match="already has a README.md that infosam_hf did not write; it was kept"):
+        trained.push_to_hub("tiny/infosam-polyp", processor=tiny_processor())
+    files = fake_hub.files("tiny/infosam-polyp")
+    assert files["README.md"] == edited
+    pushed = load_safetensors(files["relation_module.safetensors"])  # the rest of the push did happen
+    assert torch.equal(pushed["query_proj.weight"], trained.relation_module.query_proj.weight)
+    trained.push_to_hub("tiny/infosam-polyp", processor=tiny_processor(), overwrite_card=True)
+    assert CARD_MARKER in fake_hub.files("tiny/infosam-polyp")["README.md"].decode()
+
+
 def test_download_loads_identical_predictions_and_merge_gives_the_same_masks(fake_hub, trained, base_on_hub, tmp_path):
     trained.push_to_hub("tiny/infosam-polyp", processor=tiny_processor())
     batch = toy_batch(2)
