@@ -178,8 +178,9 @@ CHECKPOINT_FILES = (
 def push_checkpoint(trainer, checkpoint_folder: str):
     """What `Trainer._push_from_checkpoint` does for `hub_strategy` every_save/checkpoint/all_checkpoints,
     without its pickles: the stock one `torch.save`s `training_args.bin` into output_dir and uploads
-    the checkpoint's optimizer/scheduler/RNG `.pt` files. Here only JSON and safetensors travel; a
-    `last-checkpoint` pushed this way resumes the weights and the step count (optimizer state restarts).
+    the checkpoint's optimizer/scheduler/RNG `.pt` files. Here only JSON and safetensors travel; since
+    InfoSAMTrainer writes those states as safetensors (`infosam_hf.training_state`), a `last-checkpoint`
+    pushed this way resumes completely: weights, relation module, optimizer, scheduler, RNG and step.
 
     Wire it with `def _push_from_checkpoint(self, folder): push_checkpoint(self, folder)`.
     Returns the list of upload futures (also tracked in `trainer.push_in_progress`).

@@ -29,6 +29,7 @@ from .modeling import (
     build_student,
     upsample_masks,
 )
+from .training_state import SafetensorsTrainingStateMixin
 
 logger = logging.get_logger(__name__)
 
@@ -77,7 +78,7 @@ def select_best_mask(outputs: InfoSAMModelOutput, gt_masks: torch.Tensor) -> tup
     return logits[index, best].unsqueeze(1), iou_scores[index, best].unsqueeze(1)
 
 
-class InfoSAMTrainer(Trainer):
+class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
     """Fine-tune SAM with a PEFT adapter and InfoSAM's relation distillation.
 
     Args:

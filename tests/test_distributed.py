@@ -216,9 +216,10 @@ def test_checkpoint_is_written_once_by_rank_zero(runs):
     writes = [collections.Counter(r["writes"]) for r in run.ranks]
     # Rank 0 wrote each file once; the only file rank 1 writes is the Trainer's per-rank RNG state.
     assert all(count == 1 for count in writes[0].values()), f"rank 0 wrote some files twice: {writes[0]}"
-    assert set(writes[1]) == {f"checkpoint-{STEPS}/rng_state_1.pth"}, f"rank 1 wrote {dict(writes[1])}"
+    assert set(writes[1]) == {f"checkpoint-{STEPS}/rng_state_1.safetensors"}, f"rank 1 wrote {dict(writes[1])}"
     required = {"adapter_model.safetensors", "adapter_config.json", "relation_module.safetensors",
-                "infosam_config.json", "training_args.json", "trainer_state.json", "optimizer.pt", "rng_state_0.pth"}
+                "infosam_config.json", "training_args.json", "trainer_state.json", "optimizer.safetensors",
+                "rng_state_0.safetensors"}
     assert {f"checkpoint-{STEPS}/{f}" for f in required} <= set(writes[0])
     # The recorder saw every file in the folder (so "rank 1 wrote nothing else" means something).
     assert {f"checkpoint-{STEPS}/{f}" for f in os.listdir(checkpoint)} == set(writes[0]) | set(writes[1])

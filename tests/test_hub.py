@@ -275,9 +275,21 @@ def test_checkpoint_pushes_carry_no_pickles(fake_hub, base_on_hub, tmp_path):
     # the mid-training push already carries the card, naming the Hub repo in its code
     card = ModelCard(files["README.md"].decode())
     assert card.data.library_name == "peft" and 'infosam_hf.load("tiny/infosam-trainer")' in card.text
-    # ... and the pushed last-checkpoint is enough to continue training
-    again = load_for_training(HfApi().snapshot_download("tiny/infosam-trainer") + "/last-checkpoint")
+    # ... and the pushed last-checkpoint is enough to continue training, optimizer state included
+    assert {"last-checkpoint/optimizer.safetensors", "last-checkpoint/rng_state.safetensors"} <= set(files)
+    snapshot = HfApi().snapshot_download("tiny/infosam-trainer") + "/last-checkpoint"
+    again = load_for_training(snapshot)
     assert again.infosam_config.lora_r == 2
+    resumed = InfoSAMTrainer(
+        model=BASE_ID,
+        args=trainer_args(tmp_path / "resumed", max_steps=2, push_to_hub=False),
+        infosam_config=InfoSAMConfig(lora_r=2),
+        train_dataset=toy_segmentation_dataset(2),
+    )
+    resumed.train(resume_from_checkpoint=snapshot)
+    moments = resumed.optimizer.state_dict()["state"]
+    assert resumed.state.global_step == 2  # continued from step 1 ...
+    assert moments and all(float(s["step"]) == 2.0 for s in moments.values())  # ... with Adam's state of step 1
 
 
 # ---------------------------------------------------------------------------------------------- continue training

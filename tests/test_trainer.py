@@ -89,6 +89,8 @@ def test_checkpoint_contents_and_bit_exact_resume(tmp_path):
     files = set(os.listdir(ckpt))
     assert {"adapter_model.safetensors", "adapter_config.json", "relation_module.safetensors", "infosam_config.json"} <= files
     assert "training_args.bin" not in files and "training_args.json" in files
+    assert {"optimizer.safetensors", "scheduler.safetensors", "rng_state.safetensors", "trainer_state.json"} <= files
+    assert not [f for f in files if f.endswith((".pt", ".pth", ".bin", ".pkl"))], "no pickles in a checkpoint"
     assert json.loads((ckpt / "infosam_config.json").read_text())["lambda_2"] == 0.5
 
     resumed = make_model(relation_seed=123)  # a different random relation module before loading
@@ -103,6 +105,15 @@ def test_checkpoint_contents_and_bit_exact_resume(tmp_path):
     trainer.train(resume_from_checkpoint=str(ckpt))
     for (name, a), b in zip(trainable_state(straight).items(), trainable_state(resumed).values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+    # ... and the optimizer state is part of that: without it, the resumed run ends elsewhere
+    (ckpt / "optimizer.safetensors").unlink()
+    amnesic = make_model(relation_seed=123)
+    InfoSAMTrainer(model=amnesic, args=make_args(tmp_path / "b", max_steps=4), train_dataset=data).train(
+        resume_from_checkpoint=str(ckpt)
+    )
+    assert any(not torch.allclose(a, b, atol=1e-6) for a, b in zip(trainable_state(straight).values(),
+                                                                   trainable_state(amnesic).values()))
 
 
 def test_resume_without_relation_module_says_what_is_missing(tmp_path):
