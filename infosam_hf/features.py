@@ -81,8 +81,12 @@ def check_is_sam_model(model: object, what: str = "model") -> None:
         )
 
 
+class _TokensCaptured(Exception):
+    """Raised by the hook to end a forward whose remaining work (mask upscaling, IoU head) is not wanted."""
+
+
 @contextmanager
-def capture_sam_features(model: nn.Module) -> Iterator[CapturedFeatures]:
+def capture_sam_features(model: nn.Module, stop_after_tokens: bool = False) -> Iterator[CapturedFeatures]:
     """Within the block, every forward of `model` records z_i and the decoder tokens.
 
     Usage::
@@ -90,6 +94,10 @@ def capture_sam_features(model: nn.Module) -> Iterator[CapturedFeatures]:
         with capture_sam_features(model) as feats:
             outputs = model(pixel_values=..., input_boxes=..., multimask_output=False)
         z_i, z_m = feats.image_feats, feats.mask_token
+
+    `stop_after_tokens=True` ends the forward as soon as the tokens are read (the rest of
+    the block is skipped and the model returns nothing): what the teacher needs, minus
+    the mask upscaling. Not under `torch.compile` tracing, where the forward runs whole.
     """
     check_is_sam_model(model)
     captured = CapturedFeatures()
@@ -99,11 +107,15 @@ def capture_sam_features(model: nn.Module) -> Iterator[CapturedFeatures]:
 
     def on_transformer(_module, _inputs, output):
         captured.mask_decoder_tokens = output[0]
+        if stop_after_tokens and not torch.compiler.is_compiling():
+            raise _TokensCaptured
 
     handles = [m.register_forward_hook(on_vision) for m in _modules_of(model, _VISION_ENCODER_CLASSES)]
     handles += [m.register_forward_hook(on_transformer) for m in _modules_of(model, _TWO_WAY_TRANSFORMER_CLASSES)]
     try:
         yield captured
+    except _TokensCaptured:
+        pass
     finally:
         for handle in handles:
             handle.remove()

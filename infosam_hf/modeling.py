@@ -182,16 +182,21 @@ class InfoSAMModel(nn.Module):
 
     def _run_teacher(self, pixel_values: torch.Tensor, prompts: dict, multimask_output: bool):
         model = self.teacher if self.teacher is not None else self.student
-        with torch.no_grad(), self._teacher_context(), capture_sam_features(model) as feats:
+        with torch.no_grad():
             embeddings, keys = (None, None) if self.teacher_cache is None else self.teacher_cache.lookup(pixel_values)
-            if embeddings is None:
-                model(pixel_values=pixel_values, multimask_output=multimask_output, **prompts)
-                if self.teacher_cache is not None:
-                    self.teacher_cache.store(keys, feats.image_embeddings)
-            else:
-                model(image_embeddings=embeddings, multimask_output=multimask_output, **prompts)
-                feats.image_embeddings = embeddings
-            return feats.image_feats.detach(), feats.mask_token.detach()
+            # Only z_i and the decoder tokens are needed: the teacher stops after the two-way transformer
+            # (no mask upscaling, hypernetworks or IoU head).
+            with self._teacher_context(), capture_sam_features(model, stop_after_tokens=True) as feats:
+                if embeddings is None:
+                    model(pixel_values=pixel_values, multimask_output=multimask_output, **prompts)
+                else:
+                    model(image_embeddings=embeddings, multimask_output=multimask_output, **prompts)
+        if embeddings is None:
+            if self.teacher_cache is not None:
+                self.teacher_cache.store(keys, feats.image_embeddings)
+        else:
+            feats.image_embeddings = embeddings
+        return feats.image_feats.detach(), feats.mask_token.detach()
 
     def forward(
         self,

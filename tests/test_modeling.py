@@ -39,6 +39,24 @@ def test_capture_on_plain_sam_matches_manual_computation(base):
     assert all(not m._forward_hooks for m in base.modules())
 
 
+def test_stop_after_tokens_skips_the_mask_upscaling_and_captures_the_same(base):
+    batch = toy_batch(2)
+    upscaled = []
+    hook = base.mask_decoder.upscale_conv1.register_forward_hook(lambda *_: upscaled.append(1))
+    with torch.no_grad(), capture_sam_features(base, stop_after_tokens=True) as feats:
+        result = base(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"], multimask_output=False)
+        pytest.fail("the forward should have ended at the two-way transformer")  # pragma: no cover
+    assert not upscaled and "result" not in locals()
+    z_i, z_m = reference_features(base, batch)
+    torch.testing.assert_close(feats.image_feats, z_i)
+    torch.testing.assert_close(feats.mask_token, z_m)
+    with torch.no_grad(), capture_sam_features(base):  # without the flag the forward runs whole
+        base(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"], multimask_output=False)
+    assert upscaled
+    hook.remove()
+    assert all(not m._forward_hooks for m in base.modules())
+
+
 def test_capture_inside_peft_with_modules_to_save_follows_adapter_state(base):
     batch = toy_batch(2)
     reference = SamModel(tiny_sam_config()).eval()
