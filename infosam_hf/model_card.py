@@ -64,6 +64,12 @@ _FILE_DESCRIPTIONS = {
     "preprocessor_config.json": "`SamImageProcessor` settings (image size, normalisation, padding)",
     "training_args.json": "the run's `TrainingArguments` (tokens redacted)",
     "trainer_state.json": "the Trainer's state (steps, log history)",
+    "optimizer.safetensors": "optimizer state, to resume this checkpoint",
+    "scheduler.safetensors": "learning-rate scheduler state, to resume this checkpoint",
+    "scaler.safetensors": "fp16 gradient-scaler state, to resume this checkpoint",
+    "iou_before_after.json": "IoU and Dice of the base model (zero-shot) and of this adapter (examples/train.py)",
+    "eval_overlays/": "the same few evaluation images drawn at every evaluation (`EvalOverlayCallback`)",
+    "runs/": "training logs (TensorBoard)",
     MODEL_CARD_NAME: "this model card",
 }
 _PEFT_METHOD_NAMES = {
@@ -329,13 +335,14 @@ def model_card_info(
     if not dataset_names and train_dataset is not None and _dataset_name(train_dataset):
         dataset_names = [_dataset_name(train_dataset)]
     files = []
-    if folder is not None:
-        for root, dirs, names in os.walk(folder):
-            dirs[:] = [d for d in dirs if not d.startswith(("checkpoint-", "_", ".", "runs"))]
-            for name in names:
-                rel = os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")
-                if any(fnmatch.fnmatch(rel, p) for p in ALLOWED_PATTERNS) and not rel.startswith("_"):
-                    files.append(rel)
+    if folder is not None:  # what sits beside the card: top-level files, and folders as one entry each
+        for entry in sorted(os.listdir(folder)):
+            if entry.startswith(("checkpoint-", "_", ".")):
+                continue  # never pushed by the Trainer
+            if os.path.isdir(os.path.join(folder, entry)):
+                files.append(entry + "/")
+            elif any(fnmatch.fnmatch(entry, p) for p in ALLOWED_PATTERNS):
+                files.append(entry)
         if MODEL_CARD_NAME not in files:
             files.append(MODEL_CARD_NAME)
     has_processor = any(f in files for f in ("processor_config.json", "preprocessor_config.json"))
@@ -420,6 +427,14 @@ def _base_model_md(base: str | None) -> str:
     return f"`{base}` (a local path where the adapter was trained, not a Hub id)"
 
 
+def _file_description(name: str) -> str:
+    if name in _FILE_DESCRIPTIONS:
+        return _FILE_DESCRIPTIONS[name]
+    if name.startswith("rng_state") and name.endswith(".safetensors"):
+        return "random-number-generator states, to resume this checkpoint exactly"
+    return "–"
+
+
 def _base_model_expr(base: str | None) -> str:
     """The base as the card's plain-PEFT snippet passes it to `SamModel.from_pretrained`."""
     if builtin_model_path(base):
@@ -492,7 +507,7 @@ def render_model_card(info: Mapping[str, Any], template: str | None = None) -> s
         metrics_intro=metrics_intro,
         eval_history=_eval_history_table(list(info.get("evaluations") or []), list(metrics)),
         has_relation_module=info.get("has_relation_module", True),
-        files=[(f, _FILE_DESCRIPTIONS.get(f, "")) for f in info.get("files") or [MODEL_CARD_NAME]],
+        files=[(f, _file_description(f)) for f in info.get("files") or [MODEL_CARD_NAME]],
         citation=CITATION,
         versions=info.get("versions") or _library_versions(),
     )

@@ -56,6 +56,10 @@ def test_train_script_runs_streams_and_saves_the_adapter(tmp_path):
     for value in ("LoRA rank r | 4", "training_steps | 6", "local data `data`", "sam-tiny-general`, the tiny SAM"):
         assert value in card.text, value
     assert "None" not in card.text and "{{" not in card.text
+    # the file table describes what sits beside the card, folders as one entry
+    assert "| `eval_overlays/` | the same few evaluation images" in card.text
+    assert "| `iou_before_after.json` | IoU and Dice" in card.text and "step-6" not in card.text
+    assert not re.search(r"^\| `[^`]+` \| *\|$", card.text, flags=re.M), "a file without a description"
 
 
 def test_train_script_needs_max_steps_when_streaming(tmp_path):
