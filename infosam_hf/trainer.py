@@ -271,12 +271,19 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
 
     # ------------------------------------------------------------------ model card
     def create_model_card(self, **kwargs) -> None:
-        """The InfoSAM card (model_cards/) with the run's real values; see `infosam_hf.model_card.write_model_card`."""
+        """The InfoSAM card (model_cards/) with the run's real values; see `infosam_hf.model_card.write_model_card`.
+
+        What a call says about the card (dataset, license, baseline metrics, ...) is kept for
+        the cards later saves write, so a checkpoint or `save_model` does not drop it.
+        """
         if not self.is_world_process_zero():
             return
         from .model_card import write_model_card
 
-        write_model_card(self, **kwargs)
+        remembered = getattr(self, "_model_card_kwargs", {})
+        if "output_dir" not in kwargs:  # a call of the user's (or push_to_hub's), not one of our saves
+            remembered = self._model_card_kwargs = {**remembered, **kwargs}
+        write_model_card(self, **{**remembered, **kwargs})
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """hub_strategy every_save/checkpoint/all_checkpoints without the stock pickles (see `hub.push_checkpoint`)."""

@@ -248,6 +248,8 @@ def test_trainer_push_to_hub_sends_adapter_relation_config_and_card(fake_hub, ba
     for value in ("learning_rate | 0.001", "total_train_batch_size | 2", "training_steps | 2", "seed | 0",
                   "mixed_precision | fp32"):
         assert value in text, value
+    trainer.save_model()  # a later save keeps what the push said about the card
+    assert ModelCard.load(tmp_path / "run" / "README.md").data.datasets == ["tiny/polyp-set"]
     relation = load_file(tmp_path / "run" / "relation_module.safetensors")
     pushed = load_safetensors(files["relation_module.safetensors"])
     assert all(torch.equal(relation[k], pushed[k]) for k in relation)
