@@ -155,11 +155,6 @@ def default_device(device: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_models(adapter: str | None, base: str | None, device: torch.device, dtype: torch.dtype):
-    """The model to evaluate and its processor: a PeftModel (adapter) or a SamModel (base only), in eval mode."""
-    return load_model_or_base(adapter, base, device=device, dtype=dtype)
-
-
 # ------------------------------------------------------------------------------ data
 
 
@@ -294,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
     adapter, base = resolve_models(args)
     device = default_device(args.device)
     dtype = getattr(torch, args.dtype)
-    model, processor = load_models(adapter, base, device, dtype)
+    model, processor = load_model_or_base(adapter, base, device=device, dtype=dtype)
     preprocessor = SamSegmentationPreprocessor.from_processor(processor)
 
     source = args.dataset_name or builtin_dataset_path("specialised")

@@ -130,18 +130,18 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.max_steps <= 0 and data_args.streaming:
         raise SystemExit("A streamed dataset has no length: pass --max_steps (or --streaming false with epochs).")
 
-    processor_source = model_args.model_name_or_path
     if model_args.resume_adapter:
-        from infosam_hf.hub import resolve_folder
+        from infosam_hf.hub import load_for_training, load_processor, resolve_folder
         from infosam_hf.modeling import base_model_id_of
 
         # The adapter names its base; only an explicit --model_name_or_path overrides it.
         adapter_folder = resolve_folder(model_args.resume_adapter)
         explicit_base = None if model_args.model_name_or_path == BUILTIN_MODEL_PATH else model_args.model_name_or_path
-        processor_source = explicit_base or base_model_id_of(adapter_folder)
-        if os.path.isfile(os.path.join(adapter_folder, "processor_config.json")):
-            processor_source = adapter_folder
-    processor = SamProcessor.from_pretrained(processor_source)
+        model = load_for_training(adapter_folder, base_model=explicit_base)
+        processor = load_processor(adapter_folder, explicit_base or base_model_id_of(adapter_folder), model.student)
+    else:
+        model = SamModel.from_pretrained(model_args.model_name_or_path)
+        processor = SamProcessor.from_pretrained(model_args.model_name_or_path)
     preprocessor = SamSegmentationPreprocessor.from_processor(processor)
     train_dataset, eval_dataset, raw_eval_dataset = build_datasets(data_args, preprocessor, training_args)
 
@@ -157,13 +157,6 @@ def main(argv: list[str] | None = None) -> dict:
                                  num_points=data_args.eval_num_points, seed=0)
     train_collator = SamSegmentationCollator(train_sampler)
     eval_collator = SamSegmentationCollator(eval_sampler, prompt_type=data_args.eval_prompt)
-
-    if model_args.resume_adapter:
-        from infosam_hf.hub import load_for_training
-
-        model = load_for_training(adapter_folder, base_model=explicit_base)
-    else:
-        model = SamModel.from_pretrained(model_args.model_name_or_path)
 
     trainer = InfoSAMTrainer(
         model=model,

@@ -28,15 +28,21 @@ from .builtin import builtin_model_path
 from .config import INFOSAM_CONFIG_NAME
 from .model_card import (
     ALLOWED_PATTERNS,
-    CARD_MARKER,
     MODEL_CARD_NAME,
     PICKLE_SUFFIXES,
-    _card_is_replaceable,
+    card_is_replaceable,
     is_hub_id,
     model_card_info,
     render_model_card,
 )
-from .modeling import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, RELATION_WEIGHTS_NAME, InfoSAMModel, base_model_id_of
+from .modeling import (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    RELATION_WEIGHTS_NAME,
+    InfoSAMModel,
+    base_model_id_of,
+    loadable_base,
+)
 
 # ====================================================================== push
 def _raise_hub_error(err: Exception, repo_id: str, action: str, endpoint: str) -> None:
@@ -108,9 +114,9 @@ def push_to_hub(
         model.save_pretrained(folder, processor=processor, model_card=False)
         if base_model_id:
             _set_base_model(folder, base_model_id)
-        elif not is_hub_id(base_model_id_of(folder)) and not builtin_model_path(base_model_id_of(folder)):
+        elif not is_hub_id(recorded_base := base_model_id_of(folder)) and not builtin_model_path(recorded_base):
             warnings.warn(
-                f"The adapter names its base model as {base_model_id_of(folder)!r}, a local path: others cannot load "
+                f"The adapter names its base model as {recorded_base!r}, a local path: others cannot load "
                 "it from the Hub. Pass base_model_id='owner/name' to push_to_hub to record the Hub id of that base.",
                 stacklevel=2,
             )
@@ -153,8 +159,7 @@ def _has_hand_written_card(api, repo_id: str, revision: str | None) -> bool:
         path = api.hf_hub_download(repo_id, MODEL_CARD_NAME, revision=revision)
     except (EntryNotFoundError, RevisionNotFoundError):
         return False
-    with open(path, "rb") as f:
-        return CARD_MARKER.encode() not in f.read()
+    return not card_is_replaceable(path)
 
 
 def _set_base_model(folder: str, base_model_id: str) -> None:
@@ -182,8 +187,7 @@ def push_checkpoint(trainer, checkpoint_folder: str):
     InfoSAMTrainer writes those states as safetensors (`infosam_hf.training_state`), a `last-checkpoint`
     pushed this way resumes completely: weights, relation module, optimizer, scheduler, RNG and step.
 
-    Wire it with `def _push_from_checkpoint(self, folder): push_checkpoint(self, folder)`.
-    Returns the list of upload futures (also tracked in `trainer.push_in_progress`).
+    `InfoSAMTrainer._push_from_checkpoint` calls it. Returns the list of upload futures (also tracked in `trainer.push_in_progress`).
     """
     from transformers.trainer_utils import HubStrategy, SaveStrategy
     from transformers.utils.hub import PushInProgress, hf_api
@@ -199,7 +203,7 @@ def push_checkpoint(trainer, checkpoint_folder: str):
         if os.path.isfile(os.path.join(checkpoint_folder, name)):
             shutil.copy(os.path.join(checkpoint_folder, name), os.path.join(output_dir, name))
     card = os.path.join(checkpoint_folder, MODEL_CARD_NAME)
-    if os.path.isfile(card) and _card_is_replaceable(os.path.join(output_dir, MODEL_CARD_NAME)):
+    if os.path.isfile(card) and card_is_replaceable(os.path.join(output_dir, MODEL_CARD_NAME)):
         shutil.copy(card, os.path.join(output_dir, MODEL_CARD_NAME))
     if trainer.processing_class is not None:
         trainer.processing_class.save_pretrained(output_dir)
@@ -329,7 +333,7 @@ def check_adapter_fits(base_model: torch.nn.Module, folder: str, source: str | N
             f"{adapter_base!r}; the base given is {given or 'an unnamed ' + type(base_model).__name__!r}. Load the base "
             "the adapter names (omit base_model=)."
         )
-    resolved = (builtin_model_path(adapter_base) if adapter_base and not os.path.exists(adapter_base) else None) or adapter_base
+    resolved = loadable_base(adapter_base)
     if resolved and given and os.path.normpath(resolved) != os.path.normpath(given):
         warnings.warn(
             f"The adapter {source} was trained on {adapter_base!r} but is applied to {given!r}; the shapes fit, so "
@@ -370,7 +374,8 @@ def _first_line(err: Exception) -> str:
     return (str(err).strip().splitlines() or [""])[0][:300]
 
 
-def _load_processor(folder: str, base_id: str | None, model, token):
+def load_processor(folder: str, base_id: str | None, model, token: str | bool | None = None):
+    """The adapter's processor config, else its base's, else a SamProcessor for `model`'s image size (warned)."""
     from transformers import SamImageProcessor, SamProcessor
 
     kwargs = {"token": token} if token is not None else {}
@@ -428,7 +433,7 @@ def load(
         ) from None
     if merge:
         model = model.merge_and_unload()
-    processor = _load_processor(folder, base_id or _adapter_base(folder), model, token)
+    processor = load_processor(folder, base_id or _adapter_base(folder), model, token)
     if device is not None:
         model = model.to(device)
     return (model if is_trainable else model.eval()), processor

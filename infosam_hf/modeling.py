@@ -356,11 +356,17 @@ def base_model_id_of(adapter_path: str | os.PathLike) -> str:
             f"{os.path.join(adapter_path, ADAPTER_CONFIG_NAME)} does not name its base model "
             "(base_model_name_or_path); pass base_model=... explicitly."
         )
-    if not os.path.exists(base):
+    return loadable_base(base)
+
+
+def loadable_base(recorded: str | None) -> str | None:
+    """A recorded base as this machine can load it: a built-in model recorded under another install's path
+    is this install's copy; anything else is returned as recorded."""
+    if recorded and not os.path.exists(recorded):
         from .builtin import builtin_model_path
 
-        return builtin_model_path(base) or base
-    return base
+        return builtin_model_path(recorded) or recorded
+    return recorded
 
 
 def load_relation_module(folder: str | os.PathLike, dim: int, required: bool = True) -> RelationModule | None:

@@ -23,6 +23,7 @@ from transformers.utils import logging
 from .config import InfoSAMConfig
 from .losses import InfoSAMLoss, segmentation_loss
 from .modeling import (
+    ADAPTER_WEIGHTS_NAME,
     RELATION_WEIGHTS_NAME,
     InfoSAMModel,
     InfoSAMModelOutput,
@@ -33,7 +34,6 @@ from .training_state import SafetensorsTrainingStateMixin
 
 logger = logging.get_logger(__name__)
 
-ADAPTER_SAFE_WEIGHTS_NAME = "adapter_model.safetensors"
 TRAINING_ARGS_JSON = "training_args.json"
 LOSS_PARTS = ("loss_seg", "loss_r", "loss_d")
 
@@ -249,7 +249,7 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
     def _load_infosam_weights(self, folder: str) -> None:
         from peft import set_peft_model_state_dict
 
-        adapter_file = os.path.join(folder, ADAPTER_SAFE_WEIGHTS_NAME)
+        adapter_file = os.path.join(folder, ADAPTER_WEIGHTS_NAME)
         relation_file = os.path.join(folder, RELATION_WEIGHTS_NAME)
         for path, what in ((adapter_file, "adapter weights"), (relation_file, "relation module")):
             if not os.path.isfile(path):
