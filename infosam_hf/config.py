@@ -101,6 +101,18 @@ class InfoSAMConfig:
             "image-encoder adapters being disabled, see docs."
         },
     )
+    teacher_store: str | None = field(
+        default=None,
+        metadata={
+            "help": "A folder for a persistent on-disk store of the teacher's image embeddings (implies "
+            "cache_teacher_embeddings). Keyed by the teacher's weights and the image content, so later runs on the "
+            "same data and base (e.g. a sweep) skip the teacher's image encoder entirely. See "
+            "examples/precompute_teacher.py to fill it up front."
+        },
+    )
+    teacher_store_max_gb: float | None = field(
+        default=None, metadata={"help": "Stop writing new entries to teacher_store beyond this size (GB)."}
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -130,6 +142,8 @@ class InfoSAMConfig:
             raise ValueError(f"InfoSAMConfig.max_box_noise must be >= 0 or None, got {self.max_box_noise}.")
         if self.box_jitter not in ("shift", "corners"):
             raise ValueError(f"InfoSAMConfig.box_jitter must be 'shift' or 'corners', got {self.box_jitter!r}.")
+        if self.teacher_store_max_gb is not None and self.teacher_store_max_gb <= 0:
+            raise ValueError(f"InfoSAMConfig.teacher_store_max_gb must be positive or None, got {self.teacher_store_max_gb}.")
         if self.lora_r < 1:
             raise ValueError(f"InfoSAMConfig.lora_r must be at least 1, got {self.lora_r}.")
         if not 0.0 <= self.lora_dropout < 1.0:

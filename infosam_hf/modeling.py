@@ -129,6 +129,11 @@ class InfoSAMModel(nn.Module):
     def sam_config(self):
         return self.student.get_base_model().config
 
+    @property
+    def teacher_image_encoder(self) -> nn.Module:
+        """The image encoder whose output the teacher store keeps (adapters included but off when shared)."""
+        return (self.teacher if self.teacher is not None else self.student.get_base_model()).vision_encoder
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.teacher is not None:

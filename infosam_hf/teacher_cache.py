@@ -34,8 +34,12 @@ def content_key(pixels: torch.Tensor) -> str:
 class TeacherEmbeddingCache:
     """In-memory LRU cache (on the CPU by default) of teacher image embeddings, one entry per image."""
 
-    def __init__(self, max_items: int | None = None, storage_device: str | torch.device = "cpu"):
+    def __init__(
+        self, max_items: int | None = None, storage_device: str | torch.device = "cpu", disk_store=None
+    ):
+        """`disk_store`: an optional `TeacherEmbeddingStore` behind the memory (read on a miss, written on store)."""
         self.max_items = max_items
+        self.disk_store = disk_store
         self.storage_device = torch.device(storage_device)
         self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.hits = 0
@@ -63,6 +67,10 @@ class TeacherEmbeddingCache:
     def lookup(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor | None, list[str]]:
         """(embeddings, keys): the batch's embeddings if every image is cached, else None (the teacher runs)."""
         keys = [content_key(p) for p in pixel_values]
+        if self.disk_store is not None:
+            for key in keys:
+                if key not in self._entries and (entry := self.disk_store.get(key)) is not None:
+                    self._remember(key, entry["image_embeddings"])
         if not all(k in self._entries for k in keys):
             self.misses += 1
             return None, keys
@@ -73,7 +81,12 @@ class TeacherEmbeddingCache:
 
     def store(self, keys: list[str], embeddings: torch.Tensor) -> None:
         for key, embedding in zip(keys, embeddings.detach()):
-            self._entries[key] = embedding.to(self.storage_device, copy=True)
-            self._entries.move_to_end(key)
+            self._remember(key, embedding)
+            if self.disk_store is not None:
+                self.disk_store.put(key, {"image_embeddings": embedding})
+
+    def _remember(self, key: str, embedding: torch.Tensor) -> None:
+        self._entries[key] = embedding.to(self.storage_device, copy=True)
+        self._entries.move_to_end(key)
         while self.max_items is not None and len(self._entries) > self.max_items:
             self._entries.popitem(last=False)

@@ -99,3 +99,19 @@ def builtin_sam_config() -> SamConfig:
     return tiny_sam_config(
         image_size=128, vision_hidden_size=96, vision_layers=4, decoder_mlp_dim=256, patch_size=8
     )
+
+
+def vit_b_sam_config(image_size: int = 1024) -> SamConfig:
+    """SAM ViT-B's architecture (`facebook/sam-vit-base`'s config) at `image_size`, for random-weight benchmarks.
+
+    Below 1024 px the positional embedding and the prompt encoder's embedding grid are sized to the
+    image (image_size / 16 tokens a side), so the encoder's layers, widths and windows, and thus the
+    encoder-to-decoder cost ratio, stay ViT-B's while a CPU can run a step in seconds.
+    """
+    patch = 16
+    if image_size % patch:
+        raise ValueError(f"image_size must be a multiple of ViT-B's patch size {patch}, got {image_size}.")
+    return SamConfig(
+        vision_config=dict(image_size=image_size),
+        prompt_encoder_config=dict(image_size=image_size, image_embedding_size=image_size // patch),
+    )

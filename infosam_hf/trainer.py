@@ -123,10 +123,26 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         self.infosam_loss = InfoSAMLoss(self.infosam_config)
         self._loss_parts: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._nan_steps = 0
-        if self.infosam_config.cache_teacher_embeddings:
+        if self.infosam_config.cache_teacher_embeddings or self.infosam_config.teacher_store:
             from .teacher_cache import TeacherEmbeddingCache
 
-            model.teacher_cache = TeacherEmbeddingCache.for_model(model)
+            model.teacher_cache = TeacherEmbeddingCache.for_model(model, disk_store=self._teacher_store(model))
+
+    def _teacher_store(self, model: InfoSAMModel):
+        """The on-disk teacher store of `InfoSAMConfig.teacher_store`, fingerprinted with this run's precision."""
+        if not self.infosam_config.teacher_store:
+            return None
+        from .teacher_store import TeacherEmbeddingStore
+
+        precision = "bfloat16" if self.args.bf16 else "float16" if self.args.fp16 else "float32"
+        max_gb = self.infosam_config.teacher_store_max_gb
+        return TeacherEmbeddingStore.for_teacher(
+            self.infosam_config.teacher_store,
+            model.teacher_image_encoder,
+            model.sam_config if model.teacher is None else model.teacher.config,
+            precision=precision,
+            max_bytes=None if max_gb is None else int(max_gb * 2**30),
+        )
 
     @staticmethod
     def _as_infosam_model(model, infosam_config, peft_config, teacher_model) -> InfoSAMModel:

@@ -1,0 +1,151 @@
+"""Compute the frozen teacher's image embeddings once into an on-disk store that later runs reuse.
+
+A hyper-parameter sweep over one data set and one base model pays the teacher's image encoder
+in every run; with the store it pays it once. Run this once, then pass the same
+`--teacher_store` to `examples/train.py`: the teacher's image encoder then never runs (only its
+small mask decoder does). Entries are keyed by the teacher's weights and the preprocessed image
+content, so a changed base, teacher, precision or preprocessing never reuses stale entries.
+
+    python examples/precompute_teacher.py --teacher_store stores/polyp --dataset_name /data/polyp \\
+        --model_name_or_path facebook/sam-vit-base
+    accelerate launch --num_processes 4 examples/precompute_teacher.py ...   # each process its own shard
+    python examples/train.py --dataset_name /data/polyp --model_name_or_path facebook/sam-vit-base \\
+        --teacher_store stores/polyp ...
+
+With no data arguments it fills the store for the built-in model and data (the main job's run).
+Use the precision the training will use (`--bf16` if training with `--bf16`): the store keeps
+bf16 and fp32 embeddings apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import numpy as np
+import torch
+
+logger = logging.getLogger("infosam_hf.precompute_teacher")
+
+
+def parse_args(argv=None):
+    from infosam_hf.builtin import BUILTIN_MODEL_PATH
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher_store", required=True, help="Folder of the store (created if missing).")
+    parser.add_argument("--model_name_or_path", default=BUILTIN_MODEL_PATH, help="The student's base model.")
+    parser.add_argument("--teacher_model_name_or_path", default=None, help="A separate teacher, if training uses one.")
+    parser.add_argument("--dataset_name", default=None, help="As for train.py (default: the built-in data).")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--image_column", default="image")
+    parser.add_argument("--mask_column", default="label")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--bf16", action="store_true", help="Embeddings for a run trained with --bf16.")
+    parser.add_argument("--fp16", action="store_true", help="Embeddings for a run trained with --fp16.")
+    parser.add_argument("--max_gb", type=float, default=None, help="Refuse to start above this estimated size.")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    from accelerate import PartialState
+    from transformers import SamModel, SamProcessor
+
+    from infosam_hf.builtin import builtin_dataset_path
+    from infosam_hf.data import (
+        SamSegmentationPreprocessor,
+        load_segmentation_dataset,
+        prepare_dataset,
+        split_for_process,
+    )
+    from infosam_hf.teacher_cache import content_key
+    from infosam_hf.teacher_store import TeacherEmbeddingStore, estimate_bytes, format_bytes
+
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    state = PartialState()
+    teacher = SamModel.from_pretrained(args.teacher_model_name_or_path or args.model_name_or_path)
+    teacher.to(state.device).eval()
+    processor = SamProcessor.from_pretrained(args.model_name_or_path)
+    precision = "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
+    max_bytes = None if args.max_gb is None else int(args.max_gb * 2**30)
+    store = TeacherEmbeddingStore.for_teacher(
+        args.teacher_store, teacher.vision_encoder, teacher.config, precision=precision, max_bytes=max_bytes
+    )
+
+    source = args.dataset_name or builtin_dataset_path("specialised")
+    data = load_segmentation_dataset(
+        source, split=args.split, streaming=True, image_column=args.image_column, mask_column=args.mask_column
+    )
+    num_images = _num_examples(data, local=os.path.exists(source))
+    grid = teacher.config.prompt_encoder_config.image_embedding_size
+    shape = (teacher.config.mask_decoder_config.hidden_size, grid, grid)
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision, torch.float32)
+    if num_images is not None:
+        estimate = estimate_bytes(num_images, shape, dtype)
+        if state.is_main_process:
+            print(f"{num_images} images x {shape} {precision} -> about {format_bytes(estimate)} in {store.folder}")
+        if max_bytes is not None and estimate > max_bytes:
+            raise SystemExit(
+                f"error: the store needs about {format_bytes(estimate)}, above --max_gb {args.max_gb}; raise --max_gb "
+                "or store a subset."
+            )
+    elif state.is_main_process:
+        print(f"unknown number of images; {format_bytes(estimate_bytes(1, shape, dtype))} per image in {store.folder}")
+
+    data = prepare_dataset(split_for_process(data, state.process_index, state.num_processes),
+                           SamSegmentationPreprocessor.from_processor(processor))
+    autocast = torch.autocast(state.device.type, dtype=dtype, enabled=precision != "float32")
+    computed = 0
+
+    def flush(batch):
+        nonlocal computed
+        # The same float32 stacking as SamSegmentationCollator, so the content keys match training's.
+        pixels = torch.from_numpy(np.stack([np.asarray(p, dtype=np.float32) for p in batch]))
+        keys = [content_key(p) for p in pixels]
+        todo = [i for i, key in enumerate(keys) if not store.path_of(key).exists()]
+        if not todo:
+            return
+        with torch.no_grad(), autocast:
+            embeddings = teacher.get_image_embeddings(pixels[todo].to(state.device))
+        for i, embedding in zip(todo, embeddings):
+            store.put(keys[i], {"image_embeddings": embedding})
+        computed += len(todo)
+
+    batch = []
+    for sample in data:
+        if sample.get("pixel_values") is None:
+            continue  # corrupt, already named by prepare_dataset
+        batch.append(sample["pixel_values"])
+        if len(batch) == args.batch_size:
+            flush(batch)
+            batch = []
+    if batch:
+        flush(batch)
+    state.wait_for_everyone()
+    summary = {"computed": computed, "written": store.writes, "entries": len(store), "bytes": store.disk_bytes(),
+               "folder": str(store.folder)}
+    if state.is_main_process:
+        print(f"teacher store {store.folder}: {summary['entries']} entries, {format_bytes(summary['bytes'])} "
+              f"(this run computed {computed} on process 0)")
+    return summary
+
+
+def _num_examples(data, local: bool) -> int | None:
+    """The split's size from its metadata, else (local data only) a pass over the undecoded rows."""
+    info = getattr(data, "info", None)
+    splits = getattr(info, "splits", None) or {}
+    split = getattr(data, "split", None)
+    if split is not None and str(split) in splits and splits[str(split)].num_examples:
+        return int(splits[str(split)].num_examples)
+    if local:
+        try:
+            return sum(1 for _ in data.decode(False))
+        except Exception:  # an unusual source: no estimate rather than a failed precompute
+            return None
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

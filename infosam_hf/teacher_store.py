@@ -1,0 +1,174 @@
+"""A persistent, on-disk store of the frozen teacher's image embeddings, shared by later runs.
+
+Why: the in-memory `TeacherEmbeddingCache` lives for one run and in RAM (ViT-B at 1024 px:
+4 MB per image in fp32, 40 GB for 10k images). A hyper-parameter sweep over the same data
+and base pays the teacher's image encoder again in every run. The store writes each image's
+embeddings once, as a safetensors file, and any later run with the same teacher reads them.
+
+What makes an entry valid, so that nothing stale is ever reused:
+- the folder is `<root>/<fingerprint>/`, where the fingerprint hashes the teacher's frozen
+  image-encoder weights (names and values, adapters excluded: the teacher runs with them
+  off), the model class and config, and the precision the embeddings were computed in. A
+  changed teacher or precision lands in another folder.
+- the file name is the content hash of the preprocessed pixels (`content_key`), so a changed
+  preprocessing (size, normalisation, augmentation) simply misses.
+- files are written to a temporary name and renamed into place (a crash leaves no half file);
+  each carries its key and fingerprint in the safetensors metadata, and a file that does not
+  read back, or whose metadata disagrees, is deleted and recomputed (counted in `rebuilt`).
+
+Disk use is bounded: `max_bytes` stops new writes (with one warning) once reached; `estimate`
+gives the size before a precompute starts. Entries are dicts of tensors, so any SAM family's
+decoder inputs (one tensor, or several feature levels) fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+STORE_FORMAT = 1
+_META_NAME = "store.json"
+
+
+def _hash_tensor(digest, tensor: torch.Tensor) -> None:
+    data = tensor.detach().contiguous().cpu()
+    if data.dtype == torch.bfloat16:
+        data = data.view(torch.int16)
+    digest.update(f"{data.dtype}{tuple(data.shape)}".encode())
+    digest.update(data.numpy().tobytes())
+
+
+def teacher_fingerprint(encoder: nn.Module, model_config=None, precision: str = "float32") -> str:
+    """A digest of what determines the teacher's image embeddings.
+
+    Adapter weights are left out by name: the teacher runs with its adapters disabled, and a
+    LoRA layer's frozen base weight appears as `...base_layer.weight`, which is normalised to
+    the plain name so a shared-weights teacher and a separate copy of the same base agree.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"format{STORE_FORMAT}|{precision}|".encode())
+    if model_config is not None:
+        digest.update(json.dumps(model_config.to_dict(), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(_frozen_encoder_tensors(encoder).items()):
+        digest.update(name.encode())
+        _hash_tensor(digest, tensor)
+    return digest.hexdigest()
+
+
+def _frozen_encoder_tensors(encoder: nn.Module) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for name, tensor in encoder.state_dict().items():
+        parts = name.split(".")
+        if any(p.startswith(("lora_", "adapter_")) for p in parts) or "modules_to_save" in parts:
+            continue  # adapter weights: off while the teacher runs
+        tensors[".".join(p for p in parts if p not in ("base_layer", "original_module"))] = tensor
+    return tensors
+
+
+class TeacherEmbeddingStore:
+    """Safetensors files of teacher embeddings under `<root>/<fingerprint>/<key[:2]>/<key>.safetensors`."""
+
+    def __init__(self, root: str | os.PathLike, fingerprint: str, max_bytes: int | None = None):
+        self.root = Path(root)
+        self.fingerprint = fingerprint
+        self.folder = self.root / fingerprint
+        self.max_bytes = max_bytes
+        self.folder.mkdir(parents=True, exist_ok=True)
+        meta = self.folder / _META_NAME
+        if not meta.exists():
+            meta.write_text(json.dumps({"format": STORE_FORMAT, "fingerprint": fingerprint}) + "\n")
+        self.hits = self.misses = self.writes = self.rebuilt = 0
+        self._bytes = None
+        self._full_warned = False
+
+    @classmethod
+    def for_teacher(
+        cls, root: str | os.PathLike, encoder: nn.Module, model_config=None, precision: str = "float32", **kwargs
+    ) -> "TeacherEmbeddingStore":
+        return cls(root, teacher_fingerprint(encoder, model_config, precision), **kwargs)
+
+    def path_of(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.safetensors"
+
+    def disk_bytes(self) -> int:
+        if self._bytes is None:
+            self._bytes = sum(p.stat().st_size for p in self.folder.glob("*/*.safetensors"))
+        return self._bytes
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.folder.glob("*/*.safetensors"))
+
+    def get(self, key: str) -> dict[str, torch.Tensor] | None:
+        path = self.path_of(key)
+        if not path.exists():
+            self.misses += 1
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("key") != key or meta.get("fingerprint") != self.fingerprint:
+                    raise ValueError(f"metadata {meta} does not match key {key}")
+                entry = {name: f.get_tensor(name) for name in f.keys()}
+        except Exception as err:  # a truncated or foreign file: never used, recomputed
+            logger.warning("Teacher store: %s is unreadable or not ours (%s); it is deleted and recomputed.", path, err)
+            path.unlink(missing_ok=True)
+            self._bytes = None
+            self.rebuilt += 1
+            self.misses += 1
+            return None
+        self.hits += 1
+        return entry
+
+    def put(self, key: str, entry: dict[str, torch.Tensor]) -> bool:
+        """Writes one image's entry unless it is there already or the size bound is reached."""
+        path = self.path_of(key)
+        if path.exists():
+            return False
+        size = sum(t.numel() * t.element_size() for t in entry.values())
+        if self.max_bytes is not None and self.disk_bytes() + size > self.max_bytes:
+            if not self._full_warned:
+                logger.warning(
+                    "Teacher store %s reached max_bytes=%d; further embeddings are computed but not stored.",
+                    self.folder, self.max_bytes,
+                )
+                self._full_warned = True
+            return False
+        path.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            tensors = {name: t.detach().contiguous().cpu() for name, t in entry.items()}
+            save_file(tensors, tmp, metadata={"key": key, "fingerprint": self.fingerprint})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        if self._bytes is not None:
+            self._bytes += path.stat().st_size
+        self.writes += 1
+        return True
+
+
+def estimate_bytes(num_images: int, embedding_shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> int:
+    """Disk the store needs for `num_images` (one entry per image; file headers add a few hundred bytes)."""
+    per_image = torch.Size(embedding_shape).numel() * torch.empty((), dtype=dtype).element_size() + 256
+    return num_images * per_image
+
+
+def format_bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.2f} GB"

@@ -1,0 +1,172 @@
+"""The on-disk teacher store: a second run never runs the teacher's image encoder, and nothing stale is reused."""
+
+import logging
+
+import pytest
+import torch
+from transformers import SamModel, TrainingArguments
+
+from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, build_student
+from infosam_hf.teacher_cache import content_key
+from infosam_hf.teacher_store import TeacherEmbeddingStore, estimate_bytes, teacher_fingerprint
+from infosam_hf.testing import tiny_sam_config, toy_batch, toy_segmentation_dataset
+
+STEPS = 3  # one epoch of 12 images in batches of 4: every image is seen once per run
+
+
+def make_model(config):
+    torch.manual_seed(0)
+    return InfoSAMModel(build_student(SamModel(tiny_sam_config()), config), config)
+
+
+def run(tmp_path, name, store, separate_teacher=False):
+    config = InfoSAMConfig(teacher_store=str(store))
+    model = make_model(config)
+    if separate_teacher:
+        torch.manual_seed(0)
+        model = InfoSAMModel(model.student, config, teacher=SamModel(tiny_sam_config()))
+    calls = []
+    model.teacher_image_encoder.register_forward_hook(lambda *_: calls.append(1))
+    args = TrainingArguments(
+        output_dir=str(tmp_path / name), per_device_train_batch_size=4, learning_rate=1e-3, max_steps=STEPS,
+        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0, dataloader_num_workers=0,
+    )
+    trainer = InfoSAMTrainer(model=model, args=args, train_dataset=toy_segmentation_dataset(12))
+    trainer.train()
+    losses = [(e["loss_seg"], e["loss_r"], e["loss_d"]) for e in trainer.state.log_history if "loss_r" in e]
+    return losses, len(calls), model.teacher_cache.disk_store
+
+
+def test_a_second_run_reads_the_teacher_from_disk_and_gives_the_same_losses(tmp_path):
+    store = tmp_path / "store"
+    first_losses, first_calls, first_store = run(tmp_path, "first", store)
+    # shared-weights teacher: the encoder runs for the student and for the teacher on every step
+    assert first_calls == 2 * STEPS
+    assert (first_store.writes, first_store.hits) == (12, 0) and len(first_store) == 12
+
+    second_losses, second_calls, second_store = run(tmp_path, "second", store)
+    assert second_calls == STEPS, "the teacher's image encoder must not run at all in the second run"
+    assert (second_store.hits, second_store.writes, second_store.misses) == (12, 0, 0)
+    assert len(second_losses) == len(first_losses) == STEPS
+    torch.testing.assert_close(torch.tensor(second_losses), torch.tensor(first_losses), rtol=1e-6, atol=1e-6)
+
+
+def test_adapters_do_not_change_the_fingerprint_but_base_weights_and_precision_do():
+    config = InfoSAMConfig()
+    shared = make_model(config)
+    torch.manual_seed(0)
+    plain = SamModel(tiny_sam_config())
+    # LoRA's B starts at zero; give it values: the teacher runs with adapters off, so they must not count
+    for name, param in shared.student.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_()
+    reference = teacher_fingerprint(shared.teacher_image_encoder, shared.sam_config)
+    assert reference == teacher_fingerprint(plain.vision_encoder, plain.config)
+    assert reference != teacher_fingerprint(plain.vision_encoder, plain.config, precision="bfloat16")
+    with torch.no_grad():
+        plain.vision_encoder.neck.conv1.weight[0, 0, 0, 0] += 1e-3
+    assert reference != teacher_fingerprint(plain.vision_encoder, plain.config)
+
+
+def test_a_changed_teacher_never_reads_the_old_entries(tmp_path):
+    model = make_model(InfoSAMConfig())
+    encoder = model.teacher_image_encoder
+    store = TeacherEmbeddingStore.for_teacher(tmp_path, encoder, model.sam_config)
+    store.put("ab" * 16, {"image_embeddings": torch.ones(2, 2)})
+    with torch.no_grad():
+        encoder.layers[0].mlp.lin1.weight.mul_(1.01)
+    changed = TeacherEmbeddingStore.for_teacher(tmp_path, encoder, model.sam_config)
+    assert changed.folder != store.folder
+    assert changed.get("ab" * 16) is None and store.get("ab" * 16) is not None
+
+
+def test_a_corrupt_or_foreign_entry_is_deleted_and_recomputed(tmp_path, caplog):
+    store = TeacherEmbeddingStore(tmp_path, "f" * 32)
+    key = content_key(toy_batch(1)["pixel_values"][0])
+    assert store.put(key, {"image_embeddings": torch.arange(6.0).reshape(2, 3)})
+    torch.testing.assert_close(store.get(key)["image_embeddings"], torch.arange(6.0).reshape(2, 3))
+    path = store.path_of(key)
+    path.write_bytes(path.read_bytes()[:-7])  # a truncated write
+    with caplog.at_level(logging.WARNING):
+        assert store.get(key) is None
+    assert store.rebuilt == 1 and not path.exists() and str(path) in caplog.text
+    assert store.put(key, {"image_embeddings": torch.zeros(2, 3)})  # recomputed and written again
+    # a file copied in from another teacher's folder carries the other fingerprint: not used
+    other = TeacherEmbeddingStore(tmp_path, "e" * 32)
+    other.put(key, {"image_embeddings": torch.ones(2, 3)})
+    path.write_bytes(other.path_of(key).read_bytes())
+    assert store.get(key) is None and store.rebuilt == 2
+
+
+def test_the_size_bound_stops_writes_and_the_estimate_matches_the_files(tmp_path, caplog):
+    entry = {"image_embeddings": torch.zeros(256, 4, 4)}
+    per_image = estimate_bytes(1, (256, 4, 4))
+    store = TeacherEmbeddingStore(tmp_path, "a" * 32, max_bytes=int(2.5 * per_image))
+    with caplog.at_level(logging.WARNING):
+        written = [store.put(f"{i:032x}", entry) for i in range(4)]
+    assert written == [True, True, False, False]
+    assert "max_bytes" in caplog.text and caplog.text.count("max_bytes") == 1
+    assert store.disk_bytes() <= store.max_bytes
+    assert abs(store.disk_bytes() / 2 - per_image) < 0.05 * per_image
+
+
+def test_a_separate_teacher_is_stored_too(tmp_path):
+    _, calls, store = run(tmp_path, "separate", tmp_path / "store", separate_teacher=True)
+    assert calls == STEPS and store.writes == 12  # only the teacher's encoder is hooked here
+    _, calls, store = run(tmp_path, "separate-again", tmp_path / "store", separate_teacher=True)
+    assert calls == 0 and store.hits == 12
+
+
+def test_config_validates_the_bound():
+    with pytest.raises(ValueError, match="teacher_store_max_gb"):
+        InfoSAMConfig(teacher_store="x", teacher_store_max_gb=0)
+
+
+@pytest.mark.slow
+def test_precompute_script_fills_the_store_train_py_reads(tmp_path):
+    """The script's keys are the training collator's keys, and its embeddings the training teacher's."""
+    import importlib.util
+    import os
+    import sys
+
+    from infosam_hf.builtin import BUILTIN_MODEL_PATH
+    from infosam_hf.data import (
+        PromptSampler,
+        SamSegmentationCollator,
+        SamSegmentationPreprocessor,
+        load_segmentation_dataset,
+        prepare_dataset,
+    )
+    from infosam_hf.synthetic import write_synthetic_dataset
+    from transformers import SamProcessor
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("precompute_teacher", os.path.join(root, "examples", "precompute_teacher.py"))
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script
+    spec.loader.exec_module(script)
+
+    data = write_synthetic_dataset(tmp_path / "data", "specialised", num_train=6, num_test=2, image_size=128, seed=3)
+    store_dir = tmp_path / "store"
+    summary = script.main(["--teacher_store", str(store_dir), "--dataset_name", str(data), "--batch_size", "4"])
+    assert (summary["computed"], summary["entries"]) == (6, 6)
+    again = script.main(["--teacher_store", str(store_dir), "--dataset_name", str(data)])
+    assert (again["computed"], again["entries"]) == (0, 6), "a second precompute computes nothing"
+    with pytest.raises(SystemExit, match="max_gb"):
+        script.main(["--teacher_store", str(tmp_path / "small"), "--dataset_name", str(data), "--max_gb", "1e-6"])
+
+    # What the Trainer would look up: a LoRA student over the same base, batches from the training collator.
+    config = InfoSAMConfig(teacher_store=str(store_dir))
+    model = InfoSAMModel(build_student(SamModel.from_pretrained(BUILTIN_MODEL_PATH), config), config)
+    store = TeacherEmbeddingStore.for_teacher(store_dir, model.teacher_image_encoder, model.sam_config)
+    assert store.folder == type(store)(store_dir, store.fingerprint).folder and len(store) == 6
+    processor = SamProcessor.from_pretrained(BUILTIN_MODEL_PATH)
+    prepared = prepare_dataset(load_segmentation_dataset(str(data), split="train", streaming=True),
+                               SamSegmentationPreprocessor.from_processor(processor))
+    batch = SamSegmentationCollator(PromptSampler(seed=0))(list(prepared))
+    with torch.no_grad():
+        expected = model.student.get_base_model().get_image_embeddings(batch["pixel_values"])
+    for pixels, embedding in zip(batch["pixel_values"], expected):
+        entry = store.get(content_key(pixels))
+        assert entry is not None, "the precomputed store misses a training image"
+        torch.testing.assert_close(entry["image_embeddings"], embedding, rtol=1e-5, atol=1e-6)
