@@ -101,6 +101,14 @@ class InfoSAMConfig:
             "image-encoder adapters being disabled, see docs."
         },
     )
+    teacher_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "Run the frozen teacher's forward under autocast in this dtype ('bfloat16' or 'float16') even "
+            "when the student trains in float32: the teacher needs no gradient, so half precision only costs "
+            "rounding in z_i and the mask token. Default: the student's precision."
+        },
+    )
     teacher_store: str | None = field(
         default=None,
         metadata={
@@ -142,6 +150,10 @@ class InfoSAMConfig:
             raise ValueError(f"InfoSAMConfig.max_box_noise must be >= 0 or None, got {self.max_box_noise}.")
         if self.box_jitter not in ("shift", "corners"):
             raise ValueError(f"InfoSAMConfig.box_jitter must be 'shift' or 'corners', got {self.box_jitter!r}.")
+        if self.teacher_dtype not in (None, "bfloat16", "float16"):
+            raise ValueError(
+                f"InfoSAMConfig.teacher_dtype must be None, 'bfloat16' or 'float16', got {self.teacher_dtype!r}."
+            )
         if self.teacher_store_max_gb is not None and self.teacher_store_max_gb <= 0:
             raise ValueError(f"InfoSAMConfig.teacher_store_max_gb must be positive or None, got {self.teacher_store_max_gb}.")
         if self.lora_r < 1:

@@ -185,13 +185,21 @@ class InfoSAMModel(nn.Module):
             return contextlib.nullcontext()
         return self.student.disable_adapter()
 
+    def _teacher_autocast(self, device: torch.device):
+        dtype = self.infosam_config.teacher_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=getattr(torch, dtype))
+
     def _run_teacher(self, pixel_values: torch.Tensor, prompts: dict, multimask_output: bool):
         model = self.teacher if self.teacher is not None else self.student
         with torch.no_grad():
             embeddings, keys = (None, None) if self.teacher_cache is None else self.teacher_cache.lookup(pixel_values)
             # Only z_i and the decoder tokens are needed: the teacher stops after the two-way transformer
             # (no mask upscaling, hypernetworks or IoU head).
-            with self._teacher_context(), capture_sam_features(model, stop_after_tokens=True) as feats:
+            with self._teacher_context(), self._teacher_autocast(pixel_values.device), capture_sam_features(
+                model, stop_after_tokens=True
+            ) as feats:
                 if embeddings is None:
                     model(pixel_values=pixel_values, multimask_output=multimask_output, **prompts)
                 else:
@@ -201,7 +209,10 @@ class InfoSAMModel(nn.Module):
                 self.teacher_cache.store(keys, feats.image_embeddings)
         else:
             feats.image_embeddings = embeddings
-        return feats.image_feats.detach(), feats.mask_token.detach()
+        image_feats, mask_token = feats.image_feats.detach(), feats.mask_token.detach()
+        if self.infosam_config.teacher_dtype is not None:  # the relation module's LayerNorms run in float32
+            image_feats, mask_token = image_feats.float(), mask_token.float()
+        return image_feats, mask_token
 
     def forward(
         self,

@@ -134,7 +134,9 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
             return None
         from .teacher_store import TeacherEmbeddingStore
 
-        precision = "bfloat16" if self.args.bf16 else "float16" if self.args.fp16 else "float32"
+        precision = self.infosam_config.teacher_dtype or (
+            "bfloat16" if self.args.bf16 else "float16" if self.args.fp16 else "float32"
+        )
         max_gb = self.infosam_config.teacher_store_max_gb
         return TeacherEmbeddingStore.for_teacher(
             self.infosam_config.teacher_store,
