@@ -8,6 +8,10 @@ cleanly:
 - infosam:     InfoSAM with the shared-weights teacher (adapters disabled), our default;
 - cached:      InfoSAM with the teacher-embedding cache, timed after one pass over the data;
 - two_copies:  InfoSAM with a separate teacher SamModel, as the reference implementation holds it;
+- stored:      InfoSAM reading the teacher's image embeddings from the on-disk teacher store
+               (`InfoSAMConfig.teacher_store`, filled in the warm-up, memory cache empty): what a
+               second run of a sweep pays;
+- teacher_bf16: InfoSAM with the teacher under bf16 autocast (`teacher_dtype="bfloat16"`);
 - teacher:     the teacher's forward alone (no gradient, stopped after the two-way transformer), to
                split InfoSAM's extra time into the teacher's own forward and everything else:
                `teacher_overhead = (infosam - peft) / teacher`, 1.0 when InfoSAM costs nothing
@@ -39,7 +43,7 @@ import subprocess
 import sys
 import time
 
-MODES = ("peft", "infosam", "cached", "two_copies", "teacher")
+MODES = ("peft", "infosam", "cached", "stored", "two_copies", "teacher_bf16", "teacher")
 
 
 def rss_mb() -> float:
@@ -65,11 +69,30 @@ def run_worker(args: argparse.Namespace) -> dict:
     sam_config = vit_b_sam_config(args.image_size) if args.model == "vit-b" else builtin_sam_config()
     image_size = sam_config.vision_config.image_size
     mode = args.worker
-    config = InfoSAMConfig(lambda_1=0.0, lambda_2=0.0) if mode == "peft" else InfoSAMConfig()
+    if mode == "peft":
+        config = InfoSAMConfig(lambda_1=0.0, lambda_2=0.0)
+    else:
+        config = InfoSAMConfig(teacher_dtype="bfloat16" if mode == "teacher_bf16" else None)
+    if args.attn_implementation:
+        sam_config._attn_implementation = args.attn_implementation
     teacher = SamModel(sam_config) if mode == "two_copies" else None
     model = InfoSAMModel(build_student(SamModel(sam_config), config), config, teacher=teacher).to(device)
+    if args.compile:
+        for sam in (model.student.get_base_model(), teacher):
+            if sam is not None:
+                sam.vision_encoder.compile()
+                sam.mask_decoder.compile()
+    store_dir = None
     if mode == "cached":
         model.teacher_cache = TeacherEmbeddingCache.for_model(model, storage_device=device)
+    elif mode == "stored":
+        import tempfile
+
+        from infosam_hf.teacher_store import TeacherEmbeddingStore
+
+        store_dir = tempfile.mkdtemp(prefix="infosam-store-")
+        store = TeacherEmbeddingStore.for_teacher(store_dir, model.teacher_image_encoder, model.sam_config)
+        model.teacher_cache = TeacherEmbeddingCache.for_model(model, storage_device=device, disk_store=store)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     batches = [
@@ -92,6 +115,9 @@ def run_worker(args: argparse.Namespace) -> dict:
 
     for batch in batches:  # warm-up; fills the cache in "cached" mode (the first epoch)
         step(batch)
+    if mode == "stored":  # a new run: nothing in memory, every embedding read from disk
+        model.teacher_cache = TeacherEmbeddingCache.for_model(model, storage_device=device, max_items=0,
+                                                              disk_store=model.teacher_cache.disk_store)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -113,6 +139,8 @@ def run_worker(args: argparse.Namespace) -> dict:
         "images_per_s": args.batch_size / statistics.median(times),
         "memory_mb": memory_mb,
         "cache_hits": model.teacher_cache.hits if model.teacher_cache is not None else None,
+        "store_bytes_per_image": (model.teacher_cache.disk_store.disk_bytes() / len(model.teacher_cache.disk_store)
+                                  if mode == "stored" else None),
     }
 
 
@@ -126,6 +154,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs of each mode, alternating order")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoders and decoders")
+    parser.add_argument("--attn_implementation", default=None, help="e.g. eager, to compare with SAM's sdpa")
     parser.add_argument("--cpu", action="store_true")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
@@ -139,7 +169,9 @@ def main() -> None:
     # The worker gets the parsed settings (not sys.argv, where "--repeats 3" would leave a stray "3").
     passthrough = [f"--{name}={getattr(args, name)}" for name in
                    ("model", "image_size", "batch_size", "steps", "distinct_batches", "threads", "modes")]
-    passthrough += [f"--{flag}" for flag in ("bf16", "cpu") if getattr(args, flag)]
+    passthrough += [f"--{flag}" for flag in ("bf16", "cpu", "compile") if getattr(args, flag)]
+    if args.attn_implementation:
+        passthrough.append(f"--attn_implementation={args.attn_implementation}")
     for repeat in range(args.repeats):
         for mode in modes if repeat % 2 == 0 else reversed(modes):
             env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
@@ -164,8 +196,11 @@ def main() -> None:
         )
     time_ratio = best("infosam", "step_s") / best("peft", "step_s")
     memory_ratio = best("infosam", "memory_mb") / best("peft", "memory_mb")
-    if "cached" in results:
-        print(f"cached_time_ratio={best('cached', 'step_s') / best('peft', 'step_s'):.3f}")
+    for extra in ("cached", "stored", "teacher_bf16", "two_copies"):
+        if extra in results:
+            print(f"{extra}_time_ratio={best(extra, 'step_s') / best('peft', 'step_s'):.3f}")
+    if "stored" in results:
+        print(f"store_bytes_per_image={results['stored'][0]['store_bytes_per_image']:.0f}")
     if "teacher" in results:
         overhead = (best("infosam", "step_s") - best("peft", "step_s")) / best("teacher", "step_s")
         print(f"teacher_overhead={overhead:.3f}  (InfoSAM's extra time / the teacher's forward alone)")

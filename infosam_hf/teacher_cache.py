@@ -65,19 +65,26 @@ class TeacherEmbeddingCache:
         return cls(**kwargs)
 
     def lookup(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor | None, list[str]]:
-        """(embeddings, keys): the batch's embeddings if every image is cached, else None (the teacher runs)."""
+        """(embeddings, keys): the batch's embeddings if every image is cached, else None (the teacher runs).
+
+        Memory first, then the disk store (an entry read from disk is kept in memory too).
+        """
         keys = [content_key(p) for p in pixel_values]
-        if self.disk_store is not None:
-            for key in keys:
-                if key not in self._entries and (entry := self.disk_store.get(key)) is not None:
-                    self._remember(key, entry["image_embeddings"])
-        if not all(k in self._entries for k in keys):
+        found = {}
+        for key in keys:
+            if key in self._entries:
+                found[key] = self._entries[key]
+            elif self.disk_store is not None and (entry := self.disk_store.get(key)) is not None:
+                found[key] = entry["image_embeddings"]
+                self._remember(key, found[key])
+        if len(found) < len(set(keys)):
             self.misses += 1
             return None, keys
         self.hits += 1
         for key in keys:
-            self._entries.move_to_end(key)
-        return torch.stack([self._entries[k] for k in keys]).to(pixel_values.device), keys
+            if key in self._entries:
+                self._entries.move_to_end(key)
+        return torch.stack([found[k] for k in keys]).to(pixel_values.device), keys
 
     def store(self, keys: list[str], embeddings: torch.Tensor) -> None:
         for key, embedding in zip(keys, embeddings.detach()):
