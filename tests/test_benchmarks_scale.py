@@ -19,7 +19,7 @@ def test_vit_b_overhead_runs_every_scale_mode_and_reports_the_store_size():
         capture_output=True, text=True, check=False, cwd=ROOT, timeout=900,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    values = dict(re.findall(r"(\w+)=([0-9.]+)", out.stdout))
+    values = dict(re.findall(r"(\w+)=(-?[0-9.]+)", out.stdout))
     assert {"time_ratio", "memory_ratio", "stored_time_ratio", "teacher_bf16_time_ratio", "teacher_overhead",
             "store_bytes_per_image"} <= set(values), out.stdout
     # ViT-B's 256-channel embedding on a 4 x 4 grid (64 px / 16), float32, plus the safetensors header
