@@ -49,10 +49,8 @@ class WriteRecorder:
     def _record(self, path) -> None:
         if not self.active:
             return
-        try:
-            path = os.path.realpath(os.fsdecode(path))
-        except (TypeError, ValueError):
-            return
+        # No try/except: a path this cannot decode fails the write loudly instead of going unrecorded.
+        path = os.path.realpath(os.fsdecode(path))
         if path.startswith(self.root + os.sep):
             self.writes.append(os.path.relpath(path, self.root))
 

@@ -1,4 +1,5 @@
-"""The benchmark scripts still run and print their ratio lines (tiny settings; the figures are not checked)."""
+"""The benchmark scripts still run, and each ratio they print is the quotient of the figures they print beside it
+(tiny settings; the figures themselves are load-dependent and not checked)."""
 
 import os
 import re
@@ -11,26 +12,51 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(script, *args):
+    """Every line the script printed."""
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args], capture_output=True,
                          text=True, check=False, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout.strip().splitlines()[-1]
+    return out.stdout.strip().splitlines()
 
 
 def ratios(line):
     return {key: float(value) for key, value in re.findall(r"(\w+)=([0-9.]+)", line)}
 
 
+def row(lines, name):
+    """The numbers of the table row that starts with `name`."""
+    (found,) = [line for line in lines if line.split()[:1] == [name]]
+    return [float(v) for v in found.split()[1:]]
+
+
 @pytest.mark.slow
 def test_overhead_benchmark_runs_and_prints_its_ratios():
     # "--repeats 2" (not "--repeats=2") once reached the workers as a stray argument
-    line = run("overhead.py", "--steps", "2", "--repeats", "2", "--distinct_batches", "1", "--batch_size", "2",
-               "--modes", "peft,infosam")
-    values = ratios(line)
-    assert set(values) == {"time_ratio", "memory_ratio"} and all(v > 0 for v in values.values())
+    lines = run("overhead.py", "--steps", "2", "--repeats", "2", "--distinct_batches", "1", "--batch_size", "2",
+                "--modes", "peft,infosam")
+    values = ratios(lines[-1])
+    assert set(values) == {"time_ratio", "memory_ratio"}
+    (peft_step, _, peft_mb, peft_time_x, peft_mem_x) = row(lines, "peft")
+    (infosam_step, _, infosam_mb, infosam_time_x, infosam_mem_x) = row(lines, "infosam")
+    assert peft_time_x == 1.0 and peft_mem_x == 1.0  # the baseline column is relative to itself
+    assert values["time_ratio"] == pytest.approx(infosam_step / peft_step, rel=2e-3, abs=2e-3)
+    assert values["memory_ratio"] == pytest.approx(infosam_mb / peft_mb, rel=2e-3, abs=2e-3)
+    assert (infosam_time_x, infosam_mem_x) == (values["time_ratio"], values["memory_ratio"])
 
 
 @pytest.mark.slow
 def test_teacher_forward_benchmark_runs_and_prints_its_ratios():
-    values = ratios(run("teacher_forward.py", "--batch_size", "2", "--repeats", "1", "--rounds", "1"))
-    assert set(values) == {"full_ratio", "cached_ratio"} and all(v > 0 for v in values.values())
+    lines = run("teacher_forward.py", "--batch_size", "2", "--repeats", "1", "--rounds", "1")
+    values = ratios(lines[-1])
+    assert set(values) == {"full_ratio", "cached_ratio"}
+    for key, what in (("full_ratio", "encoder + decoder"), ("cached_ratio", "decoder only (cached embeddings)")):
+        (line,) = [line for line in lines if line.startswith(what)]
+        whole, stopped = (float(v) for v in re.findall(r"(?:whole|stopped) ([0-9.]+)s", line))
+        assert values[key] == pytest.approx(stopped / whole, rel=0.02, abs=2e-3), (key, line)
+
+
+@pytest.mark.slow
+def test_synthetic_speed_benchmark_runs_and_prints_its_ratio():
+    lines = run("synthetic_speed.py", "--num_samples", "8", "--rounds", "1")
+    generated, preprocessed = (float(v) for v in re.findall(r"([0-9]+) samples/s", lines[-2]))
+    assert ratios(lines[-1])["time_ratio"] == pytest.approx(preprocessed / generated, rel=0.02)

@@ -74,14 +74,27 @@ def test_box_prompt_contains_the_mask_within_the_jitter_and_points_are_foregroun
     mask = np.zeros((64, 64), dtype=np.float32)
     mask[10:30, 20:50] = 1
     sampler = PromptSampler(box_noise=0.1, num_points=3, seed=0)
+    # "shift": one offset for the whole box, uniform within min(box_noise * side, cap) per axis, where the
+    # cap is max_box_noise pixels of SAM's 1024 px input (here 5 * 64 / 1024 = 0.3125 px, below 0.1 * side).
+    cap = sampler.max_box_noise * 64 / 1024
+    shifts = []
     for _ in range(20):
-        x0, y0, x1, y1 = sampler.box(mask)
-        assert abs(x0 - 20) <= 3.0 and abs(y0 - 10) <= 2.0 and abs(x1 - 49) <= 3.0 and abs(y1 - 29) <= 2.0
+        x0, y0, x1, y1 = (float(v) for v in sampler.box(mask))
+        dx, dy = x0 - 20, y0 - 10
+        assert abs(dx) <= cap + 1e-6 and abs(dy) <= cap + 1e-6, (dx, dy, cap)
+        assert x1 - 49 == pytest.approx(dx, abs=1e-5) and y1 - 29 == pytest.approx(dy, abs=1e-5)
+        shifts += [abs(dx), abs(dy)]
         coords, labels = sampler.points(mask)
         assert labels.tolist() == [1, 1, 1]
         assert all(mask[int(y), int(x)] == 1 for x, y in coords)
+    assert max(shifts) > cap / 2  # it does jitter
     exact = PromptSampler(box_noise=0.0).box(mask)
     assert exact.tolist() == [20, 10, 49, 29]
+    # a small object: the jitter is 0.1 of its side (0.2 px), under the pixel cap
+    small = np.zeros((64, 64), dtype=np.float32)
+    small[30:32, 30:32] = 1
+    offsets = [float(PromptSampler(box_noise=0.1, seed=seed).box(small)[0]) - 30 for seed in range(20)]
+    assert max(abs(d) for d in offsets) <= 0.2 + 1e-6 and max(abs(d) for d in offsets) > 0.1
 
 
 def test_empty_mask_policy():

@@ -134,6 +134,29 @@ def test_push_sends_exactly_the_safe_files_and_a_card_with_real_values(fake_hub,
                     hub_debug_logs.text)
 
 
+def test_push_records_the_given_base_model_id_in_the_adapter_config(fake_hub, trained, tmp_path):
+    trained.push_to_hub("tiny/infosam-rebased", processor=tiny_processor(), base_model_id="someone/sam-public")
+    files = fake_hub.files("tiny/infosam-rebased")
+    assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == "someone/sam-public"
+    trained.save_pretrained(tmp_path / "local", model_card=False)  # the model itself still names its own base
+    assert json.loads((tmp_path / "local" / "adapter_config.json").read_text())["base_model_name_or_path"] == BASE_ID
+
+
+class PickleWritingProcessor:
+    """A processor whose save_pretrained leaves a pickle beside its config (as some custom ones do)."""
+
+    def save_pretrained(self, folder):
+        tiny_processor().save_pretrained(folder)
+        torch.save({"state": 1}, Path(folder) / "extra_state.bin")
+
+
+def test_push_refuses_a_folder_holding_a_pickle_before_uploading_anything(fake_hub, trained):
+    # allow_patterns would drop the file anyway; the guard is the second lock and is checked on its own.
+    with pytest.raises(RuntimeError, match=r"extra_state\.bin is a pickle file"):
+        trained.push_to_hub("tiny/infosam-guarded", processor=PickleWritingProcessor())
+    assert fake_hub.files("tiny/infosam-guarded") == {}
+
+
 def test_push_keeps_a_card_edited_on_the_hub(fake_hub, trained):
     trained.push_to_hub("tiny/infosam-polyp", processor=tiny_processor())
     edited = b"---\nlicense: mit\n---\n# Polyp adapter\n\nWritten by hand on the Hub.\n"

@@ -109,19 +109,19 @@ def test_single_image_is_zero_and_warns_once(monkeypatch):
         assert relation_compression_loss(torch.randn(1, 8, 4), torch.randn(1, 1, 4), r).item() == 0.0
 
 
-def test_bf16_autocast_matches_float32():
+def test_bf16_inputs_under_autocast_are_computed_in_float32():
+    # The reference is float32 arithmetic on the very bf16 values given, so the two agree to float32
+    # rounding; arithmetic in bf16 (3 significant digits) misses by orders of magnitude more.
     gen = torch.Generator().manual_seed(5)
-    zi, zm = torch.randn(4, 16, 8, generator=gen), torch.randn(4, 1, 8, generator=gen)
-    r_t = torch.nn.functional.normalize(torch.randn(4, 16, generator=gen), dim=1)
-    r_s = torch.nn.functional.normalize(torch.randn(4, 16, generator=gen), dim=1)
-    ref = relation_compression_loss(zi, zm, r_t), relation_distillation_loss(r_t, r_s)
+    zi, zm = torch.randn(4, 16, 8, generator=gen).bfloat16(), torch.randn(4, 1, 8, generator=gen).bfloat16()
+    r_t = torch.nn.functional.normalize(torch.randn(4, 16, generator=gen), dim=1).bfloat16()
+    r_s = torch.nn.functional.normalize(torch.randn(4, 16, generator=gen), dim=1).bfloat16()
+    ref = relation_compression_loss(zi.float(), zm.float(), r_t.float()), relation_distillation_loss(r_t.float(), r_s.float())
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = relation_compression_loss(zi.bfloat16(), zm.bfloat16(), r_t.bfloat16()), relation_distillation_loss(
-            r_t.bfloat16(), r_s.bfloat16()
-        )
+        got = relation_compression_loss(zi, zm, r_t), relation_distillation_loss(r_t, r_s)
     for a, b in zip(ref, got):
         assert b.dtype == torch.float32 and torch.isfinite(b)
-        assert b.item() == pytest.approx(a.item(), abs=0.05)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
 
 
 def test_shape_errors_name_the_shapes():

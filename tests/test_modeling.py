@@ -1,11 +1,14 @@
 """Feature capture and the student/teacher pair on a tiny SamModel."""
 
+import numpy as np
 import pytest
 import torch
 from transformers import SamModel
 
 from infosam_hf import InfoSAMConfig, InfoSAMModel, build_student, capture_sam_features
 from infosam_hf.features import flatten_image_embeddings
+from infosam_hf.losses import relation_distillation_loss
+from infosam_hf.modeling import upsample_masks
 from infosam_hf.testing import tiny_sam_config, toy_batch
 
 
@@ -16,7 +19,12 @@ def base():
 
 
 def reference_features(model, batch):
-    """z_i and z_m computed by calling the submodules by hand, to check the hooks against."""
+    """z_i and z_m computed by calling the submodules by hand, to check the hooks against.
+
+    z_i is flattened here without `flatten_image_embeddings` (the function under test): position-major,
+    channels last. z_m is the output token at the index the decoder gives its first mask token (after the
+    IoU token(s) it puts first).
+    """
     emb = model.vision_encoder(batch["pixel_values"]).last_hidden_state
     sparse, dense = model.prompt_encoder(input_points=None, input_labels=None, input_boxes=batch["input_boxes"], input_masks=None)
     dec = model.mask_decoder
@@ -24,7 +32,8 @@ def reference_features(model, batch):
     tokens = torch.cat([tokens, sparse], dim=2)
     pos = model.get_image_wide_positional_embeddings().repeat(emb.shape[0], 1, 1, 1)
     queries, _ = dec.transformer(tokens, emb + dense, pos, None)
-    return flatten_image_embeddings(emb), queries[:, 0, 1:2]
+    first_mask_token = dec.iou_token.weight.shape[0]
+    return emb.flatten(2).transpose(1, 2), queries[:, 0, first_mask_token : first_mask_token + 1]
 
 
 def test_capture_on_plain_sam_matches_manual_computation(base):
@@ -120,11 +129,72 @@ def test_any_peft_config_is_accepted(base):
     assert out.relation_student.shape == (2, 64)
 
 
-def test_multimask_keeps_first_mask_token(base):
-    config = InfoSAMConfig(multimask_output=True)
+@pytest.mark.parametrize("multimask", [False, True])
+def test_z_m_is_the_token_the_decoder_turns_into_its_first_mask(base, multimask):
+    # The decoder's own layout, not an index copied from it: the first hypernetwork MLP reads the first
+    # mask token (mask i = hypernetwork i applied to mask token i), whether or not multimask output is on.
+    config = InfoSAMConfig(multimask_output=multimask)
     model = InfoSAMModel(build_student(base, config), config)
+    read = []
+    mlps = [m for n, m in model.named_modules() if n.endswith("output_hypernetworks_mlps.0")]
+    handles = [m.register_forward_hook(lambda _m, inputs, _out: read.append(inputs[0])) for m in mlps]
     out = model(**toy_batch(2))
-    assert out.pred_masks.shape[1] == 3 and out.student_mask_tokens.shape == (2, 1, 256)
+    for handle in handles:
+        handle.remove()
+    assert out.pred_masks.shape[1] == (3 if multimask else 1) and out.student_mask_tokens.shape == (2, 1, 256)
+    assert len(read) == 1  # the student's decoder; the teacher stops before the hypernetworks
+    torch.testing.assert_close(out.student_mask_tokens, read[0], rtol=0, atol=0)
+
+
+def test_flatten_puts_positions_first_and_channels_last():
+    emb = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)  # (B, C, h, w)
+    flat = flatten_image_embeddings(emb)
+    assert flat.shape == (2, 4 * 5, 3)
+    for b in range(2):
+        for y in range(4):
+            for x in range(5):
+                assert flat[b, y * 5 + x].tolist() == emb[b, :, y, x].tolist()
+
+
+def bilinear_half_pixel(values: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Bilinear resize with half-pixel centres (align_corners=False), written out: output pixel i samples
+    the input at (i + 0.5) * n_in / n_out - 0.5, clamped to the border."""
+
+    def weights(n_in, n_out):
+        w = np.zeros((n_out, n_in))
+        for i in range(n_out):
+            src = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
+            lo = min(int(np.floor(src)), n_in - 1)
+            hi = min(lo + 1, n_in - 1)
+            w[i, lo] += 1 - (src - lo)
+            w[i, hi] += src - lo
+        return w
+
+    return weights(values.shape[0], out_h) @ values @ weights(values.shape[1], out_w).T
+
+
+def test_upsample_masks_is_bilinear_with_half_pixel_centres_as_sam_postprocesses():
+    low_res = torch.randn(2, 1, 16, 12, generator=torch.Generator().manual_seed(0))
+    up = upsample_masks(low_res, (64, 40))
+    assert up.shape == (2, 1, 64, 40) and up.dtype == torch.float32
+    for b in range(2):
+        expected = torch.from_numpy(bilinear_half_pixel(low_res[b, 0].double().numpy(), 64, 40)).float()
+        torch.testing.assert_close(up[b, 0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_distillation_term_reaches_the_student_through_the_model(base):
+    # InfoSAMLoss's own test covers the loss alone; this checks the model does not cut the graph before it.
+    model = InfoSAMModel(build_student(base, InfoSAMConfig()), InfoSAMConfig())
+    out = model(**toy_batch(3))
+    loss_d = relation_distillation_loss(out.relation_teacher, out.relation_student)
+    grads = torch.autograd.grad(loss_d, [out.student_image_feats, out.student_mask_tokens], allow_unused=True,
+                                retain_graph=True)
+    for name, grad in zip(("z_i", "z_m"), grads):
+        assert grad is not None and grad.abs().sum() > 0, f"L_d does not reach the student's {name}"
+    loss_d.backward()
+    for kind in ("lora_B", "modules_to_save"):
+        got = [p.grad for n, p in model.student.named_parameters() if kind in n and p.requires_grad]
+        assert got and any(g is not None and g.abs().sum() > 0 for g in got), kind
 
 
 def test_bad_inputs_have_clear_errors(base):

@@ -121,9 +121,17 @@ def run_evaluate(script, assets, tmp_path, *extra):
 
 
 def check_scores(scores, keys=METRIC_KEYS):
+    """The keys, the range, and what the definitions imply between IoU and Dice.
+
+    Per image and threshold Dice = 2 IoU / (1 + IoU): so Dice >= IoU, and, that map being
+    concave, the mean Dice <= 2 mean IoU / (1 + mean IoU) (Jensen). Swapped or mis-averaged
+    scores break one of the two.
+    """
     assert set(scores) == set(keys)
     for value in scores.values():
         assert 0.0 <= value <= 1.0
+    for iou, dice in (("iou", "dice"), ("iou@0.5", "dice@0.5")):
+        assert scores[iou] - 1e-12 <= scores[dice] <= 2 * scores[iou] / (1 + scores[iou]) + 1e-12, scores
 
 
 def test_evaluate_base_only(evaluate_script, assets, tmp_path, capsys):
@@ -201,6 +209,24 @@ def test_evaluate_empty_ground_truth_has_a_defined_result(evaluate_script, asset
     assert scores["iou"] * 5 == pytest.approx(round(scores["iou"] * 5))  # a share of the 5 thresholds
 
 
+def test_evaluate_scores_are_means_over_images(evaluate_script, assets, tmp_path):
+    """Scores on two images are the mean of each image's own scores (the paper averages per image, not per pixel)."""
+    pairs = [(PIL.Image.open(image_path(assets, i)).convert("RGB"), PIL.Image.open(mask_path(assets, i)))
+             for i in (0, 2)]
+
+    def scores(name, chosen):
+        data = write_dataset(tmp_path / name, chosen)
+        result = evaluate_script.main(["--model_name_or_path", BUILTIN_MODEL_PATH, "--dataset_name", data,
+                                       "--disable_tqdm", "true"])
+        check_scores(result["metrics"]["zero_shot"])
+        return result["metrics"]["zero_shot"]
+
+    first, second, both = scores("first", pairs[:1]), scores("second", pairs[1:]), scores("both", pairs)
+    assert first != second and min(first["iou@0.5"], second["iou@0.5"]) > 0  # two different, real scores
+    for key, value in both.items():
+        assert value == pytest.approx((first[key] + second[key]) / 2, abs=1e-9), key
+
+
 def test_evaluate_mask_of_another_size_is_a_clear_error(evaluate_script, assets, tmp_path):
     image = PIL.Image.open(image_path(assets, 2)).convert("RGB")  # 80x80
     data = write_dataset(tmp_path / "bad", [(image, PIL.Image.new("L", (40, 40), 0))])
@@ -229,6 +255,10 @@ def test_evaluate_defaults_to_the_builtin_model(evaluate_script, assets, tmp_pat
 
 def image_path(assets, i):
     return os.path.join(assets["data"], "images", f"img{i}.png")
+
+
+def mask_path(assets, i):
+    return os.path.join(assets["data"], "images", f"img{i}_gt.png")
 
 
 def test_predict_writes_binary_masks_at_the_original_size_and_overlays(predict_script, assets, tmp_path):

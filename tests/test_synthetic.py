@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 
 import numpy as np
 import PIL.Image
@@ -75,14 +74,6 @@ def test_deterministic_under_seed():
     c = make_synthetic_sample("general", 64, np.random.default_rng(6))
     assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
     assert not np.array_equal(np.asarray(a[0]), np.asarray(c[0]))
-
-
-def test_fast_enough():
-    rng = np.random.default_rng(0)
-    start = time.perf_counter()
-    for index in range(100):
-        make_synthetic_sample(DOMAINS[index % 2], 128, rng)
-    assert 100 / (time.perf_counter() - start) > 40  # thousands per minute, with margin for a busy CI box
 
 
 def test_unknown_domain():

@@ -16,7 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "examples", f"{name}.py"))
+    # "<name>_script": a bare "evaluate" would shadow the `evaluate` library in sys.modules
+    spec = importlib.util.spec_from_file_location(f"{name}_script", os.path.join(ROOT, "examples", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve their module by name
     spec.loader.exec_module(module)
@@ -34,6 +35,15 @@ def test_train_script_runs_streams_and_saves_the_adapter(tmp_path):
     )
     for key in ("zero_shot_iou", "iou", "zero_shot_dice", "dice"):
         assert 0.0 <= summary[key] <= 1.0
+    # The scores the run reports are what examples/evaluate.py measures on the saved adapter, same split
+    # and box prompts (two code paths: the Trainer's compute_metrics on batches, the script at the original size).
+    evaluated = load_script("evaluate").main(["--adapter", str(out), "--dataset_name", str(data), "--disable_tqdm",
+                                              "true", "--batch_size", "3"])
+    assert evaluated["num_images"] == 8
+    for prefix, row in (("zero_shot_", "zero_shot"), ("", "adapter")):
+        for key in ("iou", "dice"):
+            assert summary[prefix + key] == pytest.approx(evaluated["metrics"][row][key], abs=1e-6), (prefix, key)
+    assert summary["iou"] != summary["zero_shot_iou"]  # six steps did change the masks
     files = set(os.listdir(out))
     assert {"adapter_model.safetensors", "adapter_config.json", "relation_module.safetensors",
             "infosam_config.json", "processor_config.json"} <= files

@@ -2,13 +2,19 @@
 
 import json
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file
 from transformers import SamModel, TrainingArguments
 
+import infosam_hf.trainer as trainer_module
 from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, build_student
+from infosam_hf.losses import InfoSAMLoss, relation_compression_loss, relation_distillation_loss, segmentation_loss
+from infosam_hf.modeling import upsample_masks
 from infosam_hf.testing import tiny_sam_config, toy_batch, toy_segmentation_dataset
 
 
@@ -51,6 +57,7 @@ def test_training_lowers_the_loss_and_logs_each_part(tmp_path):
     data = toy_segmentation_dataset(8)
     trainer = InfoSAMTrainer(model=model, args=make_args(tmp_path, max_steps=30), train_dataset=data)
     before = trainable_state(model)
+    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert {"loss_seg", "loss_r", "loss_d"} <= set(logs[0])
@@ -62,9 +69,12 @@ def test_training_lowers_the_loss_and_logs_each_part(tmp_path):
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert any(n.startswith("relation_module.") for n in changed)  # relation module is in the optimizer
     assert any("lora_" in n for n in changed) and any("modules_to_save" in n for n in changed)
-    # the frozen pre-trained weights (the teacher) did not move
+    # the frozen pre-trained weights (the teacher) did not move, to the bit
     frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
-    assert frozen and all("lora_" not in n for n in frozen)
+    assert frozen.keys() == frozen_before.keys() and all("lora_" not in n for n in frozen)
+    assert any("original_module" in n for n in frozen) and any("vision_encoder" in n for n in frozen)
+    moved = [n for n, p in frozen.items() if not torch.equal(p, frozen_before[n])]
+    assert not moved, moved
 
 
 def test_frozen_relation_module_is_not_trained(tmp_path):
@@ -202,3 +212,127 @@ def test_trainer_builds_the_pair_from_a_bare_sam_model(tmp_path):
     assert trainer.args.remove_unused_columns is False and trainer.args.label_names == ["gt_masks"]
     with pytest.raises(ValueError, match="needs a model"):
         InfoSAMTrainer(model=None, args=make_args(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------- what the total is made of
+def test_the_total_loss_weights_each_part_by_its_own_lambda():
+    config = InfoSAMConfig(lambda_1=0.3, lambda_2=1.7)
+    model = make_model(config).eval()
+    batch = toy_batch(3)
+    out = model(**batch)
+    parts = InfoSAMTrainer.compute_infosam_loss(out, batch["gt_masks"], config)
+    # each part is what its own function gives on the model's outputs ...
+    logits = upsample_masks(out.pred_masks, batch["gt_masks"].shape[-2:])
+    torch.testing.assert_close(parts["loss_seg"], segmentation_loss(config, logits, batch["gt_masks"], out.iou_scores))
+    torch.testing.assert_close(
+        parts["loss_r"], relation_compression_loss(out.teacher_image_feats, out.teacher_mask_tokens, out.relation_teacher)
+    )
+    torch.testing.assert_close(parts["loss_d"], relation_distillation_loss(out.relation_teacher, out.relation_student))
+    # ... and the total weighs L_r by lambda_1 and L_d by lambda_2 (the two differ, so a swap shows)
+    assert abs(parts["loss_r"].item() - parts["loss_d"].item()) > 1e-3
+    expected = parts["loss_seg"] + 0.3 * parts["loss_r"] + 1.7 * parts["loss_d"]
+    torch.testing.assert_close(parts["loss"], expected)
+
+
+class LossSpy:
+    """Wraps `compute_infosam_loss` and records the parts of every call, to check what the Trainer logs."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        original = InfoSAMTrainer.compute_infosam_loss
+
+        def spy(*args, **kwargs):
+            parts = original(*args, **kwargs)
+            self.calls.append({name: value.item() for name, value in parts.items()})
+            return parts
+
+        monkeypatch.setattr(InfoSAMTrainer, "compute_infosam_loss", staticmethod(spy))
+
+    def means(self, calls):
+        return {name: sum(c[name] for c in calls) / len(calls) for name in ("loss_seg", "loss_r", "loss_d")}
+
+
+def test_logged_loss_parts_are_the_mean_since_the_last_log_in_training_and_evaluation(tmp_path, monkeypatch):
+    spy = LossSpy(monkeypatch)
+    args = make_args(tmp_path, max_steps=4, logging_steps=2, per_device_train_batch_size=2, per_device_eval_batch_size=2)
+    trainer = InfoSAMTrainer(model=make_model(), args=args, train_dataset=toy_segmentation_dataset(8),
+                             eval_dataset=toy_segmentation_dataset(4, seed=1))
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(spy.calls) == 4 and len(logs) == 2
+    for log, calls in zip(logs, (spy.calls[:2], spy.calls[2:])):
+        assert calls[0]["loss_seg"] != calls[1]["loss_seg"]  # so that the mean differs from either call
+        assert {k: log[k] for k in ("loss_seg", "loss_r", "loss_d")} == pytest.approx(spy.means(calls), rel=1e-6)
+    spy.calls.clear()
+    metrics = trainer.evaluate()
+    assert len(spy.calls) == 2 and spy.calls[0]["loss_seg"] != spy.calls[1]["loss_seg"]
+    logged = {k: metrics[f"eval_{k}"] for k in ("loss_seg", "loss_r", "loss_d")}
+    assert logged == pytest.approx(spy.means(spy.calls), rel=1e-6)
+
+
+def test_the_trainer_restores_the_python_numpy_and_torch_rng_states_it_saved(tmp_path):
+    trainer = InfoSAMTrainer(model=make_model(), args=make_args(tmp_path), train_dataset=toy_segmentation_dataset(4))
+    checkpoint = tmp_path / "checkpoint"
+
+    def reseed(seed):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def draws():
+        return {"python": random.random(), "numpy": float(np.random.rand()), "torch": torch.rand(1).item()}
+
+    reseed(1)
+    trainer._save_rng_state(str(checkpoint))
+    assert os.listdir(checkpoint) == ["rng_state.safetensors"]  # our format, not the stock pickle
+    expected = draws()
+    reseed(2)
+    assert all(value != expected[name] for name, value in draws().items())
+    trainer._load_rng_state(str(checkpoint))
+    assert draws() == expected  # each generator is restored, not only read
+
+
+# ---------------------------------------------------------------------------------------------- DDP, in one process
+def fake_gather(tensor):
+    """What an all-gather over two ranks returns when rank 1 holds other samples (a fixed transform of ours)."""
+    return torch.cat([tensor, tensor.flip(0).roll(1, dims=-1)])
+
+
+@pytest.mark.parametrize("gather", [True, False])
+def test_under_ddp_the_relation_terms_span_the_gathered_batch(tmp_path, monkeypatch, gather):
+    config = InfoSAMConfig(gather_across_processes=gather)
+    model = make_model(config).eval()
+    trainer = InfoSAMTrainer(model=model, args=make_args(tmp_path), train_dataset=toy_segmentation_dataset(4))
+    monkeypatch.setattr(trainer_module, "_distributed", lambda: True)  # as under DDP with 2 processes
+    monkeypatch.setattr(trainer_module, "_gather_with_grad", fake_gather)
+    batch = toy_batch(2)
+    loss = trainer.compute_loss(model, batch)
+
+    out = model(**batch)
+    tensors = (out.teacher_image_feats, out.teacher_mask_tokens, out.relation_teacher, out.relation_student)
+    local = InfoSAMLoss(config).from_relations(*tensors)
+    gathered = InfoSAMLoss(config).from_relations(*(fake_gather(t) for t in tensors))
+    assert abs(local.loss.item() - gathered.loss.item()) > 1e-3  # the check below can tell the two apart
+    seg = InfoSAMTrainer.compute_infosam_loss(out, batch["gt_masks"], config)["loss_seg"]
+    torch.testing.assert_close(loss, seg + (gathered.loss if gather else local.loss))
+
+
+@pytest.fixture
+def gloo_group(tmp_path):
+    """A one-process gloo group: the collectives run for real, in this process."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'gloo-store'}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed.nn.functional.all_gather is deprecated:FutureWarning")
+def test_the_all_gather_keeps_the_autograd_graph(gloo_group):
+    # Each rank's Gram matrices span the global batch; its local slice must get the gradient back.
+    local = torch.randn(3, 4, requires_grad=True)
+    gathered = trainer_module._gather_with_grad(local)
+    torch.testing.assert_close(gathered, local)
+    weights = torch.arange(12.0).reshape(3, 4)
+    (gathered * weights).sum().backward()
+    torch.testing.assert_close(local.grad, weights)
