@@ -218,6 +218,8 @@ def build_demo(segmenter: Segmenter):
             return text, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return (text, *segment(image, text))
 
+    on_click.__annotations__["evt"] = gr.SelectData  # a real class: Gradio injects the event by annotation
+
     title = "InfoSAM: zero-shot SAM vs. the fine-tuned adapter"
     with gr.Blocks(title=title) as demo:
         base = "the built-in sam-tiny-general" if builtin_model_path(segmenter.base) else f"`{segmenter.base}`"

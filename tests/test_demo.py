@@ -169,11 +169,13 @@ def test_browser_upload_click_a_box_and_see_both_results(server):
         browser.find_element(By.CSS_SELECTOR, "#image-in input[type=file]").send_keys(path)
         image = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#image-in img"), what="the uploaded image")[0]
         _wait(lambda: image.size["width"] > 0, what="the image to be laid out")
-        # Two clicks in box mode (the default): the box's corners, in the displayed image's pixels.
-        scale = image.size["width"] / 128
+        # Two clicks in box mode (the default) on the box's corners. The <img> box is centred on the picture, which is
+        # drawn at `scale` (object-fit: scale-down or contain), so image pixel x lies (x - width/2) * scale off centre.
+        natural, fit = browser.execute_script("return [arguments[0].naturalWidth, getComputedStyle(arguments[0]).objectFit]", image)
+        scale = min(image.size["width"] / natural, image.size["height"] / natural)
+        scale = min(scale, 1.0) if fit == "scale-down" else scale
         for x, y in ((box[0] - 2, box[1] - 2), (box[2] + 2, box[3] + 2)):
-            dx = (x * scale) - image.size["width"] / 2
-            dy = (y * scale) - image.size["height"] / 2
+            dx, dy = (x - natural / 2) * scale, (y - natural / 2) * scale
             ActionChains(browser).move_to_element_with_offset(image, int(dx), int(dy)).click().perform()
             time.sleep(1)
         prompt = browser.find_element(By.CSS_SELECTOR, "#prompt textarea, #prompt input")
