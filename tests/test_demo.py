@@ -192,3 +192,18 @@ def test_browser_upload_click_a_box_and_see_both_results(server):
         assert os.path.getsize(shot) > 0
     finally:
         browser.quit()
+
+
+def test_the_space_entry_builds_the_demo_and_its_requirements_match_the_package(monkeypatch, tmp_path):
+    import runpy
+    import tomllib
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("INFOSAM_ADAPTER", raising=False)
+    namespace = runpy.run_path(os.path.join(ROOT, "app.py"), run_name="space")
+    assert isinstance(namespace["demo"], gradio.Blocks)
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    with open(os.path.join(ROOT, "space", "requirements.txt")) as f:
+        requirements = {line.strip() for line in f if line.strip() and not line.startswith("#")}
+    assert requirements == set(project["dependencies"]) | set(project["optional-dependencies"]["demo"])
