@@ -10,11 +10,10 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from transformers import SamModel, SamProcessor
+from test_export import fine_tuned
+from transformers import SamProcessor
 
-from infosam_hf import InfoSAMConfig, InfoSAMModel, build_student
 from infosam_hf.builtin import BUILTIN_MODEL_PATH
 
 gradio = pytest.importorskip("gradio", reason='the demo extra is not installed: pip install -e ".[demo]"')
@@ -37,13 +36,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def adapter_dir(tmp_path_factory):
     """The built-in SAM with a LoRA adapter moved away from its initial values (masks visibly differ)."""
-    torch.manual_seed(0)
-    config = InfoSAMConfig(lora_r=2)
-    model = InfoSAMModel(build_student(SamModel.from_pretrained(BUILTIN_MODEL_PATH), config), config)
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn_like(p))
+    model = fine_tuned(0.05)
     folder = tmp_path_factory.mktemp("adapter")
     model.save_pretrained(folder, processor=SamProcessor.from_pretrained(BUILTIN_MODEL_PATH))
     return str(folder)

@@ -23,7 +23,7 @@ EXPORTED_FILES = {"config.json", "model.safetensors", "processor_config.json", "
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
 
 
-def fine_tuned():
+def fine_tuned(scale: float = 0.02):
     """The built-in SAM with a LoRA adapter (and trained decoder copy) moved away from their initial values."""
     torch.manual_seed(0)
     config = InfoSAMConfig(lora_r=2)
@@ -31,7 +31,7 @@ def fine_tuned():
     with torch.no_grad():
         for _, p in model.named_parameters():
             if p.requires_grad:
-                p.add_(0.02 * torch.randn_like(p))
+                p.add_(scale * torch.randn_like(p))
     return model.eval()
 
 
