@@ -4,7 +4,8 @@
     python examples/export.py --adapter you/sam-polyp-infosam --output_dir sam-polyp-merged
     python examples/export.py --adapter outputs/run --output_dir merged --push_to_hub --hub_model_id you/sam-polyp-merged
 
-The folder holds `config.json`, `model.safetensors`, the processor config and a README.md; it
+The folder holds `config.json`, `model.safetensors`, the processor config and a README.md (with --onnx also
+`onnx/encoder.onnx` and `onnx/prompt_encoder_mask_decoder.onnx`, for one image and one box); it
 loads with `SamModel.from_pretrained` / `SamProcessor.from_pretrained` alone (no peft, no
 infosam_hf) and runs `transformers.pipeline("mask-generation", model=<folder>)`. A non-empty
 --output_dir is refused unless --overwrite. Adapters that are not a weight delta (e.g. a
@@ -36,6 +37,10 @@ class ExportArguments:
     hub_model_id: str | None = field(default=None, metadata={"help": "owner/name of the Hub repo to push to."})
     hub_private_repo: bool | None = field(default=None, metadata={"help": "Create the Hub repo as private."})
     revision: str | None = field(default=None, metadata={"help": "Revision of a Hub adapter."})
+    onnx: bool = field(
+        default=False,
+        metadata={"help": "Also write <output_dir>/onnx/: encoder + prompt-encoder/mask-decoder, checked against PyTorch (pip install -e '.[onnx]')."},
+    )
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -50,7 +55,7 @@ def main(argv: list[str] | None = None) -> str:
     output_dir = args.output_dir or os.path.basename(os.path.normpath(args.adapter)) + "-merged"
     if args.output_dir is None and os.path.isdir(args.adapter):
         output_dir = os.path.normpath(args.adapter) + "-merged"
-    export(
+    merged = export(
         args.adapter,
         output_dir,
         base_model=args.base_model,
@@ -61,6 +66,12 @@ def main(argv: list[str] | None = None) -> str:
         revision=args.revision,
     )
     print(f"Standalone model written to {output_dir}: SamModel.from_pretrained({output_dir!r})")
+    if args.onnx:
+        from infosam_hf.export import export_onnx
+
+        report = export_onnx(merged, os.path.join(output_dir, "onnx"))
+        for name, values in report.items():
+            print(f"ONNX {name}: max |onnxruntime - torch| = {values['max_abs_diff']:.3g} (values up to {values['max_abs']:.3g})")
     if args.push_to_hub:
         print(f"Pushed to {args.hub_model_id}")
     return output_dir

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+import warnings
 
 import torch
 
@@ -155,7 +156,7 @@ def export(
     _refuse_non_empty(output_dir, overwrite)
     student, loaded_processor, source = _peft_student(adapter, base_model, revision, token)
     base = getattr(student.active_peft_config, "base_model_name_or_path", None)
-    processor = processor or loaded_processor
+    processor = processor if processor is not None else loaded_processor
     if processor is None:
         from .hub import load_processor
 
@@ -192,6 +193,78 @@ def push_folder(folder: str, repo_id: str, *, private=None, token=None, commit_m
         )
     except HfHubHTTPError as err:
         _raise_hub_error(err, repo_id, "upload to", api.endpoint)
+
+
+# ---------------------------------------------------------------------- ONNX
+ONNX_ENCODER_NAME = "encoder.onnx"
+ONNX_DECODER_NAME = "prompt_encoder_mask_decoder.onnx"
+
+
+class _OnnxEncoder(torch.nn.Module):
+    def __init__(self, sam):
+        super().__init__()
+        self.sam = sam
+
+    def forward(self, pixel_values):
+        return self.sam.get_image_embeddings(pixel_values)
+
+
+class _OnnxDecoder(torch.nn.Module):
+    def __init__(self, sam):
+        super().__init__()
+        self.sam = sam
+
+    def forward(self, image_embeddings, input_boxes):
+        out = self.sam(image_embeddings=image_embeddings, input_boxes=input_boxes, multimask_output=False)
+        return out.pred_masks, out.iou_scores
+
+
+def export_onnx(model, output_dir: str | os.PathLike, *, check: bool = True, opset_version: int = 17) -> dict:
+    """`encoder.onnx` (pixel_values -> image_embeddings) and `prompt_encoder_mask_decoder.onnx`
+    (image_embeddings, input_boxes -> pred_masks, iou_scores) for one image and one box, SAM's usual split
+    (embed once, prompt many times).
+
+    `model`: a merged `SamModel` or the folder `export` wrote. Uses torch's TorchScript exporter
+    (`dynamo=False`): the dynamo exporter fails on SAM's vision encoder here (torch 2.13: a `view` of a
+    non-contiguous tensor in the attention's relative-position path). With `check=True` (needs
+    onnxruntime) both graphs are run on random inputs and compared with PyTorch; returns the max
+    absolute differences and the largest PyTorch value of each output.
+    """
+    from transformers import SamModel
+
+    sam = SamModel.from_pretrained(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
+    sam = sam.eval().float()
+    size = sam.config.vision_config.image_size
+    os.makedirs(output_dir, exist_ok=True)
+    pixel_values = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    boxes = torch.tensor([[[0.1 * size, 0.15 * size, 0.7 * size, 0.8 * size]]])
+    encoder, decoder = _OnnxEncoder(sam), _OnnxDecoder(sam)
+    with torch.no_grad():
+        embeddings = encoder(pixel_values)
+        masks, scores = decoder(embeddings, boxes)
+    encoder_path = os.path.join(output_dir, ONNX_ENCODER_NAME)
+    decoder_path = os.path.join(output_dir, ONNX_DECODER_NAME)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+        torch.onnx.export(encoder, (pixel_values,), encoder_path, input_names=["pixel_values"],
+                          output_names=["image_embeddings"], opset_version=opset_version, dynamo=False)
+        torch.onnx.export(decoder, (embeddings, boxes), decoder_path, input_names=["image_embeddings", "input_boxes"],
+                          output_names=["pred_masks", "iou_scores"], opset_version=opset_version, dynamo=False)
+    if not check:
+        return {}
+    import onnxruntime
+
+    ort_embeddings = onnxruntime.InferenceSession(encoder_path).run(None, {"pixel_values": pixel_values.numpy()})[0]
+    ort_masks, ort_scores = onnxruntime.InferenceSession(decoder_path).run(
+        None, {"image_embeddings": embeddings.numpy(), "input_boxes": boxes.numpy()}
+    )
+    report = {}
+    for name, ours, theirs in (("image_embeddings", embeddings, ort_embeddings), ("pred_masks", masks, ort_masks),
+                               ("iou_scores", scores, ort_scores)):
+        report[name] = {"max_abs_diff": float((ours - torch.from_numpy(theirs)).abs().max()), "max_abs": float(ours.abs().max())}
+        if report[name]["max_abs_diff"] > 1e-4 * max(1.0, report[name]["max_abs"]):
+            raise RuntimeError(f"The ONNX graph's {name} differ from PyTorch's by {report[name]['max_abs_diff']:.3g}.")
+    return report
 
 
 # ---------------------------------------------------------------------- mask-generation pipeline
@@ -256,4 +329,4 @@ def mask_generation_pipeline(model, image_processor=None, **kwargs):
     return pipeline("mask-generation", model=model, **kwargs)
 
 
-__all__ = ["CannotMergeError", "batched_nms", "export", "mask_generation_pipeline", "merge_adapter", "push_folder"]
+__all__ = ["CannotMergeError", "batched_nms", "export", "export_onnx", "mask_generation_pipeline", "merge_adapter", "push_folder"]

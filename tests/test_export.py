@@ -219,3 +219,27 @@ def test_export_script_refuses_and_writes(adapter_dir, tmp_path, capsys):
     assert set(os.listdir(out)) == EXPORTED_FILES
     with pytest.raises(FileExistsError, match="--overwrite"):
         script.main(["--adapter", adapter_dir, "--output_dir", str(out)])
+
+
+@pytest.mark.slow
+def test_onnx_encoder_and_decoder_match_pytorch(exported, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime", reason='pip install -e ".[onnx]"')
+    from infosam_hf.export import ONNX_DECODER_NAME, ONNX_ENCODER_NAME, export_onnx
+
+    report = export_onnx(exported, tmp_path / "onnx")
+    assert set(report) == {"image_embeddings", "pred_masks", "iou_scores"}
+    # Independently of export_onnx's own check: a real image and box through both graphs vs the merged model.
+    model = SamModel.from_pretrained(exported).eval()
+    processor = SamProcessor.from_pretrained(exported)
+    image, mask = make_synthetic_sample("specialised", 128, np.random.default_rng(3))
+    ys, xs = np.nonzero(np.asarray(mask))
+    box = [[[float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]]]
+    batch = processor(images=image, input_boxes=box, return_tensors="pt")
+    with torch.no_grad():
+        expected = model(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"], multimask_output=False)
+    embeddings = onnxruntime.InferenceSession(str(tmp_path / "onnx" / ONNX_ENCODER_NAME)).run(
+        None, {"pixel_values": batch["pixel_values"].numpy()})[0]
+    masks, scores = onnxruntime.InferenceSession(str(tmp_path / "onnx" / ONNX_DECODER_NAME)).run(
+        None, {"image_embeddings": embeddings, "input_boxes": batch["input_boxes"].numpy().astype(np.float32)})
+    assert_same_masks(torch.from_numpy(masks), expected.pred_masks)
+    torch.testing.assert_close(torch.from_numpy(scores), expected.iou_scores, rtol=1e-5, atol=1e-5)
