@@ -14,6 +14,7 @@ from .relation import RelationModule
 from .trainer import InfoSAMTrainer
 
 from .hub import load, load_for_training
+from .export import export, mask_generation_pipeline  # noqa: E402  (the function shadows the submodule name, as intended)
 
 __version__ = "0.1.0"
 
@@ -29,9 +30,11 @@ __all__ = [
     "build_student",
     "capture_sam_features",
     "default_peft_config",
+    "export",
     "focal_dice_iou_loss",
     "load",
     "load_for_training",
+    "mask_generation_pipeline",
     "relation_compression_loss",
     "relation_distillation_loss",
     "structure_loss",
