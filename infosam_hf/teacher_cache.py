@@ -31,13 +31,35 @@ def content_key(pixels: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
+def _map(fn, encoding):
+    """`fn` on every tensor of an encoding: a tensor, or a dict / list of them (SAM 2's feature levels,
+    SAM-HQ's intermediate embeddings), the structure kept."""
+    if isinstance(encoding, dict):
+        return {k: _map(fn, v) for k, v in encoding.items()}
+    if isinstance(encoding, (list, tuple)):
+        return [_map(fn, v) for v in encoding]
+    return fn(encoding)
+
+
+def _stack(entries: list):
+    first = entries[0]
+    if isinstance(first, dict):
+        return {k: _stack([e[k] for e in entries]) for k in first}
+    if isinstance(first, (list, tuple)):
+        return [_stack([e[i] for e in entries]) for i in range(len(first))]
+    return torch.stack(entries)
+
+
 class TeacherEmbeddingCache:
-    """In-memory LRU cache (on the CPU by default) of teacher image embeddings, one entry per image."""
+    """In-memory LRU cache (on the CPU by default) of teacher image embeddings, one entry per image.
+
+    An entry is whatever the teacher's family needs in place of the pixels: a tensor, or a dict /
+    list of per-batch tensors (see `SamFamily.cache_inputs`); `lookup` returns the structure `store` got."""
 
     def __init__(self, max_items: int | None = None, storage_device: str | torch.device = "cpu"):
         self.max_items = max_items
         self.storage_device = torch.device(storage_device)
-        self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._entries: OrderedDict[str, object] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -60,7 +82,7 @@ class TeacherEmbeddingCache:
                 )
         return cls(**kwargs)
 
-    def lookup(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor | None, list[str]]:
+    def lookup(self, pixel_values: torch.Tensor) -> tuple[object | None, list[str]]:
         """(embeddings, keys): the batch's embeddings if every image is cached, else None (the teacher runs)."""
         keys = [content_key(p) for p in pixel_values]
         if not all(k in self._entries for k in keys):
@@ -69,11 +91,12 @@ class TeacherEmbeddingCache:
         self.hits += 1
         for key in keys:
             self._entries.move_to_end(key)
-        return torch.stack([self._entries[k] for k in keys]).to(pixel_values.device), keys
+        stacked = _stack([self._entries[k] for k in keys])
+        return _map(lambda t: t.to(pixel_values.device), stacked), keys
 
-    def store(self, keys: list[str], embeddings: torch.Tensor) -> None:
-        for key, embedding in zip(keys, embeddings.detach()):
-            self._entries[key] = embedding.to(self.storage_device, copy=True)
+    def store(self, keys: list[str], embeddings) -> None:
+        for i, key in enumerate(keys):
+            self._entries[key] = _map(lambda t: t[i].detach().to(self.storage_device, copy=True), embeddings)
             self._entries.move_to_end(key)
         while self.max_items is not None and len(self._entries) > self.max_items:
             self._entries.popitem(last=False)

@@ -99,3 +99,105 @@ def builtin_sam_config() -> SamConfig:
     return tiny_sam_config(
         image_size=128, vision_hidden_size=96, vision_layers=4, decoder_mlp_dim=256, patch_size=8
     )
+
+
+# ---------------------------------------------------------------------------------------- other SAM families
+# Tiny random configs of every family in `infosam_hf.models`, the same size class as `tiny_sam_config`
+# (64 px inputs, 1-2 layers, a 32-wide decoder): InfoSAMConfig(relation_dim=32) goes with them.
+TINY_DECODER = dict(hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=32)
+
+
+def tiny_sam_hq_config(image_size: int = 64):
+    from transformers import SamHQConfig
+
+    return SamHQConfig(
+        vision_config=dict(
+            hidden_size=32, output_channels=32, num_hidden_layers=2, num_attention_heads=2, image_size=image_size,
+            patch_size=8, window_size=4, global_attn_indexes=[1], mlp_dim=64, num_pos_feats=16,
+        ),
+        prompt_encoder_config=dict(hidden_size=32, image_size=image_size, patch_size=8),
+        mask_decoder_config=dict(TINY_DECODER, vit_dim=32),
+    )
+
+
+def _feature_sizes(image_size: int, stride: int) -> list[list[int]]:
+    """SAM 2's three feature levels (strides 4, 8, 16 of a Hiera; 4x, 2x, 1x the ViT grid in SAM 3)."""
+    return [[image_size // stride * 4] * 2, [image_size // stride * 2] * 2, [image_size // stride] * 2]
+
+
+def tiny_sam2_config(image_size: int = 64):
+    """A 5-block Hiera (4 stages, one global-attention block), 16x16/8x8/4x4 feature levels at 64 px."""
+    from transformers import Sam2Config, Sam2HieraDetConfig
+
+    backbone = Sam2HieraDetConfig(
+        hidden_size=16, num_attention_heads=1, image_size=[image_size, image_size],
+        blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[16, 32, 64, 128],
+        num_attention_heads_per_stage=[1, 1, 1, 1], window_size_per_stage=[4, 4, 4, 2],
+        global_attention_blocks=[3], window_positional_embedding_background_size=[2, 2],
+    )
+    return Sam2Config(
+        vision_config=dict(
+            backbone_config=backbone, backbone_channel_list=[128, 64, 32, 16],
+            backbone_feature_sizes=_feature_sizes(image_size, 16), fpn_hidden_size=32,
+        ),
+        prompt_encoder_config=dict(hidden_size=32, image_size=image_size, patch_size=16),
+        mask_decoder_config=dict(TINY_DECODER),
+    )
+
+
+def tiny_sam3_tracker_config(image_size: int = 56):
+    """A 2-layer ViT with 14 px patches (SAM 3's), so the input is a multiple of 14: 56 px by default."""
+    from transformers import Sam3TrackerConfig, Sam3ViTConfig
+
+    backbone = Sam3ViTConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=image_size,
+        patch_size=14, window_size=2, global_attn_indexes=[1], pretrain_image_size=image_size,
+    )
+    return Sam3TrackerConfig(
+        vision_config=dict(
+            backbone_config=backbone, backbone_feature_sizes=_feature_sizes(image_size, 14), fpn_hidden_size=32
+        ),
+        prompt_encoder_config=dict(hidden_size=32, image_size=image_size, patch_size=14),
+        mask_decoder_config=dict(TINY_DECODER),
+    )
+
+
+def tiny_edgetam_config(image_size: int = 64):
+    """EdgeTAM with a small timm RepViT (needs timm, which needs torchvision)."""
+    from transformers import EdgeTamConfig
+
+    return EdgeTamConfig(
+        vision_config=dict(
+            backbone_config=dict(
+                model_type="timm_wrapper", architecture="repvit_m0_9", do_pooling=False,
+                model_args=dict(in_chans=3, features_only=True, out_indices=[0, 1, 2, 3], embed_dim=(16, 32, 64, 128),
+                                depth=(1, 1, 1, 1)),
+            ),
+            backbone_channel_list=[128, 64, 32, 16], backbone_feature_sizes=_feature_sizes(image_size, 16),
+            fpn_hidden_size=32,
+        ),
+        prompt_encoder_config=dict(hidden_size=32, image_size=image_size, patch_size=16),
+        mask_decoder_config=dict(TINY_DECODER),
+    )
+
+
+TINY_FAMILY_CONFIGS = {
+    "SamModel": tiny_sam_config,
+    "SamHQModel": tiny_sam_hq_config,
+    "Sam2Model": tiny_sam2_config,
+    "Sam3TrackerModel": tiny_sam3_tracker_config,
+    "EdgeTamModel": tiny_edgetam_config,
+}
+
+
+def tiny_family_model(model_class: str, seed: int = 0):
+    """A tiny random model of one family, by class name (SamModel with a 32-wide decoder like the others)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    if model_class == "SamModel":
+        config = tiny_sam_config(output_channels=32)
+    else:
+        config = TINY_FAMILY_CONFIGS[model_class]()
+    return getattr(transformers, model_class)(config).eval()

@@ -22,6 +22,7 @@ from transformers.utils import logging
 
 from .config import InfoSAMConfig
 from .losses import InfoSAMLoss, segmentation_loss
+from .models import load_sam_model
 from .modeling import (
     ADAPTER_WEIGHTS_NAME,
     RELATION_WEIGHTS_NAME,
@@ -138,11 +139,11 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
             return model
         config = infosam_config or InfoSAMConfig()
         if isinstance(model, str):
-            model = SamModel.from_pretrained(model)
+            model = load_sam_model(model)
         student = build_student(model, config, peft_config)
         teacher_model = teacher_model or config.teacher_model_name_or_path
         if isinstance(teacher_model, str):
-            teacher_model = SamModel.from_pretrained(teacher_model)
+            teacher_model = load_sam_model(teacher_model)
         return InfoSAMModel(student, config, teacher=teacher_model)
 
     # ------------------------------------------------------------------ the loss
