@@ -35,7 +35,7 @@ from .model_card import (
     model_card_info,
     render_model_card,
 )
-from .models import family_of, load_sam_model
+from .models import family_of, load_sam_model, prepare_for_peft
 from .modeling import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
@@ -455,7 +455,7 @@ def load(
     base, base_id = _load_base(folder, base_model, token, torch_dtype, source)
     check_adapter_fits(base, folder, source)
     try:
-        model = PeftModel.from_pretrained(base, folder, is_trainable=is_trainable)
+        model = PeftModel.from_pretrained(prepare_for_peft(base), folder, is_trainable=is_trainable)
     except RuntimeError as err:
         if "size mismatch" not in str(err):
             raise

@@ -162,23 +162,99 @@ def tiny_sam3_tracker_config(image_size: int = 56):
     )
 
 
-def tiny_edgetam_config(image_size: int = 64):
-    """EdgeTAM with a small timm RepViT (needs timm, which needs torchvision)."""
+def tiny_edgetam_config(image_size: int = 64, timm_backbone: bool = False):
+    """EdgeTAM with a 4-stage convolutional image encoder.
+
+    Its real encoder is a timm RepViT, and timm needs torchvision, which has no CPU build here:
+    by default a stand-in with RepViT's module names (`...channel_mixer.conv1.c`, the LoRA
+    targets) and output (four feature maps, strides 4-32) takes its place, registered with the
+    Auto classes so that save/load work. `timm_backbone=True` uses timm's `repvit_m0_9`.
+    """
     from transformers import EdgeTamConfig
 
+    if timm_backbone:
+        backbone = dict(
+            model_type="timm_wrapper", architecture="repvit_m0_9", do_pooling=False,
+            model_args=dict(in_chans=3, features_only=True, out_indices=[0, 1, 2, 3]),
+        )
+        channels = [384, 192, 96, 48]
+    else:
+        backbone = _tiny_repvit_config()
+        channels = list(reversed(backbone.channels))
     return EdgeTamConfig(
         vision_config=dict(
-            backbone_config=dict(
-                model_type="timm_wrapper", architecture="repvit_m0_9", do_pooling=False,
-                model_args=dict(in_chans=3, features_only=True, out_indices=[0, 1, 2, 3], embed_dim=(16, 32, 64, 128),
-                                depth=(1, 1, 1, 1)),
-            ),
-            backbone_channel_list=[128, 64, 32, 16], backbone_feature_sizes=_feature_sizes(image_size, 16),
-            fpn_hidden_size=32,
+            backbone_config=backbone, backbone_channel_list=channels,
+            backbone_feature_sizes=_feature_sizes(image_size, 16), fpn_hidden_size=32,
         ),
         prompt_encoder_config=dict(hidden_size=32, image_size=image_size, patch_size=16),
         mask_decoder_config=dict(TINY_DECODER),
     )
+
+
+def _tiny_repvit_config():
+    """A RepViT-shaped backbone (see `tiny_edgetam_config`), registered with AutoConfig/AutoModel on first use."""
+    import torch
+    from torch import nn
+    from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
+    from transformers.modeling_outputs import BaseModelOutput
+
+    if "infosam_tiny_repvit" in _REGISTERED:
+        return _REGISTERED["infosam_tiny_repvit"]()
+
+    class TinyRepVitConfig(PreTrainedConfig):
+        model_type = "infosam_tiny_repvit"
+
+        def __init__(self, channels=(16, 32, 64, 128), **kwargs):
+            self.channels = list(channels)
+            super().__init__(**kwargs)
+
+    class _Conv(nn.Module):  # RepViT's Conv2d_BN keeps the convolution at `.c`
+        def __init__(self, cin, cout):
+            super().__init__()
+            self.c = nn.Conv2d(cin, cout, 1)
+
+    class _ChannelMixer(nn.Module):
+        def __init__(self, channels):
+            super().__init__()
+            self.conv1, self.conv2 = _Conv(channels, 2 * channels), _Conv(2 * channels, channels)
+
+        def forward(self, x):
+            return x + self.conv2.c(torch.relu(self.conv1.c(x)))
+
+    class _Stage(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.downsample = nn.Conv2d(cin, cout, stride, stride=stride)
+            self.channel_mixer = _ChannelMixer(cout)
+
+        def forward(self, x):
+            return self.channel_mixer(self.downsample(x))
+
+    class TinyRepVit(PreTrainedModel):
+        config_class = TinyRepVitConfig
+
+        def __init__(self, config):
+            super().__init__(config)
+            c = config.channels
+            self.stages = nn.ModuleList(
+                [_Stage(3, c[0], 4), _Stage(c[0], c[1], 2), _Stage(c[1], c[2], 2), _Stage(c[2], c[3], 2)]
+            )
+            self.post_init()
+
+        def forward(self, pixel_values, **_kwargs):
+            features, x = [], pixel_values
+            for stage in self.stages:
+                x = stage(x)
+                features.append(x)
+            return BaseModelOutput(last_hidden_state=features)
+
+    AutoConfig.register(TinyRepVitConfig.model_type, TinyRepVitConfig)
+    AutoModel.register(TinyRepVitConfig, TinyRepVit)
+    _REGISTERED[TinyRepVitConfig.model_type] = TinyRepVitConfig
+    return TinyRepVitConfig()
+
+
+_REGISTERED: dict = {}
 
 
 TINY_FAMILY_CONFIGS = {

@@ -1,6 +1,5 @@
 """Every SAM family in `infosam_hf.models` as student, teacher and base: features, training, save/load, cards."""
 
-import importlib.util
 import math
 
 import pytest
@@ -14,14 +13,8 @@ from infosam_hf.models import SQUARE, family_of
 from infosam_hf.teacher_cache import TeacherEmbeddingCache
 from infosam_hf.testing import tiny_family_model, toy_segmentation_dataset, toy_segmentation_rows
 
-_TIMM = importlib.util.find_spec("timm") is not None and importlib.util.find_spec("torchvision") is not None
-FAMILIES = [
-    "SamModel",
-    "SamHQModel",
-    "Sam2Model",
-    "Sam3TrackerModel",
-    pytest.param("EdgeTamModel", marks=pytest.mark.skipif(not _TIMM, reason="EdgeTAM's RepViT needs timm + torchvision")),
-]
+# EdgeTAM runs with a stand-in for its timm RepViT encoder (timm needs torchvision): see tiny_edgetam_config.
+FAMILIES = ["SamModel", "SamHQModel", "Sam2Model", "Sam3TrackerModel", "EdgeTamModel"]
 CONFIG = dict(relation_dim=32, lora_r=2)
 
 
@@ -87,14 +80,17 @@ def _args(tmp_path, **overrides):
     return TrainingArguments(**values)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("separate_teacher", [False, True], ids=["shared-teacher", "separate-teacher"])
 @pytest.mark.parametrize("model_class", FAMILIES)
 def test_trains_saves_and_loads_with_identical_predictions(model_class, separate_teacher, tmp_path):
     config = InfoSAMConfig(**CONFIG)
     teacher = tiny_family_model(model_class, seed=1) if separate_teacher else None
+    base = tiny_family_model(model_class)
     trainer = InfoSAMTrainer(
-        model=tiny_family_model(model_class), infosam_config=config, teacher_model=teacher, args=_args(tmp_path),
-        train_dataset=toy_segmentation_dataset(4, _size(tiny_family_model(model_class))),
+        model=base, infosam_config=config, teacher_model=teacher, args=_args(tmp_path),
+        train_dataset=toy_segmentation_dataset(4, _size(base)),
+        processing_class=SamSegmentationPreprocessor.for_model(base),  # what load reads the geometry back from
     )
     model = trainer.model
     lora = [n for n, p in model.student.named_parameters() if p.requires_grad and "lora_" in n]
@@ -111,7 +107,6 @@ def test_trains_saves_and_loads_with_identical_predictions(model_class, separate
 
     folder = tmp_path / "adapter"
     trainer.save_model(str(folder))
-    base = model.student.get_base_model()
     batch = _batch(base, n=2, seed=3)
     model.eval()
     with torch.no_grad():
@@ -126,6 +121,8 @@ def test_trains_saves_and_loads_with_identical_predictions(model_class, separate
         got = loaded(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"], multimask_output=False)
     torch.testing.assert_close(got.pred_masks, expected, rtol=0, atol=0)
     assert type(loaded.get_base_model()).__name__ == model_class
+    geometry = SamSegmentationPreprocessor.from_processor(processor)
+    assert (geometry.geometry, geometry.image_size) == (family_of(base).geometry, _size(base))
     card = (folder / "README.md").read_text()
     family = family_of(base)
     assert f"| Model family | {family.name} (`{model_class}`) |" in card

@@ -132,6 +132,34 @@ class SamSegmentationPreprocessor:
         params.update(kwargs)
         return cls(**params)
 
+    def save_pretrained(self, save_directory: str, **_unused) -> None:
+        """An image-processor config transformers and `from_processor` read back: SamImageProcessor's for
+        SAM's geometry, SAM 2's (square `size`, no padding) otherwise. Lets the Trainer save it as its
+        `processing_class` where the family's own processor cannot be built (SAM 2's needs torchvision)."""
+        import json
+        import os
+
+        square = self.geometry == "square"
+        config = {
+            "image_processor_type": "Sam2ImageProcessorFast" if square else "SamImageProcessor",
+            "do_resize": True,
+            "size": {"height": self.image_size, "width": self.image_size}
+            if square
+            else {"longest_edge": self.image_size},
+            "resample": self.resample,
+            "do_rescale": True,
+            "rescale_factor": self.rescale_factor,
+            "do_normalize": True,
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
+            "do_pad": not square,
+        }
+        if not square:
+            config["pad_size"] = {"height": self.image_size, "width": self.image_size}
+        os.makedirs(save_directory, exist_ok=True)
+        with open(os.path.join(save_directory, "preprocessor_config.json"), "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+
     def _params(self) -> dict:
         return dict(
             image_size=self.image_size,
