@@ -141,7 +141,7 @@ class SamSegmentationPreprocessor:
 
         square = self.geometry == "square"
         config = {
-            "image_processor_type": "Sam2ImageProcessorFast" if square else "SamImageProcessor",
+            "image_processor_type": "Sam2ImageProcessor" if square else "SamImageProcessor",
             "do_resize": True,
             "size": {"height": self.image_size, "width": self.image_size}
             if square
