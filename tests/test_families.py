@@ -173,3 +173,28 @@ def test_square_geometry_resizes_without_padding():
 def test_unsupported_models_are_refused_with_the_supported_list():
     with pytest.raises(TypeError, match="Sam2Model.*Video models and Sam3Model are not supported"):
         family_of(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.slow
+def test_train_script_takes_a_sam2_checkpoint(tmp_path):
+    """examples/train.py --model_name_or_path <a SAM 2 folder>: trains, evaluates, saves a SAM 2 adapter that loads."""
+    from test_train_script import load_script
+
+    from infosam_hf.synthetic import write_synthetic_dataset
+
+    base_dir = tmp_path / "sam2"
+    base = tiny_family_model("Sam2Model")
+    base.save_pretrained(base_dir)
+    SamSegmentationPreprocessor.for_model(base).save_pretrained(base_dir)  # as Sam2Processor writes it
+    data = write_synthetic_dataset(tmp_path / "data", "specialised", num_train=4, num_test=2, image_size=80, seed=1)
+    out = tmp_path / "run"
+    summary = load_script("train").main(
+        ["--model_name_or_path", str(base_dir), "--dataset_name", str(data), "--output_dir", str(out),
+         "--max_steps", "2", "--per_device_train_batch_size", "2", "--logging_steps", "1", "--disable_tqdm", "true",
+         "--lora_r", "2", "--relation_dim", "32", "--max_eval_samples", "2", "--eval_overlays", "0"]
+    )
+    assert 0.0 <= summary["iou"] <= 1.0
+    assert "| Model family | SAM 2 (`Sam2Model`) |" in (out / "README.md").read_text()
+    loaded, processor = infosam_hf.load(str(out))
+    assert type(loaded.get_base_model()).__name__ == "Sam2Model"
+    assert SamSegmentationPreprocessor.from_processor(processor).geometry == SQUARE
