@@ -129,12 +129,13 @@ def test_trains_saves_and_loads_with_identical_predictions(model_class, separate
     assert f"base = {model_class}.from_pretrained(" in card
 
 
-def test_sam2_gradient_checkpointing_gives_the_same_gradients():
-    """Sam2Model says supports_gradient_checkpointing=False; InfoSAM opts the instance in."""
+@pytest.mark.parametrize("model_class", ["Sam2Model", "Sam3TrackerModel"])
+def test_sam2_family_gradient_checkpointing_gives_the_same_gradients(model_class):
+    """Sam2Model / Sam3TrackerModel say supports_gradient_checkpointing=False; InfoSAM opts the instance in."""
     config = InfoSAMConfig(**CONFIG)
     grads = []
     for checkpointing in (False, True):
-        model = InfoSAMModel(build_student(tiny_family_model("Sam2Model"), config), config)
+        model = InfoSAMModel(build_student(tiny_family_model(model_class), config), config)
         if checkpointing:
             model.activation_checkpointing_enable()
             assert model.is_activation_checkpointing
