@@ -132,6 +132,17 @@ class InfoSAMModel(nn.Module):
                 raise ValueError(
                     f"Teacher and student image embeddings differ in channels ({teacher_channels} vs {channels})."
                 )
+            # The teacher sees the student's pixel_values: both must read images the same way.
+            student_family, teacher_family = family_of(self.student), family_of(self.teacher)
+            student_input = (student_family.geometry, student_family.image_size(self.sam_config))
+            teacher_input = (teacher_family.geometry, teacher_family.image_size(self.teacher.config))
+            if student_input != teacher_input:
+                raise ValueError(
+                    f"The teacher ({teacher_family.name}) takes {teacher_input[1]} px inputs in the "
+                    f"{teacher_input[0]} geometry but the student ({student_family.name}) takes {student_input[1]} px "
+                    f"in the {student_input[0]} geometry; both see the same pixel_values. Use a teacher of the same "
+                    "input size and geometry."
+                )
 
     # ------------------------------------------------------------------ conveniences the Trainer uses
     @property

@@ -171,6 +171,14 @@ def test_square_geometry_resizes_without_padding():
     assert from_config.geometry == SQUARE and from_config.image_size == 64
 
 
+def test_a_teacher_that_reads_images_differently_is_refused():
+    config = InfoSAMConfig(**CONFIG)
+    student = build_student(tiny_family_model("SamModel"), config)
+    with pytest.raises(ValueError, match="teacher \\(SAM 2\\) takes 64 px inputs in the square geometry"):
+        InfoSAMModel(student, config, teacher=tiny_family_model("Sam2Model"))
+    InfoSAMModel(student, config, teacher=tiny_family_model("SamHQModel"))  # same geometry and size: allowed
+
+
 def test_unsupported_models_are_refused_with_the_supported_list():
     with pytest.raises(TypeError, match="Sam2Model.*Video models and Sam3Model are not supported"):
         family_of(torch.nn.Linear(2, 2))
