@@ -85,11 +85,13 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
     Args:
         model: an `InfoSAMModel`, a `PeftModel` over a `SamModel`, a `SamModel`, or a
             model id/path (the student's base; the default teacher is the same weights
-            with the adapters disabled).
+            with the adapters disabled). Any family in `infosam_hf.models` (SAM-HQ,
+            SAM 2, SAM 3 tracker, EdgeTAM) goes wherever `SamModel` is named here.
         args: the usual `TrainingArguments`. `remove_unused_columns` is forced off (the
             batch carries prompts and `gt_masks`), `label_names` defaults to `["gt_masks"]`.
         infosam_config: the method's knobs; defaults to `InfoSAMConfig()`.
-        peft_config: used when `model` is a bare `SamModel` or id (default: LoRA on `qkv`).
+        peft_config: used when `model` is a bare `SamModel` or id (default: LoRA on `qkv`,
+            or the family's image-encoder projections where it has no `qkv`).
         teacher_model: optional separate teacher, a `SamModel` or id.
         eval_data_collator: a collator for evaluation (e.g. fixed box prompts), where
             `data_collator` samples training prompts at random.
