@@ -168,7 +168,8 @@ def tiny_edgetam_config(image_size: int = 64, timm_backbone: bool = False):
     Its real encoder is a timm RepViT, and timm needs torchvision, which has no CPU build here:
     by default a stand-in with RepViT's module names (`...channel_mixer.conv1.c`, the LoRA
     targets) and output (four feature maps, strides 4-32) takes its place, registered with the
-    Auto classes so that save/load work. `timm_backbone=True` uses timm's `repvit_m0_9`.
+    Auto classes so that save/load work. `timm_backbone=True` uses timm's `repvit_m0_9` (not run here:
+    no torchvision).
     """
     from transformers import EdgeTamConfig
 
