@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass, field
 
 import transformers
-from transformers import HfArgumentParser, SamModel, SamProcessor, TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments
 
 from infosam_hf import InfoSAMConfig, InfoSAMTrainer
 from infosam_hf.builtin import BUILTIN_MODEL_PATH, builtin_dataset_path
@@ -63,7 +63,10 @@ BUILTIN_DEFAULTS = [
 class ModelArguments:
     model_name_or_path: str = field(
         default=BUILTIN_MODEL_PATH,
-        metadata={"help": "SAM checkpoint (Hub id or folder). Default: the tiny SAM shipped with infosam-hf."},
+        metadata={
+            "help": "SAM checkpoint (Hub id or folder) of any supported family: SAM, SAM-HQ, SAM 2, SAM 3 tracker, "
+            "EdgeTAM. Default: the tiny SAM shipped with infosam-hf."
+        },
     )
     resume_adapter: str | None = field(
         default=None, metadata={"help": "Continue training an InfoSAM adapter (folder or Hub id)."}
@@ -140,8 +143,12 @@ def main(argv: list[str] | None = None) -> dict:
         model = load_for_training(adapter_folder, base_model=explicit_base)
         processor = load_processor(adapter_folder, explicit_base or base_model_id_of(adapter_folder), model.student)
     else:
-        model = SamModel.from_pretrained(model_args.model_name_or_path)
-        processor = SamProcessor.from_pretrained(model_args.model_name_or_path)
+        from infosam_hf.hub import load_processor
+        from infosam_hf.models import load_sam_model
+
+        # Any supported family (SamModel, SamHQModel, Sam2Model, Sam3TrackerModel, EdgeTamModel).
+        model = load_sam_model(model_args.model_name_or_path)
+        processor = load_processor(None, model_args.model_name_or_path, model)
     preprocessor = SamSegmentationPreprocessor.from_processor(processor)
     train_dataset, eval_dataset, raw_eval_dataset = build_datasets(data_args, preprocessor, training_args)
 

@@ -136,12 +136,10 @@ class EvalOverlayCallback(TrainerCallback):
         if self.preprocessor is not None:
             return self.preprocessor
         image_processor = getattr(processing_class, "image_processor", processing_class)
-        if image_processor is not None and hasattr(image_processor, "pad_size"):
+        if isinstance(image_processor, SamSegmentationPreprocessor) or hasattr(image_processor, "pad_size"):
             self.preprocessor = SamSegmentationPreprocessor.from_processor(processing_class)
-        else:
-            sam = unwrap_sam_model(model)
-            config = sam.get_base_model().config if hasattr(sam, "get_base_model") else sam.config
-            self.preprocessor = SamSegmentationPreprocessor(image_size=config.vision_config.image_size)
+        else:  # the model's own size and geometry
+            self.preprocessor = SamSegmentationPreprocessor.for_model(unwrap_sam_model(model))
         return self.preprocessor
 
     def _prepare(self, model: torch.nn.Module, processing_class: Any) -> dict[str, torch.Tensor]:

@@ -35,6 +35,7 @@ from .model_card import (
     model_card_info,
     render_model_card,
 )
+from .models import family_of, load_sam_model, prepare_for_peft
 from .modeling import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
@@ -348,9 +349,7 @@ def _adapter_base(folder: str) -> str | None:
 
 
 def _load_base(folder: str, base_model, token, torch_dtype, source: str):
-    """(base SamModel, its id or None)."""
-    from transformers import SamModel
-
+    """(base SAM model of any supported family, its id or None)."""
     if isinstance(base_model, torch.nn.Module):
         if torch_dtype is not None:
             base_model = base_model.to(torch_dtype)
@@ -360,7 +359,7 @@ def _load_base(folder: str, base_model, token, torch_dtype, source: str):
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
     try:
-        return SamModel.from_pretrained(base_id, **kwargs), base_id
+        return load_sam_model(base_id, **kwargs), base_id
     except OSError as err:
         if base_model is not None:
             raise
@@ -375,9 +374,15 @@ def _first_line(err: Exception) -> str:
 
 
 def load_processor(folder: str, base_id: str | None, model, token: str | bool | None = None):
-    """The adapter's processor config, else its base's, else a SamProcessor for `model`'s image size (warned)."""
+    """The adapter's processor config, else its base's, else a SamProcessor for `model`'s image size (warned).
+
+    Families whose transformers processor cannot be built here (SAM 2's import torchvision) get a
+    `SamSegmentationPreprocessor` in their geometry, read from the same config where there is one."""
     from transformers import SamImageProcessor, SamProcessor
 
+    family = family_of(model)
+    if family.processor_class != "SamProcessor":
+        return _family_processor(folder, base_id, model, family, token)
     kwargs = {"token": token} if token is not None else {}
     for source in (folder, base_id):
         if not source:
@@ -386,7 +391,7 @@ def load_processor(folder: str, base_id: str | None, model, token: str | bool | 
             return SamProcessor.from_pretrained(source, **({} if source == folder else kwargs))
         except (OSError, ValueError):
             continue
-    size = model.config.vision_config.image_size
+    size = family.image_size(model.config)
     warnings.warn(
         f"Neither the adapter nor its base ({base_id!r}) has a processor config; using a SamProcessor for "
         f"{size} px inputs (the model's image size) with SAM's default normalisation.",
@@ -395,6 +400,34 @@ def load_processor(folder: str, base_id: str | None, model, token: str | bool | 
     return SamProcessor(
         image_processor=SamImageProcessor(size={"longest_edge": size}, pad_size={"height": size, "width": size})
     )
+
+
+def _family_processor(folder: str, base_id: str | None, model, family, token):
+    import transformers
+
+    from .data.preprocessing import SamSegmentationPreprocessor
+
+    kwargs = {"token": token} if token is not None else {}
+    for source in (folder, base_id):
+        if not source:
+            continue
+        try:
+            return getattr(transformers, family.processor_class).from_pretrained(
+                source, **({} if source == folder else kwargs)
+            )
+        except (ImportError, OSError, ValueError, AttributeError):
+            pass
+        if os.path.isdir(source):
+            try:
+                return SamSegmentationPreprocessor.from_processor(source)
+            except (OSError, ValueError):
+                continue
+    warnings.warn(
+        f"No usable {family.processor_class} config for this {family.name} adapter; using a "
+        f"SamSegmentationPreprocessor in {family.name}'s geometry at the model's image size.",
+        stacklevel=3,
+    )
+    return SamSegmentationPreprocessor.for_model(model)
 
 
 def load(
@@ -422,7 +455,7 @@ def load(
     base, base_id = _load_base(folder, base_model, token, torch_dtype, source)
     check_adapter_fits(base, folder, source)
     try:
-        model = PeftModel.from_pretrained(base, folder, is_trainable=is_trainable)
+        model = PeftModel.from_pretrained(prepare_for_peft(base), folder, is_trainable=is_trainable)
     except RuntimeError as err:
         if "size mismatch" not in str(err):
             raise
@@ -451,12 +484,16 @@ def load_model_or_base(
     What evaluation and prediction need when the same flags may name a fine-tuned adapter
     or just a SAM checkpoint to run zero-shot.
     """
-    from transformers import SamModel, SamProcessor
-
     if adapter is not None:
         model, processor = load(adapter, base_model=base_model, device=device)
     elif base_model is not None:
-        model, processor = SamModel.from_pretrained(base_model), SamProcessor.from_pretrained(base_model)
+        from transformers import SamProcessor
+
+        model = load_sam_model(base_model)
+        if family_of(model).processor_class == "SamProcessor":
+            processor = SamProcessor.from_pretrained(base_model)
+        else:
+            processor = load_processor(base_model if os.path.isdir(base_model) else None, base_model, model)
     else:
         raise ValueError("Name an adapter or a base model to load.")
     return model.to(device=device, dtype=dtype).eval(), processor

@@ -21,6 +21,7 @@ from typing import Any
 
 from .builtin import builtin_model_path
 from .config import INFOSAM_CONFIG_NAME, InfoSAMConfig
+from .models import family_of
 from .modeling import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, RELATION_WEIGHTS_NAME, InfoSAMModel
 
 MODEL_CARD_NAME = "README.md"
@@ -346,9 +347,11 @@ def model_card_info(
             files.append(MODEL_CARD_NAME)
     has_processor = any(f in files for f in ("processor_config.json", "preprocessor_config.json"))
     name = model_name or (repo_id.rstrip("/").split("/")[-1] if repo_id else None) or "infosam-adapter"
+    family = family_of(model.student)
     return {
         "model_name": name,
         "repo_id": repo_id or name,
+        "family": {"name": family.name, "model_class": family.model_class, "processor_class": family.processor_class},
         "base_model": base,
         "peft": peft,
         "infosam": _infosam_summary(model.infosam_config, model.teacher is not None),
@@ -475,6 +478,7 @@ def render_model_card(info: Mapping[str, Any], template: str | None = None) -> s
     rank = f" (rank {peft['rank']})" if peft.get("rank") else ""
     on_data = f" on {', '.join(names)}" if names else ""
     base_md = _base_model_md(base)
+    family = info.get("family") or {"name": "SAM", "model_class": "SamModel", "processor_class": "SamProcessor"}
     summary = (
         f"This is a {peft['method']} adapter{rank} for the Segment Anything model "
         f"{base_md}, fine-tuned{on_data} for promptable mask generation."
@@ -492,6 +496,7 @@ def render_model_card(info: Mapping[str, Any], template: str | None = None) -> s
         model_name=info.get("model_name") or "infosam-adapter",
         summary=summary,
         base_model_md=base_md,
+        family=family,
         base_model_expr=_base_model_expr(base),
         builtin_base=bool(builtin_model_path(base)),
         repo_id=repo_id,

@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import SamModel
 from transformers.utils import ModelOutput
 
 from .config import INFOSAM_CONFIG_NAME, InfoSAMConfig
 from .features import capture_sam_features, check_is_sam_model
+from .models import SamFamily, enable_checkpointing, family_of, load_sam_model, prepare_for_peft
 from .relation import RelationModule
 
 RELATION_WEIGHTS_NAME = "relation_module.safetensors"
@@ -34,24 +34,33 @@ ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 PROMPT_KEYS = ("input_boxes", "input_points", "input_labels")
 
 
-def default_peft_config(config: InfoSAMConfig) -> LoraConfig:
-    """LoRA on the image encoder's attention (`qkv`) and the mask decoder trained in full, as in the paper."""
+def default_peft_config(config: InfoSAMConfig, family: SamFamily | None = None) -> LoraConfig:
+    """LoRA on the image encoder's attention (`qkv`) and the mask decoder trained in full, as in the paper.
+
+    With `lora_target_modules` left at its default, a `family` whose image encoder has no `qkv`
+    (SAM 3 tracker, EdgeTAM) gets its own default targets from its spec.
+    """
+    targets = config.split_names(config.lora_target_modules)
+    default = InfoSAMConfig.__dataclass_fields__["lora_target_modules"].default
+    if family is not None and config.lora_target_modules == default and family.lora_target_modules != default:
+        targets = family.lora_target_modules
     return LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=config.split_names(config.lora_target_modules),
+        target_modules=targets,
         modules_to_save=config.split_names(config.modules_to_save) or None,
         bias="none",
     )
 
 
 def build_student(base_model: nn.Module, config: InfoSAMConfig, peft_config: PeftConfig | None = None) -> PeftModel:
-    """Wrap a SamModel with PEFT (LoRA by default; any `PeftConfig` is accepted)."""
-    check_is_sam_model(base_model, "base model")
+    """Wrap a SAM model of any supported family with PEFT (LoRA by default; any `PeftConfig` is accepted)."""
+    family = family_of(base_model, "base model")
     if isinstance(base_model, PeftModel):
         return base_model
-    return get_peft_model(base_model, peft_config or default_peft_config(config))
+    prepare_for_peft(base_model)
+    return get_peft_model(base_model, peft_config or default_peft_config(config, family))
 
 
 def upsample_masks(low_res_masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -111,17 +120,28 @@ class InfoSAMModel(nn.Module):
         self.teacher_cache = None  # set by the Trainer when `cache_teacher_embeddings` is on
 
     def _check_dims(self) -> None:
-        channels = self.student.get_base_model().config.vision_config.output_channels
+        channels = SamFamily.channels(self.student.get_base_model().config)
         if channels != self.relation_module.dim:
             raise ValueError(
                 f"The SAM image embeddings have {channels} channels but InfoSAMConfig.relation_dim is "
                 f"{self.relation_module.dim}; set relation_dim={channels}."
             )
         if self.teacher is not None:
-            teacher_channels = self.teacher.config.vision_config.output_channels
+            teacher_channels = SamFamily.channels(self.teacher.config)
             if teacher_channels != channels:
                 raise ValueError(
                     f"Teacher and student image embeddings differ in channels ({teacher_channels} vs {channels})."
+                )
+            # The teacher sees the student's pixel_values: both must read images the same way.
+            student_family, teacher_family = family_of(self.student), family_of(self.teacher)
+            student_input = (student_family.geometry, student_family.image_size(self.sam_config))
+            teacher_input = (teacher_family.geometry, teacher_family.image_size(self.teacher.config))
+            if student_input != teacher_input:
+                raise ValueError(
+                    f"The teacher ({teacher_family.name}) takes {teacher_input[1]} px inputs in the "
+                    f"{teacher_input[0]} geometry but the student ({student_family.name}) takes {student_input[1]} px "
+                    f"in the {student_input[0]} geometry; both see the same pixel_values. Use a teacher of the same "
+                    "input size and geometry."
                 )
 
     # ------------------------------------------------------------------ conveniences the Trainer uses
@@ -147,8 +167,11 @@ class InfoSAMModel(nn.Module):
         gradient to LoRA weights when the layer input (pixels) does not require grad."""
         kwargs = {"use_reentrant": False}
         kwargs.update(activation_checkpointing_kwargs or {})
-        self.student.get_base_model().activation_checkpointing_enable(
-            activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers, offload=offload
+        enable_checkpointing(
+            self.student.get_base_model(),
+            activation_checkpointing_kwargs=kwargs,
+            every_n_layers=every_n_layers,
+            offload=offload,
         )
 
     def activation_checkpointing_disable(self) -> None:
@@ -203,12 +226,10 @@ class InfoSAMModel(nn.Module):
                 if embeddings is None:
                     model(pixel_values=pixel_values, multimask_output=multimask_output, **prompts)
                 else:
-                    model(image_embeddings=embeddings, multimask_output=multimask_output, **prompts)
-        if embeddings is None:
-            if self.teacher_cache is not None:
-                self.teacher_cache.store(keys, feats.image_embeddings)
-        else:
-            feats.image_embeddings = embeddings
+                    model(**embeddings, multimask_output=multimask_output, **prompts)
+        if embeddings is None and self.teacher_cache is not None:
+            # What the family's decoder needs besides the prompts (SAM 2: every feature level).
+            self.teacher_cache.store(keys, family_of(model).cache_inputs(feats.decoder_inputs))
         image_feats, mask_token = feats.image_feats.detach(), feats.mask_token.detach()
         if self.infosam_config.teacher_dtype is not None:  # the relation module's LayerNorms run in float32
             image_feats, mask_token = image_feats.float(), mask_token.float()
@@ -311,13 +332,13 @@ class InfoSAMModel(nn.Module):
         config_path = os.path.join(adapter_path, INFOSAM_CONFIG_NAME)
         config = InfoSAMConfig.from_json_file(config_path) if os.path.isfile(config_path) else InfoSAMConfig()
         if base_model is None or isinstance(base_model, str):
-            base_model = SamModel.from_pretrained(base_model or base_model_id_of(adapter_path), **base_kwargs)
-        student = PeftModel.from_pretrained(base_model, adapter_path, is_trainable=is_trainable)
+            base_model = load_sam_model(base_model or base_model_id_of(adapter_path), **base_kwargs)
+        student = PeftModel.from_pretrained(prepare_for_peft(base_model), adapter_path, is_trainable=is_trainable)
         relation = load_relation_module(adapter_path, config.relation_dim, required=require_relation_module)
         if isinstance(teacher, str):
-            teacher = SamModel.from_pretrained(teacher)
+            teacher = load_sam_model(teacher)
         elif teacher is None and config.teacher_model_name_or_path:
-            teacher = SamModel.from_pretrained(config.teacher_model_name_or_path)
+            teacher = load_sam_model(config.teacher_model_name_or_path)
         return cls(student, config, teacher=teacher, relation_module=relation)
 
 

@@ -31,8 +31,55 @@ def content_key(pixels: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
+def _map(fn, encoding):
+    """`fn` on every tensor of an encoding: a tensor, or a dict / list of them (SAM 2's feature levels,
+    SAM-HQ's intermediate embeddings), the structure kept."""
+    if isinstance(encoding, dict):
+        return {k: _map(fn, v) for k, v in encoding.items()}
+    if isinstance(encoding, (list, tuple)):
+        return [_map(fn, v) for v in encoding]
+    return fn(encoding)
+
+
+def _stack(entries: list):
+    first = entries[0]
+    if isinstance(first, dict):
+        return {k: _stack([e[k] for e in entries]) for k in first}
+    if isinstance(first, (list, tuple)):
+        return [_stack([e[i] for e in entries]) for i in range(len(first))]
+    return torch.stack(entries)
+
+
+def flatten_entry(entry) -> dict[str, torch.Tensor]:
+    """One image's entry as flat named tensors for the disk store: a list under `name` becomes `name.0`, `name.1`..."""
+    if isinstance(entry, torch.Tensor):
+        return {"image_embeddings": entry}
+    flat = {}
+    for name, value in entry.items():
+        if isinstance(value, (list, tuple)):
+            flat.update({f"{name}.{i}": t for i, t in enumerate(value)})
+        else:
+            flat[name] = value
+    return flat
+
+
+def unflatten_entry(flat: dict[str, torch.Tensor]) -> dict:
+    """The inverse of `flatten_entry` (always a dict: what `model(**entry)` takes)."""
+    entry: dict = {}
+    for name in sorted(flat, key=lambda n: (n.rsplit(".", 1)[0], int(n.rsplit(".", 1)[1]) if "." in n else -1)):
+        base, _, index = name.rpartition(".")
+        if base and index.isdigit():
+            entry.setdefault(base, []).append(flat[name])
+        else:
+            entry[name] = flat[name]
+    return entry
+
+
 class TeacherEmbeddingCache:
-    """In-memory LRU cache (on the CPU by default) of teacher image embeddings, one entry per image."""
+    """In-memory LRU cache (on the CPU by default) of teacher image embeddings, one entry per image.
+
+    An entry is whatever the teacher's family needs in place of the pixels: a tensor, or a dict /
+    list of per-batch tensors (see `SamFamily.cache_inputs`); `lookup` returns the structure `store` got."""
 
     def __init__(
         self, max_items: int | None = None, storage_device: str | torch.device = "cpu", disk_store=None
@@ -41,7 +88,7 @@ class TeacherEmbeddingCache:
         self.max_items = max_items
         self.disk_store = disk_store
         self.storage_device = torch.device(storage_device)
-        self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._entries: OrderedDict[str, object] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -64,7 +111,7 @@ class TeacherEmbeddingCache:
                 )
         return cls(**kwargs)
 
-    def lookup(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor | None, list[str]]:
+    def lookup(self, pixel_values: torch.Tensor) -> tuple[object | None, list[str]]:
         """(embeddings, keys): the batch's embeddings if every image is cached, else None (the teacher runs).
 
         Memory first, then the disk store (an entry read from disk is kept in memory too).
@@ -75,7 +122,7 @@ class TeacherEmbeddingCache:
             if key in self._entries:
                 found[key] = self._entries[key]
             elif self.disk_store is not None and (entry := self.disk_store.get(key)) is not None:
-                found[key] = entry["image_embeddings"]
+                found[key] = unflatten_entry(entry)
                 self._remember(key, found[key])
         if len(found) < len(set(keys)):
             self.misses += 1
@@ -84,16 +131,18 @@ class TeacherEmbeddingCache:
         for key in keys:
             if key in self._entries:
                 self._entries.move_to_end(key)
-        return torch.stack([found[k] for k in keys]).to(pixel_values.device), keys
+        stacked = _stack([found[k] for k in keys])
+        return _map(lambda t: t.to(pixel_values.device), stacked), keys
 
-    def store(self, keys: list[str], embeddings: torch.Tensor) -> None:
-        for key, embedding in zip(keys, embeddings.detach()):
-            self._remember(key, embedding)
+    def store(self, keys: list[str], embeddings) -> None:
+        for i, key in enumerate(keys):
+            entry = _map(lambda t: t[i].detach(), embeddings)
+            self._remember(key, entry)
             if self.disk_store is not None:
-                self.disk_store.put(key, {"image_embeddings": embedding})
+                self.disk_store.put(key, flatten_entry(entry))
 
-    def _remember(self, key: str, embedding: torch.Tensor) -> None:
-        self._entries[key] = embedding.to(self.storage_device, copy=True)
+    def _remember(self, key: str, entry) -> None:
+        self._entries[key] = _map(lambda t: t.to(self.storage_device, copy=True), entry)
         self._entries.move_to_end(key)
         while self.max_items is not None and len(self._entries) > self.max_items:
             self._entries.popitem(last=False)

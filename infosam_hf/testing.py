@@ -115,3 +115,180 @@ def vit_b_sam_config(image_size: int = 1024) -> SamConfig:
         vision_config=dict(image_size=image_size),
         prompt_encoder_config=dict(image_size=image_size, image_embedding_size=image_size // patch),
     )
+# ---------------------------------------------------------------------------------------- other SAM families
+# Tiny random configs of every family in `infosam_hf.models`, the same size class as `tiny_sam_config`
+# (64 px inputs, 1-2 layers, a 32-wide decoder): InfoSAMConfig(relation_dim=32) goes with them.
+TINY_DECODER = dict(hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=32)
+
+
+def tiny_sam_hq_config(image_size: int = 64):
+    from transformers import SamHQConfig
+
+    return SamHQConfig(
+        vision_config=dict(
+            hidden_size=32, output_channels=32, num_hidden_layers=2, num_attention_heads=2, image_size=image_size,
+            patch_size=8, window_size=4, global_attn_indexes=[1], mlp_dim=64, num_pos_feats=16,
+        ),
+        prompt_encoder_config=dict(hidden_size=32, image_size=image_size, patch_size=8),
+        mask_decoder_config=dict(TINY_DECODER, vit_dim=32),
+    )
+
+
+def _feature_sizes(image_size: int, stride: int) -> list[list[int]]:
+    """SAM 2's three feature levels (strides 4, 8, 16 of a Hiera; 4x, 2x, 1x the ViT grid in SAM 3)."""
+    return [[image_size // stride * 4] * 2, [image_size // stride * 2] * 2, [image_size // stride] * 2]
+
+
+def tiny_sam2_config(image_size: int = 64):
+    """A 5-block Hiera (4 stages, one global-attention block), 16x16/8x8/4x4 feature levels at 64 px."""
+    from transformers import Sam2Config, Sam2HieraDetConfig
+
+    backbone = Sam2HieraDetConfig(
+        hidden_size=16, num_attention_heads=1, image_size=[image_size, image_size],
+        blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[16, 32, 64, 128],
+        num_attention_heads_per_stage=[1, 1, 1, 1], window_size_per_stage=[4, 4, 4, 2],
+        global_attention_blocks=[3], window_positional_embedding_background_size=[2, 2],
+    )
+    return Sam2Config(
+        vision_config=dict(
+            backbone_config=backbone, backbone_channel_list=[128, 64, 32, 16],
+            backbone_feature_sizes=_feature_sizes(image_size, 16), fpn_hidden_size=32,
+        ),
+        prompt_encoder_config=dict(hidden_size=32, image_size=image_size, patch_size=16),
+        mask_decoder_config=dict(TINY_DECODER),
+    )
+
+
+def tiny_sam3_tracker_config(image_size: int = 56):
+    """A 2-layer ViT with 14 px patches (SAM 3's), so the input is a multiple of 14: 56 px by default."""
+    from transformers import Sam3TrackerConfig, Sam3ViTConfig
+
+    backbone = Sam3ViTConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=image_size,
+        patch_size=14, window_size=2, global_attn_indexes=[1], pretrain_image_size=image_size,
+    )
+    return Sam3TrackerConfig(
+        vision_config=dict(
+            backbone_config=backbone, backbone_feature_sizes=_feature_sizes(image_size, 14), fpn_hidden_size=32
+        ),
+        prompt_encoder_config=dict(hidden_size=32, image_size=image_size, patch_size=14),
+        mask_decoder_config=dict(TINY_DECODER),
+    )
+
+
+def tiny_edgetam_config(image_size: int = 64, timm_backbone: bool = False):
+    """EdgeTAM with a 4-stage convolutional image encoder.
+
+    Its real encoder is a timm RepViT, and timm needs torchvision, which has no CPU build here:
+    by default a stand-in with RepViT's module names (`...channel_mixer.conv1.c`, the LoRA
+    targets) and output (four feature maps, strides 4-32) takes its place, registered with the
+    Auto classes so that save/load work. `timm_backbone=True` uses timm's `repvit_m0_9` (not run here:
+    no torchvision).
+    """
+    from transformers import EdgeTamConfig
+
+    if timm_backbone:
+        backbone = dict(
+            model_type="timm_wrapper", architecture="repvit_m0_9", do_pooling=False,
+            model_args=dict(in_chans=3, features_only=True, out_indices=[0, 1, 2, 3]),
+        )
+        channels = [384, 192, 96, 48]
+    else:
+        backbone = _tiny_repvit_config()
+        channels = list(reversed(backbone.channels))
+    return EdgeTamConfig(
+        vision_config=dict(
+            backbone_config=backbone, backbone_channel_list=channels,
+            backbone_feature_sizes=_feature_sizes(image_size, 16), fpn_hidden_size=32,
+        ),
+        prompt_encoder_config=dict(hidden_size=32, image_size=image_size, patch_size=16),
+        mask_decoder_config=dict(TINY_DECODER),
+    )
+
+
+def _tiny_repvit_config():
+    """A RepViT-shaped backbone (see `tiny_edgetam_config`), registered with AutoConfig/AutoModel on first use."""
+    import torch
+    from torch import nn
+    from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
+    from transformers.modeling_outputs import BaseModelOutput
+
+    if "infosam_tiny_repvit" in _REGISTERED:
+        return _REGISTERED["infosam_tiny_repvit"]()
+
+    class TinyRepVitConfig(PreTrainedConfig):
+        model_type = "infosam_tiny_repvit"
+
+        def __init__(self, channels=(16, 32, 64, 128), **kwargs):
+            self.channels = list(channels)
+            super().__init__(**kwargs)
+
+    class _Conv(nn.Module):  # RepViT's Conv2d_BN keeps the convolution at `.c`
+        def __init__(self, cin, cout):
+            super().__init__()
+            self.c = nn.Conv2d(cin, cout, 1)
+
+    class _ChannelMixer(nn.Module):
+        def __init__(self, channels):
+            super().__init__()
+            self.conv1, self.conv2 = _Conv(channels, 2 * channels), _Conv(2 * channels, channels)
+
+        def forward(self, x):
+            return x + self.conv2.c(torch.relu(self.conv1.c(x)))
+
+    class _Stage(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.downsample = nn.Conv2d(cin, cout, stride, stride=stride)
+            self.channel_mixer = _ChannelMixer(cout)
+
+        def forward(self, x):
+            return self.channel_mixer(self.downsample(x))
+
+    class TinyRepVit(PreTrainedModel):
+        config_class = TinyRepVitConfig
+
+        def __init__(self, config):
+            super().__init__(config)
+            c = config.channels
+            self.stages = nn.ModuleList(
+                [_Stage(3, c[0], 4), _Stage(c[0], c[1], 2), _Stage(c[1], c[2], 2), _Stage(c[2], c[3], 2)]
+            )
+            self.post_init()
+
+        def forward(self, pixel_values, **_kwargs):
+            features, x = [], pixel_values
+            for stage in self.stages:
+                x = stage(x)
+                features.append(x)
+            return BaseModelOutput(last_hidden_state=features)
+
+    AutoConfig.register(TinyRepVitConfig.model_type, TinyRepVitConfig)
+    AutoModel.register(TinyRepVitConfig, TinyRepVit)
+    _REGISTERED[TinyRepVitConfig.model_type] = TinyRepVitConfig
+    return TinyRepVitConfig()
+
+
+_REGISTERED: dict = {}
+
+
+TINY_FAMILY_CONFIGS = {
+    "SamModel": tiny_sam_config,
+    "SamHQModel": tiny_sam_hq_config,
+    "Sam2Model": tiny_sam2_config,
+    "Sam3TrackerModel": tiny_sam3_tracker_config,
+    "EdgeTamModel": tiny_edgetam_config,
+}
+
+
+def tiny_family_model(model_class: str, seed: int = 0):
+    """A tiny random model of one family, by class name (SamModel with a 32-wide decoder like the others)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    if model_class == "SamModel":
+        config = tiny_sam_config(output_channels=32)
+    else:
+        config = TINY_FAMILY_CONFIGS[model_class]()
+    return getattr(transformers, model_class)(config).eval()

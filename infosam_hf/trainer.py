@@ -22,6 +22,7 @@ from transformers.utils import logging
 
 from .config import InfoSAMConfig
 from .losses import InfoSAMLoss, segmentation_loss
+from .models import load_sam_model
 from .modeling import (
     ADAPTER_WEIGHTS_NAME,
     RELATION_WEIGHTS_NAME,
@@ -84,11 +85,13 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
     Args:
         model: an `InfoSAMModel`, a `PeftModel` over a `SamModel`, a `SamModel`, or a
             model id/path (the student's base; the default teacher is the same weights
-            with the adapters disabled).
+            with the adapters disabled). Any family in `infosam_hf.models` (SAM-HQ,
+            SAM 2, SAM 3 tracker, EdgeTAM) goes wherever `SamModel` is named here.
         args: the usual `TrainingArguments`. `remove_unused_columns` is forced off (the
             batch carries prompts and `gt_masks`), `label_names` defaults to `["gt_masks"]`.
         infosam_config: the method's knobs; defaults to `InfoSAMConfig()`.
-        peft_config: used when `model` is a bare `SamModel` or id (default: LoRA on `qkv`).
+        peft_config: used when `model` is a bare `SamModel` or id (default: LoRA on `qkv`,
+            or the family's image-encoder projections where it has no `qkv`).
         teacher_model: optional separate teacher, a `SamModel` or id.
         eval_data_collator: a collator for evaluation (e.g. fixed box prompts), where
             `data_collator` samples training prompts at random.
@@ -156,11 +159,11 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
             return model
         config = infosam_config or InfoSAMConfig()
         if isinstance(model, str):
-            model = SamModel.from_pretrained(model)
+            model = load_sam_model(model)
         student = build_student(model, config, peft_config)
         teacher_model = teacher_model or config.teacher_model_name_or_path
         if isinstance(teacher_model, str):
-            teacher_model = SamModel.from_pretrained(teacher_model)
+            teacher_model = load_sam_model(teacher_model)
         return InfoSAMModel(student, config, teacher=teacher_model)
 
     # ------------------------------------------------------------------ the loss

@@ -40,6 +40,10 @@ class SamSegmentationPreprocessor:
 
     `mask_threshold=None` binarises masks by their kind (see `to_binary_mask`); pass a
     number to force "foreground = value > threshold".
+
+    `geometry="square"` follows SAM 2's processors instead (SAM 2, SAM 3 tracker, EdgeTAM):
+    resize to S x S, aspect not kept, no padding (`reshaped_input_sizes` is then (S, S)).
+    `for_model` picks the geometry from the model's family.
     """
 
     def __init__(
@@ -50,7 +54,11 @@ class SamSegmentationPreprocessor:
         rescale_factor: float = 1 / 255,
         resample: int = PIL.Image.BILINEAR,
         mask_threshold: float | None = None,
+        geometry: str = "longest_side_pad",
     ):
+        if geometry not in ("longest_side_pad", "square"):
+            raise ValueError(f"geometry must be 'longest_side_pad' (SAM) or 'square' (SAM 2), got {geometry!r}.")
+        self.geometry = geometry
         if image_size <= 0:
             raise ValueError(f"image_size must be positive, got {image_size}.")
         self.image_size = int(image_size)
@@ -74,13 +82,22 @@ class SamSegmentationPreprocessor:
         what the model saw in pre-training and what `SamProcessor` gives at inference.
         """
         processor = processor_or_path
+        if isinstance(processor_or_path, SamSegmentationPreprocessor):
+            return processor_or_path if not kwargs else cls(**{**processor_or_path._params(), **kwargs})
         if isinstance(processor_or_path, str):
-            from transformers import AutoImageProcessor
-
-            processor = AutoImageProcessor.from_pretrained(processor_or_path)
+            processor = _image_processor_config(processor_or_path)
         image_processor = getattr(processor, "image_processor", processor)
+        if isinstance(image_processor, dict):  # a config read as JSON (SAM 2's processors need torchvision)
+            from types import SimpleNamespace
+
+            image_processor = SimpleNamespace(**image_processor)
         size = getattr(image_processor, "size", None) or {}
         longest_edge = size.get("longest_edge") if hasattr(size, "get") else getattr(size, "longest_edge", None)
+        square = (size.get("height"), size.get("width")) if hasattr(size, "get") else (None, None)
+        if longest_edge is None and square[0] is not None and square[0] == square[1]:
+            # SAM 2's processors resize to a square, no padding.
+            kwargs.setdefault("geometry", "square")
+            longest_edge = square[0]
         if longest_edge is None:
             raise ValueError(
                 f"{type(image_processor).__name__} has no size['longest_edge']; SAM's geometry needs one. "
@@ -104,10 +121,60 @@ class SamSegmentationPreprocessor:
         params.update(kwargs)
         return cls(**params)
 
+    @classmethod
+    def for_model(cls, model: Any, **kwargs) -> SamSegmentationPreprocessor:
+        """SAM's default normalisation at `model`'s input size, in its family's geometry (no processor needed)."""
+        from ..models import family_of
+
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        family = family_of(base)
+        params = dict(image_size=family.image_size(base.config), geometry=family.geometry)
+        params.update(kwargs)
+        return cls(**params)
+
+    def save_pretrained(self, save_directory: str, **_unused) -> None:
+        """An image-processor config transformers and `from_processor` read back: SamImageProcessor's for
+        SAM's geometry, SAM 2's (square `size`, no padding) otherwise. Lets the Trainer save it as its
+        `processing_class` where the family's own processor cannot be built (SAM 2's needs torchvision)."""
+        import json
+        import os
+
+        square = self.geometry == "square"
+        config = {
+            "image_processor_type": "Sam2ImageProcessor" if square else "SamImageProcessor",
+            "do_resize": True,
+            "size": {"height": self.image_size, "width": self.image_size}
+            if square
+            else {"longest_edge": self.image_size},
+            "resample": self.resample,
+            "do_rescale": True,
+            "rescale_factor": self.rescale_factor,
+            "do_normalize": True,
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
+            "do_pad": not square,
+        }
+        if not square:
+            config["pad_size"] = {"height": self.image_size, "width": self.image_size}
+        os.makedirs(save_directory, exist_ok=True)
+        with open(os.path.join(save_directory, "preprocessor_config.json"), "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+
+    def _params(self) -> dict:
+        return dict(
+            image_size=self.image_size,
+            image_mean=self.image_mean,
+            image_std=self.image_std,
+            rescale_factor=self.rescale_factor,
+            resample=self.resample,
+            mask_threshold=self.mask_threshold,
+            geometry=self.geometry,
+        )
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(image_size={self.image_size}, image_mean={self.image_mean}, "
-            f"image_std={self.image_std}, mask_threshold={self.mask_threshold})"
+            f"image_std={self.image_std}, mask_threshold={self.mask_threshold}, geometry={self.geometry!r})"
         )
 
     def preprocess_image(
@@ -115,7 +182,10 @@ class SamSegmentationPreprocessor:
     ) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
         rgb = to_rgb_pil(image)
         height, width = rgb.height, rgb.width
-        new_h, new_w = longest_side_size(height, width, self.image_size)
+        if self.geometry == "square":
+            new_h = new_w = self.image_size
+        else:
+            new_h, new_w = longest_side_size(height, width, self.image_size)
         if (new_h, new_w) != (height, width):
             rgb = rgb.resize((new_w, new_h), resample=self.resample)
         size = self.image_size
@@ -170,3 +240,23 @@ class SamSegmentationPreprocessor:
         if mask is not None:
             features["gt_masks"] = self.preprocess_mask(mask, reshaped_size)
         return features
+
+
+def _image_processor_config(path: str):
+    """A processor from a folder or Hub id; SAM 2's processors import torchvision, so where that fails
+    their JSON config is read instead (the geometry and normalisation are all this module needs)."""
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(path)
+    except (ImportError, OSError, ValueError, AttributeError) as err:
+        import json
+        import os
+
+        for name in ("preprocessor_config.json", "processor_config.json"):
+            file = os.path.join(path, name)
+            if os.path.isfile(file):
+                with open(file, encoding="utf-8") as f:
+                    config = json.load(f)
+                return config.get("image_processor", config)
+        raise err

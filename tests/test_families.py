@@ -1,0 +1,209 @@
+"""Every SAM family in `infosam_hf.models` as student, teacher and base: features, training, save/load, cards."""
+
+import math
+
+import pytest
+import torch
+from transformers import TrainingArguments
+
+import infosam_hf
+from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, build_student, capture_sam_features
+from infosam_hf.data.preprocessing import SamSegmentationPreprocessor
+from infosam_hf.models import SQUARE, family_of
+from infosam_hf.teacher_cache import TeacherEmbeddingCache
+from infosam_hf.testing import tiny_family_model, toy_segmentation_dataset, toy_segmentation_rows
+
+# EdgeTAM runs with a stand-in for its timm RepViT encoder (timm needs torchvision): see tiny_edgetam_config.
+FAMILIES = ["SamModel", "SamHQModel", "Sam2Model", "Sam3TrackerModel", "EdgeTamModel"]
+CONFIG = dict(relation_dim=32, lora_r=2)
+
+
+def _size(model):
+    return family_of(model).image_size(model.config)
+
+
+def _batch(model, n=2, seed=0):
+    rows = toy_segmentation_rows(n, _size(model), seed)
+    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+@pytest.mark.parametrize("model_class", FAMILIES)
+def test_z_m_is_the_token_the_decoder_feeds_its_first_mask_hypernetwork(model_class):
+    model = tiny_family_model(model_class)
+    batch = _batch(model)
+    fed = {}
+    hyper = model.mask_decoder.output_hypernetworks_mlps[0]
+    handle = hyper.register_forward_pre_hook(lambda _m, args: fed.setdefault("token", args[0]))
+    try:
+        with torch.no_grad(), capture_sam_features(model) as feats:
+            outputs = model(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"], multimask_output=False)
+    finally:
+        handle.remove()
+    # the first mask hypernetwork maps mask token 0 to its mask: (B, point_batch, C)
+    torch.testing.assert_close(feats.mask_token, fed["token"], rtol=0, atol=0)
+    z_i = feats.image_embeddings
+    channels = family_of(model).channels(model.config)
+    assert z_i.shape[:2] == (2, channels) and feats.image_feats.shape == (2, z_i.shape[2] * z_i.shape[3], channels)
+    if isinstance(getattr(outputs, "image_embeddings", None), (list, tuple)):
+        # SAM 2 family: z_i is the stride-16 level with the no-memory embedding, not a higher-resolution level
+        torch.testing.assert_close(z_i, outputs.image_embeddings[-1], rtol=0, atol=0)
+    else:
+        with torch.no_grad():
+            encoded = model.vision_encoder(batch["pixel_values"])[0]
+        torch.testing.assert_close(z_i, encoded, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model_class", FAMILIES)
+def test_teacher_cache_replays_the_family_encoding_exactly(model_class):
+    torch.manual_seed(0)
+    config = InfoSAMConfig(**CONFIG)
+    model = InfoSAMModel(build_student(tiny_family_model(model_class), config), config)
+    model.eval()
+    batch = _batch(model.student.get_base_model(), n=3)
+    prompts = {"input_boxes": batch["input_boxes"]}
+    expected = model._run_teacher(batch["pixel_values"], prompts, False)
+    model.teacher_cache = TeacherEmbeddingCache()
+    miss = model._run_teacher(batch["pixel_values"], prompts, False)
+    hit = model._run_teacher(batch["pixel_values"], prompts, False)
+    assert model.teacher_cache.hits == 1 and model.teacher_cache.misses == 1
+    for got in (miss, hit):
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def _args(tmp_path, **overrides):
+    values = dict(
+        output_dir=str(tmp_path / "run"), per_device_train_batch_size=2, learning_rate=1e-3, max_steps=2,
+        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0, dataloader_num_workers=0,
+    )
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("separate_teacher", [False, True], ids=["shared-teacher", "separate-teacher"])
+@pytest.mark.parametrize("model_class", FAMILIES)
+def test_trains_saves_and_loads_with_identical_predictions(model_class, separate_teacher, tmp_path):
+    config = InfoSAMConfig(**CONFIG)
+    teacher = tiny_family_model(model_class, seed=1) if separate_teacher else None
+    base = tiny_family_model(model_class)
+    trainer = InfoSAMTrainer(
+        model=base, infosam_config=config, teacher_model=teacher, args=_args(tmp_path),
+        train_dataset=toy_segmentation_dataset(4, _size(base)),
+        processing_class=SamSegmentationPreprocessor.for_model(base),  # what load reads the geometry back from
+    )
+    model = trainer.model
+    lora = [n for n, p in model.student.named_parameters() if p.requires_grad and "lora_" in n]
+    assert lora and all("vision_encoder" in n for n in lora)  # the family's default targets: its image encoder
+    before = {n: p.detach().clone() for n, p in model.student.named_parameters() if "lora_B" in n}
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(logs) == 2
+    for entry in logs:
+        assert all(math.isfinite(entry[k]) for k in ("loss", "loss_seg", "loss_r", "loss_d"))
+        assert entry["loss_r"] != 0  # the distillation ran (loss_d may be 0: a random tiny model's relations
+        # can be near-identical across images, which makes every Gram matrix rank one)
+    assert any(not torch.equal(p, dict(model.student.named_parameters())[n]) for n, p in before.items())
+
+    folder = tmp_path / "adapter"
+    trainer.save_model(str(folder))
+    batch = _batch(base, n=2, seed=3)
+    model.eval()
+    with torch.no_grad():
+        expected = model.student(
+            pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"], multimask_output=False
+        ).pred_masks
+    # the base as a checkpoint on disk (what the adapter's base_model_name_or_path would name)
+    base_dir = tmp_path / "base"
+    tiny_family_model(model_class).save_pretrained(base_dir)
+    loaded, processor = infosam_hf.load(str(folder), base_model=str(base_dir))
+    with torch.no_grad():
+        got = loaded(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"], multimask_output=False)
+    torch.testing.assert_close(got.pred_masks, expected, rtol=0, atol=0)
+    assert type(loaded.get_base_model()).__name__ == model_class
+    geometry = SamSegmentationPreprocessor.from_processor(processor)
+    assert (geometry.geometry, geometry.image_size) == (family_of(base).geometry, _size(base))
+    card = (folder / "README.md").read_text()
+    family = family_of(base)
+    assert f"| Model family | {family.name} (`{model_class}`) |" in card
+    assert f"base = {model_class}.from_pretrained(" in card
+
+
+@pytest.mark.parametrize("model_class", ["Sam2Model", "Sam3TrackerModel"])
+def test_sam2_family_gradient_checkpointing_gives_the_same_gradients(model_class):
+    """Sam2Model / Sam3TrackerModel say supports_gradient_checkpointing=False; InfoSAM opts the instance in."""
+    config = InfoSAMConfig(**CONFIG)
+    grads = []
+    for checkpointing in (False, True):
+        model = InfoSAMModel(build_student(tiny_family_model(model_class), config), config)
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            assert model.is_activation_checkpointing
+        batch = _batch(model.student.get_base_model())
+        out = model(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"])
+        loss = InfoSAMTrainer.compute_infosam_loss(out, batch["gt_masks"], config)["loss"]
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert type(model.student.get_base_model()).supports_gradient_checkpointing is False  # the class is untouched
+    assert grads[0].keys() == grads[1].keys() and any("lora_" in n for n in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
+
+
+def test_square_geometry_resizes_without_padding():
+    import numpy as np
+
+    image = (np.arange(30 * 60 * 3) % 251).reshape(30, 60, 3).astype(np.uint8)
+    mask = np.zeros((30, 60), dtype=np.uint8)
+    mask[:, 30:] = 255
+    model = tiny_family_model("Sam2Model")
+    pre = SamSegmentationPreprocessor.for_model(model)
+    assert pre.geometry == SQUARE == family_of(model).geometry and pre.image_size == 64
+    out = pre(image, mask)
+    assert tuple(out["reshaped_input_sizes"]) == (64, 64) and tuple(out["original_sizes"]) == (30, 60)
+    assert out["gt_masks"][0, :, 32:].all() and not out["gt_masks"][0, :, :32].any()  # stretched, not padded
+    assert (out["pixel_values"][:, 40:, :] != 0).any()  # SAM would pad rows 32..63 with zeros
+    padded = SamSegmentationPreprocessor.for_model(tiny_family_model("SamModel"))(image, mask)
+    assert tuple(padded["reshaped_input_sizes"]) == (32, 64) and not padded["pixel_values"][:, 40:, :].any()
+    # a SAM 2 processor config (size height/width, no longest_edge) reads as the square geometry
+    from_config = SamSegmentationPreprocessor.from_processor({"size": {"height": 64, "width": 64},
+                                                               "image_mean": [0.5] * 3, "image_std": [0.5] * 3})
+    assert from_config.geometry == SQUARE and from_config.image_size == 64
+
+
+def test_a_teacher_that_reads_images_differently_is_refused():
+    config = InfoSAMConfig(**CONFIG)
+    student = build_student(tiny_family_model("SamModel"), config)
+    with pytest.raises(ValueError, match="teacher \\(SAM 2\\) takes 64 px inputs in the square geometry"):
+        InfoSAMModel(student, config, teacher=tiny_family_model("Sam2Model"))
+    InfoSAMModel(student, config, teacher=tiny_family_model("SamHQModel"))  # same geometry and size: allowed
+
+
+def test_unsupported_models_are_refused_with_the_supported_list():
+    with pytest.raises(TypeError, match="Sam2Model.*Video models and Sam3Model are not supported"):
+        family_of(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.slow
+def test_train_script_takes_a_sam2_checkpoint(tmp_path):
+    """examples/train.py --model_name_or_path <a SAM 2 folder>: trains, evaluates, saves a SAM 2 adapter that loads."""
+    from test_train_script import load_script
+
+    from infosam_hf.synthetic import write_synthetic_dataset
+
+    base_dir = tmp_path / "sam2"
+    base = tiny_family_model("Sam2Model")
+    base.save_pretrained(base_dir)
+    SamSegmentationPreprocessor.for_model(base).save_pretrained(base_dir)  # as Sam2Processor writes it
+    data = write_synthetic_dataset(tmp_path / "data", "specialised", num_train=4, num_test=2, image_size=80, seed=1)
+    out = tmp_path / "run"
+    summary = load_script("train").main(
+        ["--model_name_or_path", str(base_dir), "--dataset_name", str(data), "--output_dir", str(out),
+         "--max_steps", "2", "--per_device_train_batch_size", "2", "--logging_steps", "1", "--disable_tqdm", "true",
+         "--lora_r", "2", "--relation_dim", "32", "--max_eval_samples", "2", "--eval_overlays", "0"]
+    )
+    assert 0.0 <= summary["iou"] <= 1.0
+    assert "| Model family | SAM 2 (`Sam2Model`) |" in (out / "README.md").read_text()
+    loaded, processor = infosam_hf.load(str(out))
+    assert type(loaded.get_base_model()).__name__ == "Sam2Model"
+    assert SamSegmentationPreprocessor.from_processor(processor).geometry == SQUARE
