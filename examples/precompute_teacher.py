@@ -50,7 +50,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     from accelerate import PartialState
-    from transformers import SamModel, SamProcessor
+
+    from infosam_hf.features import capture_sam_features
+    from infosam_hf.hub import load_processor
+    from infosam_hf.models import family_of, load_sam_model
+    from infosam_hf.teacher_cache import flatten_entry
 
     from infosam_hf.builtin import builtin_dataset_path
     from infosam_hf.data import (
@@ -65,9 +69,11 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     state = PartialState()
-    teacher = SamModel.from_pretrained(args.teacher_model_name_or_path or args.model_name_or_path)
+    teacher = load_sam_model(args.teacher_model_name_or_path or args.model_name_or_path)
     teacher.to(state.device).eval()
-    processor = SamProcessor.from_pretrained(args.model_name_or_path)
+    family = family_of(teacher, "teacher")
+    # The same processor train.py uses (the base's), so the preprocessed pixels, and thus the keys, match.
+    processor = load_processor(None, args.model_name_or_path, teacher)
     precision = "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
     max_bytes = None if args.max_gb is None else int(args.max_gb * 2**30)
     store = TeacherEmbeddingStore.for_teacher(
@@ -79,24 +85,38 @@ def main(argv=None) -> dict:
         source, split=args.split, streaming=True, image_column=args.image_column, mask_column=args.mask_column
     )
     num_images = _num_examples(data, local=os.path.exists(source))
-    grid = teacher.config.prompt_encoder_config.image_embedding_size
-    shape = (teacher.config.mask_decoder_config.hidden_size, grid, grid)
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision, torch.float32)
+    autocast = torch.autocast(state.device.type, dtype=dtype, enabled=precision != "float32")
+    size = family.image_size(teacher.config)
+
+    def encode(pixels: torch.Tensor) -> dict:
+        """What the family's decoder needs in place of the pixels, per image (the training cache's entries).
+
+        The teacher's forward stops after the two-way transformer; the prompt (a whole-image box) does not
+        reach the image encoding."""
+        boxes = torch.tensor([[[0.0, 0.0, size, size]]], device=state.device).expand(len(pixels), 1, 4)
+        with torch.no_grad(), autocast, capture_sam_features(teacher, stop_after_tokens=True) as feats:
+            teacher(pixel_values=pixels.to(state.device), input_boxes=boxes, multimask_output=False)
+        batch = family.cache_inputs(feats.decoder_inputs)
+        return [flatten_entry(_index(batch, i)) for i in range(len(pixels))]
+
+    probe = encode(torch.zeros(1, 3, size, size))[0]
+    per_image = estimate_bytes(1, (sum(t.numel() for t in probe.values()),), dtype)
     if num_images is not None:
-        estimate = estimate_bytes(num_images, shape, dtype)
+        estimate = num_images * per_image
         if state.is_main_process:
-            print(f"{num_images} images x {shape} {precision} -> about {format_bytes(estimate)} in {store.folder}")
+            print(f"{num_images} images x {format_bytes(per_image)} ({precision}) -> about {format_bytes(estimate)} "
+                  f"in {store.folder}")
         if max_bytes is not None and estimate > max_bytes:
             raise SystemExit(
                 f"error: the store needs about {format_bytes(estimate)}, above --max_gb {args.max_gb}; raise --max_gb "
                 "or store a subset."
             )
     elif state.is_main_process:
-        print(f"unknown number of images; {format_bytes(estimate_bytes(1, shape, dtype))} per image in {store.folder}")
+        print(f"unknown number of images; {format_bytes(per_image)} per image in {store.folder}")
 
-    data = prepare_dataset(split_for_process(data, state.process_index, state.num_processes),
-                           SamSegmentationPreprocessor.from_processor(processor))
-    autocast = torch.autocast(state.device.type, dtype=dtype, enabled=precision != "float32")
+    preprocessor = SamSegmentationPreprocessor.from_processor(processor)
+    data = prepare_dataset(split_for_process(data, state.process_index, state.num_processes), preprocessor)
     computed = 0
 
     def flush(batch):
@@ -107,10 +127,8 @@ def main(argv=None) -> dict:
         todo = [i for i, key in enumerate(keys) if not store.path_of(key).exists()]
         if not todo:
             return
-        with torch.no_grad(), autocast:
-            embeddings = teacher.get_image_embeddings(pixels[todo].to(state.device))
-        for i, embedding in zip(todo, embeddings):
-            store.put(keys[i], {"image_embeddings": embedding})
+        for i, entry in zip(todo, encode(pixels[todo])):
+            store.put(keys[i], entry)
         computed += len(todo)
 
     batch = []
@@ -130,6 +148,14 @@ def main(argv=None) -> dict:
         print(f"teacher store {store.folder}: {summary['entries']} entries, {format_bytes(summary['bytes'])} "
               f"(this run computed {computed} on process 0)")
     return summary
+
+
+def _index(batch, i: int):
+    if isinstance(batch, dict):
+        return {k: _index(v, i) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return [_index(v, i) for v in batch]
+    return batch[i]
 
 
 def _num_examples(data, local: bool) -> int | None:

@@ -170,3 +170,30 @@ def test_precompute_script_fills_the_store_train_py_reads(tmp_path):
         entry = store.get(content_key(pixels))
         assert entry is not None, "the precomputed store misses a training image"
         torch.testing.assert_close(entry["image_embeddings"], embedding, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_class", ["SamModel", "SamHQModel", "Sam2Model", "Sam3TrackerModel", "EdgeTamModel"])
+def test_every_family_replays_its_encoding_from_disk_exactly(tmp_path, model_class):
+    """SAM 2's feature levels and SAM-HQ's intermediate embeddings survive the flat safetensors entries."""
+    from test_families import CONFIG, _batch
+
+    from infosam_hf.teacher_cache import TeacherEmbeddingCache
+    from infosam_hf.testing import tiny_family_model
+
+    torch.manual_seed(0)
+    config = InfoSAMConfig(**CONFIG)
+    model = InfoSAMModel(build_student(tiny_family_model(model_class), config), config).eval()
+    batch = _batch(model.student.get_base_model(), n=3)
+    prompts = {"input_boxes": batch["input_boxes"]}
+    expected = model._run_teacher(batch["pixel_values"], prompts, False)
+    store = TeacherEmbeddingStore.for_teacher(tmp_path, model.teacher_image_encoder, model.sam_config)
+    model.teacher_cache = TeacherEmbeddingCache(disk_store=store)
+    model._run_teacher(batch["pixel_values"], prompts, False)  # computes and writes
+    model.teacher_cache = TeacherEmbeddingCache(disk_store=store)  # a new run: memory empty
+    calls = []
+    handle = model.teacher_image_encoder.register_forward_hook(lambda *_: calls.append(1))
+    replayed = model._run_teacher(batch["pixel_values"], prompts, False)
+    handle.remove()
+    assert calls == [] and store.hits == 3 and store.writes == 3
+    for got, want in zip(replayed, expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
