@@ -63,6 +63,9 @@ class EvalOverlayCallback(TrainerCallback):
         preprocessor: a ``SamSegmentationPreprocessor``; default: from the Trainer's
             ``processing_class`` (a ``SamProcessor``), else from the model's image size.
         alpha: opacity of the mask colour.
+        corrupt_log: a ``CorruptSampleLog`` that counts and names the samples skipped here
+            (an undecodable image or mask, or a mask not at its image's size), as training
+            and evaluation skip them; the next good rows are drawn instead.
 
     The forward runs on every process (a sharded model needs them all); only the main
     process writes.
@@ -78,12 +81,16 @@ class EvalOverlayCallback(TrainerCallback):
         seed: int = 0,
         preprocessor: Any = None,
         alpha: float = 0.5,
+        corrupt_log: Any = None,
     ):
         if prompt_type not in ("box", "points"):
             raise ValueError(f"prompt_type must be 'box' or 'points', got {prompt_type!r}.")
         if num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
-        self.samples = self._take(samples, num_samples)
+        from .data import CorruptSampleLog
+
+        self.corrupt_log = corrupt_log if corrupt_log is not None else CorruptSampleLog()
+        self.samples = self._take(samples, num_samples, self.corrupt_log)
         if not self.samples:
             raise ValueError("EvalOverlayCallback got no samples to draw.")
         self.output_subdir = output_subdir
@@ -96,11 +103,15 @@ class EvalOverlayCallback(TrainerCallback):
         self.last_output_dir: str | None = None
 
     @staticmethod
-    def _take(samples: Iterable[Any], num_samples: int) -> list[tuple[Any, np.ndarray]]:
-        from .data import decode_image, to_binary_mask, to_rgb_pil
+    def _take(samples: Iterable[Any], num_samples: int, corrupt_log: Any = None) -> list[tuple[Any, np.ndarray]]:
+        from .data import CorruptImageError, decode_image, to_binary_mask, to_rgb_pil
+        from .data.images import describe_source
+        from .data.sources import _without_decoding
 
+        if hasattr(samples, "features") and hasattr(samples, "cast_column"):
+            samples = _without_decoding(samples)  # decode here, so that a corrupt file is skipped, not raised
         taken = []
-        for row in samples:
+        for index, row in enumerate(samples):
             if isinstance(row, Mapping):
                 if "image" not in row:
                     hint = (
@@ -117,13 +128,20 @@ class EvalOverlayCallback(TrainerCallback):
                 image, mask = row
             if mask is None:
                 raise ValueError("EvalOverlayCallback needs a ground-truth mask with every sample (column 'mask').")
-            image = to_rgb_pil(decode_image(image, "image"))
-            mask = to_binary_mask(decode_image(mask, "mask")).astype(bool)
-            if mask.shape != (image.height, image.width):
-                raise ValueError(
-                    f"Sample {len(taken)}: the mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
-                    f"{image.width}x{image.height}; masks must be at the image's resolution."
-                )
+            name = describe_source(image, f"<evaluation sample #{index}>")
+            try:
+                image = to_rgb_pil(decode_image(image, "image"))
+                mask = to_binary_mask(decode_image(mask, "mask")).astype(bool)
+                if mask.shape != (image.height, image.width):
+                    raise CorruptImageError(
+                        f"Sample {name}: the mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                        f"{image.width}x{image.height} (WxH); masks must be at the image's resolution."
+                    )
+            except CorruptImageError as err:
+                if corrupt_log is None:
+                    raise
+                corrupt_log.add(name, err)
+                continue
             taken.append((image, mask))
             if len(taken) == num_samples:
                 break  # stop before reading (and decoding) another row of a streamed dataset
