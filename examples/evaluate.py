@@ -330,7 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
     accumulators = evaluate(model, loader, runs, metric_kwargs, total, args.disable_tqdm)
     num_images = next(iter(accumulators.values())).num_images
     if num_images == 0:
-        raise ValueError(f"The {args.split!r} split of {source} gave no images to evaluate.")
+        why = f" Every sample was skipped: {' | '.join(corrupt_log.reasons)}" if corrupt_log.count else ""
+        raise ValueError(f"The {args.split!r} split of {source} gave no images to evaluate.{why}")
     scores = {name: acc.compute() for name, acc in accumulators.items()}
     for name, values in scores.items():
         bad = {k: v for k, v in values.items() if not (math.isfinite(v) and 0.0 <= v <= 1.0)}

@@ -7,7 +7,7 @@ shards, and its IoU on held-out images is printed before and after.
 
     python examples/train.py
     accelerate launch examples/train.py --max_steps 400
-    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 examples/train.py
+    accelerate launch --config_file examples/accelerate_configs/cpu.yaml examples/train.py  # 2 CPU processes
     accelerate launch examples/train.py --model_name_or_path facebook/sam-vit-base \\
         --dataset_name /data/polyp --output_dir sam-vit-base-polyp-infosam --num_train_epochs 10 \\
         --per_device_train_batch_size 4 --learning_rate 2e-4 --lr_scheduler_type cosine_with_min_lr \\

@@ -7,8 +7,8 @@ evaluation and writes, under ``<output_dir>/eval_overlays/step-<N>/``:
 
 * ``sample-00.png``, ``sample-01.png``, ...: the image at its original size with the
   predicted mask filled in blue, the ground truth outlined in yellow and the prompt
-  (green box, or green/red points) drawn on top;
-* ``grid.png``: all samples side by side;
+  (green box, or green/red points) drawn on top, each at the image's own size;
+* ``grid.png``: all samples side by side, with a legend of these colours below;
 * ``scores.json``: each sample's IoU and Dice at probability 0.5, and the evaluation's metrics.
 
 Usage::
@@ -36,6 +36,30 @@ from .modeling import sam_low_res_logits, unwrap_sam_model
 from .visualization import image_grid, render_overlay
 
 __all__ = ["EvalOverlayCallback", "sam_low_res_logits", "unwrap_sam_model"]
+
+
+def with_legend(overlay, prompt: Mapping[str, Any]):
+    """The overlay with a strip below it naming its colours, so that a saved PNG explains itself."""
+    from PIL import Image, ImageDraw
+
+    from .visualization import BOX_COLOR, GT_COLOR, MASK_COLOR, NEGATIVE_POINT_COLOR, POSITIVE_POINT_COLOR
+
+    entries = [(MASK_COLOR, "prediction"), (GT_COLOR, "ground truth")]
+    if "box" in prompt:
+        entries.append((BOX_COLOR, "box prompt"))
+    else:
+        entries += [(POSITIVE_POINT_COLOR, "fg point"), (NEGATIVE_POINT_COLOR, "bg point")]
+    line = 12
+    strip = Image.new("RGB", (overlay.width, line * len(entries) + 4), (0, 0, 0))
+    draw = ImageDraw.Draw(strip)
+    for row, (color, label) in enumerate(entries):
+        top = 2 + row * line
+        draw.rectangle([2, top + 1, 10, top + 9], fill=tuple(color))
+        draw.text((14, top), label, fill=(255, 255, 255))
+    out = Image.new("RGB", (overlay.width, overlay.height + strip.height))
+    out.paste(overlay.convert("RGB"), (0, 0))
+    out.paste(strip, (0, overlay.height))
+    return out
 
 
 def _metric_prefix(metrics: Mapping[str, Any] | None) -> str:
@@ -230,7 +254,8 @@ class EvalOverlayCallback(TrainerCallback):
         os.makedirs(folder, exist_ok=True)
         for i, overlay in enumerate(overlays):
             overlay.save(os.path.join(folder, f"sample-{i:02d}.png"))
-        image_grid(overlays, columns=min(4, len(overlays))).save(os.path.join(folder, "grid.png"))
+        grid = image_grid(overlays, columns=min(4, len(overlays)))
+        with_legend(grid, {"box": True} if self.prompt_type == "box" else {}).save(os.path.join(folder, "grid.png"))
         summary = {
             "global_step": state.global_step,
             "prompt": self.prompt_type,

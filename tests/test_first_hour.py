@@ -180,7 +180,7 @@ def test_train_script_asks_for_cpu_ddp_under_a_launcher(monkeypatch):
 
 def test_cpu_accelerate_config_documents_the_command_without_env_var():
     text = (ROOT / "examples" / "accelerate_configs" / "cpu.yaml").read_text()
-    assert "accelerate launch --config_file examples/accelerate_configs/cpu.yaml examples/train.py\n" in text
+    assert "\n#   accelerate launch --config_file examples/accelerate_configs/cpu.yaml examples/train.py\n" in text
 
 
 @pytest.mark.slow
@@ -441,3 +441,24 @@ def test_gather_with_grad_warns_not_and_sums_gradients(tmp_path):
         assert torch.equal(gathered, x) and torch.equal(x.grad, torch.full_like(x, 2.0))
     finally:
         dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------------ 8. README and overlays
+def test_readme_covers_the_first_hour():
+    text = (ROOT / "README.md").read_text()
+    for needle in ("--mask_column mask", "metadata.jsonl", "train.csv", ".parquet", ".tar", "BUILTIN_MODEL_PATH",
+                   "builtin_dataset_path", "trainer.model.push_to_hub", "bf16=torch.cuda.is_available()",
+                   "step-0-zero_shot", "legend", "can be negative", "--validate_data"):
+        assert needle in text, needle
+    assert "\nmodel.push_to_hub(" not in text  # `model` was undefined in that snippet
+
+
+def test_overlay_grid_has_a_legend_of_its_colours(tmp_path):
+    from infosam_hf.callbacks import with_legend
+    from infosam_hf.visualization import BOX_COLOR, GT_COLOR, MASK_COLOR
+
+    plain = PIL.Image.new("RGB", (80, 40), (0, 0, 0))
+    legend = with_legend(plain, {"box": True})
+    assert legend.width == 80 and legend.height > 40
+    colours = {tuple(c) for c in np.asarray(legend)[40:].reshape(-1, 3)}
+    assert {tuple(MASK_COLOR), tuple(GT_COLOR), tuple(BOX_COLOR)} <= colours

@@ -360,6 +360,7 @@ class CorruptSampleLog:
 
     def __init__(self):
         self.skipped: list[str] = []
+        self.reasons: list[str] = []  # why each one was skipped, in the same order
         self._lock = threading.Lock()
         _LOGS.add(self)
 
@@ -379,6 +380,7 @@ class CorruptSampleLog:
     def add(self, source: str, error: BaseException | str = "") -> None:
         with self._lock:
             self.skipped.append(source)
+            self.reasons.append(str(error))
         logger.warning("Skipping corrupt sample %s (%d skipped so far): %s", source, self.count, error)
 
     def report(self) -> str:
