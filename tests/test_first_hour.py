@@ -141,17 +141,27 @@ def test_load_for_training_builds_under_the_seed(tmp_path):
 
 @pytest.mark.slow
 def test_two_train_script_runs_with_one_seed_write_identical_files(tmp_path):
-    data = write_csv_layout(tmp_path / "data", [(64, 96)] * 4, [(64, 96)] * 2)
+    # Bad samples on the way (points 4 and 5): a corrupt image among the first --eval_overlays test rows and a
+    # mis-sized mask in the training stream are skipped, and the run ends with the list.
+    data = write_csv_layout(tmp_path / "data", [(64, 96)] * 3, [(64, 96)] * 3, corrupt={"test-0"},
+                            mis_sized={"train-1"})  # 2 steps of 2 read the whole 3-row stream
     outputs = []
     for run in ("a", "b"):
         out = tmp_path / run
-        proc = run_train_script(["--dataset_name", str(data), "--output_dir", str(out), "--max_steps", "1",
-                                 "--learning_rate", "0", "--per_device_train_batch_size", "2", "--eval_overlays", "0",
-                                 "--max_eval_samples", "2", "--disable_tqdm", "true", "--seed", "5"])
+        proc = run_train_script(["--dataset_name", str(data), "--output_dir", str(out), "--max_steps", "2",
+                                 "--learning_rate", "0", "--per_device_train_batch_size", "2", "--eval_overlays", "2",
+                                 "--disable_tqdm", "true", "--seed", "5"])
         assert proc.returncode == 0, proc.stderr[-3000:]
         outputs.append(out)
     for name in ("adapter_model.safetensors", "relation_module.safetensors"):
         assert (outputs[0] / name).read_bytes() == (outputs[1] / name).read_bytes(), name
+    summary = [line for line in proc.stdout.splitlines() if line.startswith("Skipped ")]
+    assert len(summary) == 1 and "2 corrupt sample(s)" in summary[0], proc.stdout
+    assert "test-0.png" in summary[0] and "train-1.png" in summary[0]
+    assert "Schedule: 2 optimiser steps x 2 images (1 process(es)" in proc.stdout, proc.stdout
+    card = (outputs[1] / "README.md").read_text()
+    assert "epochs trained" not in card  # a stream of unknown size: no made-up epoch count
+    assert "| Steps with L_r and L_d active | 2 of 2 optimiser steps |" in card
 
 
 # ------------------------------------------------------------------------------------------ 2. DDP on the CPU

@@ -386,8 +386,9 @@ class CorruptSampleLog:
     def report(self) -> str:
         if not self.skipped:
             return "No corrupt samples were skipped."
+        names = list(dict.fromkeys(self.skipped))  # a sample met at every evaluation is named once
         return (
-            f"Skipped {self.count} corrupt sample(s): {', '.join(self.skipped)}. Re-export or remove these files "
+            f"Skipped {len(names)} corrupt sample(s): {', '.join(names)}. Re-export or remove these files "
             "(or pass skip_corrupt=False to stop at the first one)."
         )
 
