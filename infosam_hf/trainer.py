@@ -187,7 +187,8 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         model = self._as_infosam_model(model, infosam_config, peft_config, teacher_model)
         self.infosam_config = model.infosam_config
         check_process_group(args)
-        check_batch_of_one(args, self.infosam_config)
+        if kwargs.get("train_dataset") is not None:  # an evaluation-only Trainer trains no batch
+            check_batch_of_one(args, self.infosam_config)
         if args.remove_unused_columns:
             args.remove_unused_columns = False  # the collator's keys are exactly what the model needs
         if not args.label_names:

@@ -318,11 +318,13 @@ def test_validate_data_lists_every_bad_sample_and_exits_non_zero(tmp_path, capsy
 
 # ------------------------------------------------------------------------------------------ 6. batch of one
 def test_a_per_device_batch_of_one_without_gathering_is_refused(tmp_path):
+    data = toy_segmentation_dataset(2)
     with pytest.raises(ValueError, match="per_device_train_batch_size=1.*lambda_1"):
-        InfoSAMTrainer(model=SamModel(tiny_sam_config()), args=tiny_args(tmp_path, per_device_train_batch_size=1))
+        InfoSAMTrainer(model=SamModel(tiny_sam_config()), args=tiny_args(tmp_path, per_device_train_batch_size=1),
+                       train_dataset=data)
     # segmentation only: a batch of one is fine
     InfoSAMTrainer(model=SamModel(tiny_sam_config()), args=tiny_args(tmp_path, per_device_train_batch_size=1),
-                   infosam_config=InfoSAMConfig(lambda_1=0.0, lambda_2=0.0))
+                   infosam_config=InfoSAMConfig(lambda_1=0.0, lambda_2=0.0), train_dataset=data)
 
 
 def test_a_last_batch_of_one_is_dropped_and_active_steps_are_counted(tmp_path):
@@ -341,7 +343,6 @@ def test_a_streamed_batch_of_one_is_skipped_not_trained_without_the_infosam_term
     trainer = InfoSAMTrainer(model=SamModel(tiny_sam_config()), args=tiny_args(tmp_path),
                              train_dataset=toy_segmentation_dataset(2))
     before = trainable_state(trainer.model)
-    batch = SamSegmentationCollator()([toy_segmentation_dataset(1)[0]]) if False else None
     from infosam_hf.testing import toy_batch
 
     batch = toy_batch(1)
