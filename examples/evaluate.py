@@ -56,6 +56,8 @@ from infosam_hf import builtin
 from infosam_hf.builtin import builtin_dataset_path
 from infosam_hf.modeling import sam_low_res_logits
 from infosam_hf.data import (
+    CorruptImageError,
+    CorruptSampleLog,
     PromptSampler,
     SamSegmentationCollator,
     SamSegmentationPreprocessor,
@@ -168,9 +170,10 @@ class EvaluationStream(torch.utils.data.IterableDataset):
     worker that keeps it).
     """
 
-    def __init__(self, dataset, preprocessor: SamSegmentationPreprocessor):
+    def __init__(self, dataset, preprocessor: SamSegmentationPreprocessor, corrupt_log: CorruptSampleLog | None = None):
         self.dataset = _without_decoding(dataset)
         self.preprocessor = preprocessor
+        self.corrupt_log = corrupt_log if corrupt_log is not None else CorruptSampleLog()
 
     def __iter__(self):
         from datasets import IterableDataset
@@ -182,8 +185,13 @@ class EvaluationStream(torch.utils.data.IterableDataset):
         for index, row in enumerate(self.dataset):
             if index % workers != worker:
                 continue
-            image, mask = decode_image(row["image"], "image"), decode_image(row["mask"], "mask")
-            features = self.preprocessor(image, mask, source=_source_name(row["image"], index))
+            name = _source_name(row["image"], index)
+            try:  # a bad sample is skipped, counted and named, as in training
+                image, mask = decode_image(row["image"], "image"), decode_image(row["mask"], "mask")
+                features = self.preprocessor(image, mask, source=name)
+            except CorruptImageError as err:
+                self.corrupt_log.add(name, err)
+                continue
             features["gt_original"] = to_binary_mask(mask, self.preprocessor.mask_threshold)
             yield features
 
@@ -297,8 +305,9 @@ def main(argv: list[str] | None = None) -> dict:
         source, split=args.split, image_column=args.image_column, mask_column=args.mask_column, streaming=args.streaming
     )
     dataset, total = first_samples(dataset, args.max_samples)
+    corrupt_log = CorruptSampleLog()
     loader = torch.utils.data.DataLoader(
-        EvaluationStream(dataset, preprocessor),
+        EvaluationStream(dataset, preprocessor, corrupt_log),
         batch_size=args.batch_size,
         collate_fn=EvaluationCollator(args.prompt, args.num_points, args.box_noise, args.seed),
         num_workers=args.num_workers,
@@ -321,7 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
     accumulators = evaluate(model, loader, runs, metric_kwargs, total, args.disable_tqdm)
     num_images = next(iter(accumulators.values())).num_images
     if num_images == 0:
-        raise ValueError(f"The {args.split!r} split of {source} gave no images to evaluate.")
+        why = f" Every sample was skipped: {' | '.join(corrupt_log.reasons)}" if corrupt_log.count else ""
+        raise ValueError(f"The {args.split!r} split of {source} gave no images to evaluate.{why}")
     scores = {name: acc.compute() for name, acc in accumulators.items()}
     for name, values in scores.items():
         bad = {k: v for k, v in values.items() if not (math.isfinite(v) and 0.0 <= v <= 1.0)}
@@ -355,6 +365,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(f"\n{source} [{args.split}], {num_images} images, {describe_prompt(args)}:\n")
     print(format_table(scores, num_images))
+    if corrupt_log.count:
+        print(f"\n{corrupt_log.report()}")
+        result["skipped_samples"] = list(corrupt_log.skipped)
     if args.output_file:
         directory = os.path.dirname(os.path.abspath(args.output_file))
         os.makedirs(directory, exist_ok=True)

@@ -37,7 +37,7 @@ from transformers import HfArgumentParser
 
 from infosam_hf import builtin
 from infosam_hf.modeling import sam_low_res_logits
-from infosam_hf.data import SamSegmentationPreprocessor, decode_image, to_rgb_pil
+from infosam_hf.data import CorruptImageError, CorruptSampleLog, SamSegmentationPreprocessor, decode_image, to_rgb_pil
 from infosam_hf.hub import load_model_or_base
 from infosam_hf.metrics import postprocess_logits
 from infosam_hf.visualization import mask_to_image, render_overlay
@@ -285,13 +285,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     # Everything that can be checked without the model is checked first: no half-written output folder.
     outputs = output_paths(images, args.output_dir, args.overwrite)
-    decoded, checked = [], []
-    for path, prompt in zip(images, prompts):
-        image = to_rgb_pil(decode_image(path, "image"))
+    decoded, checked, kept, corrupt_log = [], [], [], CorruptSampleLog()
+    for index, (path, prompt) in enumerate(zip(images, prompts)):
+        try:  # a corrupt image is skipped, counted and named, as in training and evaluation
+            image = to_rgb_pil(decode_image(path, "image"))
+        except CorruptImageError as err:
+            corrupt_log.add(path, err)
+            continue
+        kept.append(index)
         prompt = Prompt(prompt.box, prompt.points, prompt.labels)  # a copy per image: validate fills in labels
         prompt.validate(image.width, image.height, path)
         decoded.append(image)
         checked.append(prompt)
+    if not kept:
+        raise ValueError(corrupt_log.report())
+    images, outputs = [images[i] for i in kept], [outputs[i] for i in kept]
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, processor = load_model(args, device)
@@ -307,6 +315,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         area = int(mask.sum())
         print(f"{path}: mask {area} px ({100.0 * area / mask.size:.1f}%) -> {mask_path}, {overlay_path}")
         results.append({"image": path, "mask": mask_path, "overlay": overlay_path, "mask_pixels": area})
+    if corrupt_log.count:
+        print(corrupt_log.report())
     return results
 
 

@@ -7,7 +7,7 @@ shards, and its IoU on held-out images is printed before and after.
 
     python examples/train.py
     accelerate launch examples/train.py --max_steps 400
-    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 examples/train.py
+    accelerate launch --config_file examples/accelerate_configs/cpu.yaml examples/train.py  # 2 CPU processes
     accelerate launch examples/train.py --model_name_or_path facebook/sam-vit-base \\
         --dataset_name /data/polyp --output_dir sam-vit-base-polyp-infosam --num_train_epochs 10 \\
         --per_device_train_batch_size 4 --learning_rate 2e-4 --lr_scheduler_type cosine_with_min_lr \\
@@ -21,26 +21,32 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 
 import transformers
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from infosam_hf import InfoSAMConfig, InfoSAMTrainer
 from infosam_hf.builtin import BUILTIN_MODEL_PATH, builtin_dataset_path
 from infosam_hf.callbacks import EvalOverlayCallback
 from infosam_hf.data import (
+    CorruptSampleLog,
     PromptSampler,
     SamSegmentationCollator,
     SamSegmentationPreprocessor,
+    find_bad_samples,
     load_segmentation_dataset,
     prepare_dataset,
 )
+from infosam_hf.data.sources import check_local_path
 from infosam_hf.metrics import build_compute_metrics
 
 logger = logging.getLogger("infosam_hf.train")
+DEBUG_ENV = "INFOSAM_DEBUG"
 
 # The built-in default's run, overridable by any flag on the command line.
 BUILTIN_DEFAULTS = [
@@ -50,8 +56,10 @@ BUILTIN_DEFAULTS = [
     "--per_device_eval_batch_size", "16",
     "--learning_rate", "1e-3",
     "--lr_scheduler_type", "cosine",
-    "--warmup_steps", "10",
-    "--logging_steps", "25",
+    # Fractions of the run (transformers reads values below 1 as ratios), so that a short custom run
+    # (--max_steps 4) still warms up to its learning rate and logs its loss: 10 and 25 steps of 300 here.
+    "--warmup_steps", "0.0333",
+    "--logging_steps", "0.0833",
     "--eval_strategy", "no",
     "--save_strategy", "no",
     "--report_to", "none",
@@ -93,6 +101,13 @@ class DataArguments:
     structure_measures: bool = field(
         default=False, metadata={"help": "Also report S-measure, E-measure and weighted F (polyp, camouflage)."}
     )
+    validate_data: bool = field(
+        default=False,
+        metadata={
+            "help": "Scan the train and eval splits before training: report every sample training would skip "
+            "(undecodable image or mask, mask not at its image's size) and exit non-zero if there is any."
+        },
+    )
     eval_overlays: int = field(
         default=4,
         metadata={
@@ -102,7 +117,7 @@ class DataArguments:
     )
 
 
-def build_datasets(data_args, preprocessor, training_args):
+def build_datasets(data_args, preprocessor, training_args, corrupt_log=None):
     source = data_args.dataset_name or builtin_dataset_path("specialised")
     kwargs = dict(image_column=data_args.image_column, mask_column=data_args.mask_column)
     train = load_segmentation_dataset(source, split=data_args.train_split, streaming=data_args.streaming, **kwargs)
@@ -112,15 +127,75 @@ def build_datasets(data_args, preprocessor, training_args):
         training_args.accelerator_config.dispatch_batches = False
     if data_args.streaming:  # shuffle file references, not preprocessed tensors (4 GB per 256 at 1024 px)
         train = train.shuffle(seed=training_args.seed, buffer_size=256)
-    train = prepare_dataset(train, preprocessor)
+    train = prepare_dataset(train, preprocessor, corrupt_log=corrupt_log)
     raw_evaluation = load_segmentation_dataset(source, split=data_args.eval_split, streaming=False, **kwargs)
     if data_args.max_eval_samples is not None:
         raw_evaluation = raw_evaluation.select(range(min(data_args.max_eval_samples, len(raw_evaluation))))
-    return train, prepare_dataset(raw_evaluation, preprocessor), raw_evaluation
+    # Scored at each image's own size (padding cropped), exactly as examples/evaluate.py scores.
+    evaluation = prepare_dataset(raw_evaluation, preprocessor, corrupt_log=corrupt_log, keep_original_mask=True)
+    return train, evaluation, raw_evaluation
+
+
+def validate_data(data_args) -> None:
+    """--validate_data: decode every sample of both splits once and list what training would skip."""
+    source = data_args.dataset_name or builtin_dataset_path("specialised")
+    kwargs = dict(image_column=data_args.image_column, mask_column=data_args.mask_column, streaming=True)
+    problems = []
+    for split in dict.fromkeys((data_args.train_split, data_args.eval_split)):
+        found = find_bad_samples(load_segmentation_dataset(source, split=split, **kwargs))
+        problems += [f"[{split}] {p}" for p in found]
+        print(f"--validate_data: split {split!r} of {source}: {len(found)} bad sample(s)")
+    if problems:
+        print("\n".join(problems))
+        raise SystemExit(f"error: {len(problems)} bad sample(s) in {source}; fix or remove them (training would "
+                         "skip them).")
+
+
+def use_cpu_under_a_launcher_without_gpu() -> None:
+    """`accelerate launch --config_file examples/accelerate_configs/cpu.yaml` starts the processes through torchrun
+    but does not pass its `use_cpu` on: without a GPU they would form a process group the Trainer ignores and
+    run one training each into the same folder. Ask accelerate for CPU DDP instead."""
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        if not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+            os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+
+
+def quiet_replicas(training_args) -> None:
+    """Warnings every rank would print once are printed once per run: by the main process."""
+    if training_args.process_index != 0:
+        warnings.simplefilter("ignore")
+        logging.getLogger("infosam_hf").setLevel(logging.ERROR)
+        transformers.logging.set_verbosity_error()
+
+
+def describe_schedule(trainer, data_args) -> str:
+    """The effective schedule, so that defaults meant for another run cannot apply unseen."""
+    args = trainer.args
+    world_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    if args.max_steps > 0:
+        steps = args.max_steps
+    else:
+        steps = math.ceil(len(trainer.train_dataset) / world_batch) * math.ceil(args.num_train_epochs)
+    logging_steps = math.ceil(steps * args.logging_steps) if args.logging_steps < 1 else int(args.logging_steps)
+    evaluation = (
+        "evaluation before and after training"
+        if args.eval_strategy == "no"
+        else f"evaluation every {args.eval_steps or logging_steps} steps"
+    )
+    return (
+        f"Schedule: {steps} optimiser steps x {world_batch} images ({args.world_size} process(es) x "
+        f"{args.per_device_train_batch_size} per device x {args.gradient_accumulation_steps} accumulation), "
+        f"learning rate {args.learning_rate:g} ({getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)}, "
+        f"{args.get_warmup_steps(steps)} warm-up steps), loss logged every {logging_steps} steps, {evaluation}, "
+        f"seed {args.seed}."
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
+    use_cpu_under_a_launcher_without_gpu()
     parser = HfArgumentParser((ModelArguments, DataArguments, InfoSAMConfig, TrainingArguments))
     if len(argv) == 1 and argv[0].endswith(".json"):
         model_args, data_args, infosam_config, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
@@ -130,8 +205,18 @@ def main(argv: list[str] | None = None) -> dict:
         )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.logging.set_verbosity_warning()
+    quiet_replicas(training_args)
     if training_args.max_steps <= 0 and data_args.streaming:
         raise SystemExit("A streamed dataset has no length: pass --max_steps (or --streaming false with epochs).")
+    check_local_path(model_args.model_name_or_path, "--model_name_or_path")
+    if model_args.resume_adapter:
+        check_local_path(model_args.resume_adapter, "--resume_adapter")
+    if data_args.dataset_name:
+        check_local_path(data_args.dataset_name, "--dataset_name")
+    if data_args.validate_data:
+        validate_data(data_args)
+    # Everything random InfoSAM builds (LoRA matrices, relation module) is drawn under --seed.
+    set_seed(training_args.seed)
 
     if model_args.resume_adapter:
         from infosam_hf.hub import load_for_training, load_processor, resolve_folder
@@ -140,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
         # The adapter names its base; only an explicit --model_name_or_path overrides it.
         adapter_folder = resolve_folder(model_args.resume_adapter)
         explicit_base = None if model_args.model_name_or_path == BUILTIN_MODEL_PATH else model_args.model_name_or_path
-        model = load_for_training(adapter_folder, base_model=explicit_base)
+        model = load_for_training(adapter_folder, base_model=explicit_base, seed=training_args.seed)
         processor = load_processor(adapter_folder, explicit_base or base_model_id_of(adapter_folder), model.student)
     else:
         from infosam_hf.hub import load_processor
@@ -150,7 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
         model = load_sam_model(model_args.model_name_or_path)
         processor = load_processor(None, model_args.model_name_or_path, model)
     preprocessor = SamSegmentationPreprocessor.from_processor(processor)
-    train_dataset, eval_dataset, raw_eval_dataset = build_datasets(data_args, preprocessor, training_args)
+    corrupt_log = CorruptSampleLog()  # one count of skipped samples for training, evaluation and overlays
+    train_dataset, eval_dataset, raw_eval_dataset = build_datasets(data_args, preprocessor, training_args, corrupt_log)
 
     train_sampler = PromptSampler(
         box_probability=infosam_config.box_prompt_probability,
@@ -184,8 +270,11 @@ def main(argv: list[str] | None = None) -> dict:
                 prompt_type="box" if data_args.eval_prompt == "box" else "points",
                 num_points=data_args.eval_num_points,
                 preprocessor=preprocessor,
+                corrupt_log=corrupt_log,
             )
         )
+    if trainer.is_world_process_zero():
+        print(describe_schedule(trainer, data_args))
     before = trainer.evaluate(metric_key_prefix="zero_shot")
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     after = trainer.evaluate()
@@ -203,6 +292,9 @@ def main(argv: list[str] | None = None) -> dict:
         )
         with open(os.path.join(training_args.output_dir, "iou_before_after.json"), "w") as f:
             json.dump(summary, f, indent=2)
+        print(corrupt_log.report())
+        if trainer.dropped_batches_of_one:
+            print(f"Skipped {trainer.dropped_batches_of_one} training batch(es) of a single image (L_r, L_d need 2+).")
     card = {**card_kwargs(data_args), "baseline_metrics": before}
     if training_args.push_to_hub:
         trainer.push_to_hub(**card)
@@ -224,5 +316,22 @@ def card_kwargs(data_args) -> dict:
     return {"dataset": source, "dataset_tags": source, "dataset_args": split}
 
 
+def run(argv: list[str] | None = None) -> dict:
+    """main() with configuration errors as one `error:` line; the traceback with a bare `--debug` or INFOSAM_DEBUG=1."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
+    for i, arg in enumerate(argv):  # a bare --debug is ours; `--debug underflow_overflow` is TrainingArguments'
+        if arg == "--debug" and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            debug = True
+            del argv[i]
+            break
+    try:
+        return main(argv)
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError) as error:
+        if debug:
+            raise
+        raise SystemExit(f"error: {error} (run with --debug for the traceback)") from error
+
+
 if __name__ == "__main__":
-    main()
+    run()

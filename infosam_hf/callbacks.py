@@ -7,8 +7,8 @@ evaluation and writes, under ``<output_dir>/eval_overlays/step-<N>/``:
 
 * ``sample-00.png``, ``sample-01.png``, ...: the image at its original size with the
   predicted mask filled in blue, the ground truth outlined in yellow and the prompt
-  (green box, or green/red points) drawn on top;
-* ``grid.png``: all samples side by side;
+  (green box, or green/red points) drawn on top, each at the image's own size;
+* ``grid.png``: all samples side by side, with a legend of these colours below;
 * ``scores.json``: each sample's IoU and Dice at probability 0.5, and the evaluation's metrics.
 
 Usage::
@@ -38,6 +38,30 @@ from .visualization import image_grid, render_overlay
 __all__ = ["EvalOverlayCallback", "sam_low_res_logits", "unwrap_sam_model"]
 
 
+def with_legend(overlay, prompt: Mapping[str, Any]):
+    """The overlay with a strip below it naming its colours, so that a saved PNG explains itself."""
+    from PIL import Image, ImageDraw
+
+    from .visualization import BOX_COLOR, GT_COLOR, MASK_COLOR, NEGATIVE_POINT_COLOR, POSITIVE_POINT_COLOR
+
+    entries = [(MASK_COLOR, "prediction"), (GT_COLOR, "ground truth")]
+    if "box" in prompt:
+        entries.append((BOX_COLOR, "box prompt"))
+    else:
+        entries += [(POSITIVE_POINT_COLOR, "fg point"), (NEGATIVE_POINT_COLOR, "bg point")]
+    line = 12
+    strip = Image.new("RGB", (overlay.width, line * len(entries) + 4), (0, 0, 0))
+    draw = ImageDraw.Draw(strip)
+    for row, (color, label) in enumerate(entries):
+        top = 2 + row * line
+        draw.rectangle([2, top + 1, 10, top + 9], fill=tuple(color))
+        draw.text((14, top), label, fill=(255, 255, 255))
+    out = Image.new("RGB", (overlay.width, overlay.height + strip.height))
+    out.paste(overlay.convert("RGB"), (0, 0))
+    out.paste(strip, (0, overlay.height))
+    return out
+
+
 def _metric_prefix(metrics: Mapping[str, Any] | None) -> str:
     for key in metrics or {}:
         if key.endswith("_runtime"):
@@ -63,6 +87,9 @@ class EvalOverlayCallback(TrainerCallback):
         preprocessor: a ``SamSegmentationPreprocessor``; default: from the Trainer's
             ``processing_class`` (a ``SamProcessor``), else from the model's image size.
         alpha: opacity of the mask colour.
+        corrupt_log: a ``CorruptSampleLog`` that counts and names the samples skipped here
+            (an undecodable image or mask, or a mask not at its image's size), as training
+            and evaluation skip them; the next good rows are drawn instead.
 
     The forward runs on every process (a sharded model needs them all); only the main
     process writes.
@@ -78,12 +105,16 @@ class EvalOverlayCallback(TrainerCallback):
         seed: int = 0,
         preprocessor: Any = None,
         alpha: float = 0.5,
+        corrupt_log: Any = None,
     ):
         if prompt_type not in ("box", "points"):
             raise ValueError(f"prompt_type must be 'box' or 'points', got {prompt_type!r}.")
         if num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
-        self.samples = self._take(samples, num_samples)
+        from .data import CorruptSampleLog
+
+        self.corrupt_log = corrupt_log if corrupt_log is not None else CorruptSampleLog()
+        self.samples = self._take(samples, num_samples, self.corrupt_log)
         if not self.samples:
             raise ValueError("EvalOverlayCallback got no samples to draw.")
         self.output_subdir = output_subdir
@@ -96,11 +127,15 @@ class EvalOverlayCallback(TrainerCallback):
         self.last_output_dir: str | None = None
 
     @staticmethod
-    def _take(samples: Iterable[Any], num_samples: int) -> list[tuple[Any, np.ndarray]]:
-        from .data import decode_image, to_binary_mask, to_rgb_pil
+    def _take(samples: Iterable[Any], num_samples: int, corrupt_log: Any = None) -> list[tuple[Any, np.ndarray]]:
+        from .data import CorruptImageError, decode_image, to_binary_mask, to_rgb_pil
+        from .data.images import describe_source
+        from .data.sources import _without_decoding
 
+        if hasattr(samples, "features") and hasattr(samples, "cast_column"):
+            samples = _without_decoding(samples)  # decode here, so that a corrupt file is skipped, not raised
         taken = []
-        for row in samples:
+        for index, row in enumerate(samples):
             if isinstance(row, Mapping):
                 if "image" not in row:
                     hint = (
@@ -117,13 +152,20 @@ class EvalOverlayCallback(TrainerCallback):
                 image, mask = row
             if mask is None:
                 raise ValueError("EvalOverlayCallback needs a ground-truth mask with every sample (column 'mask').")
-            image = to_rgb_pil(decode_image(image, "image"))
-            mask = to_binary_mask(decode_image(mask, "mask")).astype(bool)
-            if mask.shape != (image.height, image.width):
-                raise ValueError(
-                    f"Sample {len(taken)}: the mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
-                    f"{image.width}x{image.height}; masks must be at the image's resolution."
-                )
+            name = describe_source(image, f"<evaluation sample #{index}>")
+            try:
+                image = to_rgb_pil(decode_image(image, "image"))
+                mask = to_binary_mask(decode_image(mask, "mask")).astype(bool)
+                if mask.shape != (image.height, image.width):
+                    raise CorruptImageError(
+                        f"Sample {name}: the mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                        f"{image.width}x{image.height} (WxH); masks must be at the image's resolution."
+                    )
+            except CorruptImageError as err:
+                if corrupt_log is None:
+                    raise
+                corrupt_log.add(name, err)
+                continue
             taken.append((image, mask))
             if len(taken) == num_samples:
                 break  # stop before reading (and decoding) another row of a streamed dataset
@@ -210,7 +252,8 @@ class EvalOverlayCallback(TrainerCallback):
         os.makedirs(folder, exist_ok=True)
         for i, overlay in enumerate(overlays):
             overlay.save(os.path.join(folder, f"sample-{i:02d}.png"))
-        image_grid(overlays, columns=min(4, len(overlays))).save(os.path.join(folder, "grid.png"))
+        grid = image_grid(overlays, columns=min(4, len(overlays)))
+        with_legend(grid, {"box": True} if self.prompt_type == "box" else {}).save(os.path.join(folder, "grid.png"))
         summary = {
             "global_step": state.global_step,
             "prompt": self.prompt_type,

@@ -43,6 +43,7 @@ from .modeling import (
     InfoSAMModel,
     base_model_id_of,
     loadable_base,
+    quiet_peft_wrapping,
 )
 
 # ====================================================================== push
@@ -455,7 +456,8 @@ def load(
     base, base_id = _load_base(folder, base_model, token, torch_dtype, source)
     check_adapter_fits(base, folder, source)
     try:
-        model = PeftModel.from_pretrained(prepare_for_peft(base), folder, is_trainable=is_trainable)
+        with quiet_peft_wrapping():
+            model = PeftModel.from_pretrained(prepare_for_peft(base), folder, is_trainable=is_trainable)
     except RuntimeError as err:
         if "size mismatch" not in str(err):
             raise
@@ -507,8 +509,18 @@ def load_for_training(
     token: str | bool | None = None,
     require_relation_module: bool = True,
     teacher: torch.nn.Module | str | None = None,
+    seed: int | None = None,
 ) -> InfoSAMModel:
-    """The student/teacher pair with its trained relation module, to continue InfoSAM training."""
+    """The student/teacher pair with its trained relation module, to continue InfoSAM training.
+
+    `seed` (the run's `TrainingArguments.seed`) seeds what is built at random before the
+    saved weights are loaded (and a fresh relation module with `require_relation_module=False`),
+    so two runs with the same seed start identically.
+    """
+    if seed is not None:
+        from transformers.trainer_utils import set_seed
+
+        set_seed(seed)
     source = os.fspath(repo_or_folder)
     folder = resolve_folder(source, revision, token)
     if require_relation_module and not os.path.isfile(os.path.join(folder, RELATION_WEIGHTS_NAME)):

@@ -564,6 +564,49 @@ def _sizes_per_image(size: Any, batch: int, name: str) -> list[tuple[int, int]] 
     return rows
 
 
+# Per-image maps of different sizes travel through the Trainer's gathering (which pads and
+# concatenates along dimension 1 only) as rows: [height, width, h*w values, padding...].
+PACKED_PAD_VALUE = -100.0
+
+
+def pack_maps(maps: Sequence[Any]) -> torch.Tensor:
+    """2-D maps of any sizes -> one float32 (B, 2 + max h*w) tensor (see `unpack_maps`)."""
+    flat = [torch.as_tensor(np.asarray(m, dtype=np.float32)) for m in maps]
+    length = max(m.numel() for m in flat)
+    out = torch.full((len(flat), 2 + length), PACKED_PAD_VALUE, dtype=torch.float32)
+    for row, m in zip(out, flat):
+        row[0], row[1] = m.shape[-2], m.shape[-1]
+        row[2 : 2 + m.numel()] = m.reshape(-1)
+    return out
+
+
+def unpack_maps(packed: Any) -> list[np.ndarray]:
+    """The inverse of `pack_maps`: the (h, w) maps, padding dropped."""
+    rows = _to_numpy(packed)
+    return [row[2 : 2 + int(row[0]) * int(row[1])].reshape(int(row[0]), int(row[1])) for row in rows]
+
+
+def is_packed(array: Any) -> bool:
+    return getattr(array, "ndim", None) == 2
+
+
+def original_size_predictions(
+    logits: torch.Tensor, original_masks: Sequence[Any], original_sizes: Any, reshaped_input_sizes: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model-frame logits (B, 1, S, S) -> packed logits and masks at each image's own size.
+
+    The one definition of the evaluation frame, shared by `InfoSAMTrainer` evaluation (and
+    so train.py and the model card) and examples/evaluate.py: the padding is cropped and
+    the valid region resized to the original image, as `postprocess_logits` does.
+    """
+    originals = _sizes_per_image(original_sizes, logits.shape[0], "original_sizes")
+    reshaped = _sizes_per_image(reshaped_input_sizes, logits.shape[0], "reshaped_input_sizes")
+    lg = logits.detach().float().cpu()
+    maps = [postprocess_logits(lg[i : i + 1, 0], originals[i], reshaped[i])[0] for i in range(lg.shape[0])]
+    masks = [_binarize(_to_numpy(m)).astype(np.float32) for m in original_masks]
+    return pack_maps(maps), pack_maps(masks)
+
+
 # --------------------------------------------------------------------------------------
 # accumulator
 # --------------------------------------------------------------------------------------
@@ -741,6 +784,10 @@ class SamComputeMetrics:
                 "compute_metrics needs mask logits as predictions and masks as label_ids; set "
                 "TrainingArguments(label_names=[...]) to the ground-truth mask column"
             )
+        if is_packed(predictions) and is_packed(labels):  # InfoSAMTrainer: each image at its own size
+            for logit_map, mask in zip(unpack_maps(predictions), unpack_maps(labels)):
+                accumulator._measure(logit_map[None], mask[None])
+            return
         if self.resize_logits_to_labels:
             pred = _as_batch(predictions, "predictions")
             lab = _as_batch(labels, "label_ids")

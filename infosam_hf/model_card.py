@@ -133,7 +133,10 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def hyperparameters_of(args, state=None) -> list[tuple[str, str]]:
+_FROM_STATE = "from_state"
+
+
+def hyperparameters_of(args, state=None, epochs_trained: Any = _FROM_STATE) -> list[tuple[str, str]]:
     """The run's optimisation settings worth publishing. A whitelist, so no token or path leaks into a card."""
     if args is None:
         return []
@@ -172,8 +175,10 @@ def hyperparameters_of(args, state=None) -> list[tuple[str, str]]:
         rows.append(("num_epochs", _get(args, "num_train_epochs")))
     if state is not None and getattr(state, "global_step", 0):
         rows.append(("steps trained", state.global_step))
-        if getattr(state, "epoch", None) is not None:
-            rows.append(("epochs trained", round(float(state.epoch), 4)))
+        if epochs_trained == _FROM_STATE:
+            epochs_trained = getattr(state, "epoch", None)
+        if epochs_trained is not None:  # None: a stream of unknown size, where the Trainer's epoch means nothing
+            rows.append(("epochs trained", round(float(epochs_trained), 4)))
     if _get(args, "max_grad_norm") is not None:
         rows.append(("max_grad_norm", _get(args, "max_grad_norm")))
     precision = "bf16" if _get(args, "bf16") else "fp16" if _get(args, "fp16") else "fp32 (no mixed precision)"
@@ -255,7 +260,9 @@ def _peft_summary(student) -> dict[str, Any]:
     }
 
 
-def _infosam_summary(config: InfoSAMConfig, separate_teacher: bool) -> dict[str, str]:
+def _infosam_summary(
+    config: InfoSAMConfig, separate_teacher: bool, active_steps: int | None = None, steps: int = 0
+) -> dict[str, str]:
     if config.seg_loss == "structure":
         bce = "edge-weighted" if config.structure_loss_weighted_bce else "unweighted, as the reference code"
         seg = f"structure loss (BCE {bce} + edge-weighted IoU)"
@@ -280,6 +287,12 @@ def _infosam_summary(config: InfoSAMConfig, separate_teacher: bool) -> dict[str,
         + f") with probability {_fmt(box)}, "
         f"else {points}",
         "mask_output": "3 masks, best one trained" if config.multimask_output else "single mask",
+        # L_r / L_d need two images or more in a batch: how many optimiser steps actually had them
+        "active_steps": (
+            f"{active_steps} of {steps} optimiser steps"
+            if active_steps is not None and steps and config.uses_distillation
+            else ""
+        ),
     }
 
 
@@ -316,6 +329,8 @@ def model_card_info(
     dataset_tags: str | list[str] | None = None,
     dataset: str | list[str] | None = None,
     dataset_args: str | list[str] | None = None,
+    epochs_trained: Any = _FROM_STATE,
+    infosam_active_steps: int | None = None,
 ) -> dict[str, Any]:
     """Every value the card shows, gathered from the model, the run and the folder being published.
 
@@ -354,11 +369,16 @@ def model_card_info(
         "family": {"name": family.name, "model_class": family.model_class, "processor_class": family.processor_class},
         "base_model": base,
         "peft": peft,
-        "infosam": _infosam_summary(model.infosam_config, model.teacher is not None),
+        "infosam": _infosam_summary(
+            model.infosam_config,
+            model.teacher is not None,
+            infosam_active_steps,
+            getattr(trainer_state, "global_step", 0) if trainer_state is not None else 0,
+        ),
         "datasets": datasets,
         "dataset_names": dataset_names,
         "dataset_args": _as_list(dataset_args),
-        "hyperparameters": hyperparameters_of(training_args, trainer_state),
+        "hyperparameters": hyperparameters_of(training_args, trainer_state, epochs_trained),
         "metrics": final_metrics,
         "baseline_metrics": baseline,
         "evaluations": evaluations,
@@ -580,8 +600,28 @@ def write_model_card(
             log_history=trainer.state.log_history,
             train_dataset=getattr(trainer, "train_dataset", None),
             extra_tags=getattr(trainer, "_tag_names", ()),
+            epochs_trained=epochs_trained(trainer),
+            infosam_active_steps=getattr(trainer, "infosam_active_steps", None),
         )
     info = model_card_info(model, repo_id=repo_id, folder=output_dir, **run, **card_kwargs)
     os.makedirs(output_dir, exist_ok=True)
     save_model_card(output_dir, render_model_card(info), overwrite=overwrite)
     return os.path.join(output_dir, MODEL_CARD_NAME)
+
+
+def epochs_trained(trainer) -> float | None:
+    """Passes over the training data: the Trainer's count for sized data; for a stream, samples seen over the
+    split's size when the dataset's metadata knows it; else None (the card then leaves the row out)."""
+    dataset, state, args = getattr(trainer, "train_dataset", None), trainer.state, trainer.args
+    try:
+        len(dataset)
+        return state.epoch
+    except TypeError:
+        pass
+    splits = getattr(getattr(dataset, "info", None), "splits", None) or {}
+    split = getattr(dataset, "split", None)
+    size = getattr(splits.get(str(split)) if split is not None and str(split) in splits else None, "num_examples", None)
+    if not size:
+        return None
+    seen = state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    return seen / size

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -60,7 +61,17 @@ def build_student(base_model: nn.Module, config: InfoSAMConfig, peft_config: Pef
     if isinstance(base_model, PeftModel):
         return base_model
     prepare_for_peft(base_model)
-    return get_peft_model(base_model, peft_config or default_peft_config(config, family))
+    with quiet_peft_wrapping():
+        return get_peft_model(base_model, peft_config or default_peft_config(config, family))
+
+
+@contextlib.contextmanager
+def quiet_peft_wrapping():
+    """PEFT reads transformers 5's deprecated `is_gradient_checkpointing` when it wraps a model: a FutureWarning
+    about PEFT's code, not the user's, at every run."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def upsample_masks(low_res_masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -333,7 +344,8 @@ class InfoSAMModel(nn.Module):
         config = InfoSAMConfig.from_json_file(config_path) if os.path.isfile(config_path) else InfoSAMConfig()
         if base_model is None or isinstance(base_model, str):
             base_model = load_sam_model(base_model or base_model_id_of(adapter_path), **base_kwargs)
-        student = PeftModel.from_pretrained(prepare_for_peft(base_model), adapter_path, is_trainable=is_trainable)
+        with quiet_peft_wrapping():
+            student = PeftModel.from_pretrained(prepare_for_peft(base_model), adapter_path, is_trainable=is_trainable)
         relation = load_relation_module(adapter_path, config.relation_dim, required=require_relation_module)
         if isinstance(teacher, str):
             teacher = load_sam_model(teacher)

@@ -16,12 +16,14 @@ import torch.distributed as dist
 from peft import PeftConfig, PeftModel
 from safetensors.torch import load_file
 from torch import nn
-from transformers import SamModel, Trainer, TrainingArguments
+from transformers import SamModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR  # noqa: F401  (re-exported for users' scripts)
 from transformers.utils import logging
 
 from .config import InfoSAMConfig
+from .data.collator import ORIGINAL_MASKS_KEY
 from .losses import InfoSAMLoss, segmentation_loss
+from .metrics import original_size_predictions
 from .models import load_sam_model
 from .modeling import (
     ADAPTER_WEIGHTS_NAME,
@@ -45,8 +47,6 @@ def _gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     Ranks may hold different batch sizes (the last batch of an epoch), so sizes are
     exchanged first and every slice is padded to the largest.
     """
-    from torch.distributed.nn.functional import all_gather
-
     world = dist.get_world_size()
     local = torch.tensor([tensor.shape[0]], device=tensor.device)
     sizes = [torch.zeros_like(local) for _ in range(world)]
@@ -56,8 +56,66 @@ def _gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.shape[0] < biggest:
         pad = tensor.new_zeros((biggest - tensor.shape[0], *tensor.shape[1:]))
         tensor = torch.cat([tensor, pad])
-    parts = all_gather(tensor)
+    parts = _AllGatherWithGrad.apply(tensor)
     return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """(W, *shape): every rank's tensor; backward sums each slice's gradient over the ranks.
+
+    The same gradient as `torch.distributed.nn.functional.all_gather`, which torch deprecates
+    (FutureWarning) for functional collectives that gloo does not fully support.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor):
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[dist.get_rank()]
+
+
+def seed_model_building(args: TrainingArguments) -> None:
+    """Seed as `Trainer.__init__` does, but before InfoSAM builds its random parts (LoRA A, relation module).
+
+    The stock Trainer seeds only once the model exists, so without this two runs with the same
+    `--seed` start from different adapters and relation modules.
+    """
+    from transformers.trainer_utils import enable_full_determinism, set_seed
+
+    enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
+
+
+def check_process_group(args: TrainingArguments) -> None:
+    """Refuse a process group the Trainer does not use: each process would train alone into one folder."""
+    world = args.world_size  # sets up the device (and, under a launcher, the process group) first
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and world == 1:
+        raise RuntimeError(
+            f"A torch.distributed process group of {dist.get_world_size()} processes is initialised, but the "
+            "Trainer is not distributed (TrainingArguments.world_size == 1), so every process would run its own "
+            "training into the same output_dir. On a machine without GPUs pass --use_cpu (TrainingArguments("
+            "use_cpu=True)) or set ACCELERATE_USE_CPU=true; examples/train.py does this by itself."
+        )
+
+
+def check_batch_of_one(args: TrainingArguments, config: InfoSAMConfig) -> None:
+    """InfoSAM's relation terms compare the images of a batch: with one image they are exactly 0."""
+    if not config.uses_distillation:
+        return
+    gathered = config.gather_across_processes and args.world_size > 1
+    if args.per_device_train_batch_size < 2 and not gathered:
+        raise ValueError(
+            f"per_device_train_batch_size={args.per_device_train_batch_size} with InfoSAM's relation terms on "
+            f"(lambda_1={config.lambda_1}, lambda_2={config.lambda_2}): L_r and L_d compare the images of a batch "
+            "and are exactly 0 for a single image, so only the segmentation loss would train. Use a per-device "
+            "batch of at least 2 (--per_device_train_batch_size 2), gather across processes "
+            "(gather_across_processes=True under DDP), or set --lambda_1 0 --lambda_2 0 to train without them."
+        )
 
 
 def _distributed() -> bool:
@@ -79,6 +137,17 @@ def select_best_mask(outputs: InfoSAMModelOutput, gt_masks: torch.Tensor) -> tup
     return logits[index, best].unsqueeze(1), iou_scores[index, best].unsqueeze(1)
 
 
+class _InfoSAMStepCounter(TrainerCallback):
+    """Counts the optimiser steps in which InfoSAM's relation terms were computed on more than one image."""
+
+    def __init__(self, trainer: InfoSAMTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer.infosam_active_steps += int(self.trainer._infosam_active_now)
+        self.trainer._infosam_active_now = False
+
+
 class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
     """Fine-tune SAM with a PEFT adapter and InfoSAM's relation distillation.
 
@@ -95,6 +164,10 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         teacher_model: optional separate teacher, a `SamModel` or id.
         eval_data_collator: a collator for evaluation (e.g. fixed box prompts), where
             `data_collator` samples training prompts at random.
+        drop_last_batch_of_one: skip training batches of a single image (the last partial
+            batch of an epoch, or what is left after skipped corrupt samples) when the
+            InfoSAM terms are on and nothing is gathered across processes: L_r and L_d are 0
+            for one image. `infosam_active_steps` counts the optimiser steps they were active.
     """
 
     _tag_names = ["infosam", "sam", "segment-anything", "peft", "lora", "mask-generation"]
@@ -107,18 +180,30 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         peft_config: PeftConfig | None = None,
         teacher_model: nn.Module | str | None = None,
         eval_data_collator=None,
+        drop_last_batch_of_one: bool = True,
         **kwargs,
     ):
         if model is None:
             raise ValueError("InfoSAMTrainer needs a model: an InfoSAMModel, a PeftModel/SamModel, or a model id.")
+        args = args or TrainingArguments(output_dir="infosam-output")
+        seed_model_building(args)  # the LoRA matrices and the relation module are drawn under args.seed
         model = self._as_infosam_model(model, infosam_config, peft_config, teacher_model)
         self.infosam_config = model.infosam_config
-        args = args or TrainingArguments(output_dir="infosam-output")
+        check_process_group(args)
+        if kwargs.get("train_dataset") is not None:  # an evaluation-only Trainer trains no batch
+            check_batch_of_one(args, self.infosam_config)
         if args.remove_unused_columns:
             args.remove_unused_columns = False  # the collator's keys are exactly what the model needs
         if not args.label_names:
             args.label_names = ["gt_masks"]
+        if args.dataloader_pin_memory and args.device.type == "cpu":
+            args.dataloader_pin_memory = False  # nothing to pin for: torch warns at every data loader otherwise
+        self.drop_last_batch_of_one = drop_last_batch_of_one
+        self.infosam_active_steps = 0  # optimiser steps whose batch gave L_r / L_d something to compare
+        self.dropped_batches_of_one = 0
+        self._infosam_active_now = False
         super().__init__(model=model, args=args, **kwargs)
+        self.add_callback(_InfoSAMStepCounter(self))
         self.eval_data_collator = eval_data_collator
         # The loss is a per-batch mean that the Trainer divides for gradient accumulation.
         self.model_accepts_loss_kwargs = False
@@ -216,9 +301,48 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
                 "rate, prefer bf16 to fp16, or set max_grad_norm."
             )
         mode = "train" if model.training else "eval"
+        if mode == "train" and outputs.relation_student is not None:
+            if gather or outputs.relation_student.shape[0] > 1:
+                self._infosam_active_now = True
         for name in LOSS_PARTS:
             self._loss_parts[mode][name].append(parts[name].detach().float().item())
         return (loss, outputs) if return_outputs else loss
+
+    def _is_lone_image_batch(self, inputs) -> bool:
+        pixels = inputs.get("pixel_values") if isinstance(inputs, dict) else None
+        return (
+            self.drop_last_batch_of_one
+            and pixels is not None
+            and pixels.shape[0] == 1
+            and self.infosam_config.uses_distillation
+            and self.args.world_size == 1  # under DDP every rank must take part in the backward
+        )
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self._is_lone_image_batch(inputs):
+            self.dropped_batches_of_one += 1
+            logger.warning_once(
+                "Skipping a training batch of one image: InfoSAM's L_r and L_d compare the images of a batch and are "
+                "0 for one (InfoSAMTrainer(drop_last_batch_of_one=False) trains it on the segmentation loss alone)."
+            )
+            return torch.zeros((), device=self.args.device)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def get_train_dataloader(self):
+        """Drops a last partial batch of one image when the dataset's length says there will be one."""
+        dataset, drop_last = self.train_dataset, self.args.dataloader_drop_last
+        if self.drop_last_batch_of_one and not drop_last and self.infosam_config.uses_distillation:
+            try:
+                length = len(dataset)
+            except TypeError:
+                length = None  # a stream: training_step skips a lone image instead
+            world_batch = self.args.per_device_train_batch_size * self.args.world_size
+            if length is not None and length % world_batch == 1 and self.args.world_size == 1:
+                self.args.dataloader_drop_last = True
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.args.dataloader_drop_last = drop_last
 
     def get_eval_dataloader(self, eval_dataset=None):
         if self.eval_data_collator is None:
@@ -231,6 +355,7 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Returns the student's mask logits at the label size, so `compute_metrics` sees masks, not features."""
+        originals = inputs.pop(ORIGINAL_MASKS_KEY, None) if isinstance(inputs, dict) else None
         inputs = self._prepare_inputs(inputs)
         gt_masks = inputs.get("gt_masks")
         with torch.no_grad(), self.compute_loss_context_manager():
@@ -241,6 +366,11 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         if prediction_loss_only:
             return loss.detach(), None, None
         logits, _ = select_best_mask(outputs, gt_masks)
+        if originals is not None:  # score where the labels live: padding cropped, at the image's own size
+            packed_logits, packed_masks = original_size_predictions(
+                logits, originals, inputs["original_sizes"], inputs["reshaped_input_sizes"]
+            )
+            return loss.detach(), packed_logits.to(logits.device), packed_masks.to(logits.device)
         return loss.detach(), logits.detach(), gt_masks.detach()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -514,8 +514,13 @@ def test_size_mismatch_in_stream_names_the_file(tmp_path):
     root = tmp_path / "ds"
     _write_pairs(root, 2, mismatched=(1,))
     _write_csv(root / "train.csv", [(f"img_{i}.png", f"img_{i}_mask.png") for i in range(2)])
+    # issue 11: a bad sample like a corrupt file, skipped, counted and named with both sizes
+    prepared = prepare_dataset(load_segmentation_dataset(str(root)), SamSegmentationPreprocessor(image_size=S))
+    assert len(list(prepared)) == 1
+    assert prepared.corrupt_log.count == 1 and "img_1.png" in prepared.corrupt_log.skipped[0]
     with pytest.raises(ValueError, match=r"img_1\.png.*img_1_mask\.png.*sizes differ|sizes differ.*img_1\.png"):
-        _iterate(load_segmentation_dataset(str(root)))
+        list(prepare_dataset(load_segmentation_dataset(str(root)), SamSegmentationPreprocessor(image_size=S),
+                             skip_corrupt=False))
 
 
 def test_empty_datasets_are_errors(tmp_path):

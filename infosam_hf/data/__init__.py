@@ -7,11 +7,18 @@ The flow is `load_segmentation_dataset` -> `split_for_process` (multi-process ru
 
 from .collator import SamSegmentationCollator
 from .images import CorruptImageError, decode_image, to_binary_mask, to_rgb_pil
-from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, SamSegmentationPreprocessor, longest_side_size
+from .preprocessing import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MaskSizeMismatchError,
+    SamSegmentationPreprocessor,
+    longest_side_size,
+)
 from .prompts import PAD_LABEL, PROMPT_TYPES, PromptSampler
 from .sources import (
     CorruptSampleCounter,
     CorruptSampleLog,
+    find_bad_samples,
     load_segmentation_dataset,
     prepare_dataset,
     split_for_process,
@@ -23,12 +30,14 @@ __all__ = [
     "CorruptSampleLog",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MaskSizeMismatchError",
     "PAD_LABEL",
     "PROMPT_TYPES",
     "PromptSampler",
     "SamSegmentationCollator",
     "SamSegmentationPreprocessor",
     "decode_image",
+    "find_bad_samples",
     "load_segmentation_dataset",
     "prepare_dataset",
     "longest_side_size",

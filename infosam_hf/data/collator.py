@@ -9,6 +9,10 @@ import torch
 
 from .prompts import PROMPT_TYPES, PromptSampler
 
+# Evaluation rows prepared with `prepare_dataset(..., keep_original_mask=True)` carry the mask at the
+# image's own size under this key; the collator passes them on as a list (sizes differ) for the metrics.
+ORIGINAL_MASKS_KEY = "gt_original"
+
 
 def _as_numpy(value: Any, dtype) -> np.ndarray:
     if isinstance(value, torch.Tensor):
@@ -65,6 +69,8 @@ class SamSegmentationCollator:
             "original_sizes": torch.from_numpy(original),
             "reshaped_input_sizes": torch.from_numpy(reshaped),
         }
+        if ORIGINAL_MASKS_KEY in features[0]:
+            batch[ORIGINAL_MASKS_KEY] = [np.asarray(f[ORIGINAL_MASKS_KEY]) for f in features]
         sampler = self.prompt_sampler
         kind = sampler.choose_prompt_type() if self.prompt_type == "mixed" else self.prompt_type
         if kind == "box":

@@ -17,7 +17,11 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from .images import decode_image, describe_source, image_size_hw, to_binary_mask, to_rgb_pil
+from .images import CorruptImageError, decode_image, describe_source, image_size_hw, to_binary_mask, to_rgb_pil
+
+
+class MaskSizeMismatchError(CorruptImageError):
+    """A mask not at its image's resolution: a bad sample, skipped and counted like an undecodable file."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -225,7 +229,7 @@ class SamSegmentationPreprocessor:
             mask = decode_image(mask, "mask")
             image_hw, mask_hw = image_size_hw(image), image_size_hw(mask)
             if image_hw != mask_hw:
-                raise ValueError(
+                raise MaskSizeMismatchError(
                     f"Image and mask sizes differ for sample {source or '<unnamed>'}: image is {image_hw[1]}x"
                     f"{image_hw[0]} (WxH) but mask is {mask_hw[1]}x{mask_hw[0]}. Masks must be annotated at the "
                     "image's resolution: resize the mask with nearest-neighbour to the image size (or re-export "

@@ -20,8 +20,9 @@ import datasets
 from datasets import Dataset, IterableDataset
 from datasets import Image as ImageFeature
 
-from .images import CorruptImageError, decode_image, describe_source
-from .preprocessing import SamSegmentationPreprocessor
+from .collator import ORIGINAL_MASKS_KEY
+from .images import CorruptImageError, decode_image, describe_source, image_size_hw, to_binary_mask
+from .preprocessing import MaskSizeMismatchError, SamSegmentationPreprocessor
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,23 @@ def load_segmentation_dataset(
 
 
 def _looks_local(path: str) -> bool:
-    return path.startswith((os.sep, ".", "~")) or (os.sep in path and path.count("/") != 1) or os.path.isabs(path)
+    """A path the user meant on disk, not a Hub id: so that a typo fails at once instead of waiting on the Hub."""
+    if path.startswith((os.sep, ".", "~")) or os.path.isabs(path):
+        return True
+    if os.sep in path and path.count("/") != 1:
+        return True
+    parent = os.path.dirname(path)
+    return bool(parent) and os.path.isdir(parent)  # `data/polyp` while ./data exists
+
+
+def check_local_path(path: str | os.PathLike, what: str) -> None:
+    """Raise FileNotFoundError naming `what` when `path` looks local (see `_looks_local`) but does not exist."""
+    text = os.path.expanduser(os.fspath(path))
+    if _looks_local(os.fspath(path)) and not os.path.exists(text):
+        raise FileNotFoundError(
+            f"{what} {os.fspath(path)!r} not found: no such file or folder (from {os.getcwd()}). Check the path, "
+            "or give a Hub id such as 'user/name'."
+        )
 
 
 def _split_csv_candidates(split: str) -> tuple[str, ...]:
@@ -343,6 +360,7 @@ class CorruptSampleLog:
 
     def __init__(self):
         self.skipped: list[str] = []
+        self.reasons: list[str] = []  # why each one was skipped, in the same order
         self._lock = threading.Lock()
         _LOGS.add(self)
 
@@ -362,13 +380,15 @@ class CorruptSampleLog:
     def add(self, source: str, error: BaseException | str = "") -> None:
         with self._lock:
             self.skipped.append(source)
+            self.reasons.append(str(error))
         logger.warning("Skipping corrupt sample %s (%d skipped so far): %s", source, self.count, error)
 
     def report(self) -> str:
         if not self.skipped:
             return "No corrupt samples were skipped."
+        names = list(dict.fromkeys(self.skipped))  # a sample met at every evaluation is named once
         return (
-            f"Skipped {self.count} corrupt sample(s): {', '.join(self.skipped)}. Re-export or remove these files "
+            f"Skipped {len(names)} corrupt sample(s): {', '.join(names)}. Re-export or remove these files "
             "(or pass skip_corrupt=False to stop at the first one)."
         )
 
@@ -390,10 +410,17 @@ def _report_corrupt_samples_at_exit() -> None:  # pragma: no cover - runs at int
 class _Preprocess:
     """The per-sample function `prepare_dataset` maps; a class so that workers can pickle it."""
 
-    def __init__(self, preprocessor: SamSegmentationPreprocessor, skip_corrupt: bool, log: CorruptSampleLog):
+    def __init__(
+        self,
+        preprocessor: SamSegmentationPreprocessor,
+        skip_corrupt: bool,
+        log: CorruptSampleLog,
+        keep_original_mask: bool = False,
+    ):
         self.preprocessor = preprocessor
         self.skip_corrupt = skip_corrupt
         self.log = log
+        self.keep_original_mask = keep_original_mask
 
     def one(self, image_value: Any, mask_value: Any, fallback_name: str) -> dict | None:
         image_source = describe_source(image_value, fallback_name)
@@ -407,7 +434,13 @@ class _Preprocess:
         except CorruptImageError as err:
             return self._skip(mask_source, err)
         name = image_source if mask_value is None else f"{image_source} (mask {mask_source})"
-        return self.preprocessor(image, mask, source=name)
+        try:
+            features = self.preprocessor(image, mask, source=name)
+        except MaskSizeMismatchError as err:
+            return self._skip(name, err)
+        if self.keep_original_mask and mask is not None:
+            features[ORIGINAL_MASKS_KEY] = to_binary_mask(mask, self.preprocessor.mask_threshold)
+        return features
 
     def _skip(self, source: str, error: CorruptImageError) -> None:
         if not self.skip_corrupt:
@@ -425,7 +458,8 @@ class _Preprocess:
             for key, value in features.items():
                 out.setdefault(key, []).append(value)
         if not out:  # every row of the batch was skipped: keep the column layout, no rows
-            out = {key: [] for key in ("pixel_values", "original_sizes", "reshaped_input_sizes", "gt_masks")}
+            keys = ("pixel_values", "original_sizes", "reshaped_input_sizes", "gt_masks")
+            out = {key: [] for key in keys + ((ORIGINAL_MASKS_KEY,) if self.keep_original_mask else ())}
         return out
 
     def transform(self, batch: dict[str, list]) -> dict[str, list]:
@@ -440,17 +474,21 @@ def prepare_dataset(
     preprocessor: SamSegmentationPreprocessor,
     skip_corrupt: bool = True,
     corrupt_log: CorruptSampleLog | None = None,
+    keep_original_mask: bool = False,
 ) -> IterableDataset | Dataset:
     """Lazily turn `image`/`mask` rows into SAM features (see `SamSegmentationPreprocessor`).
 
     Decoding is taken over from `datasets` (image columns are cast to
     `Image(decode=False)`) so that a corrupt file is skipped and counted instead of
-    ending the stream; a missing file or an image/mask size mismatch still raises, since
-    those point at a broken dataset rather than a bad file. A streamed dataset drops
+    ending the stream; a missing file still raises, since it points at a broken dataset
+    rather than a bad file. A streamed dataset drops
     skipped rows; a map-style one (where rows cannot disappear) yields them with
     `pixel_values=None` and `SamSegmentationCollator` drops them. The log of skipped
     samples is `corrupt_log` (a new one by default), also reachable as
-    `prepared.corrupt_log`.
+    `prepared.corrupt_log`. A mask whose size differs from its image's is a bad sample
+    too (skipped, counted, named with both sizes; `find_bad_samples` checks a split up front).
+    `keep_original_mask=True` adds the binary mask at the image's own size
+    (`"gt_original"`), which evaluation scores against (see `InfoSAMTrainer.prediction_step`).
     """
     log = CorruptSampleLog() if corrupt_log is None else corrupt_log
     columns = _column_names(dataset)
@@ -462,7 +500,7 @@ def prepare_dataset(
             f"prepare_dataset expects an 'image' column (and 'mask'); got {columns}. "
             "Load the data with load_segmentation_dataset, which normalises the column names."
         )
-    fn = _Preprocess(preprocessor, skip_corrupt, log)
+    fn = _Preprocess(preprocessor, skip_corrupt, log, keep_original_mask)
     dataset = _without_decoding(dataset)
     if isinstance(dataset, IterableDataset):
         prepared = dataset.map(fn.stream, batched=True, batch_size=1, with_indices=True, remove_columns=columns)
@@ -470,3 +508,39 @@ def prepare_dataset(
         prepared = dataset.with_transform(fn.transform)
     prepared.corrupt_log = log
     return prepared
+
+
+def find_bad_samples(dataset: IterableDataset | Dataset, limit: int | None = None) -> list[str]:
+    """Every sample of a split that training would skip: an undecodable image or mask, or a mask whose
+    size differs from its image's. One line per bad sample, naming the file and the problem.
+
+    What `examples/train.py --validate_data` runs before a long run; it decodes every row once.
+    """
+    problems: list[str] = []
+    dataset = _without_decoding(dataset)
+    for index, row in enumerate(dataset):
+        if limit is not None and index >= limit:
+            break
+        image_source = describe_source(row.get("image"), f"<sample #{index}>")
+        mask_value = row.get("mask")
+        mask_source = describe_source(mask_value, f"mask of {image_source}")
+        try:
+            image = decode_image(row.get("image"), "image")
+        except CorruptImageError as err:
+            problems.append(f"{image_source}: {err}")
+            continue
+        if mask_value is None:
+            problems.append(f"{image_source}: no mask")
+            continue
+        try:
+            mask = decode_image(mask_value, "mask")
+        except CorruptImageError as err:
+            problems.append(f"{mask_source}: {err}")
+            continue
+        image_hw, mask_hw = image_size_hw(image), image_size_hw(mask)
+        if image_hw != mask_hw:
+            problems.append(
+                f"{image_source} (mask {mask_source}): image is {image_hw[1]}x{image_hw[0]} (WxH) but mask is "
+                f"{mask_hw[1]}x{mask_hw[0]}"
+            )
+    return problems
