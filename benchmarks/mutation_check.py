@@ -124,7 +124,7 @@ MUTANTS = (
     ),
     Mutant(
         "all_gather_without_autograd", "infosam_hf/trainer.py",
-        (("    parts = all_gather(tensor)\n",
+        (("    parts = _AllGatherWithGrad.apply(tensor)\n",
           "    parts = [torch.zeros_like(tensor) for _ in range(world)]\n    dist.all_gather(parts, tensor)\n"),),
         (T + "test_the_all_gather_keeps_the_autograd_graph",),
         "all-gather without autograd (torch.distributed.all_gather)",
@@ -159,8 +159,9 @@ MUTANTS = (
         "only z_i of the student detached (L_d still reaches the encoder through z_m)",
     ),
     Mutant(
-        "z_m_is_the_iou_token", "infosam_hf/features.py",
-        (("return tokens[:, 0, 1:2, :]", "return tokens[:, 0, 0:1, :]"),),
+        "z_m_is_the_iou_token", "infosam_hf/models/__init__.py",
+        (('two_way_transformer_class="SamTwoWayTransformer",\n    first_mask_token=1,',
+          'two_way_transformer_class="SamTwoWayTransformer",\n    first_mask_token=0,'),),
         (M + "test_z_m_is_the_token_the_decoder_turns_into_its_first_mask",),
         "z_m read at the IoU token's index",
     ),
@@ -172,8 +173,8 @@ MUTANTS = (
     ),
     Mutant(
         "teacher_decoder_trained", "infosam_hf/modeling.py",
-        (("    return get_peft_model(base_model, peft_config or default_peft_config(config))\n",
-          "    student = get_peft_model(base_model, peft_config or default_peft_config(config))\n"
+        (("        return get_peft_model(base_model, peft_config or default_peft_config(config, family))\n",
+          "        student = get_peft_model(base_model, peft_config or default_peft_config(config, family))\n"
           "    for name, param in student.named_parameters():\n"
           "        if 'original_module' in name:\n"
           "            param.requires_grad_(True)\n"
