@@ -342,6 +342,16 @@ def check_adapter_fits(base_model: torch.nn.Module, folder: str, source: str | N
         )
 
 
+def _check_mergeable(folder: str, source: str) -> None:
+    """Refuse merge=True for a nonlinear adapter before any weights are loaded."""
+    from .tuners.bottleneck_adapter import NOT_MERGEABLE, PEFT_TYPE
+
+    with open(os.path.join(folder, ADAPTER_CONFIG_NAME), encoding="utf-8") as f:
+        peft_type = json.load(f).get("peft_type")
+    if peft_type == PEFT_TYPE:
+        raise ValueError(f"merge=True cannot be used for {source}: {NOT_MERGEABLE}")
+
+
 def _adapter_base(folder: str) -> str | None:
     with open(os.path.join(folder, ADAPTER_CONFIG_NAME), encoding="utf-8") as f:
         return json.load(f).get("base_model_name_or_path")
@@ -411,7 +421,8 @@ def load(
     """(model, processor) ready for inference: the base SAM with the adapter applied, in eval mode.
 
     `merge=True` folds LoRA into the base weights (`merge_and_unload`) and returns a plain
-    `SamModel` with the same masks, for deployment without peft at inference time.
+    `SamModel` with the same masks, for deployment without peft at inference time; it is
+    refused for the bottleneck adapter, which is nonlinear and cannot be merged.
     """
     from peft import PeftModel
 
@@ -419,6 +430,8 @@ def load(
         raise ValueError("merge=True returns a plain SamModel for deployment; it cannot be combined with is_trainable.")
     source = os.fspath(repo_or_folder)
     folder = resolve_folder(source, revision, token)
+    if merge:
+        _check_mergeable(folder, source)
     base, base_id = _load_base(folder, base_model, token, torch_dtype, source)
     check_adapter_fits(base, folder, source)
     try:
