@@ -7,8 +7,11 @@ cleanly:
 - peft:        plain LoRA fine-tuning, segmentation loss only, no teacher;
 - infosam:     InfoSAM with the shared-weights teacher (adapters disabled), our default;
 - cached:      InfoSAM with the teacher-embedding cache, timed after one pass over the data;
-- two_copies:  InfoSAM with a separate teacher SamModel, as the reference implementation holds it.
+- two_copies:  InfoSAM with a separate teacher SamModel, as the reference implementation holds it;
+- adapter:     plain fine-tuning with the paper's bottleneck Adapter (ratio 0.25, every block) instead of LoRA;
+- adapter_infosam: InfoSAM with the bottleneck Adapter, shared-weights teacher.
 
+With both adapter modes, a line `adapter_vs_lora ...` compares them with `peft` and `infosam`.
 The last line printed is `time_ratio=<infosam/peft> memory_ratio=<infosam/peft>`.
 
 Memory: on CUDA, `torch.cuda.max_memory_allocated`; on the CPU, the peak resident set
@@ -30,7 +33,7 @@ import subprocess
 import sys
 import time
 
-MODES = ("peft", "infosam", "cached", "two_copies")
+MODES = ("peft", "infosam", "cached", "two_copies", "adapter", "adapter_infosam")
 
 
 def rss_mb() -> float:
@@ -58,7 +61,9 @@ def run_worker(args: argparse.Namespace) -> dict:
         raise SystemExit("--model vit-b runs at 1024 px (SAM's fixed input size)")
     image_size = sam_config.vision_config.image_size
     mode = args.worker
-    config = InfoSAMConfig(lambda_1=0.0, lambda_2=0.0) if mode == "peft" else InfoSAMConfig()
+    method = {"peft_method": "adapter"} if mode.startswith("adapter") else {}
+    plain = mode in ("peft", "adapter")
+    config = InfoSAMConfig(lambda_1=0.0, lambda_2=0.0, **method) if plain else InfoSAMConfig(**method)
     teacher = SamModel(sam_config) if mode == "two_copies" else None
     model = InfoSAMModel(build_student(SamModel(sam_config), config), config, teacher=teacher).to(device)
     if mode == "cached":
@@ -102,6 +107,7 @@ def run_worker(args: argparse.Namespace) -> dict:
         "images_per_s": args.batch_size / statistics.median(times),
         "memory_mb": memory_mb,
         "cache_hits": model.teacher_cache.hits if model.teacher_cache is not None else None,
+        "trainable": sum(p.numel() for p in model.student.parameters() if p.requires_grad),
     }
 
 
@@ -144,15 +150,25 @@ def main() -> None:
         return min(r[key] for r in results[mode])
 
     print(f"device: {results[modes[0]][0]['device']}  model: {args.model}  batch: {args.batch_size}  bf16: {args.bf16}")
-    print(f"{'mode':<12}{'step (s)':>10}{'images/s':>10}{'peak MB':>10}{'time x':>9}{'mem x':>8}")
+    print(f"{'mode':<16}{'step (s)':>10}{'images/s':>10}{'peak MB':>10}{'time x':>9}{'mem x':>8}{'trained params':>16}")
     for mode in modes:
         step_s, mem = best(mode, "step_s"), best(mode, "memory_mb")
         print(
-            f"{mode:<12}{step_s:>10.4f}{args.batch_size / step_s:>10.1f}{mem:>10.1f}"
+            f"{mode:<16}{step_s:>10.4f}{args.batch_size / step_s:>10.1f}{mem:>10.1f}"
             f"{step_s / best('peft', 'step_s'):>9.3f}{mem / best('peft', 'memory_mb'):>8.3f}"
+            f"{results[mode][0]['trainable']:>16,}"
         )
     time_ratio = best("infosam", "step_s") / best("peft", "step_s")
     memory_ratio = best("infosam", "memory_mb") / best("peft", "memory_mb")
+    if "adapter" in results and "adapter_infosam" in results:
+        print(
+            "adapter_vs_lora "
+            f"plain_time={best('adapter', 'step_s') / best('peft', 'step_s'):.3f} "
+            f"plain_memory={best('adapter', 'memory_mb') / best('peft', 'memory_mb'):.3f} "
+            f"infosam_time={best('adapter_infosam', 'step_s') / best('infosam', 'step_s'):.3f} "
+            f"infosam_memory={best('adapter_infosam', 'memory_mb') / best('infosam', 'memory_mb'):.3f} "
+            f"adapter_infosam_over_adapter_time={best('adapter_infosam', 'step_s') / best('adapter', 'step_s'):.3f}"
+        )
     if "cached" in results:
         print(f"cached_time_ratio={best('cached', 'step_s') / best('peft', 'step_s'):.3f}")
     print(f"time_ratio={time_ratio:.3f} memory_ratio={memory_ratio:.3f}")

@@ -207,3 +207,32 @@ def test_the_model_card_shows_the_adapter(tmp_path):
     assert "merge=True folds LoRA" not in text and "it cannot be merged" in text
     lora_text = render_model_card(model_card_info(InfoSAMModel(build_student(base_model(), InfoSAMConfig()))))
     assert "merge=True folds LoRA" in lora_text and "registers the" not in lora_text
+
+
+def test_paper_script_prints_the_adapter_recipe(tmp_path, capsys, monkeypatch):
+    import importlib.util
+    import os
+    import sys
+
+    (tmp_path / "train.csv").write_text("image,label\n")
+    (tmp_path / "test.csv").write_text("image,label\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("paper", os.path.join(root, "benchmarks", "paper.py"))
+    paper = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = paper
+    spec.loader.exec_module(paper)
+    monkeypatch.setattr(sys, "argv", ["paper.py", "--dataset", "camo", "--data_root", str(tmp_path), "--peft", "adapter",
+                                      "--print_only"])
+    paper.main()
+    command = capsys.readouterr().out
+    assert "--peft_method adapter --adapter_ratio 0.25 --adapter_layers 2-11" in command
+    assert "--adapter_train_layernorms true --modules_to_save mask_decoder" in command
+    assert "--output_dir outputs/paper-camo-adapter-infosam" in command and "--lambda_1 0" not in command
+    # the recipe's flags parse into the config the student is built from
+    from infosam_hf.tuners import BottleneckAdapterConfig
+
+    flags = paper.ADAPTER_RECIPE
+    (config,) = HfArgumentParser(InfoSAMConfig).parse_args_into_dataclasses(flags)
+    peft_config = default_peft_config(config)
+    assert isinstance(peft_config, BottleneckAdapterConfig) and peft_config.layers_to_transform == list(range(2, 12))
+    assert peft_config.train_layernorms and peft_config.modules_to_save == ["mask_decoder"]
