@@ -94,7 +94,7 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
             `data_collator` samples training prompts at random.
     """
 
-    _tag_names = ["infosam", "sam", "segment-anything", "peft", "lora", "mask-generation"]
+    _tag_names = ["infosam", "sam", "segment-anything", "peft", "mask-generation"]  # + the PEFT type, from the card
 
     def __init__(
         self,

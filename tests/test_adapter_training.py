@@ -79,6 +79,8 @@ def test_three_steps_save_and_identical_outputs_in_a_fresh_process(trained, base
     }
     card = (out / "README.md").read_text()
     assert "| PEFT method | Bottleneck Adapter |" in card and "| Adapted blocks | 1 |" in card
+    tags = card.split("---")[1]
+    assert "- infosam_bottleneck_adapter" in tags and "- lora" not in tags
     save_file(dict(batch), str(tmp_path / "batch.safetensors"))
     code = textwrap.dedent(f"""
         import torch
@@ -129,3 +131,21 @@ def test_push_and_load_from_the_hub(fake_hub, base_folder, tmp_path):
     torch.testing.assert_close(predict(loaded, batch), expected, rtol=0, atol=0)
     plain = PeftModel.from_pretrained(SamModel.from_pretrained("tiny/sam-base"), "tiny/infosam-adapter").eval()
     torch.testing.assert_close(predict(plain, batch), expected, rtol=0, atol=0)
+
+
+def test_overhead_benchmark_puts_the_adapter_beside_lora():
+    import os
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, os.path.join(root, "benchmarks", "overhead.py"), "--steps", "1", "--repeats", "1",
+         "--distinct_batches", "1", "--batch_size", "2", "--threads", "1", "--modes", "peft,infosam,adapter,adapter_infosam"],
+        capture_output=True, text=True, check=False, cwd=root, timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(l for l in out.stdout.splitlines() if l.startswith("adapter_vs_lora "))
+    values = dict(re.findall(r"(\w+)=([0-9.]+)", line))
+    assert {"plain_time", "plain_cpu_time", "plain_memory", "infosam_time", "infosam_cpu_time", "infosam_memory"} <= set(values)
+    adapter, lora = (int(v) for v in re.search(r"trained_params=(\d+)/(\d+)", line).groups())
+    assert adapter != lora and out.stdout.strip().splitlines()[-1].startswith("time_ratio=")
