@@ -161,10 +161,19 @@ def test_lora_on_the_decoder_attention_and_the_clear_conflict_error():
 
 
 def test_a_family_supplies_its_own_module_pattern_and_convolutions_are_refused():
+    class FeedForward(nn.Module):  # SAM 2's layout: the output projection is registered before hidden layers
+        def __init__(self):
+            super().__init__()
+            self.proj_in, self.proj_out = nn.Linear(8, 16), nn.Linear(16, 8)
+            self.layers = nn.ModuleList([nn.Linear(16, 16)])
+
+        def forward(self, x):
+            return self.proj_out(self.layers[0](self.proj_in(x)).relu())
+
     class Block(nn.Module):
         def __init__(self):
             super().__init__()
-            self.ffn = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+            self.ffn = FeedForward()
 
         def forward(self, x):
             return x + self.ffn(x)
@@ -182,10 +191,14 @@ def test_a_family_supplies_its_own_module_pattern_and_convolutions_are_refused()
 
     with pytest.raises(ValueError, match="no default target_modules for model_type .custom.*Pass target_modules="):
         get_peft_model(Trunk(), BottleneckAdapterConfig())
-    config = BottleneckAdapterConfig(target_modules=r"blocks\.\d+\.ffn", layers_pattern="blocks", layers_to_transform=[0, 2])
-    model = get_peft_model(Trunk(), config)
-    wrapped = [i for i, block in enumerate(model.base_model.model.blocks) if isinstance(block.ffn, BottleneckAdapterMLP)]
-    assert wrapped == [0, 2]
+    for pattern in ("blocks", None):
+        config = BottleneckAdapterConfig(target_modules=r"blocks\.\d+\.ffn", layers_pattern=pattern,
+                                         layers_to_transform=[0, 2])
+        model = get_peft_model(Trunk(), config)
+        blocks = model.base_model.model.blocks
+        assert [i for i, block in enumerate(blocks) if isinstance(block.ffn, BottleneckAdapterMLP)] == [0, 2]
+        assert blocks[0].ffn.bottleneck_up["default"].out_features == 8  # proj_out's width, not the hidden layer's
+        assert model(torch.randn(2, 8)).shape == (2, 8)
     with pytest.raises(ValueError, match="convolution-only block cannot take it"):
         get_peft_model(Trunk(), BottleneckAdapterConfig(target_modules="stem"))
 

@@ -37,7 +37,8 @@ class BottleneckAdapterConfig(PeftConfig):
             `vision_encoder.layers.<i>.mlp`).
         layers_to_transform: block indices that get an adapter (the paper: all but the
             first two blocks of ViT-B, i.e. 2..11). `None`: every matched block.
-        layers_pattern: the name of the module list holding the blocks (default `layers`).
+        layers_pattern: the name of the module list holding the blocks (`layers` in SAM,
+            `blocks` in SAM 2's Hiera); `None`: the first numbered part of the module name.
         ratio: bottleneck width as a fraction of the hidden size (0.25 in the paper).
         bottleneck_dim: an explicit bottleneck width, overriding `ratio`.
         activation: a `transformers.activations.ACT2FN` name (paper: GELU).
@@ -59,7 +60,9 @@ class BottleneckAdapterConfig(PeftConfig):
         default=None, metadata={"help": "Block indices to adapt; None: every matched block."}
     )
     layers_pattern: Optional[Union[list[str], str]] = field(
-        default="layers", metadata={"help": "Name of the module list holding the blocks."}
+        default=None,
+        metadata={"help": "Name of the module list holding the blocks (SAM: layers, SAM 2: blocks); None: the first "
+                  "numbered part of the module name."},
     )
     ratio: float = field(default=0.25, metadata={"help": "Bottleneck width / hidden size."})
     bottleneck_dim: Optional[int] = field(default=None, metadata={"help": "Explicit bottleneck width (overrides ratio)."})

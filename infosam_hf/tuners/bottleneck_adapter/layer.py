@@ -22,11 +22,15 @@ NOT_MERGEABLE = (
 )
 
 
-def mlp_features(module: nn.Module) -> tuple[int, int]:
-    """(input, output) features of an MLP block: its first and last `nn.Linear`.
+# The output projection of the MLP blocks of the SAM families in transformers (SAM/SAM-HQ `lin2`, SAM 2 Hiera
+# `proj_out`, SAM 3 ViT `fc2`); other MLPs: the last Linear registered.
+OUTPUT_PROJECTIONS = ("lin2", "proj_out", "fc2", "down_proj")
 
-    Works for SAM's `SamMLPBlock` (lin1, lin2) and any MLP whose Linear layers are
-    registered in call order; a block without one (e.g. a convolution-only stage)
+
+def mlp_features(module: nn.Module) -> tuple[int, int]:
+    """(input, output) features of an MLP block: its first `nn.Linear` and its output projection.
+
+    A block without Linear layers (e.g. a convolution-only stage such as EdgeTAM's RepViT)
     cannot take this adapter.
     """
     linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
@@ -35,7 +39,8 @@ def mlp_features(module: nn.Module) -> tuple[int, int]:
             f"The bottleneck adapter targets MLP blocks made of nn.Linear layers, but {type(module).__name__} has "
             "none (a convolution-only block cannot take it). Point target_modules at the transformer blocks' MLPs."
         )
-    return linears[0].in_features, linears[-1].out_features
+    out = next((getattr(module, n) for n in OUTPUT_PROJECTIONS if isinstance(getattr(module, n, None), nn.Linear)), None)
+    return linears[0].in_features, (out or linears[-1]).out_features
 
 
 class BottleneckAdapterLayer(BaseTunerLayer):
