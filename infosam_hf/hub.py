@@ -296,8 +296,8 @@ def _require_adapter_files(folder: str, what: str) -> None:
 def check_adapter_fits(base_model: torch.nn.Module, folder: str, source: str | None = None) -> None:
     """An adapter for another SAM size fails deep inside PEFT with a shape error; name both models instead.
 
-    Checks every LoRA matrix against the in/out features of the module it adapts, and
-    every fully saved weight against the base's, before PEFT touches the model.
+    Checks every LoRA matrix (and bottleneck-adapter up-projection) against the features of the
+    module it adapts, and every fully saved weight against the base's, before PEFT touches the model.
     """
     from safetensors import safe_open
 
@@ -311,10 +311,14 @@ def check_adapter_fits(base_model: torch.nn.Module, folder: str, source: str | N
         for key in f.keys():
             shape = tuple(f.get_slice(key).get_shape())
             name = key.removeprefix("base_model.model.")
-            for marker, dim in ((".lora_A.", 1), (".lora_B.", 0)):
+            for marker, dim in ((".lora_A.", 1), (".lora_B.", 0), (".bottleneck_up.", 0)):
                 if marker in name:
                     target = name.split(marker)[0]
                     weight = getattr(modules.get(target), "weight", None)
+                    if marker == ".bottleneck_up." and target in modules:  # an MLP block: its output width
+                        from .tuners.bottleneck_adapter.layer import mlp_features
+
+                        weight = torch.empty(mlp_features(modules[target])[1], 0, device="meta")
                     if target not in modules:
                         problems.append(f"the adapted module {target} does not exist in the base")
                     elif weight is not None and weight.dim() == 2 and len(shape) == 2:
@@ -324,6 +328,7 @@ def check_adapter_fits(base_model: torch.nn.Module, folder: str, source: str | N
                             problems.append(f"{target} has {expected} {side} features in the base, {shape[dim]} in the adapter")
                     break
             else:
+                name = name.replace(".bottleneck_norm.", ".")  # a trained LayerNorm copy has its base's shape
                 if name in params and tuple(params[name].shape) != shape:
                     problems.append(f"{name} is {shape} in the adapter but {tuple(params[name].shape)} in the base")
     if problems:

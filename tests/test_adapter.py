@@ -249,3 +249,15 @@ def test_paper_script_prints_the_adapter_recipe(tmp_path, capsys, monkeypatch):
     peft_config = default_peft_config(config)
     assert isinstance(peft_config, BottleneckAdapterConfig) and peft_config.layers_to_transform == list(range(2, 12))
     assert peft_config.train_layernorms and peft_config.modules_to_save == ["mask_decoder"]
+
+
+def test_an_adapter_for_another_sam_size_is_named_before_peft_fails(tmp_path):
+    adapter_student().save_pretrained(tmp_path / "mlp")
+    adapter_student(adapter_train_layernorms=True).save_pretrained(tmp_path / "norms")
+    torch.manual_seed(0)
+    wider = SamModel(tiny_sam_config(vision_hidden_size=48))
+    with pytest.raises(ValueError, match=r"does not fit this base model: .*mlp has 48 output features in the base, "
+                                         r"32 in the adapter"):
+        infosam_hf.load(tmp_path / "mlp", base_model=wider)
+    with pytest.raises(ValueError, match=r"does not fit this base model: .*layer_norm1\.(weight|bias) is \(32,\)"):
+        infosam_hf.load(tmp_path / "norms", base_model=wider)
