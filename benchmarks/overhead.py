@@ -15,8 +15,13 @@ cleanly:
 - teacher:     the teacher's forward alone (no gradient, stopped after the two-way transformer), to
                split InfoSAM's extra time into the teacher's own forward and everything else:
                `teacher_overhead = (infosam - peft) / teacher`, 1.0 when InfoSAM costs nothing
-               beyond the teacher's forward (relation module, losses, hooks).
+               beyond the teacher's forward (relation module, losses, hooks);
+- adapter:     plain fine-tuning with the paper's bottleneck Adapter (ratio 0.25, every block) instead of LoRA;
+- adapter_infosam: InfoSAM with the bottleneck Adapter, shared-weights teacher.
 
+The adapter modes run when named (`--modes peft,infosam,adapter,adapter_infosam`); a line
+`adapter_vs_lora ...` then compares them with `peft` and `infosam` (wall time, CPU time of the
+process, which a busy shared machine disturbs less, memory, trained parameters).
 The last line printed is `time_ratio=<infosam/peft> memory_ratio=<infosam/peft>`.
 
 `--model vit-b` is SAM ViT-B's architecture with random weights at `--image_size` (positional
@@ -44,6 +49,7 @@ import sys
 import time
 
 MODES = ("peft", "infosam", "cached", "stored", "two_copies", "teacher_bf16", "teacher")
+ADAPTER_MODES = ("adapter", "adapter_infosam")  # run with --modes peft,infosam,adapter,adapter_infosam
 
 
 def rss_mb() -> float:
@@ -69,10 +75,12 @@ def run_worker(args: argparse.Namespace) -> dict:
     sam_config = vit_b_sam_config(args.image_size) if args.model == "vit-b" else builtin_sam_config()
     image_size = sam_config.vision_config.image_size
     mode = args.worker
-    if mode == "peft":
-        config = InfoSAMConfig(lambda_1=0.0, lambda_2=0.0)
+    method = {"peft_method": "adapter"} if mode.startswith("adapter") else {}
+    plain = mode in ("peft", "adapter")
+    if plain:
+        config = InfoSAMConfig(lambda_1=0.0, lambda_2=0.0, **method)
     else:
-        config = InfoSAMConfig(teacher_dtype="bfloat16" if mode == "teacher_bf16" else None)
+        config = InfoSAMConfig(teacher_dtype="bfloat16" if mode == "teacher_bf16" else None, **method)
     if args.attn_implementation:
         sam_config._attn_implementation = args.attn_implementation
     teacher = SamModel(sam_config) if mode == "two_copies" else None
@@ -121,13 +129,14 @@ def run_worker(args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, cpu_times = [], []
     for i in range(args.steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step(batches[i % len(batches)])
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     if device.type == "cuda":
         memory_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -141,6 +150,8 @@ def run_worker(args: argparse.Namespace) -> dict:
         "cache_hits": model.teacher_cache.hits if model.teacher_cache is not None else None,
         "store_bytes_per_image": (model.teacher_cache.disk_store.disk_bytes() / len(model.teacher_cache.disk_store)
                                   if mode == "stored" else None),
+        "cpu_step_s": statistics.median(cpu_times),
+        "trainable": sum(p.numel() for p in model.student.parameters() if p.requires_grad),
     }
 
 
@@ -158,7 +169,7 @@ def main() -> None:
     parser.add_argument("--attn_implementation", default=None, help="e.g. eager, to compare with SAM's sdpa")
     parser.add_argument("--cpu", action="store_true")
     parser.add_argument("--modes", default=",".join(MODES))
-    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=MODES + ADAPTER_MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(run_worker(args)))
@@ -196,6 +207,13 @@ def main() -> None:
         )
     time_ratio = best("infosam", "step_s") / best("peft", "step_s")
     memory_ratio = best("infosam", "memory_mb") / best("peft", "memory_mb")
+    if "adapter" in results and "adapter_infosam" in results:
+        pairs = (("plain", "adapter", "peft"), ("infosam", "adapter_infosam", "infosam"))
+        print("adapter_vs_lora " + " ".join(
+            f"{label}_{name}={best(adapter, key) / best(lora, key):.3f}"
+            for label, adapter, lora in pairs
+            for name, key in (("time", "step_s"), ("cpu_time", "cpu_step_s"), ("memory", "memory_mb"))
+        ) + f" trained_params={results['adapter'][0]['trainable']}/{results['peft'][0]['trainable']}")
     for extra in ("cached", "stored", "teacher_bf16", "two_copies"):
         if extra in results:
             print(f"{extra}_time_ratio={best(extra, 'step_s') / best('peft', 'step_s'):.3f}")

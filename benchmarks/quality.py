@@ -1,6 +1,7 @@
-"""Does InfoSAM help? Zero-shot vs plain LoRA vs InfoSAM on the built-in benchmark, over several seeds.
+"""Does InfoSAM help? Zero-shot vs plain LoRA / Adapter vs InfoSAM on the built-in benchmark, over several seeds.
 
-Every fine-tuning run uses the same built-in tiny SAM, the same LoRA, the same number
+Every fine-tuning run uses the same built-in tiny SAM, the same PEFT method within a pair
+(LoRA, or the paper's bottleneck Adapter with `--peft_method adapter`), the same number
 of steps and, for a given seed, the same data order and prompts; only the loss
 differs. IoU and Dice (threshold-averaged as in the reference evaluation, box prompts)
 are measured on the held-out split of the shifted "specialised" domain.
@@ -8,6 +9,7 @@ are measured on the held-out split of the shifted "specialised" domain.
     python benchmarks/quality.py                          # main comparison, 3 seeds
     python benchmarks/quality.py --ablations              # + without L_r, without L_d, frozen relation, lambda sweep
     python benchmarks/quality.py --write BENCHMARKS.md    # also replace the table in BENCHMARKS.md
+    python benchmarks/quality.py --methods Adapter        # only the variants whose name contains "Adapter"
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 MAIN_VARIANTS = {
     "LoRA (no distillation)": ["--lambda_1", "0", "--lambda_2", "0"],
     "InfoSAM (λ1=1, λ2=0.5)": [],
+    "Adapter (no distillation)": ["--peft_method", "adapter", "--lambda_1", "0", "--lambda_2", "0"],
+    "Adapter + InfoSAM (λ1=1, λ2=0.5)": ["--peft_method", "adapter"],
 }
 ABLATIONS = {
     "InfoSAM without L_r (λ1=0)": ["--lambda_1", "0"],
@@ -60,6 +64,8 @@ def main() -> None:
     parser.add_argument("--ablations", action="store_true")
     parser.add_argument("--ablation_seeds", type=int, nargs="+", default=None, help="default: --seeds")
     parser.add_argument("--write", metavar="BENCHMARKS_MD", help="replace the quality table in this file")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="run only the variants whose name contains one of these words (e.g. LoRA Adapter)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more flags for examples/train.py")
     args = parser.parse_args()
 
@@ -67,6 +73,8 @@ def main() -> None:
     variants = dict(MAIN_VARIANTS)
     if args.ablations:
         variants.update(ABLATIONS)
+    if args.methods:
+        variants = {name: flags for name, flags in variants.items() if any(word in name for word in args.methods)}
     results: dict[str, dict[str, list[float]]] = {"Zero-shot (pre-trained tiny SAM)": {"iou": [], "dice": []}}
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,6 +95,7 @@ def main() -> None:
                 print(f"[{time.time() - start:6.0f}s] {name} seed {seed}: IoU {summary['iou']:.4f}", flush=True)
 
     command = "python benchmarks/quality.py" + (" --ablations" if args.ablations else "")
+    command += f" --methods {' '.join(args.methods)}" if args.methods else ""
     lines = [
         f"Command: `{command}` ({len(args.seeds)} seeds: {args.seeds}, {args.max_steps} steps each, "
         f"{time.time() - start:.0f} s in all on this machine).",

@@ -11,6 +11,7 @@ from .losses import (
 )
 from .modeling import InfoSAMModel, InfoSAMModelOutput, build_student, default_peft_config
 from .relation import RelationModule
+from .tuners import BottleneckAdapterConfig  # registers the bottleneck adapter with PEFT
 from .trainer import InfoSAMTrainer
 
 from .hub import load, load_for_training
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 
 __all__ = [
+    "BottleneckAdapterConfig",
     "InfoSAMConfig",
     "InfoSAMLoss",
     "InfoSAMModel",

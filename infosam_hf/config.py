@@ -16,6 +16,7 @@ from typing import Any
 
 INFOSAM_CONFIG_NAME = "infosam_config.json"
 SEGMENTATION_LOSSES = ("structure", "focal_dice_iou")
+PEFT_METHODS = ("lora", "adapter")
 
 
 @dataclass
@@ -78,6 +79,44 @@ class InfoSAMConfig:
     )
     modules_to_save: str = field(
         default="mask_decoder", metadata={"help": "Comma-separated modules trained in full (default: mask decoder)."}
+    )
+    peft_method: str = field(
+        default="lora",
+        metadata={
+            "help": "The student's PEFT method: 'lora' (LoRA on lora_target_modules) or 'adapter' (the paper's "
+            "bottleneck Adapter on the image encoder's MLP blocks, infosam_hf.tuners.BottleneckAdapterConfig).",
+            "choices": list(PEFT_METHODS),
+        },
+    )
+    adapter_ratio: float = field(
+        default=0.25, metadata={"help": "Adapter bottleneck width as a fraction of the encoder's hidden size."}
+    )
+    adapter_placement: str = field(
+        default="sequential",
+        metadata={
+            "help": "'sequential' (adapter on the MLP's output) or 'parallel' (on the MLP's input), added residually "
+            "to the MLP's output.",
+            "choices": ["sequential", "parallel"],
+        },
+    )
+    adapter_scaling: float = field(default=1.0, metadata={"help": "Factor on the adapter's output."})
+    adapter_layers: str = field(
+        default="",
+        metadata={
+            "help": "Encoder blocks that get an adapter: comma-separated indices and ranges, e.g. '2-11' (the paper, "
+            "ViT-B: all but the first two). Empty: every block."
+        },
+    )
+    adapter_train_layernorms: bool = field(
+        default=False,
+        metadata={"help": "Also train the image encoder's LayerNorms (as copies, so the shared teacher stays exact)."},
+    )
+    adapter_target_modules: str = field(
+        default="",
+        metadata={
+            "help": "Regex over module names of the MLP blocks that get an adapter. Empty: the model type's default "
+            "(SAM / SAM-HQ: vision_encoder.layers.<i>.mlp)."
+        },
     )
     teacher_model_name_or_path: str | None = field(
         default=None,
@@ -160,6 +199,17 @@ class InfoSAMConfig:
             raise ValueError(f"InfoSAMConfig.lora_r must be at least 1, got {self.lora_r}.")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"InfoSAMConfig.lora_dropout must lie in [0, 1), got {self.lora_dropout}.")
+        if self.peft_method not in PEFT_METHODS:
+            raise ValueError(
+                f"InfoSAMConfig.peft_method={self.peft_method!r} is not supported; use one of {', '.join(PEFT_METHODS)}."
+            )
+        if not 0.0 < self.adapter_ratio <= 1.0:
+            raise ValueError(f"InfoSAMConfig.adapter_ratio must lie in (0, 1], got {self.adapter_ratio}.")
+        if self.adapter_placement not in ("sequential", "parallel"):
+            raise ValueError(
+                f"InfoSAMConfig.adapter_placement must be 'sequential' or 'parallel', got {self.adapter_placement!r}."
+            )
+        self.adapter_layer_indices()  # fails early on a malformed adapter_layers
 
     @property
     def uses_distillation(self) -> bool:
@@ -172,6 +222,23 @@ class InfoSAMConfig:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return list(value)
+
+    def adapter_layer_indices(self) -> list[int] | None:
+        """`adapter_layers` ('2-11', '0,3,5-7') as a sorted list; None when empty (every block)."""
+        indices: set[int] = set()
+        for part in self.split_names(self.adapter_layers):
+            try:
+                low, _, high = part.partition("-")
+                first, last = int(low), int(high or low)
+            except ValueError:
+                raise ValueError(
+                    f"InfoSAMConfig.adapter_layers={self.adapter_layers!r}: {part!r} is not an index or a range; "
+                    "write e.g. '2-11' or '0,3,5-7'."
+                ) from None
+            if first < 0 or last < first:
+                raise ValueError(f"InfoSAMConfig.adapter_layers={self.adapter_layers!r}: bad range {part!r}.")
+            indices.update(range(first, last + 1))
+        return sorted(indices) or None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

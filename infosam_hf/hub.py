@@ -298,8 +298,8 @@ def _require_adapter_files(folder: str, what: str) -> None:
 def check_adapter_fits(base_model: torch.nn.Module, folder: str, source: str | None = None) -> None:
     """An adapter for another SAM size fails deep inside PEFT with a shape error; name both models instead.
 
-    Checks every LoRA matrix against the in/out features of the module it adapts, and
-    every fully saved weight against the base's, before PEFT touches the model.
+    Checks every LoRA matrix (and bottleneck-adapter up-projection) against the features of the
+    module it adapts, and every fully saved weight against the base's, before PEFT touches the model.
     """
     from safetensors import safe_open
 
@@ -313,10 +313,14 @@ def check_adapter_fits(base_model: torch.nn.Module, folder: str, source: str | N
         for key in f.keys():
             shape = tuple(f.get_slice(key).get_shape())
             name = key.removeprefix("base_model.model.")
-            for marker, dim in ((".lora_A.", 1), (".lora_B.", 0)):
+            for marker, dim in ((".lora_A.", 1), (".lora_B.", 0), (".bottleneck_up.", 0)):
                 if marker in name:
                     target = name.split(marker)[0]
                     weight = getattr(modules.get(target), "weight", None)
+                    if marker == ".bottleneck_up." and target in modules:  # an MLP block: its output width
+                        from .tuners.bottleneck_adapter.layer import mlp_features
+
+                        weight = torch.empty(mlp_features(modules[target])[1], 0, device="meta")
                     if target not in modules:
                         problems.append(f"the adapted module {target} does not exist in the base")
                     elif weight is not None and weight.dim() == 2 and len(shape) == 2:
@@ -326,6 +330,7 @@ def check_adapter_fits(base_model: torch.nn.Module, folder: str, source: str | N
                             problems.append(f"{target} has {expected} {side} features in the base, {shape[dim]} in the adapter")
                     break
             else:
+                name = name.replace(".bottleneck_norm.", ".")  # a trained LayerNorm copy has its base's shape
                 if name in params and tuple(params[name].shape) != shape:
                     problems.append(f"{name} is {shape} in the adapter but {tuple(params[name].shape)} in the base")
     if problems:
@@ -342,6 +347,16 @@ def check_adapter_fits(base_model: torch.nn.Module, folder: str, source: str | N
             "it loads, but the predictions are only those of the trained model on the same base weights.",
             stacklevel=3,
         )
+
+
+def _check_mergeable(folder: str, source: str) -> None:
+    """Refuse merge=True for a nonlinear adapter before any weights are loaded."""
+    from .tuners.bottleneck_adapter import NOT_MERGEABLE, PEFT_TYPE
+
+    with open(os.path.join(folder, ADAPTER_CONFIG_NAME), encoding="utf-8") as f:
+        peft_type = json.load(f).get("peft_type")
+    if peft_type == PEFT_TYPE:
+        raise ValueError(f"merge=True cannot be used for {source}: {NOT_MERGEABLE}")
 
 
 def _adapter_base(folder: str) -> str | None:
@@ -445,7 +460,8 @@ def load(
     """(model, processor) ready for inference: the base SAM with the adapter applied, in eval mode.
 
     `merge=True` folds LoRA into the base weights (`merge_and_unload`) and returns a plain
-    `SamModel` with the same masks, for deployment without peft at inference time.
+    `SamModel` with the same masks, for deployment without peft at inference time; it is
+    refused for the bottleneck adapter, which is nonlinear and cannot be merged.
     """
     from peft import PeftModel
 
@@ -453,6 +469,8 @@ def load(
         raise ValueError("merge=True returns a plain SamModel for deployment; it cannot be combined with is_trainable.")
     source = os.fspath(repo_or_folder)
     folder = resolve_folder(source, revision, token)
+    if merge:
+        _check_mergeable(folder, source)
     base, base_id = _load_base(folder, base_model, token, torch_dtype, source)
     check_adapter_fits(base, folder, source)
     try:

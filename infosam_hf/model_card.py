@@ -81,6 +81,7 @@ _PEFT_METHOD_NAMES = {
     "BOFT": "BOFT",
     "OFT": "OFT",
     "VERA": "VeRA",
+    "INFOSAM_BOTTLENECK_ADAPTER": "Bottleneck Adapter",
 }
 
 
@@ -225,7 +226,10 @@ def _dataset_name(dataset) -> str | None:
 
 
 def _peft_summary(student) -> dict[str, Any]:
-    from peft.utils import get_peft_model_state_dict
+    from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
+    from peft.utils import PeftType, get_peft_model_state_dict
+
+    from .tuners.bottleneck_adapter import PEFT_TYPE as BOTTLENECK_PEFT_TYPE
 
     config = student.peft_config[getattr(student, "active_adapter", "default")]
     peft_type = _plain(config.peft_type)
@@ -237,17 +241,27 @@ def _peft_summary(student) -> dict[str, Any]:
         value = getattr(config, attr, None)
         if value is not None:
             details.append((f"{method.split(' ')[0]} {label}", _fmt(value)))
+    if getattr(config, "placement", None) is not None:  # the bottleneck adapter (infosam_hf.tuners)
+        layers = config.layers_to_transform
+        width = str(config.bottleneck_dim) if config.bottleneck_dim else f"{_fmt(config.ratio)} x hidden size"
+        details += [
+            ("Bottleneck width", width),
+            ("Placement", f"{config.placement}, scaling {_fmt(config.scaling)}, activation {config.activation}"),
+            ("Adapted blocks", "all" if layers is None else ", ".join(str(i) for i in _as_list(layers))),
+            ("Encoder LayerNorms trained", "yes (as copies)" if config.train_layernorms else "no"),
+        ]
     targets = getattr(config, "target_modules", None)
     if targets:
         targets = sorted(targets) if isinstance(targets, (set, list, tuple)) else [targets]
         details.append(("Adapted modules", ", ".join(f"`{t}`" for t in targets)))
     if getattr(config, "modules_to_save", None):
         details.append(("Trained in full", ", ".join(f"`{m}`" for m in config.modules_to_save)))
+    prefix = PEFT_TYPE_TO_PREFIX_MAPPING.get(config.peft_type, "lora_")
     adapter = sum(t.numel() for t in get_peft_model_state_dict(student).values())
     base = sum(
         p.numel()
         for name, p in student.get_base_model().named_parameters()
-        if "lora_" not in name and ".modules_to_save." not in name
+        if f".{prefix}" not in f".{name}" and ".modules_to_save." not in name
     )
     share = f" ({100 * adapter / base:.2f}% of the base model's {base:,})" if base else ""
     return {
@@ -257,6 +271,8 @@ def _peft_summary(student) -> dict[str, Any]:
         "details": details,
         "adapter_params": f"{adapter:,}{share}",
         "base_model_name_or_path": getattr(config, "base_model_name_or_path", None),
+        "mergeable": str(peft_type) != BOTTLENECK_PEFT_TYPE,  # a nonlinear adapter cannot be folded into weights
+        "needs_import": str(peft_type) not in {member.value for member in PeftType},  # a method PEFT does not ship
     }
 
 
@@ -487,6 +503,8 @@ def render_model_card(info: Mapping[str, Any], template: str | None = None) -> s
     peft.setdefault("method", "PEFT")
     peft.setdefault("details", [])
     peft.setdefault("adapter_params", "not recorded")
+    peft.setdefault("mergeable", True)
+    peft.setdefault("needs_import", False)
     base = info.get("base_model")
     repo_id = info.get("repo_id") or info.get("model_name")
     names = list(info.get("dataset_names") or info.get("datasets") or [])

@@ -12,6 +12,7 @@ By default the teacher is the student's own base weights with the adapters disab
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import warnings
@@ -35,12 +36,25 @@ ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 PROMPT_KEYS = ("input_boxes", "input_points", "input_labels")
 
 
-def default_peft_config(config: InfoSAMConfig, family: SamFamily | None = None) -> LoraConfig:
-    """LoRA on the image encoder's attention (`qkv`) and the mask decoder trained in full, as in the paper.
+def default_peft_config(config: InfoSAMConfig, family: SamFamily | None = None) -> PeftConfig:
+    """The student's adapter from `config.peft_method`, with the mask decoder trained in full, as in the paper.
 
-    With `lora_target_modules` left at its default, a `family` whose image encoder has no `qkv`
-    (SAM 3 tracker, EdgeTAM) gets its own default targets from its spec.
+    'lora': LoRA on `lora_target_modules` (default: the image encoder's attention `qkv`; with that default left
+    as it is, a `family` whose image encoder has no `qkv` (SAM 3 tracker, EdgeTAM) gets its spec's targets).
+    'adapter': the bottleneck Adapter on the image encoder's MLP blocks (`infosam_hf.tuners`).
     """
+    if config.peft_method == "adapter":
+        from .tuners import BottleneckAdapterConfig
+
+        return BottleneckAdapterConfig(
+            target_modules=config.adapter_target_modules or None,
+            layers_to_transform=config.adapter_layer_indices(),
+            ratio=config.adapter_ratio,
+            placement=config.adapter_placement,
+            scaling=config.adapter_scaling,
+            train_layernorms=config.adapter_train_layernorms,
+            modules_to_save=config.split_names(config.modules_to_save) or None,
+        )
     targets = config.split_names(config.lora_target_modules)
     default = InfoSAMConfig.__dataclass_fields__["lora_target_modules"].default
     if family is not None and config.lora_target_modules == default and family.lora_target_modules != default:
@@ -61,8 +75,10 @@ def build_student(base_model: nn.Module, config: InfoSAMConfig, peft_config: Pef
     if isinstance(base_model, PeftModel):
         return base_model
     prepare_for_peft(base_model)
+    peft_config = peft_config or default_peft_config(config, family)
+    check_targets_not_saved(base_model, peft_config)
     with quiet_peft_wrapping():
-        return get_peft_model(base_model, peft_config or default_peft_config(config, family))
+        return get_peft_model(base_model, peft_config)
 
 
 @contextlib.contextmanager
@@ -72,6 +88,32 @@ def quiet_peft_wrapping():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         yield
+
+
+def check_targets_not_saved(model: nn.Module, peft_config: PeftConfig) -> None:
+    """A module is either adapted or trained in full (`modules_to_save`), never both.
+
+    PEFT silently skips adapter targets inside `modules_to_save` (or fails with "target
+    modules not found"); say which module collides and how to choose instead.
+    """
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+
+    saved = list(getattr(peft_config, "modules_to_save", None) or [])
+    targets = getattr(peft_config, "target_modules", None)
+    tuner = PEFT_TYPE_TO_TUNER_MAPPING.get(peft_config.peft_type)
+    if not saved or not targets or tuner is None:
+        return
+    probe = copy.copy(peft_config)
+    probe.modules_to_save = None
+    for name, _ in model.named_modules():
+        inside = [m for m in saved if name == m or name.startswith(f"{m}.") or f".{m}." in f".{name}."]
+        if inside and name and tuner._check_target_module_exists(probe, name):
+            raise ValueError(
+                f"{name} is both an adapter target (target_modules={targets!r}) and inside modules_to_save "
+                f"({inside[0]!r}); a module is either adapted or trained in full, never both. To put LoRA on the mask "
+                "decoder's attention, take 'mask_decoder' out of modules_to_save (--modules_to_save '' trains only "
+                "the adapter; the encoder stays frozen unless it is targeted too)."
+            )
 
 
 def upsample_masks(low_res_masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -170,7 +170,7 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
             for one image. `infosam_active_steps` counts the optimiser steps they were active.
     """
 
-    _tag_names = ["infosam", "sam", "segment-anything", "peft", "lora", "mask-generation"]
+    _tag_names = ["infosam", "sam", "segment-anything", "peft", "mask-generation"]  # + the PEFT type, from the card
 
     def __init__(
         self,

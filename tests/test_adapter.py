@@ -1,0 +1,263 @@
+"""The bottleneck Adapter (infosam_hf.tuners): placement, exactness, saving, merging, config and card."""
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from safetensors.torch import load_file
+from torch import nn
+from transformers import HfArgumentParser, SamModel
+
+import infosam_hf
+from infosam_hf import InfoSAMConfig, InfoSAMModel, build_student, default_peft_config
+from infosam_hf.model_card import model_card_info, render_model_card
+from infosam_hf.testing import tiny_sam_config, toy_batch
+from infosam_hf.tuners import BottleneckAdapterConfig
+from infosam_hf.tuners.bottleneck_adapter import PEFT_TYPE, BottleneckAdaptedLayerNorm, BottleneckAdapterMLP
+
+
+def base_model():
+    torch.manual_seed(0)
+    return SamModel(tiny_sam_config()).eval()
+
+
+def predict(model, batch):
+    with torch.no_grad():
+        return model(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"], multimask_output=False).pred_masks
+
+
+def perturb_adapter(model, scale=0.05):
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad and "modules_to_save" not in name:
+                p.add_(scale * torch.randn_like(p))
+
+
+def adapter_student(**config):
+    return build_student(base_model(), InfoSAMConfig(peft_method="adapter", **config))
+
+
+def test_starts_equal_to_the_base_and_disable_adapter_is_exact():
+    batch = toy_batch(2)
+    expected = predict(base_model(), batch)
+    student = adapter_student(adapter_train_layernorms=True).eval()
+    torch.testing.assert_close(predict(student, batch), expected, rtol=0, atol=0)  # up-projection starts at zero
+    perturb_adapter(student)
+    assert not torch.allclose(predict(student, batch), expected)
+    with student.disable_adapter():
+        torch.testing.assert_close(predict(student, batch), expected, rtol=0, atol=0)
+    # the base LayerNorms are untouched: training acts on copies
+    base_norm = student.get_base_model().vision_encoder.layers[0].layer_norm1
+    assert isinstance(base_norm, BottleneckAdaptedLayerNorm)
+    assert torch.equal(base_norm.base_layer.weight, base_model().vision_encoder.layers[0].layer_norm1.weight)
+    assert not base_norm.base_layer.weight.requires_grad and base_norm.bottleneck_norm["default"].weight.requires_grad
+
+
+def test_only_adapters_layernorm_copies_and_decoder_train():
+    student = adapter_student(adapter_train_layernorms=True)
+    trainable = {n for n, p in student.named_parameters() if p.requires_grad}
+    assert trainable and all(".bottleneck_" in n or ".modules_to_save." in n for n in trainable)
+    assert any(".modules_to_save.default." in n for n in trainable)
+    assert any(".neck.layer_norm1.bottleneck_norm." in n for n in trainable)
+    plain = adapter_student()
+    assert not any("bottleneck_norm" in n for n, _ in plain.named_parameters())
+
+
+@pytest.mark.parametrize("placement", ["sequential", "parallel"])
+def test_the_adapter_is_the_papers_bottleneck(placement):
+    student = adapter_student(adapter_layers="1", adapter_placement=placement, adapter_scaling=0.5)
+    layers = student.get_base_model().vision_encoder.layers
+    assert not isinstance(layers[0].mlp, BottleneckAdapterMLP)  # only the chosen block
+    mlp = layers[1].mlp
+    assert isinstance(mlp, BottleneckAdapterMLP)
+    down, up = mlp.bottleneck_down["default"], mlp.bottleneck_up["default"]
+    assert (down.in_features, down.out_features, up.out_features) == (32, 8, 32)  # ratio 0.25 of hidden 32
+    assert torch.count_nonzero(up.weight) == 0 and torch.count_nonzero(up.bias) == 0
+    perturb_adapter(student)
+    x = torch.randn(2, 4, 4, 32)
+    with torch.no_grad():
+        h = mlp.base_layer(x)
+        source = h if placement == "sequential" else x
+        expected = h + 0.5 * up(nn.functional.gelu(down(source)))
+        torch.testing.assert_close(mlp(x), expected, rtol=0, atol=0)
+
+
+def test_save_load_round_trip_merge_refused_and_unload_gives_the_base(tmp_path):
+    batch = toy_batch(2)
+    expected_base = predict(base_model(), batch)
+    student = adapter_student(adapter_train_layernorms=True).eval()
+    perturb_adapter(student)
+    expected = predict(student, batch)
+    student.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved["peft_type"] == PEFT_TYPE and saved["ratio"] == 0.25 and saved["modules_to_save"] == ["mask_decoder"]
+    keys = set(load_file(tmp_path / "adapter_model.safetensors"))
+    assert any(k.endswith("mlp.bottleneck_down.weight") for k in keys)
+    assert any(k.endswith("layer_norm1.bottleneck_norm.weight") for k in keys)
+    assert not any(".base_layer." in k for k in keys)  # the frozen base is not saved
+
+    loaded = PeftModel.from_pretrained(base_model(), tmp_path).eval()
+    assert isinstance(loaded.peft_config["default"], BottleneckAdapterConfig)
+    torch.testing.assert_close(predict(loaded, batch), expected, rtol=0, atol=0)
+    for merge in (loaded.merge_and_unload, loaded.merge_adapter):
+        with pytest.raises(ValueError, match="cannot be merged.*nonlinear"):
+            merge()
+    torch.testing.assert_close(predict(loaded, batch), expected, rtol=0, atol=0)  # the refusal changed nothing
+    with pytest.raises(ValueError, match="merge=True cannot be used.*cannot be merged"):
+        infosam_hf.load(tmp_path, base_model=base_model(), merge=True)
+    model, _ = infosam_hf.load(tmp_path, base_model=base_model())
+    torch.testing.assert_close(predict(model, batch), expected, rtol=0, atol=0)
+
+    unloaded = loaded.unload()
+    assert type(unloaded) is SamModel
+    assert not any("bottleneck" in n or "base_layer" in n for n, _ in unloaded.named_modules())
+    torch.testing.assert_close(predict(unloaded, batch), expected_base, rtol=0, atol=0)
+
+
+def test_infosam_model_with_the_adapter_uses_the_base_as_teacher():
+    model = InfoSAMModel(adapter_student(), InfoSAMConfig(peft_method="adapter"))
+    perturb_adapter(model.student)
+    batch = toy_batch(2)
+    out = model(**batch)
+    base = base_model()
+    from infosam_hf.features import capture_sam_features
+
+    with torch.no_grad(), capture_sam_features(base) as feats:
+        base(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"], multimask_output=False)
+    torch.testing.assert_close(out.teacher_image_feats, feats.image_feats, rtol=0, atol=0)
+    assert not torch.allclose(out.student_image_feats, out.teacher_image_feats)
+
+
+def test_train_script_flags_reach_the_config():
+    (config,) = HfArgumentParser(InfoSAMConfig).parse_args_into_dataclasses(
+        ["--peft_method", "adapter", "--adapter_ratio", "0.5", "--adapter_placement", "parallel", "--adapter_layers",
+         "2-4,7", "--adapter_train_layernorms", "--adapter_scaling", "0.1"]
+    )
+    peft_config = default_peft_config(config)
+    assert isinstance(peft_config, BottleneckAdapterConfig)
+    assert peft_config.layers_to_transform == [2, 3, 4, 7] and peft_config.ratio == 0.5
+    assert peft_config.placement == "parallel" and peft_config.train_layernorms and peft_config.scaling == 0.1
+    assert InfoSAMConfig().adapter_layer_indices() is None
+    with pytest.raises(ValueError, match=r"adapter_layers='2-x'.*'2-x' is not an index or a range"):
+        InfoSAMConfig(adapter_layers="2-x")
+    with pytest.raises(ValueError, match="peft_method='prefix'.*lora, adapter"):
+        InfoSAMConfig(peft_method="prefix")
+    with pytest.raises(ValueError, match="placement must be one of"):
+        BottleneckAdapterConfig(placement="inside")
+
+
+def test_lora_on_the_decoder_attention_and_the_clear_conflict_error():
+    # the frequent request: LoRA on the mask decoder's attention, encoder frozen
+    student = build_student(base_model(), InfoSAMConfig(lora_target_modules="q_proj,v_proj", modules_to_save=""))
+    trainable = {n for n, p in student.named_parameters() if p.requires_grad}
+    assert trainable and all("mask_decoder" in n and "lora_" in n for n in trainable)
+    # the same targets with the decoder trained in full: a module cannot be both
+    with pytest.raises(ValueError, match=r"mask_decoder\..*q_proj is both an adapter target.*inside modules_to_save"):
+        build_student(base_model(), InfoSAMConfig(lora_target_modules="q_proj"))
+    with pytest.raises(ValueError, match="both an adapter target"):
+        build_student(base_model(), InfoSAMConfig(peft_method="adapter", adapter_target_modules=r".*\.mlp"))
+
+
+def test_a_family_supplies_its_own_module_pattern_and_convolutions_are_refused():
+    class FeedForward(nn.Module):  # SAM 2's layout: the output projection is registered before hidden layers
+        def __init__(self):
+            super().__init__()
+            self.proj_in, self.proj_out = nn.Linear(8, 16), nn.Linear(16, 8)
+            self.layers = nn.ModuleList([nn.Linear(16, 16)])
+
+        def forward(self, x):
+            return self.proj_out(self.layers[0](self.proj_in(x)).relu())
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ffn = FeedForward()
+
+        def forward(self, x):
+            return x + self.ffn(x)
+
+    class Trunk(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([Block() for _ in range(3)])
+            self.stem = nn.Conv2d(3, 8, 1)
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(x)
+            return x
+
+    with pytest.raises(ValueError, match="no default target_modules for model_type .custom.*Pass target_modules="):
+        get_peft_model(Trunk(), BottleneckAdapterConfig())
+    for pattern in ("blocks", None):
+        config = BottleneckAdapterConfig(target_modules=r"blocks\.\d+\.ffn", layers_pattern=pattern,
+                                         layers_to_transform=[0, 2])
+        model = get_peft_model(Trunk(), config)
+        blocks = model.base_model.model.blocks
+        assert [i for i, block in enumerate(blocks) if isinstance(block.ffn, BottleneckAdapterMLP)] == [0, 2]
+        assert blocks[0].ffn.bottleneck_up["default"].out_features == 8  # proj_out's width, not the hidden layer's
+        assert model(torch.randn(2, 8)).shape == (2, 8)
+    with pytest.raises(ValueError, match="convolution-only block cannot take it"):
+        get_peft_model(Trunk(), BottleneckAdapterConfig(target_modules="stem"))
+
+
+def test_the_model_card_shows_the_adapter(tmp_path):
+    model = InfoSAMModel(adapter_student(adapter_layers="1"), InfoSAMConfig(peft_method="adapter", adapter_layers="1"))
+    info = model_card_info(model)
+    peft = info["peft"]
+    assert peft["method"] == "Bottleneck Adapter" and not peft["mergeable"] and peft["needs_import"]
+    details = dict(peft["details"])
+    assert details["Bottleneck width"] == "0.25 x hidden size" and details["Adapted blocks"] == "1"
+    assert details["Placement"].startswith("sequential, scaling 1")
+    # parameter share: adapter + decoder copy over the base without either (the LoRA-only count missed them)
+    adapter = sum(p.numel() for n, p in model.student.named_parameters() if p.requires_grad)
+    assert peft["adapter_params"].startswith(f"{adapter:,} (")
+    text = render_model_card(info)
+    assert "| PEFT method | Bottleneck Adapter |" in text and "| Adapted blocks | 1 |" in text
+    assert "import infosam_hf  # noqa: F401  registers the Bottleneck Adapter with PEFT" in text
+    assert "merge=True folds LoRA" not in text and "it cannot be merged" in text
+    lora_text = render_model_card(model_card_info(InfoSAMModel(build_student(base_model(), InfoSAMConfig()))))
+    assert "merge=True folds LoRA" in lora_text and "registers the" not in lora_text
+
+
+def test_paper_script_prints_the_adapter_recipe(tmp_path, capsys, monkeypatch):
+    import importlib.util
+    import os
+    import sys
+
+    (tmp_path / "train.csv").write_text("image,label\n")
+    (tmp_path / "test.csv").write_text("image,label\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("paper", os.path.join(root, "benchmarks", "paper.py"))
+    paper = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = paper
+    spec.loader.exec_module(paper)
+    monkeypatch.setattr(sys, "argv", ["paper.py", "--dataset", "camo", "--data_root", str(tmp_path), "--peft", "adapter",
+                                      "--print_only"])
+    paper.main()
+    command = capsys.readouterr().out
+    assert "--peft_method adapter --adapter_ratio 0.25 --adapter_layers 2-11" in command
+    assert "--adapter_train_layernorms true --modules_to_save mask_decoder" in command
+    assert "--output_dir outputs/paper-camo-adapter-infosam" in command and "--lambda_1 0" not in command
+    # the recipe's flags parse into the config the student is built from
+    from infosam_hf.tuners import BottleneckAdapterConfig
+
+    flags = paper.ADAPTER_RECIPE
+    (config,) = HfArgumentParser(InfoSAMConfig).parse_args_into_dataclasses(flags)
+    peft_config = default_peft_config(config)
+    assert isinstance(peft_config, BottleneckAdapterConfig) and peft_config.layers_to_transform == list(range(2, 12))
+    assert peft_config.train_layernorms and peft_config.modules_to_save == ["mask_decoder"]
+
+
+def test_an_adapter_for_another_sam_size_is_named_before_peft_fails(tmp_path):
+    adapter_student().save_pretrained(tmp_path / "mlp")
+    adapter_student(adapter_train_layernorms=True).save_pretrained(tmp_path / "norms")
+    torch.manual_seed(0)
+    wider = SamModel(tiny_sam_config(vision_hidden_size=48))
+    with pytest.raises(ValueError, match=r"does not fit this base model: .*mlp has 48 output features in the base, "
+                                         r"32 in the adapter"):
+        infosam_hf.load(tmp_path / "mlp", base_model=wider)
+    with pytest.raises(ValueError, match=r"does not fit this base model: .*layer_norm1\.(weight|bias) is \(32,\)"):
+        infosam_hf.load(tmp_path / "norms", base_model=wider)
