@@ -173,8 +173,8 @@ MUTANTS = (
     ),
     Mutant(
         "teacher_decoder_trained", "infosam_hf/modeling.py",
-        (("        return get_peft_model(base_model, peft_config or default_peft_config(config, family))\n",
-          "        student = get_peft_model(base_model, peft_config or default_peft_config(config, family))\n"
+        (("        return get_peft_model(base_model, peft_config)\n",
+          "        student = get_peft_model(base_model, peft_config)\n"
           "    for name, param in student.named_parameters():\n"
           "        if 'original_module' in name:\n"
           "            param.requires_grad_(True)\n"
