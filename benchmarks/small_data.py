@@ -15,7 +15,8 @@ Modes are `examples/train.py --streaming` values (`auto`, `true`, `false`) plus 
 the stream shuffled with `datasets`' default `shuffle()` as before the fix (5 s of sleep
 per epoch). Time is measured from the end of step `--warmup` to the last step, so every
 epoch boundary in between counts; the one-off data preparation (building or opening the
-cache) is printed apart. The last line is `ratio=<small/full s/step, first mode>` followed
+cache) is printed apart. `--concurrent` runs the two sets at the same time and times both over
+the seconds they shared, for a machine whose other jobs come and go. The last line is `ratio=<small/full s/step, first mode>` followed
 by `<mode>_ratio=` for the other modes.
 """
 
@@ -28,6 +29,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -84,7 +86,7 @@ def worker(args) -> None:
 
     class StepTimes(TrainerCallback):
         def on_step_end(self, *_, **__):
-            stamps.append(time.perf_counter())
+            stamps.append(time.time())  # wall clock: comparable between the two concurrent processes
 
     trainer = InfoSAMTrainer(
         model=SamModel.from_pretrained(BUILTIN_MODEL_PATH),
@@ -95,21 +97,57 @@ def worker(args) -> None:
         processing_class=processor,
         callbacks=[StepTimes()],
     )
+    if args.barrier:  # start training together with the other set's process
+        open(os.path.join(args.barrier, args.data), "w").close()
+        deadline = time.time() + 1800
+        while len(os.listdir(args.barrier)) < 2 and time.time() < deadline:
+            time.sleep(0.05)
     trainer.train()
     if len(stamps) != args.steps:
         raise RuntimeError(f"expected {args.steps} steps, timed {len(stamps)}")
-    step_s = (stamps[-1] - stamps[args.warmup - 1]) / (args.steps - args.warmup)
-    print(json.dumps({"data": args.data, "mode": args.mode, "step_s": step_s, "prepare_s": prepare_s}))
+    print(json.dumps({"data": args.data, "mode": args.mode, "stamps": stamps, "prepare_s": prepare_s}))
 
 
-def run_worker(data: str, mode: str, args) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--data", data, "--mode", mode,
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-           "--output_dir", os.path.join(args.output_dir, f"{data}-{mode}")]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def worker_command(data: str, mode: str, args, barrier: str | None = None) -> list[str]:
+    return [sys.executable, os.path.abspath(__file__), "--worker", "--data", data, "--mode", mode,
+            "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
+            "--output_dir", os.path.join(args.output_dir, f"{data}-{mode}")] + (["--barrier", barrier] if barrier else [])
+
+
+def finish(process: subprocess.Popen, cmd: list[str]) -> dict:
+    stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{stderr[-4000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def step_time(stamps: list[float], start: float, end: float) -> float:
+    inside = [t for t in stamps if start <= t <= end]
+    if len(inside) < 3:
+        raise SystemExit("The two runs overlapped by fewer than 3 steps; raise --steps.")
+    return (inside[-1] - inside[0]) / (len(inside) - 1)
+
+
+def run_pair(mode: str, order: tuple[str, str], args) -> dict[str, dict]:
+    """Both sets' runs for one mode: one after the other, or (--concurrent) at once, timed over their common window."""
+    results = {}
+    if not args.concurrent:
+        for data in order:
+            cmd = worker_command(data, mode, args)
+            result = finish(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), cmd)
+            result["step_s"] = step_time(result["stamps"], result["stamps"][args.warmup - 1], result["stamps"][-1])
+            results[data] = result
+        return results
+    with tempfile.TemporaryDirectory() as barrier:
+        cmds = {data: worker_command(data, mode, args, barrier) for data in order}
+        processes = {data: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for data, cmd in cmds.items()}
+        results = {data: finish(processes[data], cmds[data]) for data in order}
+    start = max(r["stamps"][args.warmup - 1] for r in results.values())
+    end = min(r["stamps"][-1] for r in results.values())
+    for result in results.values():
+        result["step_s"] = step_time(result["stamps"], start, end)
+    return results
 
 
 def main() -> None:
@@ -119,6 +157,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs per set and mode; the median is kept")
     parser.add_argument("--modes", default="auto", help="comma-separated: auto, true, false, library")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--concurrent", action="store_true",
+                        help="run both sets at once and time them over the same seconds (on a machine shared with "
+                        "other jobs, both then see the same load); default: one after the other")
+    parser.add_argument("--barrier", help=argparse.SUPPRESS)
     parser.add_argument("--output_dir", default=os.path.join("outputs", "benchmark-small-data"))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data", choices=["small", "full"], help=argparse.SUPPRESS)
@@ -137,8 +179,7 @@ def main() -> None:
     for repeat in range(args.repeats):
         for mode in modes:
             order = ("small", "full") if repeat % 2 == 0 else ("full", "small")
-            for data in order:
-                result = run_worker(data, mode, args)
+            for data, result in run_pair(mode, order, args).items():
                 results.setdefault((data, mode), []).append(result)
                 print(f"  {mode:8s} {data:5s} {result['step_s']:.4f} s/step (prepare {result['prepare_s']:.1f} s)",
                       flush=True)
@@ -146,7 +187,8 @@ def main() -> None:
     def median(data, mode, key="step_s"):
         return statistics.median(r[key] for r in results[(data, mode)])
 
-    print(f"\n{args.steps} steps, batch 8, timed after step {args.warmup}, median of {args.repeats}")
+    how = "concurrently, over their common window" if args.concurrent else "one after the other"
+    print(f"\n{args.steps} steps, batch 8, timed after step {args.warmup}, {how}, median of {args.repeats}")
     print(f"| mode | {SMALL_SET_SIZE} images (s/step) | 2000 images (s/step) | ratio | prepare small / full (s) |")
     print("| --- | --- | --- | --- | --- |")
     ratios = []
