@@ -34,3 +34,9 @@ def test_overhead_benchmark_runs_and_prints_its_ratios():
 def test_teacher_forward_benchmark_runs_and_prints_its_ratios():
     values = ratios(run("teacher_forward.py", "--batch_size", "2", "--repeats", "1", "--rounds", "1"))
     assert set(values) == {"full_ratio", "cached_ratio"} and all(v > 0 for v in values.values())
+
+
+@pytest.mark.slow
+def test_small_data_benchmark_runs_and_prints_its_ratio():
+    values = ratios(run("small_data.py", "--steps", "4", "--warmup", "1", "--repeats", "1", "--threads", "1"))
+    assert set(values) == {"ratio"} and values["ratio"] > 0

@@ -27,6 +27,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -308,11 +309,9 @@ def cache_preprocessed(
 def _build(dataset, preprocessor, folder: Path, skip_corrupt: bool, log: CorruptSampleLog, description: str) -> None:
     from datasets.arrow_writer import ArrowWriter
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     start, rows, skipped_before = time.perf_counter(), 0, log.count
     logger.info("Preprocessing %s once into %s", description, folder)
-    try:
+    with staged_folder(folder, _MARKER) as staging:
         codec = _Codec.for_preprocessor(preprocessor)
         preprocess = _Preprocess(preprocessor, skip_corrupt, log)
         writer, keys = None, None
@@ -354,14 +353,28 @@ def _build(dataset, preprocessor, folder: Path, skip_corrupt: bool, log: Corrupt
         }
         (staging / _INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
         (staging / _MARKER).write_text("")
+    logger.info("Cached %d preprocessed samples of %s in %.1f s", rows, description, time.perf_counter() - start)
+
+
+@contextmanager
+def staged_folder(folder: Path, marker: str):
+    """A temporary sibling of `folder` to write into, renamed to `folder` when the block ends without error.
+
+    Readers only ever see a complete folder (one holding `marker`); when processes starting
+    together (one per rank) build the same folder, the first finished copy wins and the
+    others are dropped. Whatever happens, the temporary folder does not outlive the block.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        yield staging
         try:
             staging.rename(folder)
         except OSError:
-            if not (folder / _MARKER).exists():  # not a finished copy from a concurrent process
+            if not (folder / marker).exists():  # not a finished copy from a concurrent process
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    logger.info("Cached %d preprocessed samples of %s in %.1f s", rows, description, time.perf_counter() - start)
 
 
 def _open(folder: Path, log: CorruptSampleLog) -> Dataset:
