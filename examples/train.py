@@ -2,8 +2,9 @@
 
 With no arguments it runs the built-in default: the tiny SAM shipped with the package
 (pre-trained on the synthetic "general" domain by examples/pretrain_builtin_sam.py)
-is fine-tuned on the shifted "specialised" synthetic domain, streamed from parquet
-shards, and its IoU on held-out images is printed before and after.
+is fine-tuned on the shifted "specialised" synthetic domain, read from parquet shards
+(decoded once into a cache, see --streaming), and its IoU on held-out images is printed
+before and after.
 
     python examples/train.py
     accelerate launch examples/train.py --max_steps 400
@@ -38,9 +39,12 @@ from infosam_hf.data import (
     PromptSampler,
     SamSegmentationCollator,
     SamSegmentationPreprocessor,
+    choose_data_mode,
     find_bad_samples,
     load_segmentation_dataset,
+    prepare_cached_dataset,
     prepare_dataset,
+    shuffle_stream,
 )
 from infosam_hf.data.sources import check_local_path
 from infosam_hf.metrics import build_compute_metrics
@@ -94,7 +98,17 @@ class DataArguments:
     eval_split: str = field(default="test")
     image_column: str = field(default="image")
     mask_column: str = field(default="label")
-    streaming: bool = field(default=True, metadata={"help": "Stream the data instead of loading it in memory."})
+    streaming: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: local data that fits under --preprocess_cache_max_gb is decoded and resized once into a "
+            "cache reused by every epoch and run, anything else is streamed (the run prints which and why); "
+            "true: stream; false: preprocess once into the cache at any size."
+        },
+    )
+    preprocess_cache_max_gb: float = field(
+        default=4.0, metadata={"help": "--streaming auto caches local data up to this preprocessed size."}
+    )
     max_eval_samples: int | None = field(default=64, metadata={"help": "Evaluate on at most this many images."})
     eval_prompt: str = field(default="box", metadata={"help": "Prompt for evaluation: box or points."})
     eval_num_points: int = field(default=1, metadata={"help": "Foreground points per evaluation point prompt."})
@@ -120,14 +134,25 @@ class DataArguments:
 def build_datasets(data_args, preprocessor, training_args, corrupt_log=None):
     source = data_args.dataset_name or builtin_dataset_path("specialised")
     kwargs = dict(image_column=data_args.image_column, mask_column=data_args.mask_column)
-    train = load_segmentation_dataset(source, split=data_args.train_split, streaming=data_args.streaming, **kwargs)
-    if training_args.world_size > 1 and data_args.streaming:
+    mode = choose_data_mode(source, data_args.streaming, split=data_args.train_split,
+                            image_size=preprocessor.image_size, max_cache_gb=data_args.preprocess_cache_max_gb)
+    if training_args.process_index == 0:
+        print(mode, flush=True)
+    if training_args.max_steps <= 0 and mode.streaming:
+        raise SystemExit("A streamed dataset has no length: pass --max_steps (or --streaming false with epochs).")
+    if not mode.streaming:
+        with training_args.main_process_first(desc="preprocessing the training data once"):
+            train = prepare_cached_dataset(source, preprocessor, split=data_args.train_split, corrupt_log=corrupt_log,
+                                           **kwargs)
+    else:
+        train = load_segmentation_dataset(source, split=data_args.train_split, streaming=True, **kwargs)
+    if training_args.world_size > 1 and mode.streaming:
         # Each rank reads its own shards (or its slice of each global batch). accelerate's default for iterable data
         # (rank 0 reads and dispatches) would concatenate box- and point-prompted batches, which cannot be merged.
         training_args.accelerator_config.dispatch_batches = False
-    if data_args.streaming:  # shuffle file references, not preprocessed tensors (4 GB per 256 at 1024 px)
-        train = train.shuffle(seed=training_args.seed, buffer_size=256)
-    train = prepare_dataset(train, preprocessor, corrupt_log=corrupt_log)
+    if mode.streaming:  # shuffle file references, not preprocessed tensors (4 GB per 256 at 1024 px)
+        train = prepare_dataset(shuffle_stream(train, seed=training_args.seed, buffer_size=256), preprocessor,
+                                corrupt_log=corrupt_log)
     raw_evaluation = load_segmentation_dataset(source, split=data_args.eval_split, streaming=False, **kwargs)
     if data_args.max_eval_samples is not None:
         raw_evaluation = raw_evaluation.select(range(min(data_args.max_eval_samples, len(raw_evaluation))))
@@ -206,8 +231,6 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.logging.set_verbosity_warning()
     quiet_replicas(training_args)
-    if training_args.max_steps <= 0 and data_args.streaming:
-        raise SystemExit("A streamed dataset has no length: pass --max_steps (or --streaming false with epochs).")
     check_local_path(model_args.model_name_or_path, "--model_name_or_path")
     if model_args.resume_adapter:
         check_local_path(model_args.resume_adapter, "--resume_adapter")

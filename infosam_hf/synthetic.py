@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -233,16 +231,9 @@ def ensure_synthetic_dataset(
                 f"{folder} exists but was not completed by ensure_synthetic_dataset; it is left untouched. "
                 "Move it away, or point INFOSAM_HF_CACHE at another folder."
             )
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-        try:
+        from .data.cache import staged_folder
+
+        with staged_folder(folder, _MARKER) as staging:
             write_synthetic_dataset(staging, **{k: v for k, v in params.items()})
             (staging / _MARKER).write_text(json.dumps(params, sort_keys=True) + "\n")
-            try:
-                staging.rename(folder)
-            except OSError:
-                if not (folder / _MARKER).exists():  # not a finished copy from a concurrent process
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     return folder

@@ -60,3 +60,10 @@ def test_synthetic_speed_benchmark_runs_and_prints_its_ratio():
     lines = run("synthetic_speed.py", "--num_samples", "8", "--rounds", "1")
     generated, preprocessed = (float(v) for v in re.findall(r"([0-9]+) samples/s", lines[-2]))
     assert ratios(lines[-1])["time_ratio"] == pytest.approx(preprocessed / generated, rel=0.02)
+
+
+@pytest.mark.slow
+def test_small_data_benchmark_runs_and_prints_its_ratio():
+    lines = run("small_data.py", "--steps", "4", "--warmup", "1", "--repeats", "1", "--threads", "1")
+    values = ratios(lines[-1])
+    assert set(values) == {"ratio"} and values["ratio"] > 0

@@ -74,7 +74,7 @@ def test_train_script_runs_streams_and_saves_the_adapter(tmp_path):
 
 def test_train_script_needs_max_steps_when_streaming(tmp_path):
     with pytest.raises(SystemExit, match="max_steps"):
-        load_script("train").main(["--output_dir", str(tmp_path), "--max_steps", "-1"])
+        load_script("train").main(["--output_dir", str(tmp_path), "--max_steps", "-1", "--streaming", "true"])
 
 
 def test_paper_recipe_command(tmp_path, capsys, monkeypatch):

@@ -3,8 +3,11 @@
 The flow is `load_segmentation_dataset` -> `split_for_process` (multi-process runs)
 -> `prepare_dataset(dataset, SamSegmentationPreprocessor.from_processor(processor))`
 -> `DataLoader(..., collate_fn=SamSegmentationCollator(PromptSampler(seed=...)))`.
+Local data that fits is better read through `prepare_cached_dataset` (decoded once, cached on
+disk, see `cache.py`); `choose_data_mode` picks between the two, streams go through `shuffle_stream`.
 """
 
+from .cache import DataMode, choose_data_mode, prepare_cached_dataset
 from .collator import SamSegmentationCollator
 from .images import CorruptImageError, decode_image, to_binary_mask, to_rgb_pil
 from .preprocessing import (
@@ -21,6 +24,7 @@ from .sources import (
     find_bad_samples,
     load_segmentation_dataset,
     prepare_dataset,
+    shuffle_stream,
     split_for_process,
 )
 
@@ -28,6 +32,7 @@ __all__ = [
     "CorruptImageError",
     "CorruptSampleCounter",
     "CorruptSampleLog",
+    "DataMode",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MaskSizeMismatchError",
@@ -36,11 +41,14 @@ __all__ = [
     "PromptSampler",
     "SamSegmentationCollator",
     "SamSegmentationPreprocessor",
+    "choose_data_mode",
     "decode_image",
     "find_bad_samples",
     "load_segmentation_dataset",
+    "prepare_cached_dataset",
     "prepare_dataset",
     "longest_side_size",
+    "shuffle_stream",
     "split_for_process",
     "to_binary_mask",
     "to_rgb_pil",

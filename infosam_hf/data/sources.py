@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import csv
+import inspect
 import logging
 import os
 import threading
@@ -267,7 +268,7 @@ def _normalise_columns(dataset, image_column: str, mask_column: str, source: str
     dataset = dataset.select_columns([image, mask])
     renames = {old: new for old, new in ((image, "image"), (mask, "mask")) if old != new}
     if renames:
-        dataset = dataset.rename_columns(renames)
+        dataset = _rename_without_decoding(dataset, renames)
     for column in ("image", "mask"):
         feature = dataset.features[column] if dataset.features is not None else None
         if (
@@ -277,6 +278,24 @@ def _normalise_columns(dataset, image_column: str, mask_column: str, source: str
         ):
             dataset = dataset.cast_column(column, ImageFeature())  # paths or bytes -> lazily decoded images
     return dataset
+
+
+def _rename_without_decoding(dataset, renames: dict[str, str]):
+    """`rename_columns`, without decoding every image and encoding it back to PNG on the way.
+
+    `IterableDataset.rename_columns` is a `map` over decoded rows: each image was decoded
+    there, re-encoded to PNG bytes (losing its file name) for the `Image(decode=False)` cast
+    of `prepare_dataset`, then decoded again. Renaming the undecoded columns and restoring
+    the `Image` features afterwards (a lazy cast) gives the same rows for a third of the work.
+    """
+    if not isinstance(dataset, IterableDataset) or dataset.features is None:
+        return dataset.rename_columns(renames)
+    features = dataset.features
+    renamed = _without_decoding(dataset).rename_columns(renames)
+    for column, feature in features.items():
+        if isinstance(feature, ImageFeature) and feature.decode:
+            renamed = renamed.cast_column(renames.get(column, column), feature)
+    return renamed
 
 
 def _without_decoding(dataset):
@@ -297,6 +316,26 @@ def _raise_if_empty(dataset, source: str, split: str) -> None:
         raise ValueError(
             f"The {split!r} split of {source} is empty. Check the path / data_files pattern, or pick another split."
         )
+
+
+def shuffle_stream(dataset: IterableDataset, seed: int, buffer_size: int = 256) -> IterableDataset:
+    """`dataset.shuffle(seed, buffer_size)` that fills its buffer from one shard at a time.
+
+    Since datasets 5.0 `IterableDataset.shuffle` interleaves up to 10 shards into its buffer
+    (`max_buffer_input_shards`) through `CyclingMultiSourcesExamplesIterable`, whose iterator
+    ends every pass over a parquet source (the builder's `SLEEP_ON_THREADS_SHUTDOWNS`) with
+    `time.sleep(datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN)`: 5 s, to let Arrow's reader
+    threads wind down after its prefetch threads (apache/arrow#45214). That is 5 s per epoch
+    (per data-loader worker): 4x the whole run on a 32-image set. `max_buffer_input_shards=1`,
+    the library's own switch, takes the pre-5.0 path (no prefetch threads, no sleep): the shard
+    order is still reshuffled every epoch (`set_epoch`) and rows are shuffled within the buffer;
+    only the mixing of several shards inside one buffer is given up. Local data that fits is
+    better served by `prepare_cached_dataset` (a full permutation every epoch, decoded once).
+    """
+    kwargs = {}
+    if "max_buffer_input_shards" in inspect.signature(dataset.shuffle).parameters:  # datasets >= 5.0
+        kwargs["max_buffer_input_shards"] = 1
+    return dataset.shuffle(seed=seed, buffer_size=buffer_size, **kwargs)
 
 
 # --------------------------------------------------------------------------- distribution
