@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 
 import transformers
 from transformers import HfArgumentParser, SamModel, SamProcessor, TrainingArguments
@@ -37,7 +38,9 @@ from infosam_hf.data import (
     SamSegmentationPreprocessor,
     load_segmentation_dataset,
     prepare_dataset,
+    prepare_instance_dataset,
 )
+from infosam_hf.data.instances import INSTANCE_FORMATS
 from infosam_hf.metrics import build_compute_metrics
 
 logger = logging.getLogger("infosam_hf.train")
@@ -90,6 +93,21 @@ class DataArguments:
     structure_measures: bool = field(
         default=False, metadata={"help": "Also report S-measure, E-measure and weighted F (polyp, camouflage)."}
     )
+    instance_format: str | None = field(
+        default=None,
+        metadata={
+            "help": "Several objects per image in the mask column: 'ids' (instance-id PNG, 0 = background, k = "
+            "object k), 'masks' (a list of binary masks), 'coco' (COCO polygons / RLE). Default: 'ids' for the "
+            "built-in data, else one binary mask per image. 'none' forces one binary mask per image."
+        },
+    )
+    max_objects_per_image: int = field(
+        default=3,
+        metadata={"help": "Instance data: prompts (objects) per image per training step, a random subset if more."},
+    )
+    min_object_area: int = field(
+        default=4, metadata={"help": "Instance data: objects smaller than this (pixels) are skipped and counted."}
+    )
     eval_overlays: int = field(
         default=4,
         metadata={
@@ -109,11 +127,27 @@ def build_datasets(data_args, preprocessor, training_args):
         training_args.accelerator_config.dispatch_batches = False
     if data_args.streaming:  # shuffle file references, not preprocessed tensors (4 GB per 256 at 1024 px)
         train = train.shuffle(seed=training_args.seed, buffer_size=256)
-    train = prepare_dataset(train, preprocessor)
+    instances = instance_format(data_args)
+    if instances:
+        prepare = partial(prepare_instance_dataset, instance_format=instances, min_object_area=data_args.min_object_area)
+    else:
+        prepare = prepare_dataset
+    train = prepare(train, preprocessor)
     raw_evaluation = load_segmentation_dataset(source, split=data_args.eval_split, streaming=False, **kwargs)
     if data_args.max_eval_samples is not None:
         raw_evaluation = raw_evaluation.select(range(min(data_args.max_eval_samples, len(raw_evaluation))))
-    return train, prepare_dataset(raw_evaluation, preprocessor), raw_evaluation
+    return train, prepare(raw_evaluation, preprocessor), raw_evaluation
+
+
+def instance_format(data_args) -> str | None:
+    """The instance layout of the mask column, or None for one binary mask per image."""
+    if data_args.instance_format in (None, ""):
+        return "ids" if data_args.dataset_name is None else None  # the built-in data is multi-object
+    if data_args.instance_format.lower() == "none":
+        return None
+    if data_args.instance_format not in INSTANCE_FORMATS:
+        raise SystemExit(f"--instance_format must be one of {INSTANCE_FORMATS} or 'none', got {data_args.instance_format!r}.")
+    return data_args.instance_format
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -155,8 +189,14 @@ def main(argv: list[str] | None = None) -> dict:
     )
     eval_sampler = PromptSampler(box_probability=1.0 if data_args.eval_prompt == "box" else 0.0, box_noise=0.0,
                                  num_points=data_args.eval_num_points, seed=0)
-    train_collator = SamSegmentationCollator(train_sampler)
-    eval_collator = SamSegmentationCollator(eval_sampler, prompt_type=data_args.eval_prompt)
+    objects = instance_format(data_args) is not None
+    train_collator = SamSegmentationCollator(
+        train_sampler, max_objects_per_image=data_args.max_objects_per_image if objects else None
+    )
+    # evaluation prompts every object of an image (metrics are then per object)
+    eval_collator = SamSegmentationCollator(
+        eval_sampler, prompt_type=data_args.eval_prompt, max_objects_per_image=255 if objects else None
+    )
 
     trainer = InfoSAMTrainer(
         model=model,
@@ -169,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=processor,
         compute_metrics=build_compute_metrics(structure_measures=data_args.structure_measures),
     )
-    if data_args.eval_overlays > 0:
+    if data_args.eval_overlays > 0 and not objects:  # the overlays prompt one mask per image
         trainer.add_callback(
             EvalOverlayCallback(
                 raw_eval_dataset,
@@ -188,10 +228,11 @@ def main(argv: list[str] | None = None) -> dict:
         "zero_shot_dice": before.get("zero_shot_dice"),
         "iou": after.get("eval_iou"),
         "dice": after.get("eval_dice"),
+        "metrics_per": "object" if objects else "image",
     }
     if trainer.is_world_process_zero():
         print(
-            f"IoU before {summary['zero_shot_iou']:.4f} -> after {summary['iou']:.4f} "
+            f"{'Per-object ' if objects else ''}IoU before {summary['zero_shot_iou']:.4f} -> after {summary['iou']:.4f} "
             f"(Dice {summary['zero_shot_dice']:.4f} -> {summary['dice']:.4f}); adapter saved to {training_args.output_dir}"
         )
         with open(os.path.join(training_args.output_dir, "iou_before_after.json"), "w") as f:

@@ -7,6 +7,7 @@ The flow is `load_segmentation_dataset` -> `split_for_process` (multi-process ru
 
 from .collator import SamSegmentationCollator
 from .images import CorruptImageError, decode_image, to_binary_mask, to_rgb_pil
+from .instances import INSTANCE_FORMATS, InstanceStats, decode_instances, prepare_instance_dataset
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, SamSegmentationPreprocessor, longest_side_size
 from .prompts import PAD_LABEL, PROMPT_TYPES, PromptSampler
 from .sources import (
@@ -22,6 +23,8 @@ __all__ = [
     "CorruptSampleCounter",
     "CorruptSampleLog",
     "IMAGENET_MEAN",
+    "INSTANCE_FORMATS",
+    "InstanceStats",
     "IMAGENET_STD",
     "PAD_LABEL",
     "PROMPT_TYPES",
@@ -29,8 +32,10 @@ __all__ = [
     "SamSegmentationCollator",
     "SamSegmentationPreprocessor",
     "decode_image",
+    "decode_instances",
     "load_segmentation_dataset",
     "prepare_dataset",
+    "prepare_instance_dataset",
     "longest_side_size",
     "split_for_process",
     "to_binary_mask",
