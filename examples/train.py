@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=processor,
         compute_metrics=build_compute_metrics(structure_measures=data_args.structure_measures),
     )
-    if data_args.eval_overlays > 0 and not objects:  # the overlays prompt one mask per image
+    if data_args.eval_overlays > 0:  # with instance data these draw one box around all objects of an image
         trainer.add_callback(
             EvalOverlayCallback(
                 raw_eval_dataset,

@@ -203,3 +203,63 @@ def test_training_two_steps_with_three_prompts_runs_the_encoder_once_per_image(t
     assert seen == [2, 2, 2, 2]  # per step: student and teacher, each one pass over the 2 images
     assert len(prompts_seen) == 2 and sum(prompts_seen) > 4  # more objects decoded than images encoded
     assert all(np.isfinite(e["loss"]) for e in trainer.state.log_history if "loss" in e)
+
+
+# --------------------------------------------------------------------------- gathering across ranks
+
+
+def _pair_outputs(rank: int):
+    """Rank 0: 2 images with 3 and 1 valid prompts; rank 1: 3 images with 1, 2, 2 (different M and B per rank)."""
+    from infosam_hf.modeling import InfoSAMModelOutput
+
+    generator = torch.Generator().manual_seed(rank)
+    valid = [[True, True, True], [True, False, False]] if rank == 0 else [[True, False], [True, True], [True, True]]
+    valid = torch.tensor(valid)
+    images, pairs = valid.shape[0], int(valid.sum())
+    out = InfoSAMModelOutput(
+        pred_masks=torch.randn(pairs, 1, 4, 4, generator=generator),
+        iou_scores=torch.rand(pairs, 1, generator=generator),
+        teacher_image_feats=torch.randn(images, 16, 8, generator=generator),
+        teacher_mask_tokens=torch.randn(pairs, 1, 8, generator=generator),
+        relation_teacher=torch.nn.functional.normalize(torch.randn(pairs, 16, generator=generator), dim=1),
+        relation_student=torch.nn.functional.normalize(torch.randn(pairs, 16, generator=generator), dim=1),
+        image_index=valid.nonzero()[:, 0],
+        prompt_mask=valid,
+    )
+    gt = (torch.rand(images, valid.shape[1], 4, 4, generator=generator) > 0.5).float()
+    return out, gt
+
+
+def _gather_worker(rank: int, init_file: str, results) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        out, gt = _pair_outputs(rank)
+        parts = InfoSAMTrainer.compute_infosam_loss(out, gt, InfoSAMConfig(), gather=True)
+        results[rank] = (parts["loss_r"].item(), parts["loss_d"].item())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gathering_handles_different_numbers_of_valid_pairs_per_rank(tmp_path):
+    """The gathered relation terms equal one process holding both ranks' pairs (image indices shifted)."""
+    import torch.multiprocessing as mp
+
+    from infosam_hf.losses import InfoSAMLoss
+
+    manager = mp.get_context("spawn").Manager()
+    results = manager.dict()
+    mp.start_processes(_gather_worker, args=(str(tmp_path / "init"), results), nprocs=2, start_method="spawn")
+    (a, _), (b, _) = _pair_outputs(0), _pair_outputs(1)
+    offset = a.teacher_image_feats.shape[0]
+    expected = InfoSAMLoss(InfoSAMConfig()).from_relations(
+        torch.cat([a.teacher_image_feats, b.teacher_image_feats]),
+        torch.cat([a.teacher_mask_tokens, b.teacher_mask_tokens]),
+        torch.cat([a.relation_teacher, b.relation_teacher]),
+        torch.cat([a.relation_student, b.relation_student]),
+        image_index=torch.cat([a.image_index, b.image_index + offset]),
+    )
+    for rank in (0, 1):
+        assert results[rank][0] == pytest.approx(expected.loss_r.item(), rel=1e-5)
+        assert results[rank][1] == pytest.approx(expected.loss_d.item(), rel=1e-5)
