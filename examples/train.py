@@ -102,7 +102,7 @@ class DataArguments:
         },
     )
     max_objects_per_image: int = field(
-        default=3,
+        default=2,  # each prompt costs a mask-decoder pass: 2 keeps the built-in main job at a few minutes
         metadata={"help": "Instance data: prompts (objects) per image per training step, a random subset if more."},
     )
     min_object_area: int = field(

@@ -260,7 +260,9 @@ class InfoSAMModel(nn.Module):
         try:
             with capture_sam_features(self.student) as feats:
                 outputs = self.student(pixel_values=pixel_values, multimask_output=multimask, **prompts)
-        except torch.OutOfMemoryError as err:
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if not isinstance(err, torch.OutOfMemoryError) and "can't allocate memory" not in str(err):
+                raise
             raise torch.OutOfMemoryError(
                 f"Out of memory decoding {first.shape[1]} prompts for each of {first.shape[0]} images: lower "
                 "max_objects_per_image (examples/train.py: --max_objects_per_image) or the per-device batch size."

@@ -44,6 +44,19 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
+def _soft_edges(mask: np.ndarray, size: int) -> np.ndarray:
+    """The mask blurred by a down- and up-sampling, (size, size, 1) in [0, 1]: the specialised domain's soft boundary."""
+    return (
+        np.asarray(
+            PIL.Image.fromarray((mask * 255).astype(np.uint8))
+            .resize((size // 2, size // 2))
+            .resize((size, size), PIL.Image.BILINEAR),
+            dtype=np.float32,
+        )[..., None]
+        / 255.0
+    )
+
+
 def _random_shape_mask(
     rng: np.random.Generator, size: int, area_fraction: float | None = None, min_side: float = 0.12
 ) -> np.ndarray:
@@ -94,15 +107,7 @@ def make_synthetic_sample(
         tint = 0.45 * tint / np.linalg.norm(tint)  # enough for the pre-trained model to find ~20% IoU zero-shot
         object_texture = _smooth_noise(rng, size, int(rng.integers(24, 36)))
         foreground = base[None, None] + tint[None, None] + 0.30 * (object_texture[..., None] - 0.5)
-        soft = (
-            np.asarray(
-                PIL.Image.fromarray((mask * 255).astype(np.uint8))
-                .resize((size // 2, size // 2))
-                .resize((size, size), PIL.Image.BILINEAR),
-                dtype=np.float32,
-            )[..., None]
-            / 255.0
-        )
+        soft = _soft_edges(mask, size)
         image = soft * foreground + (1 - soft) * background
         image = image + rng.normal(0, 0.03, image.shape)
     image = (np.clip(image, 0, 1) * 255).astype(np.uint8)
@@ -188,15 +193,7 @@ def make_synthetic_instances(
             tint = 0.45 * tint / np.linalg.norm(tint)
             object_texture = _smooth_noise(rng, size, int(rng.integers(24, 36)))
             foreground = base[None, None] + tint[None, None] + 0.30 * (object_texture[..., None] - 0.5)
-            soft = (
-                np.asarray(
-                    PIL.Image.fromarray((mask * 255).astype(np.uint8))
-                    .resize((size // 2, size // 2))
-                    .resize((size, size), PIL.Image.BILINEAR),
-                    dtype=np.float32,
-                )[..., None]
-                / 255.0
-            )
+            soft = _soft_edges(mask, size)
             image = soft * foreground + (1 - soft) * image
             ids[mask] = index
         image = image + rng.normal(0, 0.03, image.shape)

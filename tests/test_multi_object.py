@@ -263,3 +263,15 @@ def test_gathering_handles_different_numbers_of_valid_pairs_per_rank(tmp_path):
     for rank in (0, 1):
         assert results[rank][0] == pytest.approx(expected.loss_r.item(), rel=1e-5)
         assert results[rank][1] == pytest.approx(expected.loss_d.item(), rel=1e-5)
+
+
+def test_too_many_prompts_for_memory_suggest_max_objects_per_image(monkeypatch):
+    model = make_model()
+    batch = collate([instance_row(3, 0), instance_row(2, 1)], 3)
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(model.student, "forward", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError, match="3 prompts for each of 2 images.*max_objects_per_image"):
+        model(**batch)

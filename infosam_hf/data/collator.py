@@ -16,6 +16,20 @@ def _as_numpy(value: Any, dtype) -> np.ndarray:
     return np.asarray(value, dtype=dtype)
 
 
+def _image_fields(features: list[dict[str, Any]], gt_masks: np.ndarray) -> dict[str, torch.Tensor]:
+    frame = gt_masks.shape[-2:]  # samples made elsewhere may lack the sizes: then the whole frame is valid
+    reshaped = np.stack([_as_numpy(f.get("reshaped_input_sizes", frame), np.int64).reshape(2) for f in features])
+    original = np.stack(
+        [_as_numpy(f.get("original_sizes", r), np.int64).reshape(2) for f, r in zip(features, reshaped)]
+    )
+    return {
+        "pixel_values": torch.from_numpy(np.stack([_as_numpy(f["pixel_values"], np.float32) for f in features])),
+        "gt_masks": torch.from_numpy(gt_masks),
+        "original_sizes": torch.from_numpy(original),
+        "reshaped_input_sizes": torch.from_numpy(reshaped),
+    }
+
+
 class SamSegmentationCollator:
     """Stacks samples and draws one prompt per image.
 
@@ -83,17 +97,8 @@ class SamSegmentationCollator:
                 "--max_objects_per_image N)."
             )
         gt_masks = np.stack([_as_numpy(f["gt_masks"], np.float32) for f in features])
-        frame = gt_masks.shape[-2:]  # samples made elsewhere may lack the sizes: then the whole frame is valid
-        reshaped = np.stack([_as_numpy(f.get("reshaped_input_sizes", frame), np.int64).reshape(2) for f in features])
-        original = np.stack(
-            [_as_numpy(f.get("original_sizes", r), np.int64).reshape(2) for f, r in zip(features, reshaped)]
-        )
-        batch = {
-            "pixel_values": torch.from_numpy(np.stack([_as_numpy(f["pixel_values"], np.float32) for f in features])),
-            "gt_masks": torch.from_numpy(gt_masks),
-            "original_sizes": torch.from_numpy(original),
-            "reshaped_input_sizes": torch.from_numpy(reshaped),
-        }
+        batch = _image_fields(features, gt_masks)
+        reshaped = batch["reshaped_input_sizes"].numpy()
         sampler = self.prompt_sampler
         kind = sampler.choose_prompt_type() if self.prompt_type == "mixed" else self.prompt_type
         if kind == "box":
@@ -123,17 +128,9 @@ class SamSegmentationCollator:
             gt_masks[index, : masks.shape[0]] = masks
             gt_masks[index, masks.shape[0] :] = masks[0]  # padding repeats a real object: any prompt is valid
             prompt_mask[index, : masks.shape[0]] = True
-        reshaped = np.stack([_as_numpy(f.get("reshaped_input_sizes", size), np.int64).reshape(2) for f in features])
-        original = np.stack(
-            [_as_numpy(f.get("original_sizes", r), np.int64).reshape(2) for f, r in zip(features, reshaped)]
-        )
-        batch = {
-            "pixel_values": torch.from_numpy(np.stack([_as_numpy(f["pixel_values"], np.float32) for f in features])),
-            "gt_masks": torch.from_numpy(gt_masks),
-            "prompt_mask": torch.from_numpy(prompt_mask),
-            "original_sizes": torch.from_numpy(original),
-            "reshaped_input_sizes": torch.from_numpy(reshaped),
-        }
+        batch = _image_fields(features, gt_masks)
+        batch["prompt_mask"] = torch.from_numpy(prompt_mask)
+        reshaped = batch["reshaped_input_sizes"].numpy()
         kind = sampler.choose_prompt_type() if self.prompt_type == "mixed" else self.prompt_type
 
         def per_image(draw, masks, hw, count):
