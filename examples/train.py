@@ -251,6 +251,8 @@ def card_kwargs(data_args) -> dict:
     split = f"split {data_args.eval_split}" + (
         f", at most {data_args.max_eval_samples} images" if data_args.max_eval_samples is not None else ""
     )
+    if instance_format(data_args):
+        split += ", one prompt per object, metrics averaged over objects"
     if source is None:
         return {"dataset": "the built-in synthetic 'specialised' domain", "dataset_args": split}
     if os.path.exists(source):
