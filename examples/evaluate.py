@@ -48,6 +48,7 @@ if __name__ == "__main__":
     _here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
@@ -65,7 +66,10 @@ from infosam_hf.data import (
     load_segmentation_dataset,
     to_binary_mask,
 )
+from infosam_hf.data.images import image_size_hw
+from infosam_hf.data.instances import INSTANCE_FORMATS, decode_instances
 from infosam_hf.hub import load_model_or_base
+from infosam_hf.prompt_following import prompt_logits
 from infosam_hf.metrics import SegmentationMetrics
 
 logger = logging.getLogger("infosam_hf.evaluate")
@@ -98,6 +102,15 @@ class EvaluationArguments:
     split: str = field(default="test")
     image_column: str = field(default="image")
     mask_column: str = field(default="label")
+    instance_format: str | None = field(
+        default=None,
+        metadata={
+            "help": "Several objects per image: 'ids', 'masks' or 'coco' (see infosam_hf.data.instances); one prompt "
+            "per object, metrics per object (and per image). Default: one binary mask per image (all objects "
+            "together)."
+        },
+    )
+    min_object_area: int = field(default=4, metadata={"help": "Instance data: smaller objects are not scored."})
     streaming: bool = field(default=False, metadata={"help": "Stream the split instead of loading it first."})
     max_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N images only."})
     prompt: str = field(default="box", metadata={"help": "Prompt type.", "choices": ["box", "points"]})
@@ -170,10 +183,14 @@ class EvaluationStream(torch.utils.data.IterableDataset):
     worker that keeps it).
     """
 
-    def __init__(self, dataset, preprocessor: SamSegmentationPreprocessor, corrupt_log: CorruptSampleLog | None = None):
+    def __init__(self, dataset, preprocessor: SamSegmentationPreprocessor, corrupt_log: CorruptSampleLog | None = None,
+                 instances=None, min_object_area=4):
         self.dataset = _without_decoding(dataset)
         self.preprocessor = preprocessor
         self.corrupt_log = corrupt_log if corrupt_log is not None else CorruptSampleLog()
+        self.instances = instances
+        self.min_object_area = min_object_area
+        self.images_without_objects = 0  # counted in the main process only (num_workers=0)
 
     def __iter__(self):
         from datasets import IterableDataset
@@ -185,6 +202,11 @@ class EvaluationStream(torch.utils.data.IterableDataset):
         for index, row in enumerate(self.dataset):
             if index % workers != worker:
                 continue
+            if self.instances:
+                features = self._instances(row, index)
+                if features is not None:
+                    yield features
+                continue
             name = _source_name(row["image"], index)
             try:  # a bad sample is skipped, counted and named, as in training
                 image, mask = decode_image(row["image"], "image"), decode_image(row["mask"], "mask")
@@ -194,6 +216,23 @@ class EvaluationStream(torch.utils.data.IterableDataset):
                 continue
             features["gt_original"] = to_binary_mask(mask, self.preprocessor.mask_threshold)
             yield features
+
+
+    def _instances(self, row, index: int):
+        """One prompt per object; an image without any object has nothing to prompt: counted and left out."""
+        source = _source_name(row["image"], index)
+        image = decode_image(row["image"], "image")
+        masks = decode_instances(row["mask"], self.instances, image_size_hw(image), source)
+        masks = [m for m in masks if int(m.sum()) >= self.min_object_area]
+        if not masks:
+            self.images_without_objects += 1
+            logger.warning("%s has no object to prompt: left out of the per-object metrics.", source)
+            return None
+        features = self.preprocessor(image, None, source=source)
+        reshaped = tuple(int(v) for v in features["reshaped_input_sizes"])
+        features["gt_masks"] = np.concatenate([self.preprocessor.preprocess_mask(m, reshaped) for m in masks])
+        features["gt_original"] = [m.astype(np.uint8) for m in masks]
+        return features
 
 
 def _source_name(value, index: int) -> str:
@@ -217,11 +256,12 @@ def _without_decoding(dataset):
 class EvaluationCollator:
     """Stacks features and samples the prompt (the same one for both models); keeps the original masks as a list."""
 
-    def __init__(self, prompt: str, num_points: int, box_noise: float, seed: int):
+    def __init__(self, prompt: str, num_points: int, box_noise: float, seed: int, instances: bool = False):
         sampler = PromptSampler(
             box_probability=1.0 if prompt == "box" else 0.0, num_points=num_points, box_noise=box_noise, seed=seed
         )
-        self.collator = SamSegmentationCollator(sampler, prompt_type=prompt)
+        # instance data: every object of an image is prompted (one mask per prompt)
+        self.collator = SamSegmentationCollator(sampler, prompt_type=prompt, max_objects_per_image=255 if instances else None)
 
     def __call__(self, features):
         originals = [f.pop("gt_original") for f in features]
@@ -249,10 +289,30 @@ def first_samples(dataset, max_samples: int | None):
 def evaluate(model, loader, runs: dict, metric_kwargs: dict, total: int | None, disable_tqdm: bool = False):
     """One pass over the data; every run (zero-shot, adapter) scores the same batch, prompts included."""
     metrics = {name: SegmentationMetrics(**metric_kwargs) for name in runs}
+    metrics_image_of_object = []  # instance data: the image of every scored object, in update order
+    images_seen = 0
     with tqdm(total=total, unit="img", desc="evaluating", disable=disable_tqdm) as progress:
         for batch in loader:
             prompts = {k: batch[k] for k in PROMPT_KEYS if k in batch}
             size = batch["pixel_values"].shape[-1]
+            if "prompt_mask" in batch:
+                valid = batch["prompt_mask"]
+                image = valid.nonzero()[:, 0]
+                metrics_image_of_object.extend((image + images_seen).tolist())
+                images_seen += len(batch["gt_original"])
+                gts = [m for masks in batch["gt_original"] for m in masks]
+                for name, context in runs.items():
+                    with context():
+                        logits = prompt_logits(model, batch["pixel_values"], **prompts).cpu()[valid]
+                    metrics[name].update(
+                        logits,
+                        gts,
+                        original_size=batch["original_sizes"][image],
+                        reshaped_input_size=batch["reshaped_input_sizes"][image],
+                        pad_size=size,
+                    )
+                progress.update(len(batch["gt_original"]))
+                continue
             for name, context in runs.items():
                 with context():
                     logits = sam_low_res_logits(model, batch["pixel_values"], **prompts).cpu()
@@ -264,7 +324,18 @@ def evaluate(model, loader, runs: dict, metric_kwargs: dict, total: int | None, 
                     pad_size=size,
                 )
             progress.update(len(batch["gt_original"]))
+    for accumulator in metrics.values():
+        accumulator.image_of_object = metrics_image_of_object
     return metrics
+
+
+def per_image_means(accumulator) -> dict[str, float]:
+    """Instance data: each image's mean over its objects, then the mean over images."""
+    image = np.asarray(accumulator.image_of_object)
+    return {
+        key: float(np.mean([values[image == i].mean() for i in np.unique(image)]))
+        for key, values in accumulator.per_image().items()
+    }
 
 
 def format_table(results: dict[str, dict[str, float]], num_images: int) -> str:
@@ -306,10 +377,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     dataset, total = first_samples(dataset, args.max_samples)
     corrupt_log = CorruptSampleLog()
+    instances = instance_format(args)
+    stream = EvaluationStream(dataset, preprocessor, corrupt_log, instances, args.min_object_area)
     loader = torch.utils.data.DataLoader(
-        EvaluationStream(dataset, preprocessor, corrupt_log),
+        stream,
         batch_size=args.batch_size,
-        collate_fn=EvaluationCollator(args.prompt, args.num_points, args.box_noise, args.seed),
+        collate_fn=EvaluationCollator(args.prompt, args.num_points, args.box_noise, args.seed, instances is not None),
         num_workers=args.num_workers,
     )
 
@@ -328,7 +401,9 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         metric_kwargs = dict(structure_measures=args.structure_measures)
     accumulators = evaluate(model, loader, runs, metric_kwargs, total, args.disable_tqdm)
-    num_images = next(iter(accumulators.values())).num_images
+    num_images = next(iter(accumulators.values())).num_images  # objects, with instance data
+    if instances:
+        num_objects, num_images = num_images, len(set(next(iter(accumulators.values())).image_of_object))
     if num_images == 0:
         why = f" Every sample was skipped: {' | '.join(corrupt_log.reasons)}" if corrupt_log.count else ""
         raise ValueError(f"The {args.split!r} split of {source} gave no images to evaluate.{why}")
@@ -360,11 +435,23 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "metrics": scores,
     }
+    if instances:  # `metrics` are per object (mean over objects); these are per image (mean of each image's objects)
+        result["metrics_per"] = "object"
+        result["num_objects"] = num_objects
+        result["images_without_objects"] = stream.images_without_objects
+        result["metrics_per_image"] = {name: per_image_means(acc) for name, acc in accumulators.items()}
     if "zero_shot" in scores and "adapter" in scores:
         result["improvement"] = {k: scores["adapter"][k] - scores["zero_shot"][k] for k in scores["adapter"]}
 
-    print(f"\n{source} [{args.split}], {num_images} images, {describe_prompt(args)}:\n")
-    print(format_table(scores, num_images))
+    if instances:
+        print(f"\n{source} [{args.split}], {num_images} images, {num_objects} objects, one {describe_prompt(args)} "
+              "per object; per object:\n")
+        print(format_table(scores, num_images))
+        print("\nper image (mean of its objects):\n")
+        print(format_table(result["metrics_per_image"], num_images))
+    else:
+        print(f"\n{source} [{args.split}], {num_images} images, {describe_prompt(args)}:\n")
+        print(format_table(scores, num_images))
     if corrupt_log.count:
         print(f"\n{corrupt_log.report()}")
         result["skipped_samples"] = list(corrupt_log.skipped)
@@ -376,6 +463,14 @@ def main(argv: list[str] | None = None) -> dict:
             f.write("\n")
         print(f"\nWrote {args.output_file}")
     return result
+
+
+def instance_format(args: EvaluationArguments) -> str | None:
+    if args.instance_format in (None, "") or args.instance_format.lower() == "none":
+        return None
+    if args.instance_format not in INSTANCE_FORMATS:
+        raise ValueError(f"--instance_format must be one of {INSTANCE_FORMATS} or 'none', got {args.instance_format!r}.")
+    return args.instance_format
 
 
 def base_name(model, base: str | None) -> str | None:

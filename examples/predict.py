@@ -11,10 +11,16 @@ blue with the prompt drawn: box in green, foreground points green, background po
 Prompt coordinates are pixels of the ORIGINAL image (x to the right, y down), as you read
 them in an image viewer; they are mapped to the model's input frame exactly as
 `SamProcessor` maps them. `--box` / `--points` / `--negative_points` apply to every image;
-`--prompts prompts.json` gives one prompt per image, keyed by file name (or path):
+`--prompts prompts.json` gives one prompt per image, keyed by file name (or path), or a list
+of prompts for several objects of one image:
 
     {"a.png": {"box": [10, 20, 110, 140]},
-     "b.jpg": {"points": [[40, 52], [60, 70]], "labels": [1, 0]}}
+     "b.jpg": {"points": [[40, 52], [60, 70]], "labels": [1, 0]},
+     "c.png": [{"box": [5, 5, 40, 40]}, {"box": [60, 50, 120, 110]}, {"points": [[80, 20]]}]}
+
+Several prompts on one image (a list there, or `--box` with 4k numbers for k boxes) give one
+mask per prompt, `<name>_mask_1.png`, `<name>_mask_2.png`, ..., and one combined overlay
+(a colour per object); the image is encoded once for all its box prompts.
 
 (a list of `{"image": "a.png", "box": ...}` objects works too; with no `--images`, the
 images listed there are read, relative to the JSON file). A prompt may combine a box and
@@ -61,7 +67,8 @@ class PredictionArguments:
         default=None, metadata={"help": "Load the adapter on this base instead of the one in its adapter_config.json."}
     )
     box: list[float] | None = field(
-        default=None, metadata={"help": "Box prompt x1 y1 x2 y2 in original image pixels."}
+        default=None,
+        metadata={"help": "Box prompt x1 y1 x2 y2 in original image pixels; 4k numbers = k boxes, one mask each."},
     )
     points: list[str] | None = field(
         default=None, metadata={"help": "Foreground points, each as x,y in original image pixels."}
@@ -130,6 +137,10 @@ def cli_prompt(args: PredictionArguments) -> Prompt | None:
     if args.box is None and not positives and not negatives:
         return None
     points = positives + negatives
+    if args.box is not None and len(args.box) > 4 and len(args.box) % 4 == 0:
+        if points:
+            raise ValueError("Several --box prompts cannot be combined with --points; use --prompts prompts.json.")
+        return [Prompt(box=list(args.box[i : i + 4])) for i in range(0, len(args.box), 4)]
     return Prompt(
         box=list(args.box) if args.box is not None else None,
         points=points or None,
@@ -137,7 +148,11 @@ def cli_prompt(args: PredictionArguments) -> Prompt | None:
     )
 
 
-def _prompt_from_json(entry, where: str) -> Prompt:
+def _prompt_from_json(entry, where: str) -> Prompt | list[Prompt]:
+    if isinstance(entry, list):  # several objects of one image
+        if not entry:
+            raise ValueError(f"{where}: an empty list of prompts.")
+        return [_prompt_from_json(e, f"{where}, prompt {i}") for i, e in enumerate(entry)]
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: expected an object with 'box' and/or 'points', got {entry!r}.")
     unknown = set(entry) - {"image", "box", "points", "labels"}
@@ -208,8 +223,13 @@ def match_prompts(images: list[str], table: dict[str, Prompt], prompt_file: str)
     return prompts
 
 
-def output_paths(images: list[str], output_dir: str, overwrite: bool) -> list[tuple[str, str]]:
-    """`(mask path, overlay path)` per image; refuses clashes and (without overwrite) existing files, up front."""
+def output_paths(
+    images: list[str], output_dir: str, overwrite: bool, counts: list[int] | None = None
+) -> list[tuple[str | list[str], str]]:
+    """`(mask path, overlay path)` per image; refuses clashes and (without overwrite) existing files, up front.
+
+    An image with `counts[i] > 1` prompts gets a list of mask paths, `<stem>_mask_<k>.png`.
+    """
     stems: dict[str, str] = {}
     paths = []
     for image in images:
@@ -220,9 +240,16 @@ def output_paths(images: list[str], output_dir: str, overwrite: bool) -> list[tu
                 "separately with different --output_dir."
             )
         stems[stem] = image
-        paths.append((os.path.join(output_dir, f"{stem}_mask.png"), os.path.join(output_dir, f"{stem}_overlay.png")))
+        count = 1 if counts is None else counts[len(paths)]
+        masks = (
+            os.path.join(output_dir, f"{stem}_mask.png")
+            if count == 1
+            else [os.path.join(output_dir, f"{stem}_mask_{k}.png") for k in range(1, count + 1)]
+        )
+        paths.append((masks, os.path.join(output_dir, f"{stem}_overlay.png")))
     if not overwrite:
-        existing = [p for pair in paths for p in pair if os.path.exists(p)]
+        flat = [p for masks, overlay in paths for p in ([masks] if isinstance(masks, str) else masks) + [overlay]]
+        existing = [p for p in flat if os.path.exists(p)]
         if existing:
             shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
             raise FileExistsError(
@@ -259,6 +286,36 @@ def predict_one(model, preprocessor, image, prompt: Prompt, threshold: float) ->
     return full > threshold
 
 
+OBJECT_COLORS = ((30, 144, 255), (255, 140, 0), (50, 205, 50), (220, 20, 60), (186, 85, 211), (255, 215, 0))
+
+
+def predict_several(model, preprocessor, image, prompts: list[Prompt], threshold: float) -> list[np.ndarray]:
+    """One boolean mask per prompt; box-only prompts share one encoder pass (SAM's point batch)."""
+    if not all(p.box is not None and not p.points for p in prompts):
+        return [predict_one(model, preprocessor, image, p, threshold) for p in prompts]
+    from infosam_hf.prompt_following import prompt_logits
+
+    features = preprocessor(image)
+    original = tuple(int(v) for v in features["original_sizes"])
+    reshaped = tuple(int(v) for v in features["reshaped_input_sizes"])
+    boxes = torch.stack([to_model_frame(p.box, original, reshaped).reshape(4) for p in prompts])[None]
+    logits = prompt_logits(model, torch.from_numpy(features["pixel_values"])[None], input_boxes=boxes).cpu()[0]
+    full = postprocess_logits(logits, original, reshaped, pad_size=preprocessor.image_size)
+    return [m > threshold for m in full]
+
+
+def save_several(image, masks, prompts, mask_paths, overlay_path, alpha: float) -> None:
+    from infosam_hf.visualization import overlay_mask
+
+    overlay = image
+    for k, (mask, prompt, path) in enumerate(zip(masks, prompts, mask_paths)):
+        mask_to_image(mask).save(path)
+        overlay = overlay_mask(overlay, mask, color=OBJECT_COLORS[k % len(OBJECT_COLORS)], alpha=alpha)
+    for prompt in prompts:
+        overlay = render_overlay(overlay, None, box=prompt.box, points=prompt.points, labels=prompt.labels)
+    overlay.save(overlay_path)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     argv = sys.argv[1:] if argv is None else argv
     (args,) = HfArgumentParser(PredictionArguments).parse_args_into_dataclasses(args=argv)
@@ -284,7 +341,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise ValueError("No images: give --images (files or folders) or list them in --prompts.")
 
     # Everything that can be checked without the model is checked first: no half-written output folder.
-    outputs = output_paths(images, args.output_dir, args.overwrite)
+    counts = [len(p) if isinstance(p, list) else 1 for p in prompts]
+    outputs = output_paths(images, args.output_dir, args.overwrite, counts)
     decoded, checked, kept, corrupt_log = [], [], [], CorruptSampleLog()
     for index, (path, prompt) in enumerate(zip(images, prompts)):
         try:  # a corrupt image is skipped, counted and named, as in training and evaluation
@@ -293,10 +351,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             corrupt_log.add(path, err)
             continue
         kept.append(index)
-        prompt = Prompt(prompt.box, prompt.points, prompt.labels)  # a copy per image: validate fills in labels
-        prompt.validate(image.width, image.height, path)
+        several = []
+        for one in prompt if isinstance(prompt, list) else [prompt]:
+            one = Prompt(one.box, one.points, one.labels)  # a copy per image: validate fills in labels
+            one.validate(image.width, image.height, path)
+            several.append(one)
         decoded.append(image)
-        checked.append(prompt)
+        checked.append(several if isinstance(prompt, list) else several[0])
     if not kept:
         raise ValueError(corrupt_log.report())
     images, outputs = [images[i] for i in kept], [outputs[i] for i in kept]
@@ -307,6 +368,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     os.makedirs(args.output_dir, exist_ok=True)
     results = []
     for path, image, prompt, (mask_path, overlay_path) in zip(images, decoded, checked, outputs):
+        if isinstance(prompt, list):
+            masks = predict_several(model, preprocessor, image, prompt, args.threshold)
+            paths = mask_path if isinstance(mask_path, list) else [mask_path]
+            save_several(image, masks, prompt, paths, overlay_path, args.alpha)
+            areas = [int(m.sum()) for m in masks]
+            print(f"{path}: {len(masks)} masks ({', '.join(f'{a} px' for a in areas)}) -> {', '.join(paths)}, {overlay_path}")
+            results.append({"image": path, "masks": paths, "overlay": overlay_path, "mask_pixels": areas})
+            continue
         mask = predict_one(model, preprocessor, image, prompt, args.threshold)
         mask_to_image(mask).save(mask_path)
         render_overlay(image, mask, box=prompt.box, points=prompt.points, labels=prompt.labels, alpha=args.alpha).save(

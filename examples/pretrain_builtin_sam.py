@@ -3,11 +3,14 @@
 It stands in for `facebook/sam-vit-base` where real weights cannot be downloaded: a
 small SAM (architecture `infosam_hf.testing.builtin_sam_config`) trained from scratch,
 all weights, with SAM's own loss (focal + dice + IoU) on the synthetic "general"
-domain, prompted by jittered boxes and single foreground points like the fine-tuning
-recipe. The result segments the general domain well from box prompts and transfers
-imperfectly to the "specialised" domain, which is what fine-tuning then fixes.
+domain (1-6 objects per image), every image prompted once per object (up to
+--max_objects_per_image) by jittered boxes or single foreground points like the
+fine-tuning recipe. The result follows its prompts on the general domain (see
+benchmarks/prompt_following.py) and transfers imperfectly to the "specialised" domain,
+which is what fine-tuning then fixes.
 
-    python examples/pretrain_builtin_sam.py                 # ~15 min on 2 CPU cores
+    python examples/pretrain_builtin_sam.py                 # from scratch
+    python examples/pretrain_builtin_sam.py --init_from infosam_hf/builtin/sam-tiny-general --overwrite
     python examples/pretrain_builtin_sam.py --output_dir /tmp/sam-tiny --max_steps 200
 """
 
@@ -18,35 +21,58 @@ import os
 
 import torch
 from torch import nn
-from transformers import SamImageProcessor, SamModel, SamProcessor, Trainer, TrainingArguments
+from transformers import SamImageProcessor, SamModel, SamProcessor, Trainer, TrainerCallback, TrainingArguments
 
+from infosam_hf.synthetic import MAX_OBJECTS
 from infosam_hf.builtin import BUILTIN_IMAGE_SIZE, BUILTIN_MODEL_PATH, builtin_dataset_path
 from infosam_hf.data import (
     PromptSampler,
     SamSegmentationCollator,
     SamSegmentationPreprocessor,
     load_segmentation_dataset,
-    prepare_dataset,
+    prepare_instance_dataset,
 )
 from infosam_hf.losses import focal_dice_iou_loss
-from infosam_hf.metrics import build_compute_metrics
 from infosam_hf.modeling import upsample_masks
+from infosam_hf.prompt_following import evaluate_prompt_following
 from infosam_hf.testing import builtin_sam_config
 
 
 class SamWithLoss(nn.Module):
     """Adds SAM's training loss to a SamModel forward, so the stock Trainer can train it in full."""
 
-    def __init__(self, sam: SamModel):
+    def __init__(self, sam: SamModel, freeze_vision_encoder: bool = False):
         super().__init__()
         self.sam = sam
+        self.freeze_vision_encoder = freeze_vision_encoder
+        if freeze_vision_encoder:
+            sam.vision_encoder.requires_grad_(False)
 
-    def forward(self, pixel_values, gt_masks, input_boxes=None, input_points=None, input_labels=None, **_):
-        out = self.sam(pixel_values=pixel_values, input_boxes=input_boxes, input_points=input_points,
-                       input_labels=input_labels, multimask_output=False)
-        logits = upsample_masks(out.pred_masks[:, 0], gt_masks.shape[-2:])
-        loss = focal_dice_iou_loss(logits, gt_masks, out.iou_scores[:, 0])
-        return {"loss": loss, "logits": logits}
+    def forward(self, pixel_values, gt_masks, input_boxes=None, input_points=None, input_labels=None,
+                prompt_mask=None, **_):
+        prompts = dict(input_boxes=input_boxes, input_points=input_points, input_labels=input_labels)
+        if self.freeze_vision_encoder:
+            with torch.no_grad():
+                embeddings = self.sam.get_image_embeddings(pixel_values)
+            out = self.sam(image_embeddings=embeddings, multimask_output=False, **prompts)
+        else:
+            out = self.sam(pixel_values=pixel_values, multimask_output=False, **prompts)
+        valid = prompt_mask if prompt_mask is not None else torch.ones(gt_masks.shape[:2], dtype=torch.bool)
+        # one sample per valid (image, prompt) pair; padded prompts are left out
+        logits = upsample_masks(out.pred_masks[:, :, 0][valid].unsqueeze(1), gt_masks.shape[-2:])
+        loss = focal_dice_iou_loss(logits, gt_masks[valid].unsqueeze(1), out.iou_scores[:, :, 0][valid].unsqueeze(1))
+        return {"loss": loss}
+
+
+class _SaveEvery(TrainerCallback):
+    """Intermediate copies of the SamModel, so a long run that is cut short still leaves a model."""
+
+    def __init__(self, sam, output_dir, every):
+        self.sam, self.output_dir, self.every = sam, output_dir, every
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0:
+            self.sam.save_pretrained(os.path.join(self.output_dir, f"step-{state.global_step}"))
 
 
 def builtin_processor() -> SamProcessor:
@@ -67,6 +93,12 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--learning_rate", type=float, default=8e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max_objects_per_image", type=int, default=6)
+    parser.add_argument("--init_from", default=None, help="start from this SamModel's weights (default: scratch)")
+    parser.add_argument("--warmup_steps", type=int, default=100)
+    parser.add_argument("--freeze_vision_encoder", action="store_true",
+                        help="train prompt encoder + mask decoder only (with --init_from: teach prompt following)")
+    parser.add_argument("--save_every", type=int, default=0, help="also save the model to <output_dir>/step-N")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing model in --output_dir")
     args = parser.parse_args()
     if os.path.exists(os.path.join(args.output_dir, "model.safetensors")) and not args.overwrite:
@@ -75,21 +107,22 @@ def main() -> None:
     torch.manual_seed(args.seed)
     processor = builtin_processor()
     preprocessor = SamSegmentationPreprocessor.from_processor(processor)
-    source = builtin_dataset_path("general", seed=args.seed)
-    train = prepare_dataset(load_segmentation_dataset(source, split="train", streaming=True), preprocessor)
-    train = train.shuffle(seed=args.seed, buffer_size=512)
+    source = builtin_dataset_path("general", seed=args.seed, max_objects=MAX_OBJECTS)  # multi-object: follow prompts
+    train = load_segmentation_dataset(source, split="train", streaming=True)
+    train = prepare_instance_dataset(train, preprocessor, instance_format="ids")
+    train = train.shuffle(seed=args.seed, buffer_size=128)
     test = load_segmentation_dataset(source, split="test", streaming=False)
-    test = prepare_dataset(test.select(range(min(64, len(test)))), preprocessor)
+    test = prepare_instance_dataset(test.select(range(min(64, len(test)))), preprocessor, instance_format="ids")
 
-    model = SamWithLoss(SamModel(builtin_sam_config()))
+    sam = SamModel.from_pretrained(args.init_from) if args.init_from else SamModel(builtin_sam_config())
+    model = SamWithLoss(sam, freeze_vision_encoder=args.freeze_vision_encoder)
     training_args = TrainingArguments(
         output_dir=os.path.join(args.output_dir, "_run"),
         max_steps=args.max_steps,
         per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=32,
         learning_rate=args.learning_rate,
         lr_scheduler_type="cosine",
-        warmup_steps=100,
+        warmup_steps=args.warmup_steps,
         weight_decay=0.01,
         logging_steps=100,
         save_strategy="no",
@@ -97,20 +130,22 @@ def main() -> None:
         seed=args.seed,
         remove_unused_columns=False,
         label_names=["gt_masks"],
-        batch_eval_metrics=True,
     )
     trainer = Trainer(
         model=model,
         args=training_args,
         train_dataset=train,
-        eval_dataset=test,
-        data_collator=SamSegmentationCollator(PromptSampler(box_probability=0.7, seed=args.seed)),
-        compute_metrics=build_compute_metrics(),
+        data_collator=SamSegmentationCollator(
+            PromptSampler(box_probability=0.6, seed=args.seed), max_objects_per_image=args.max_objects_per_image
+        ),
+        callbacks=[_SaveEvery(model.sam, args.output_dir, args.save_every)] if args.save_every else None,
     )
     trainer.train()
-    trainer.data_collator = SamSegmentationCollator(PromptSampler(box_probability=1.0, box_noise=0.0), prompt_type="box")
-    metrics = trainer.evaluate()
-    print("general-domain test metrics (box prompts):", metrics)
+    rows = [test[i] for i in range(len(test))]
+    rows = [r for r in rows if r.get("pixel_values") is not None]
+    for prompt in ("box", "point"):
+        metrics = evaluate_prompt_following(model.sam, rows, prompt=prompt)
+        print(f"general-domain test, {prompt} prompts, per object:", metrics, flush=True)
     model.sam.config.name_or_path = "infosam-hf/sam-tiny-general"
     model.sam.save_pretrained(args.output_dir)
     processor.save_pretrained(args.output_dir)

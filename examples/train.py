@@ -27,6 +27,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 
 import transformers
 from transformers import HfArgumentParser, TrainingArguments, set_seed
@@ -44,8 +45,10 @@ from infosam_hf.data import (
     load_segmentation_dataset,
     prepare_cached_dataset,
     prepare_dataset,
+    prepare_instance_dataset,
     shuffle_stream,
 )
+from infosam_hf.data.instances import INSTANCE_FORMATS
 from infosam_hf.data.sources import check_local_path
 from infosam_hf.metrics import build_compute_metrics
 
@@ -122,6 +125,21 @@ class DataArguments:
             "(undecodable image or mask, mask not at its image's size) and exit non-zero if there is any."
         },
     )
+    instance_format: str | None = field(
+        default=None,
+        metadata={
+            "help": "Several objects per image in the mask column: 'ids' (instance-id PNG, 0 = background, k = "
+            "object k), 'masks' (a list of binary masks), 'coco' (COCO polygons / RLE). Default: 'ids' for the "
+            "one binary mask per image (all objects together)."
+        },
+    )
+    max_objects_per_image: int = field(
+        default=2,  # each prompt costs a mask-decoder pass
+        metadata={"help": "Instance data: prompts (objects) per image per training step, a random subset if more."},
+    )
+    min_object_area: int = field(
+        default=4, metadata={"help": "Instance data: objects smaller than this (pixels) are skipped and counted."}
+    )
     eval_overlays: int = field(
         default=4,
         metadata={
@@ -134,7 +152,8 @@ class DataArguments:
 def build_datasets(data_args, preprocessor, training_args, corrupt_log=None):
     source = data_args.dataset_name or builtin_dataset_path("specialised")
     kwargs = dict(image_column=data_args.image_column, mask_column=data_args.mask_column)
-    mode = choose_data_mode(source, data_args.streaming, split=data_args.train_split,
+    streaming = "true" if instance_format(data_args) else data_args.streaming
+    mode = choose_data_mode(source, streaming, split=data_args.train_split,
                             image_size=preprocessor.image_size, max_cache_gb=data_args.preprocess_cache_max_gb)
     if training_args.process_index == 0:
         print(mode, flush=True)
@@ -150,12 +169,18 @@ def build_datasets(data_args, preprocessor, training_args, corrupt_log=None):
         # Each rank reads its own shards (or its slice of each global batch). accelerate's default for iterable data
         # (rank 0 reads and dispatches) would concatenate box- and point-prompted batches, which cannot be merged.
         training_args.accelerator_config.dispatch_batches = False
+    instances = instance_format(data_args)
+    if instances:  # several objects per image: prepared per step from the stream (the preprocessed cache holds one mask)
+        prepare = partial(prepare_instance_dataset, instance_format=instances, min_object_area=data_args.min_object_area)
+    else:
+        prepare = partial(prepare_dataset, corrupt_log=corrupt_log)
     if mode.streaming:  # shuffle file references, not preprocessed tensors (4 GB per 256 at 1024 px)
-        train = prepare_dataset(shuffle_stream(train, seed=training_args.seed, buffer_size=256), preprocessor,
-                                corrupt_log=corrupt_log)
+        train = prepare(shuffle_stream(train, seed=training_args.seed, buffer_size=256), preprocessor)
     raw_evaluation = load_segmentation_dataset(source, split=data_args.eval_split, streaming=False, **kwargs)
     if data_args.max_eval_samples is not None:
         raw_evaluation = raw_evaluation.select(range(min(data_args.max_eval_samples, len(raw_evaluation))))
+    if instances:  # per object, in the model frame
+        return train, prepare(raw_evaluation, preprocessor), raw_evaluation
     # Scored at each image's own size (padding cropped), exactly as examples/evaluate.py scores.
     evaluation = prepare_dataset(raw_evaluation, preprocessor, corrupt_log=corrupt_log, keep_original_mask=True)
     return train, evaluation, raw_evaluation
@@ -218,6 +243,15 @@ def describe_schedule(trainer, data_args) -> str:
     )
 
 
+def instance_format(data_args) -> str | None:
+    """The instance layout of the mask column, or None for one binary mask per image."""
+    if data_args.instance_format in (None, "") or data_args.instance_format.lower() == "none":
+        return None
+    if data_args.instance_format not in INSTANCE_FORMATS:
+        raise SystemExit(f"--instance_format must be one of {INSTANCE_FORMATS} or 'none', got {data_args.instance_format!r}.")
+    return data_args.instance_format
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     use_cpu_under_a_launcher_without_gpu()
@@ -271,8 +305,14 @@ def main(argv: list[str] | None = None) -> dict:
     )
     eval_sampler = PromptSampler(box_probability=1.0 if data_args.eval_prompt == "box" else 0.0, box_noise=0.0,
                                  num_points=data_args.eval_num_points, seed=0)
-    train_collator = SamSegmentationCollator(train_sampler)
-    eval_collator = SamSegmentationCollator(eval_sampler, prompt_type=data_args.eval_prompt)
+    objects = instance_format(data_args) is not None
+    train_collator = SamSegmentationCollator(
+        train_sampler, max_objects_per_image=data_args.max_objects_per_image if objects else None
+    )
+    # evaluation prompts every object of an image (metrics are then per object)
+    eval_collator = SamSegmentationCollator(
+        eval_sampler, prompt_type=data_args.eval_prompt, max_objects_per_image=255 if objects else None
+    )
 
     trainer = InfoSAMTrainer(
         model=model,
@@ -285,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=processor,
         compute_metrics=build_compute_metrics(structure_measures=data_args.structure_measures),
     )
-    if data_args.eval_overlays > 0:
+    if data_args.eval_overlays > 0:  # with instance data these draw one box around all objects of an image
         trainer.add_callback(
             EvalOverlayCallback(
                 raw_eval_dataset,
@@ -307,10 +347,11 @@ def main(argv: list[str] | None = None) -> dict:
         "zero_shot_dice": before.get("zero_shot_dice"),
         "iou": after.get("eval_iou"),
         "dice": after.get("eval_dice"),
+        "metrics_per": "object" if objects else "image",
     }
     if trainer.is_world_process_zero():
         print(
-            f"IoU before {summary['zero_shot_iou']:.4f} -> after {summary['iou']:.4f} "
+            f"{'Per-object ' if objects else ''}IoU before {summary['zero_shot_iou']:.4f} -> after {summary['iou']:.4f} "
             f"(Dice {summary['zero_shot_dice']:.4f} -> {summary['dice']:.4f}); adapter saved to {training_args.output_dir}"
         )
         with open(os.path.join(training_args.output_dir, "iou_before_after.json"), "w") as f:
@@ -332,6 +373,8 @@ def card_kwargs(data_args) -> dict:
     split = f"split {data_args.eval_split}" + (
         f", at most {data_args.max_eval_samples} images" if data_args.max_eval_samples is not None else ""
     )
+    if instance_format(data_args):
+        split += ", one prompt per object, metrics averaged over objects"
     if source is None:
         return {"dataset": "the built-in synthetic 'specialised' domain", "dataset_args": split}
     if os.path.exists(source):

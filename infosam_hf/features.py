@@ -58,6 +58,13 @@ class CapturedFeatures:
             )
         return tokens[:, 0, self.first_mask_token : self.first_mask_token + 1, :]
 
+    @property
+    def prompt_mask_tokens(self) -> torch.Tensor:
+        """z_m of every prompt (SAM's point-batch dimension, several objects per image): (B, N, C)."""
+        if self.mask_decoder_tokens is None:
+            raise RuntimeError("No mask-decoder tokens were captured: the forward did not run the mask decoder.")
+        return self.mask_decoder_tokens[:, :, self.first_mask_token, :]
+
 
 def flatten_image_embeddings(image_embeddings: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) -> (B, h*w, C), the layout of the reference implementation."""

@@ -61,14 +61,23 @@ def _float32(*tensors: torch.Tensor) -> list[torch.Tensor]:
 
 
 def relation_compression_loss(
-    image_feats: torch.Tensor, mask_tokens: torch.Tensor, relation: torch.Tensor
+    image_feats: torch.Tensor,
+    mask_tokens: torch.Tensor,
+    relation: torch.Tensor,
+    image_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_r = S(G_f) - S(G_i o G_m o G_f), on the teacher's features and relation.
 
     Inputs: `image_feats` (B, HW, C), `mask_tokens` (B, 1, C), `relation` (B, HW).
     The teacher features carry no gradient; the relation module receives it through
     `relation`.
+
+    Several prompts per image: `mask_tokens` (M, 1, C) and `relation` (M, HW) hold M
+    (image, prompt) pairs and `image_index` (M,) the image of each; `image_feats` stays one
+    row per image, and G_i over the pairs is the image Gram matrix indexed by pair.
     """
+    if image_index is not None:
+        return _pairwise_compression_loss(image_feats, mask_tokens, relation, image_index)
     if image_feats.dim() != 3 or mask_tokens.dim() != 3 or relation.dim() != 2:
         raise ValueError(
             "relation_compression_loss expects image_feats (B, HW, C), mask_tokens (B, 1, C) and relation (B, HW); "
@@ -86,6 +95,23 @@ def relation_compression_loss(
         zi = F.normalize(zi.reshape(batch, -1), dim=1)
         zm = F.normalize(zm.reshape(batch, -1), dim=1)
         g_i, g_m, g_f = gram_matrix(zi), gram_matrix(zm), gram_matrix(r)
+        return renyi_entropy(g_f) - renyi_entropy(g_i * g_m * g_f)
+
+
+def _pairwise_compression_loss(image_feats, mask_tokens, relation, image_index) -> torch.Tensor:
+    pairs = mask_tokens.shape[0]
+    if mask_tokens.dim() != 3 or relation.dim() != 2 or relation.shape[0] != pairs or image_index.shape != (pairs,):
+        raise ValueError(
+            "With image_index, relation_compression_loss expects mask_tokens (M, 1, C), relation (M, HW) and "
+            f"image_index (M,); got {tuple(mask_tokens.shape)}, {tuple(relation.shape)}, {tuple(image_index.shape)}."
+        )
+    _warn_single_image_once(pairs)
+    with torch.autocast(device_type=relation.device.type, enabled=False):
+        zi, zm, r = _float32(image_feats, mask_tokens, relation)
+        zi = F.normalize(zi.reshape(zi.shape[0], -1), dim=1)
+        zm = F.normalize(zm.reshape(pairs, -1), dim=1)
+        g_i = gram_matrix(zi)[image_index][:, image_index]
+        g_m, g_f = gram_matrix(zm), gram_matrix(r)
         return renyi_entropy(g_f) - renyi_entropy(g_i * g_m * g_f)
 
 
@@ -139,10 +165,14 @@ class InfoSAMLoss(nn.Module):
         teacher_mask_tokens: torch.Tensor,
         relation_teacher: torch.Tensor,
         relation_student: torch.Tensor,
+        image_index: torch.Tensor | None = None,
     ) -> InfoSAMLossOutput:
+        """`image_index` (M,): several prompts per image, see `relation_compression_loss`."""
         zero = relation_student.new_zeros((), dtype=torch.float32)
         loss_r = (
-            relation_compression_loss(teacher_image_feats.detach(), teacher_mask_tokens.detach(), relation_teacher)
+            relation_compression_loss(
+                teacher_image_feats.detach(), teacher_mask_tokens.detach(), relation_teacher, image_index
+            )
             if self.config.lambda_1 > 0
             else zero
         )

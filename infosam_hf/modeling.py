@@ -133,6 +133,11 @@ class InfoSAMModelOutput(ModelOutput):
     teacher_mask_tokens: torch.Tensor | None = None
     relation_student: torch.Tensor | None = None  # (B, HW)
     relation_teacher: torch.Tensor | None = None
+    # Several prompts per image: the per-prompt fields above hold the M valid (image, prompt) pairs
+    # (pred_masks (M, 1, h, w), mask tokens (M, 1, C), relations (M, HW)), image features stay per image,
+    # and image_index (M,) names each pair's image; prompt_mask (B, N) is the collator's validity mask.
+    image_index: torch.Tensor | None = None
+    prompt_mask: torch.Tensor | None = None
 
 
 class InfoSAMModel(nn.Module):
@@ -267,7 +272,7 @@ class InfoSAMModel(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=getattr(torch, dtype))
 
-    def _run_teacher(self, pixel_values: torch.Tensor, prompts: dict, multimask_output: bool):
+    def _run_teacher(self, pixel_values: torch.Tensor, prompts: dict, multimask_output: bool, per_prompt=None):
         model = self.teacher if self.teacher is not None else self.student
         with torch.no_grad():
             embeddings, keys = (None, None) if self.teacher_cache is None else self.teacher_cache.lookup(pixel_values)
@@ -283,10 +288,11 @@ class InfoSAMModel(nn.Module):
         if embeddings is None and self.teacher_cache is not None:
             # What the family's decoder needs besides the prompts (SAM 2: every feature level).
             self.teacher_cache.store(keys, family_of(model).cache_inputs(feats.decoder_inputs))
-        image_feats, mask_token = feats.image_feats.detach(), feats.mask_token.detach()
+        tokens = feats.mask_token if per_prompt is None else feats.prompt_mask_tokens
+        image_feats, tokens = feats.image_feats.detach(), tokens.detach()
         if self.infosam_config.teacher_dtype is not None:  # the relation module's LayerNorms run in float32
-            image_feats, mask_token = image_feats.float(), mask_token.float()
-        return image_feats, mask_token
+            image_feats, tokens = image_feats.float(), tokens.float()
+        return image_feats, tokens
 
     def forward(
         self,
@@ -295,17 +301,22 @@ class InfoSAMModel(nn.Module):
         input_points: torch.Tensor | None = None,
         input_labels: torch.Tensor | None = None,
         with_teacher: bool = True,
+        prompt_mask: torch.Tensor | None = None,
         **_unused,
     ) -> InfoSAMModelOutput:
         """Student forward, then (if `with_teacher`) the teacher and the shared relation module.
 
         Extra batch keys (`gt_masks`, sizes) are accepted and ignored, so the
-        collator's whole batch can be passed.
+        collator's whole batch can be passed. Several prompts per image (N > 1, with the
+        collator's `prompt_mask`) go through `_forward_prompts`: one encoder pass per image.
         """
         prompts = self._prompts(
             {"input_boxes": input_boxes, "input_points": input_points, "input_labels": input_labels}
         )
         multimask = self.infosam_config.multimask_output
+        first = prompts.get("input_boxes", prompts.get("input_points"))
+        if first.shape[1] > 1 or (prompt_mask is not None and not bool(prompt_mask.all())):
+            return self._forward_prompts(pixel_values, prompts, prompt_mask, with_teacher, multimask)
         with capture_sam_features(self.student) as feats:
             outputs = self.student(pixel_values=pixel_values, multimask_output=multimask, **prompts)
         student_image_feats, student_mask_tokens = feats.image_feats, feats.mask_token
@@ -324,6 +335,46 @@ class InfoSAMModel(nn.Module):
         result.teacher_mask_tokens = teacher_mask_tokens
         result.relation_teacher = self.relation_module(teacher_image_feats, teacher_mask_tokens)
         result.relation_student = self.relation_module(student_image_feats, student_mask_tokens)
+        return result
+
+    def _forward_prompts(self, pixel_values, prompts, prompt_mask, with_teacher, multimask) -> InfoSAMModelOutput:
+        """N prompts per image as SAM's point batch; every valid (image, prompt) pair is one InfoSAM sample."""
+        first = prompts.get("input_boxes", prompts.get("input_points"))
+        valid = (
+            torch.ones(first.shape[:2], dtype=torch.bool, device=first.device)
+            if prompt_mask is None
+            else prompt_mask.to(device=first.device, dtype=torch.bool)
+        )
+        if valid.shape != first.shape[:2]:
+            raise ValueError(f"prompt_mask {tuple(valid.shape)} does not match the prompts {tuple(first.shape[:2])}.")
+        try:
+            with capture_sam_features(self.student) as feats:
+                outputs = self.student(pixel_values=pixel_values, multimask_output=multimask, **prompts)
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if not isinstance(err, torch.OutOfMemoryError) and "can't allocate memory" not in str(err):
+                raise
+            raise torch.OutOfMemoryError(
+                f"Out of memory decoding {first.shape[1]} prompts for each of {first.shape[0]} images: lower "
+                "max_objects_per_image (examples/train.py: --max_objects_per_image) or the per-device batch size."
+            ) from err
+        image_index = valid.nonzero()[:, 0]
+        result = InfoSAMModelOutput(
+            pred_masks=outputs.pred_masks[valid],
+            iou_scores=outputs.iou_scores[valid],
+            student_image_feats=feats.image_feats,
+            student_mask_tokens=feats.prompt_mask_tokens[valid].unsqueeze(1),
+            image_index=image_index,
+            prompt_mask=valid,
+        )
+        if not with_teacher or not self.infosam_config.uses_distillation:
+            return result
+        teacher_image_feats, teacher_tokens = self._run_teacher(pixel_values, prompts, multimask, per_prompt=True)
+        result.teacher_image_feats = teacher_image_feats
+        result.teacher_mask_tokens = teacher_tokens[valid].unsqueeze(1)
+        result.relation_teacher = self.relation_module.forward_prompts(teacher_image_feats, teacher_tokens)[valid]
+        result.relation_student = self.relation_module.forward_prompts(
+            result.student_image_feats, feats.prompt_mask_tokens
+        )[valid]
         return result
 
     # ------------------------------------------------------------------ save / load

@@ -45,3 +45,19 @@ class RelationModule(nn.Module):
         tok = self.layer_norm_mask(mask_tokens)
         score = self.query_proj(tok) @ self.key_proj(feat).transpose(1, 2) * self.scale + tok @ feat.transpose(1, 2)
         return F.normalize(score.reshape(score.shape[0], -1), dim=1)
+
+    def forward_prompts(self, image_feats: torch.Tensor, mask_tokens: torch.Tensor) -> torch.Tensor:
+        """Several prompts per image: `image_feats` (B, HW, C), `mask_tokens` (B, N, C) -> (B, N, HW).
+
+        Each row is the relation of one (image, prompt) pair, unit norm, as `forward` gives for
+        N = 1; the image side (LayerNorm, key projection) is computed once per image.
+        """
+        if image_feats.dim() != 3 or mask_tokens.dim() != 3 or image_feats.shape[0] != mask_tokens.shape[0]:
+            raise ValueError(
+                f"forward_prompts expects image features (B, HW, {self.dim}) and mask tokens (B, N, {self.dim}); got "
+                f"{tuple(image_feats.shape)} and {tuple(mask_tokens.shape)}."
+            )
+        feat = self.layer_norm_feat(image_feats)
+        tok = self.layer_norm_mask(mask_tokens)
+        score = self.query_proj(tok) @ self.key_proj(feat).transpose(1, 2) * self.scale + tok @ feat.transpose(1, 2)
+        return F.normalize(score, dim=-1)

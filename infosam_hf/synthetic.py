@@ -24,7 +24,7 @@ import PIL.Image
 import PIL.ImageDraw
 
 DOMAINS = ("general", "specialised")
-GENERATOR_VERSION = 2  # part of the cache folder name: a changed generator never reuses old data
+GENERATOR_VERSION = 3  # part of the cache folder name: a changed generator never reuses old data
 _ALIASES = {"specialized": "specialised"}
 
 
@@ -42,14 +42,29 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
-def _random_shape_mask(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A filled ellipse, polygon or rectangle covering roughly 5-40% of the image, anywhere."""
+def _soft_edges(mask: np.ndarray, size: int) -> np.ndarray:
+    """The mask blurred by a down- and up-sampling, (size, size, 1) in [0, 1]: the specialised domain's soft boundary."""
+    return (
+        np.asarray(
+            PIL.Image.fromarray((mask * 255).astype(np.uint8))
+            .resize((size // 2, size // 2))
+            .resize((size, size), PIL.Image.BILINEAR),
+            dtype=np.float32,
+        )[..., None]
+        / 255.0
+    )
+
+
+def _random_shape_mask(
+    rng: np.random.Generator, size: int, area_fraction: float | None = None, min_side: float = 0.12
+) -> np.ndarray:
+    """A filled ellipse, polygon or rectangle covering roughly 5-40% of the image (or `area_fraction`), anywhere."""
     mask = PIL.Image.new("L", (size, size), 0)
     draw = PIL.ImageDraw.Draw(mask)
-    area = rng.uniform(0.05, 0.40) * size * size
+    area = (rng.uniform(0.05, 0.40) if area_fraction is None else area_fraction) * size * size
     aspect = rng.uniform(0.5, 2.0)
-    w = float(np.clip(np.sqrt(area * aspect), size * 0.12, size * 0.9))
-    h = float(np.clip(area / w, size * 0.12, size * 0.9))
+    w = float(np.clip(np.sqrt(area * aspect), size * min_side, size * 0.9))
+    h = float(np.clip(area / w, size * min_side, size * 0.9))
     cx, cy = rng.uniform(w / 2, size - w / 2), rng.uniform(h / 2, size - h / 2)
     kind = rng.integers(3)
     if kind == 0:
@@ -90,19 +105,98 @@ def make_synthetic_sample(
         tint = 0.45 * tint / np.linalg.norm(tint)  # enough for the pre-trained model to find ~20% IoU zero-shot
         object_texture = _smooth_noise(rng, size, int(rng.integers(24, 36)))
         foreground = base[None, None] + tint[None, None] + 0.30 * (object_texture[..., None] - 0.5)
-        soft = (
-            np.asarray(
-                PIL.Image.fromarray((mask * 255).astype(np.uint8))
-                .resize((size // 2, size // 2))
-                .resize((size, size), PIL.Image.BILINEAR),
-                dtype=np.float32,
-            )[..., None]
-            / 255.0
-        )
+        soft = _soft_edges(mask, size)
         image = soft * foreground + (1 - soft) * background
         image = image + rng.normal(0, 0.03, image.shape)
     image = (np.clip(image, 0, 1) * 255).astype(np.uint8)
     return PIL.Image.fromarray(image), PIL.Image.fromarray((mask * 255).astype(np.uint8))
+
+
+MAX_OBJECTS = 6
+_MIN_VISIBLE = 0.5  # an object may be covered by later ones, but at most half of it
+
+
+def _instance_layout(rng: np.random.Generator, size: int, max_objects: int) -> list[np.ndarray]:
+    """1..max_objects shape masks from small (~1% of the image) to large (~30%), drawn in order.
+
+    Later objects may overlap earlier ones (they are drawn on top); a placement that would hide
+    more than half of an earlier object, or leave too little of itself, is redrawn (or dropped).
+    Returned masks are the *visible* parts, so they never overlap each other.
+    """
+    count = int(rng.integers(1, max_objects + 1))
+    visible: list[np.ndarray] = []
+    full_areas: list[int] = []
+    min_pixels = max(12, int(0.004 * size * size))
+    for _ in range(count):
+        for _attempt in range(6):
+            fraction = float(np.exp(rng.uniform(np.log(0.01), np.log(0.30))))
+            shape = _random_shape_mask(rng, size, area_fraction=fraction, min_side=0.08)
+            if shape.sum() < min_pixels:
+                continue
+            kept = [v & ~shape for v in visible]
+            if all(k.sum() >= _MIN_VISIBLE * a and k.sum() >= min_pixels for k, a in zip(kept, full_areas)):
+                visible = kept + [shape]
+                full_areas.append(int(shape.sum()))
+                break
+    return visible
+
+
+def _distinct_colour(rng: np.random.Generator, avoid: list[np.ndarray], spread: float) -> np.ndarray:
+    """A colour at least `spread` (Euclidean, in [0, 1]^3) away from every colour in `avoid`, if one is found."""
+    best, best_distance = None, -1.0
+    for _ in range(24):
+        colour = rng.uniform(0.0, 1.0, 3)
+        distance = min(float(np.linalg.norm(colour - a)) for a in avoid) if avoid else np.inf
+        if distance >= spread:
+            return colour
+        if distance > best_distance:
+            best, best_distance = colour, distance
+    return best
+
+
+def make_synthetic_instances(
+    domain: str, image_size: int, rng: np.random.Generator, max_objects: int = MAX_OBJECTS
+) -> tuple[PIL.Image.Image, PIL.Image.Image]:
+    """One (RGB image, instance-id mask) pair: 0 = background, k = object k (1..max_objects).
+
+    Each object has its own colour (general: clearly different from the background and the
+    other objects; specialised: a slight tint and texture change, as in `make_synthetic_sample`),
+    so a prompt on one object has a visible answer different from a prompt on another: the
+    model trained on this must follow its prompt, not segment "the salient thing".
+    """
+    domain = _canonical_domain(domain)
+    size = int(image_size)
+    objects = _instance_layout(rng, size, int(max_objects))
+    ids = np.zeros((size, size), dtype=np.uint8)
+    if domain == "general":
+        base = rng.uniform(0.1, 0.9, 3)
+        tilt = rng.uniform(-0.3, 0.3, 3)
+        ramp = np.linspace(-1, 1, size, dtype=np.float32)
+        image = base[None, None] + tilt[None, None] * ramp[:, None, None]
+        image = image + 0.25 * (_smooth_noise(rng, size, 4)[..., None] - 0.5)
+        used = [base]
+        for index, mask in enumerate(objects, start=1):
+            colour = _distinct_colour(rng, used, 0.45)
+            used.append(colour)
+            shade = 1 + 0.15 * (_smooth_noise(rng, size, 3)[..., None] - 0.5)
+            image = np.where(mask[..., None], colour[None, None] * shade, image)
+            ids[mask] = index
+        image = image + rng.normal(0, 0.02, image.shape)
+    else:
+        base = rng.uniform(0.3, 0.7, 3)
+        texture = _smooth_noise(rng, size, int(rng.integers(12, 20)))
+        image = base[None, None] + 0.30 * (texture[..., None] - 0.5)
+        for index, mask in enumerate(objects, start=1):
+            tint = rng.normal(0, 1, 3)
+            tint = 0.45 * tint / np.linalg.norm(tint)
+            object_texture = _smooth_noise(rng, size, int(rng.integers(24, 36)))
+            foreground = base[None, None] + tint[None, None] + 0.30 * (object_texture[..., None] - 0.5)
+            soft = _soft_edges(mask, size)
+            image = soft * foreground + (1 - soft) * image
+            ids[mask] = index
+        image = image + rng.normal(0, 0.03, image.shape)
+    image = (np.clip(image, 0, 1) * 255).astype(np.uint8)
+    return PIL.Image.fromarray(image), PIL.Image.fromarray(ids, mode="L")
 
 
 def _contiguous_shards(count: int, shards: int) -> list[range]:
@@ -132,8 +226,14 @@ def write_synthetic_dataset(
     image_size: int = 128,
     seed: int = 0,
     num_shards: int = 2,
+    max_objects: int = 1,
 ) -> Path:
     """Parquet shards `train-0000i-of-0000N.parquet` / `test-...` with `image` and `label` Image columns.
+
+    With `max_objects` > 1 (e.g. `MAX_OBJECTS`), `label` is an instance-id PNG (0 = background, k =
+    object k, 1..`max_objects` objects per image; read it with `instance_format="ids"`, or as one
+    binary mask of all objects). The default, 1, writes the single-object 0/255 masks of
+    `make_synthetic_sample`: the data the built-in tiny SAM was pre-trained and is fine-tuned on.
 
     The same arguments give byte-identical files (PNG and parquet encoding are
     deterministic for a given library version). A split with no samples writes no
@@ -147,6 +247,8 @@ def write_synthetic_dataset(
         raise ValueError(f"Need at least one sample; got num_train={num_train}, num_test={num_test}.")
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}.")
+    if not 1 <= max_objects <= 255:
+        raise ValueError(f"max_objects must lie in [1, 255] (ids are stored in an 8-bit PNG), got {max_objects}.")
     output_dir = Path(output_dir)
     plan = []
     for split, count in (("train", num_train), ("test", num_test)):
@@ -168,7 +270,10 @@ def write_synthetic_dataset(
     for split, path, rows in plan:
         images, labels = [], []
         for index in rows:
-            image, mask = make_synthetic_sample(domain, image_size, rngs[split])
+            if max_objects == 1:
+                image, mask = make_synthetic_sample(domain, image_size, rngs[split])
+            else:
+                image, mask = make_synthetic_instances(domain, image_size, rngs[split], max_objects)
             name = f"{domain}-{split}-{index:06d}"
             images.append({"bytes": _png(image), "path": f"{name}.png"})
             labels.append({"bytes": _png(mask), "path": f"{name}_mask.png"})
@@ -192,11 +297,15 @@ def default_dataset_dir(
     image_size: int = 128,
     seed: int = 0,
     num_shards: int = 2,
+    max_objects: int = 1,
 ) -> Path:
     """The folder `ensure_synthetic_dataset` uses for these parameters (not created here)."""
     domain = _canonical_domain(domain)
     shards = "" if num_shards == 2 else f"-{num_shards}shards"  # the default keeps the established folder name
-    return cache_root() / f"v{GENERATOR_VERSION}-{domain}-{image_size}px-seed{seed}-{num_train}+{num_test}{shards}"
+    objects = "" if max_objects == 1 else f"-{max_objects}objects"
+    return cache_root() / (
+        f"v{GENERATOR_VERSION}-{domain}-{image_size}px-seed{seed}-{num_train}+{num_test}{shards}{objects}"
+    )
 
 
 _MARKER = ".complete"
@@ -209,6 +318,7 @@ def ensure_synthetic_dataset(
     image_size: int = 128,
     seed: int = 0,
     num_shards: int = 2,
+    max_objects: int = 1,
 ) -> Path:
     """The data set's folder in the cache, written on first use and reused afterwards.
 
@@ -223,6 +333,7 @@ def ensure_synthetic_dataset(
         image_size=image_size,
         seed=seed,
         num_shards=num_shards,
+        max_objects=max_objects,
     )
     folder = default_dataset_dir(**params)
     if not (folder / _MARKER).exists():

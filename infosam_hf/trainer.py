@@ -118,6 +118,20 @@ def check_batch_of_one(args: TrainingArguments, config: InfoSAMConfig) -> None:
         )
 
 
+def _gather_image_index(image_index: torch.Tensor, num_images: int) -> torch.Tensor:
+    """Pair -> image index over the gathered batch: each rank's indices shifted past the images of lower ranks.
+
+    Ranks may hold different numbers of images and of valid pairs; `_gather_with_grad` pads and trims both.
+    """
+    world, rank = dist.get_world_size(), dist.get_rank()
+    local = torch.tensor([num_images], device=image_index.device)
+    counts = [torch.zeros_like(local) for _ in range(world)]
+    dist.all_gather(counts, local)
+    offset = int(sum(int(c.item()) for c in counts[:rank]))
+    # float round trip is exact below 2**24 images
+    return _gather_with_grad((image_index + offset).float()).round().long()
+
+
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -267,6 +281,8 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         """
         if gt_masks is None:
             raise ValueError("The batch has no 'gt_masks'; the InfoSAM collator puts the ground truth there.")
+        if outputs.prompt_mask is not None:  # several prompts per image: one sample per valid (image, prompt) pair
+            gt_masks = gt_masks[outputs.prompt_mask.to(gt_masks.device)].unsqueeze(1)
         logits, iou_scores = select_best_mask(outputs, gt_masks)
         loss_seg = segmentation_loss(config, logits, gt_masks.to(logits.dtype), iou_scores)
         zero = loss_seg.new_zeros(())
@@ -278,9 +294,14 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
                 outputs.relation_teacher,
                 outputs.relation_student,
             )
+            image_index = outputs.image_index
             if gather:
+                if image_index is None:  # every rank must take the same path (N differs between ranks)
+                    image_index = torch.arange(outputs.relation_student.shape[0], device=loss_seg.device)
+                if image_index is not None:
+                    image_index = _gather_image_index(image_index, outputs.teacher_image_feats.shape[0])
                 tensors = tuple(_gather_with_grad(t) for t in tensors)
-            distill = (infosam_loss or InfoSAMLoss(config)).from_relations(*tensors)
+            distill = (infosam_loss or InfoSAMLoss(config)).from_relations(*tensors, image_index=image_index)
             parts["loss_r"], parts["loss_d"] = distill.loss_r, distill.loss_d
             parts["loss"] = loss_seg + distill.loss
         else:
@@ -365,6 +386,8 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
             loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
         if prediction_loss_only:
             return loss.detach(), None, None
+        if outputs.prompt_mask is not None:  # one row per valid (image, prompt) pair: metrics average over objects
+            gt_masks = gt_masks[outputs.prompt_mask.to(gt_masks.device)].unsqueeze(1)
         logits, _ = select_best_mask(outputs, gt_masks)
         if originals is not None:  # score where the labels live: padding cropped, at the image's own size
             packed_logits, packed_masks = original_size_predictions(

@@ -150,7 +150,7 @@ def test_two_train_script_runs_with_one_seed_write_identical_files(tmp_path):
         out = tmp_path / run
         proc = run_train_script(["--dataset_name", str(data), "--output_dir", str(out), "--max_steps", "2",
                                  "--learning_rate", "0", "--per_device_train_batch_size", "2", "--eval_overlays", "2",
-                                 "--disable_tqdm", "true", "--seed", "5"])
+                                 "--disable_tqdm", "true", "--seed", "5", "--streaming", "true"])
         assert proc.returncode == 0, proc.stderr[-3000:]
         outputs.append(out)
     for name in ("adapter_model.safetensors", "relation_module.safetensors"):

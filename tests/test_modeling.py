@@ -208,8 +208,10 @@ def test_bad_inputs_have_clear_errors(base):
         model(pixel_values=batch["pixel_values"], gt_masks=batch["gt_masks"])
     with pytest.raises(ValueError, match="relation_dim"):
         InfoSAMModel(build_student(SamModel(tiny_sam_config()), InfoSAMConfig()), InfoSAMConfig(relation_dim=128))
-    with pytest.raises(ValueError, match="one prompt per image"):
-        model(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"].repeat(1, 2, 1))
+    # several prompts per image are supported (issue 12); a validity mask that does not fit them is refused
+    with pytest.raises(ValueError, match="prompt_mask"):
+        model(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"].repeat(1, 2, 1),
+              prompt_mask=torch.ones(2, 3, dtype=torch.bool))
 
 
 def test_config_validation_and_json_round_trip(tmp_path):

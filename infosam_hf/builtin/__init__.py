@@ -58,8 +58,10 @@ def builtin_model_path(recorded: str | os.PathLike | None) -> str | None:
     return None
 
 
-def builtin_dataset_path(domain: str = "specialised", seed: int = 0) -> str:
-    """Writes the synthetic domain's parquet shards once (in the cache dir) and returns the folder."""
+def builtin_dataset_path(domain: str = "specialised", seed: int = 0, max_objects: int = 1) -> str:
+    """Writes the synthetic domain's parquet shards once (in the cache dir) and returns the folder.
+
+    `max_objects` > 1: the multi-object variant (instance-id masks, read with `instance_format="ids"`)."""
     from ..synthetic import ensure_synthetic_dataset
 
     return str(
@@ -69,5 +71,6 @@ def builtin_dataset_path(domain: str = "specialised", seed: int = 0) -> str:
             num_test=BUILTIN_TEST_SAMPLES,
             image_size=BUILTIN_IMAGE_SIZE,
             seed=seed,
+            max_objects=max_objects,
         )
     )

@@ -10,6 +10,7 @@ disk, see `cache.py`); `choose_data_mode` picks between the two, streams go thro
 from .cache import DataMode, choose_data_mode, prepare_cached_dataset
 from .collator import SamSegmentationCollator
 from .images import CorruptImageError, decode_image, to_binary_mask, to_rgb_pil
+from .instances import INSTANCE_FORMATS, InstanceStats, decode_instances, prepare_instance_dataset
 from .preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -34,6 +35,8 @@ __all__ = [
     "CorruptSampleLog",
     "DataMode",
     "IMAGENET_MEAN",
+    "INSTANCE_FORMATS",
+    "InstanceStats",
     "IMAGENET_STD",
     "MaskSizeMismatchError",
     "PAD_LABEL",
@@ -43,10 +46,12 @@ __all__ = [
     "SamSegmentationPreprocessor",
     "choose_data_mode",
     "decode_image",
+    "decode_instances",
     "find_bad_samples",
     "load_segmentation_dataset",
     "prepare_cached_dataset",
     "prepare_dataset",
+    "prepare_instance_dataset",
     "longest_side_size",
     "shuffle_stream",
     "split_for_process",

@@ -20,6 +20,20 @@ def _as_numpy(value: Any, dtype) -> np.ndarray:
     return np.asarray(value, dtype=dtype)
 
 
+def _image_fields(features: list[dict[str, Any]], gt_masks: np.ndarray) -> dict[str, torch.Tensor]:
+    frame = gt_masks.shape[-2:]  # samples made elsewhere may lack the sizes: then the whole frame is valid
+    reshaped = np.stack([_as_numpy(f.get("reshaped_input_sizes", frame), np.int64).reshape(2) for f in features])
+    original = np.stack(
+        [_as_numpy(f.get("original_sizes", r), np.int64).reshape(2) for f, r in zip(features, reshaped)]
+    )
+    return {
+        "pixel_values": torch.from_numpy(np.stack([_as_numpy(f["pixel_values"], np.float32) for f in features])),
+        "gt_masks": torch.from_numpy(gt_masks),
+        "original_sizes": torch.from_numpy(original),
+        "reshaped_input_sizes": torch.from_numpy(reshaped),
+    }
+
+
 class SamSegmentationCollator:
     """Stacks samples and draws one prompt per image.
 
@@ -33,16 +47,36 @@ class SamSegmentationCollator:
 
     Samples that `prepare_dataset` marked as corrupt in a map-style dataset arrive with
     `pixel_values=None` and are dropped here (a map-style dataset cannot drop rows).
+
+    Several objects per image (`prepare_instance_dataset`, `gt_masks` (K, S, S)): with
+    `max_objects_per_image=N` every image gets up to N prompts, one per object (a random
+    subset when it has more), as SAM's point-batch dimension: `gt_masks` (B, N, S, S),
+    `input_boxes` (B, N, 4) or `input_points` (B, N, P, 2) + `input_labels` (B, N, P), and
+    `prompt_mask` (B, N) bool, False for the padding of images with fewer than N objects
+    (N is the largest object count of the batch, capped at `max_objects_per_image`). A
+    padded slot repeats the image's first prompt and ground truth; the loss and the
+    metrics leave it out.
     """
 
-    def __init__(self, prompt_sampler: PromptSampler | None = None, prompt_type: str = "mixed"):
+    def __init__(
+        self,
+        prompt_sampler: PromptSampler | None = None,
+        prompt_type: str = "mixed",
+        max_objects_per_image: int | None = None,
+    ):
         if prompt_type not in PROMPT_TYPES:
             raise ValueError(f"prompt_type must be one of {PROMPT_TYPES}, got {prompt_type!r}.")
+        if max_objects_per_image is not None and max_objects_per_image < 1:
+            raise ValueError(f"max_objects_per_image must be >= 1 (or None), got {max_objects_per_image}.")
         self.prompt_sampler = prompt_sampler if prompt_sampler is not None else PromptSampler()
         self.prompt_type = prompt_type
+        self.max_objects_per_image = max_objects_per_image
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(prompt_sampler={self.prompt_sampler!r}, prompt_type={self.prompt_type!r})"
+        return (
+            f"{type(self).__name__}(prompt_sampler={self.prompt_sampler!r}, prompt_type={self.prompt_type!r}, "
+            f"max_objects_per_image={self.max_objects_per_image!r})"
+        )
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         features = [f for f in features if f is not None and f.get("pixel_values") is not None]
@@ -57,18 +91,18 @@ class SamSegmentationCollator:
                 f"The collator needs preprocessed samples with {missing}; got keys {sorted(features[0])}. "
                 "Run the dataset through infosam_hf.data.prepare_dataset(dataset, preprocessor) first."
             )
+        if self.max_objects_per_image is not None:
+            return self._multi_object_batch(features)
+        counts = [np.shape(f["gt_masks"])[0] if np.ndim(f["gt_masks"]) == 3 else 1 for f in features]
+        if max(counts) > 1:
+            raise ValueError(
+                f"A sample has {max(counts)} object masks (instance data) but the collator draws one prompt per "
+                "image; pass SamSegmentationCollator(max_objects_per_image=N) (examples/train.py: "
+                "--max_objects_per_image N)."
+            )
         gt_masks = np.stack([_as_numpy(f["gt_masks"], np.float32) for f in features])
-        frame = gt_masks.shape[-2:]  # samples made elsewhere may lack the sizes: then the whole frame is valid
-        reshaped = np.stack([_as_numpy(f.get("reshaped_input_sizes", frame), np.int64).reshape(2) for f in features])
-        original = np.stack(
-            [_as_numpy(f.get("original_sizes", r), np.int64).reshape(2) for f, r in zip(features, reshaped)]
-        )
-        batch = {
-            "pixel_values": torch.from_numpy(np.stack([_as_numpy(f["pixel_values"], np.float32) for f in features])),
-            "gt_masks": torch.from_numpy(gt_masks),
-            "original_sizes": torch.from_numpy(original),
-            "reshaped_input_sizes": torch.from_numpy(reshaped),
-        }
+        batch = _image_fields(features, gt_masks)
+        reshaped = batch["reshaped_input_sizes"].numpy()
         if ORIGINAL_MASKS_KEY in features[0]:
             batch[ORIGINAL_MASKS_KEY] = [np.asarray(f[ORIGINAL_MASKS_KEY]) for f in features]
         sampler = self.prompt_sampler
@@ -80,4 +114,41 @@ class SamSegmentationCollator:
             drawn = [sampler.points(m, hw) for m, hw in zip(gt_masks, reshaped)]
             batch["input_points"] = torch.from_numpy(np.stack([c for c, _ in drawn])[:, None])
             batch["input_labels"] = torch.from_numpy(np.stack([labels for _, labels in drawn])[:, None])
+        return batch
+
+    def _multi_object_batch(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        sampler = self.prompt_sampler
+        objects = []
+        for f in features:
+            masks = _as_numpy(f["gt_masks"], np.float32)
+            masks = masks[None] if masks.ndim == 2 else masks
+            if masks.shape[0] > self.max_objects_per_image:  # a random subset, in annotation order
+                keep = np.sort(sampler.rng.choice(masks.shape[0], self.max_objects_per_image, replace=False))
+                masks = masks[keep]
+            objects.append(masks)
+        size = objects[0].shape[-2:]
+        n = max(m.shape[0] for m in objects)
+        gt_masks = np.zeros((len(features), n, *size), dtype=np.float32)
+        prompt_mask = np.zeros((len(features), n), dtype=bool)
+        for index, masks in enumerate(objects):
+            gt_masks[index, : masks.shape[0]] = masks
+            gt_masks[index, masks.shape[0] :] = masks[0]  # padding repeats a real object: any prompt is valid
+            prompt_mask[index, : masks.shape[0]] = True
+        batch = _image_fields(features, gt_masks)
+        batch["prompt_mask"] = torch.from_numpy(prompt_mask)
+        reshaped = batch["reshaped_input_sizes"].numpy()
+        kind = sampler.choose_prompt_type() if self.prompt_type == "mixed" else self.prompt_type
+
+        def per_image(draw, masks, hw, count):
+            drawn = [draw(m, hw) for m in masks[:count]]
+            return drawn + [drawn[0]] * (n - count)
+
+        counts = [m.shape[0] for m in objects]
+        if kind == "box":
+            boxes = [per_image(sampler.box, m, hw, c) for m, hw, c in zip(gt_masks, reshaped, counts)]
+            batch["input_boxes"] = torch.from_numpy(np.asarray(boxes, dtype=np.float32))
+        else:
+            drawn = [per_image(sampler.points, m, hw, c) for m, hw, c in zip(gt_masks, reshaped, counts)]
+            batch["input_points"] = torch.from_numpy(np.asarray([[p for p, _ in d] for d in drawn], dtype=np.float32))
+            batch["input_labels"] = torch.from_numpy(np.asarray([[lab for _, lab in d] for d in drawn], dtype=np.int64))
         return batch

@@ -1,0 +1,102 @@
+"""Does a SAM follow its prompts? Per-object IoU and the confusion rate on multi-object images.
+
+A model that learned "segment the salient object" answers every prompt on an image with
+the same mask: its IoU per object can still look fine on one-object data, so this
+measures on images with several objects, one prompt per object, and counts a
+*confusion* when the predicted mask covers more of another object than of the prompted
+one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data.collator import SamSegmentationCollator
+from .data.prompts import PromptSampler
+
+
+def _prompt_sampler(prompt: str, seed: int) -> tuple[PromptSampler, str]:
+    if prompt == "box":
+        return PromptSampler(box_probability=1.0, box_noise=0.0, seed=seed), "box"
+    if prompt == "point":
+        return PromptSampler(box_probability=0.0, num_points=1, seed=seed), "points"
+    raise ValueError(f"prompt must be 'box' or 'point', got {prompt!r}.")
+
+
+@torch.no_grad()
+def prompt_logits(model, pixel_values: torch.Tensor, **prompts) -> torch.Tensor:
+    """Low-resolution mask logits (B, N, h, w), float32, one per prompt: N prompts per image, one encoder pass.
+
+    `model`: a SamModel, a PeftModel over one (adapters as enabled) or an InfoSAMModel (its student).
+    """
+    from .modeling import unwrap_sam_model
+
+    sam = unwrap_sam_model(model)
+    param = next(sam.parameters())
+    prompts = {k: v.to(param.device) for k, v in prompts.items() if v is not None}
+    pixel_values = pixel_values.to(param.device, dtype=param.dtype)
+    try:
+        outputs = sam(pixel_values=pixel_values, multimask_output=False, **prompts)
+    except torch.OutOfMemoryError as err:
+        count = next(iter(prompts.values())).shape[1]
+        raise torch.OutOfMemoryError(
+            f"Out of memory decoding {count} prompts per image for {pixel_values.shape[0]} images: lower "
+            "max_objects_per_image or the batch size."
+        ) from err
+    return outputs.pred_masks[:, :, 0].float()
+
+
+@torch.no_grad()
+def per_object_predictions(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Binary masks (B, N, S, S) for every prompt of a multi-object batch (SamModel or PeftModel)."""
+    prompts = {k: batch[k] for k in ("input_boxes", "input_points", "input_labels") if k in batch}
+    low = prompt_logits(model, batch["pixel_values"], **prompts).cpu()
+    logits = F.interpolate(low.float(), size=batch["gt_masks"].shape[-2:], mode="bilinear", align_corners=False)
+    return logits > 0
+
+
+def score_objects(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, sizes: torch.Tensor) -> list[dict]:
+    """One record per valid prompt: IoU with its object and whether another object of the image dominates."""
+    records = []
+    for b in range(pred.shape[0]):
+        h, w = (int(v) for v in sizes[b])
+        objects = gt[b, :, :h, :w] > 0.5
+        count = int(valid[b].sum())
+        for t in range(count):
+            p = pred[b, t, :h, :w]
+            overlaps = (p[None] & objects[:count]).flatten(1).sum(1).float()
+            inter = overlaps[t].item()
+            union = (p.sum() + objects[t].sum()).item() - inter
+            others = torch.cat([overlaps[:t], overlaps[t + 1 :]])
+            confused = bool(others.numel() and others.max().item() > inter)
+            records.append({"image": b, "iou": inter / max(union, 1.0), "confused": confused})
+    return records
+
+
+def evaluate_prompt_following(
+    model, rows: list[dict[str, Any]], prompt: str = "box", batch_size: int = 16, seed: int = 0
+) -> dict[str, float]:
+    """Mean IoU per object, mean per image, confusion rate, over `rows` of `prepare_instance_dataset`."""
+    sampler, kind = _prompt_sampler(prompt, seed)
+    collator = SamSegmentationCollator(sampler, prompt_type=kind, max_objects_per_image=255)
+    model.eval()
+    ious, confused, per_image = [], [], []
+    for start in range(0, len(rows), batch_size):
+        batch = collator(rows[start : start + batch_size])
+        pred = per_object_predictions(model, batch)
+        records = score_objects(pred, batch["gt_masks"], batch["prompt_mask"], batch["reshaped_input_sizes"])
+        ious += [r["iou"] for r in records]
+        confused += [r["confused"] for r in records]
+        for b in sorted({r["image"] for r in records}):
+            per_image.append(np.mean([r["iou"] for r in records if r["image"] == b]))
+    return {
+        "iou_per_object": float(np.mean(ious)),
+        "iou_per_image": float(np.mean(per_image)),
+        "confusion_rate": float(np.mean(confused)),
+        "objects": len(ious),
+        "images": len(per_image),
+    }
