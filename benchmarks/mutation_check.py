@@ -138,9 +138,10 @@ MUTANTS = (
     ),
     Mutant(
         "lr_in_bf16", "infosam_hf/losses.py",
-        (("zi, zm, r = _float32(image_feats, mask_tokens, relation)", "zi, zm, r = image_feats, mask_tokens, relation"),
-         ("return renyi_entropy(g_f) - renyi_entropy(g_i * g_m * g_f)",
-          "return (renyi_entropy(g_f) - renyi_entropy(g_i * g_m * g_f)).float()")),
+        (("zi, zm, r = _float32(image_feats, mask_tokens, relation)\n        zi = F.normalize(zi.reshape(batch, -1)",
+          "zi, zm, r = image_feats, mask_tokens, relation\n        zi = F.normalize(zi.reshape(batch, -1)"),
+         ("g_i, g_m, g_f = gram_matrix(zi), gram_matrix(zm), gram_matrix(r)\n        return renyi_entropy(g_f) - renyi_entropy(g_i * g_m * g_f)",
+          "g_i, g_m, g_f = gram_matrix(zi), gram_matrix(zm), gram_matrix(r)\n        return (renyi_entropy(g_f) - renyi_entropy(g_i * g_m * g_f)).float()")),
         (L + "test_bf16_inputs_under_autocast_are_computed_in_float32",),
         "L_r computed in the inputs' bf16",
     ),

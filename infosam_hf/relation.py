@@ -41,9 +41,7 @@ class RelationModule(nn.Module):
             raise ValueError(
                 f"Batch sizes differ: {image_feats.shape[0]} image features vs {mask_tokens.shape[0]} mask tokens."
             )
-        feat = self.layer_norm_feat(image_feats)
-        tok = self.layer_norm_mask(mask_tokens)
-        score = self.query_proj(tok) @ self.key_proj(feat).transpose(1, 2) * self.scale + tok @ feat.transpose(1, 2)
+        score = self._scores(image_feats, mask_tokens)
         return F.normalize(score.reshape(score.shape[0], -1), dim=1)
 
     def forward_prompts(self, image_feats: torch.Tensor, mask_tokens: torch.Tensor) -> torch.Tensor:
@@ -57,7 +55,10 @@ class RelationModule(nn.Module):
                 f"forward_prompts expects image features (B, HW, {self.dim}) and mask tokens (B, N, {self.dim}); got "
                 f"{tuple(image_feats.shape)} and {tuple(mask_tokens.shape)}."
             )
+        return F.normalize(self._scores(image_feats, mask_tokens), dim=-1)
+
+    def _scores(self, image_feats: torch.Tensor, mask_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, HW): every token of an image against every position, the reference's formula."""
         feat = self.layer_norm_feat(image_feats)
         tok = self.layer_norm_mask(mask_tokens)
-        score = self.query_proj(tok) @ self.key_proj(feat).transpose(1, 2) * self.scale + tok @ feat.transpose(1, 2)
-        return F.normalize(score, dim=-1)
+        return self.query_proj(tok) @ self.key_proj(feat).transpose(1, 2) * self.scale + tok @ feat.transpose(1, 2)
