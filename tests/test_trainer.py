@@ -305,6 +305,8 @@ def test_under_ddp_the_relation_terms_span_the_gathered_batch(tmp_path, monkeypa
     trainer = InfoSAMTrainer(model=model, args=make_args(tmp_path), train_dataset=toy_segmentation_dataset(4))
     monkeypatch.setattr(trainer_module, "_distributed", lambda: True)  # as under DDP with 2 processes
     monkeypatch.setattr(trainer_module, "_gather_with_grad", fake_gather)
+    # pair -> image over the gathered batch: one prompt per image, rank 1's images after rank 0's
+    monkeypatch.setattr(trainer_module, "_gather_image_index", lambda index, num_images: torch.arange(2 * len(index)))
     batch = toy_batch(2)
     loss = trainer.compute_loss(model, batch)
 
