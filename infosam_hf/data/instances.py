@@ -33,7 +33,7 @@ import PIL.ImageDraw
 
 from .images import CorruptImageError, decode_image, describe_source, image_size_hw, to_binary_mask
 from .preprocessing import SamSegmentationPreprocessor
-from .sources import CorruptSampleLog, _column_names, _Preprocess, _without_decoding
+from .sources import CorruptSampleLog, PicklableWithLock, _column_names, _Preprocess, _without_decoding
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ INSTANCE_FORMATS = ("ids", "masks", "coco")
 DEFAULT_MIN_OBJECT_AREA = 4  # pixels at the original resolution: below this a "object" is annotation noise
 
 
-class InstanceStats:
+class InstanceStats(PicklableWithLock):
     """Counts what `prepare_instance_dataset` left out: objects below the minimum area, images with no object."""
 
     def __init__(self):
@@ -49,15 +49,6 @@ class InstanceStats:
         self.objects = 0
         self.small_objects_skipped = 0
         self.images_without_objects: list[str] = []
-        self._lock = threading.Lock()
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_lock", None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
         self._lock = threading.Lock()
 
     def add(self, source: str, kept: int, small: int) -> None:

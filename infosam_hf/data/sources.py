@@ -388,7 +388,20 @@ def _distributed_env() -> tuple[int, int]:
 # --------------------------------------------------------------------------- preprocessing
 
 
-class CorruptSampleLog:
+class PicklableWithLock:
+    """Counters shared by DataLoader workers hold a lock; pickling (worker start-up) drops it, unpickling makes a new one."""
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
+class CorruptSampleLog(PicklableWithLock):
     """Counts and names the samples skipped because their image or mask could not be decoded.
 
     Each skip is logged as it happens (file and fix), `report()` summarises, and every
@@ -402,15 +415,6 @@ class CorruptSampleLog:
         self.reasons: list[str] = []  # why each one was skipped, in the same order
         self._lock = threading.Lock()
         _LOGS.add(self)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_lock", None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     @property
     def count(self) -> int:
