@@ -61,7 +61,7 @@ def worker(args) -> None:
     import torch
     from transformers import SamModel, SamProcessor, TrainerCallback
 
-    from infosam_hf import InfoSAMConfig, InfoSAMTrainer
+    from infosam_hf import InfoSAMTrainer
     from infosam_hf.builtin import BUILTIN_MODEL_PATH
     from infosam_hf.data import PromptSampler, SamSegmentationCollator, SamSegmentationPreprocessor
 

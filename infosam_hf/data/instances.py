@@ -33,7 +33,7 @@ import PIL.ImageDraw
 
 from .images import CorruptImageError, decode_image, describe_source, image_size_hw, to_binary_mask
 from .preprocessing import SamSegmentationPreprocessor
-from .sources import CorruptSampleLog, PicklableWithLock, _column_names, _Preprocess, _without_decoding
+from .sources import CorruptSampleLog, PicklableWithLock, _per_sample, _Preprocess, _with_columns
 
 logger = logging.getLogger(__name__)
 
@@ -299,25 +299,16 @@ def prepare_instance_dataset(
         raise ValueError(f"instance_format must be one of {INSTANCE_FORMATS}, got {instance_format!r}.")
     if min_object_area < 0:
         raise ValueError(f"min_object_area must be >= 0, got {min_object_area}.")
-    from datasets import IterableDataset
-
     log = CorruptSampleLog() if corrupt_log is None else corrupt_log
     stats = InstanceStats() if stats is None else stats
-    columns = _column_names(dataset)
-    if columns is None:
-        dataset = dataset._resolve_features()
-        columns = _column_names(dataset) or []
+    dataset, columns = _with_columns(dataset)
     if "image" not in columns or "mask" not in columns:
         raise ValueError(
             f"prepare_instance_dataset expects 'image' and 'mask' columns; got {columns}. Load the data with "
             "load_segmentation_dataset(..., mask_column=<the instance column>)."
         )
     fn = _PreprocessInstances(preprocessor, skip_corrupt, log, instance_format, min_object_area, stats)
-    dataset = _without_decoding(dataset)
-    if isinstance(dataset, IterableDataset):
-        prepared = dataset.map(fn.stream, batched=True, batch_size=1, with_indices=True, remove_columns=columns)
-    else:
-        prepared = dataset.with_transform(fn.transform)
+    prepared = _per_sample(dataset, fn, columns)
     prepared.corrupt_log = log
     prepared.instance_stats = stats
     return prepared

@@ -231,12 +231,25 @@ def _column_names(dataset: IterableDataset | Dataset) -> list[str] | None:
     return list(dataset.column_names)
 
 
-def _normalise_columns(dataset, image_column: str, mask_column: str, source: str):
+def _with_columns(dataset):
+    """(dataset, its column names): some streamed sources only know their columns after the first row."""
     columns = _column_names(dataset)
     if columns is None:
-        # Some streamed sources only know their columns after the first row.
         dataset = dataset._resolve_features()
         columns = _column_names(dataset) or []
+    return dataset, columns
+
+
+def _per_sample(dataset, fn, columns: list[str]):
+    """`fn` (a `_Preprocess`-like object) over every row, undecoded: streamed per row, map-style on access."""
+    dataset = _without_decoding(dataset)
+    if isinstance(dataset, IterableDataset):
+        return dataset.map(fn.stream, batched=True, batch_size=1, with_indices=True, remove_columns=columns)
+    return dataset.with_transform(fn.transform)
+
+
+def _normalise_columns(dataset, image_column: str, mask_column: str, source: str):
+    dataset, columns = _with_columns(dataset)
     image = _resolve_column(columns, image_column, exclude=None)
     if image is None:
         raise ValueError(
@@ -534,21 +547,13 @@ def prepare_dataset(
     (`"gt_original"`), which evaluation scores against (see `InfoSAMTrainer.prediction_step`).
     """
     log = CorruptSampleLog() if corrupt_log is None else corrupt_log
-    columns = _column_names(dataset)
-    if columns is None:
-        dataset = dataset._resolve_features()
-        columns = _column_names(dataset) or []
+    dataset, columns = _with_columns(dataset)
     if "image" not in columns:
         raise ValueError(
             f"prepare_dataset expects an 'image' column (and 'mask'); got {columns}. "
             "Load the data with load_segmentation_dataset, which normalises the column names."
         )
-    fn = _Preprocess(preprocessor, skip_corrupt, log, keep_original_mask)
-    dataset = _without_decoding(dataset)
-    if isinstance(dataset, IterableDataset):
-        prepared = dataset.map(fn.stream, batched=True, batch_size=1, with_indices=True, remove_columns=columns)
-    else:
-        prepared = dataset.with_transform(fn.transform)
+    prepared = _per_sample(dataset, _Preprocess(preprocessor, skip_corrupt, log, keep_original_mask), columns)
     prepared.corrupt_log = log
     return prepared
 
