@@ -120,6 +120,15 @@ class EvaluationArguments:
     batch_size: int = field(default=8)
     num_workers: int = field(default=0, metadata={"help": "Data-loading processes."})
     device: str | None = field(default=None, metadata={"help": "Default: cuda if available, else cpu."})
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Input side in pixels. Default: the adapter's training size (its infosam_config.json "
+                  "image_size), else the checkpoint's. Another size than the adapter's needs --allow_image_size_change."},
+    )
+    allow_image_size_change: bool = field(
+        default=False,
+        metadata={"help": "Run an adapter at another --image_size than it was trained at (or a base above its own)."},
+    )
     dtype: str = field(
         default="float32", metadata={"help": "Model dtype.", "choices": ["float32", "bfloat16", "float16"]}
     )
@@ -368,7 +377,8 @@ def main(argv: list[str] | None = None) -> dict:
     adapter, base = resolve_models(args)
     device = default_device(args.device)
     dtype = getattr(torch, args.dtype)
-    model, processor = load_model_or_base(adapter, base, device=device, dtype=dtype)
+    model, processor = load_model_or_base(adapter, base, device=device, dtype=dtype, image_size=args.image_size,
+                                          allow_image_size_change=args.allow_image_size_change)
     preprocessor = SamSegmentationPreprocessor.from_processor(processor)
 
     source = args.dataset_name or builtin_dataset_path("specialised")

@@ -80,6 +80,15 @@ class PredictionArguments:
     threshold: float = field(default=0.0, metadata={"help": "Mask logit threshold (0 = probability 0.5)."})
     alpha: float = field(default=0.5, metadata={"help": "Opacity of the mask in the overlay."})
     device: str | None = field(default=None, metadata={"help": "Default: cuda if available, else cpu."})
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Input side in pixels. Default: the adapter's training size (its infosam_config.json "
+                  "image_size), else the checkpoint's. Another size than the adapter's needs --allow_image_size_change."},
+    )
+    allow_image_size_change: bool = field(
+        default=False,
+        metadata={"help": "Run an adapter at another --image_size than it was trained at (or a base above its own)."},
+    )
 
 
 @dataclass
@@ -261,7 +270,8 @@ def output_paths(
 def load_model(args: PredictionArguments, device: torch.device):
     adapter, base = builtin.resolve_models(args.adapter, args.base_model, args.model_name_or_path)
     logger.info("Loading %s", f"adapter {adapter} on {base}" if adapter else f"{base} (no adapter)")
-    return load_model_or_base(adapter, base, device=device)
+    return load_model_or_base(adapter, base, device=device, image_size=args.image_size,
+                              allow_image_size_change=args.allow_image_size_change)
 
 
 def to_model_frame(coords, original: tuple[int, int], reshaped: tuple[int, int]) -> torch.Tensor:
