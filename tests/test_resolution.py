@@ -198,3 +198,48 @@ def test_other_families_adapt_to_half_size(model_class):
     pair = InfoSAMModel(student, InfoSAMConfig(relation_dim=32, image_size=half))
     out = pair(pixel_values=torch.randn(2, 3, half, half), input_boxes=boxes)
     assert out.teacher_image_feats.shape == out.student_image_feats.shape
+
+
+@pytest.mark.slow
+def test_scripts_train_evaluate_and_predict_at_image_size(tmp_path):
+    import importlib.util
+    import os
+    import sys
+
+    import numpy as np
+    import PIL.Image
+
+    from infosam_hf.synthetic import write_synthetic_dataset
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def script(name):
+        spec = importlib.util.spec_from_file_location(f"{name}_script", os.path.join(root, "examples", f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    data = write_synthetic_dataset(tmp_path / "data", "specialised", num_train=8, num_test=4, image_size=128, seed=1)
+    out = tmp_path / "run"
+    summary = script("train").main(
+        ["--dataset_name", str(data), "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size",
+         "2", "--disable_tqdm", "true", "--lora_r", "2", "--eval_overlays", "0", "--image_size", "64"]
+    )
+    assert json.loads((out / "infosam_config.json").read_text())["image_size"] == 64
+    processor_config = json.loads((out / "processor_config.json").read_text())["image_processor"]
+    assert processor_config["size"] == {"longest_edge": 64} and processor_config["pad_size"]["height"] == 64
+    evaluate = script("evaluate")
+    evaluated = evaluate.main(["--adapter", str(out), "--dataset_name", str(data), "--disable_tqdm", "true"])
+    assert summary["iou"] == pytest.approx(evaluated["metrics"]["adapter"]["iou"], abs=1e-6)  # scored at 64 px too
+    with pytest.raises(ValueError, match="allow_image_size_change"):
+        evaluate.main(["--adapter", str(out), "--dataset_name", str(data), "--image_size", "128"])
+    from infosam_hf.synthetic import make_synthetic_sample
+
+    image = tmp_path / "img.png"
+    make_synthetic_sample("specialised", 100, np.random.default_rng(0))[0].crop((0, 0, 100, 70)).save(image)
+    script("predict").main(["--adapter", str(out), "--images", str(image), "--box", "2", "2", "60", "60",
+                            "--output_dir", str(tmp_path / "pred")])
+    (mask,) = (tmp_path / "pred").glob("*_mask.png")
+    assert PIL.Image.open(mask).size == PIL.Image.open(image).size
+    assert set(np.unique(np.asarray(PIL.Image.open(mask)))) <= {0, 255}
