@@ -136,8 +136,9 @@ def adapt_model(model: nn.Module, image_size: int | None, *, allow_upscaling: bo
             old = _resize_weight(name, old, target.shape)
             resized.append(name)
         new_state[name] = old
-    adapted.load_state_dict(new_state, strict=True)
-    adapted.to(device=param.device)
+    adapted.load_state_dict(new_state, strict=True)  # copies into the new model's float32 parameters
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    adapted.to(device=param.device, dtype=dtypes.pop() if len(dtypes) == 1 else None)
     adapted.train(model.training)
     trainable = {name: p.requires_grad for name, p in model.named_parameters()}
     for name, p in adapted.named_parameters():

@@ -148,6 +148,11 @@ def test_bad_sizes_are_refused_with_the_fix(size, message):
         adapt_model(builtin(), size)
 
 
+def test_dtype_and_device_are_kept():
+    adapted = adapt_model(builtin().to(torch.bfloat16), 64)
+    assert {p.dtype for p in adapted.parameters()} == {torch.bfloat16}
+
+
 def test_upscaling_when_allowed():
     adapted = adapt_model(builtin(), 192, allow_upscaling=True)
     assert adapted.vision_encoder.pos_embed.shape == (1, 24, 24, 96)
