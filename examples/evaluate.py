@@ -69,6 +69,7 @@ from infosam_hf.data import (
 from infosam_hf.data.images import image_size_hw
 from infosam_hf.data.instances import INSTANCE_FORMATS, decode_instances
 from infosam_hf.hub import load_model_or_base
+from infosam_hf.resolution import allow_image_size_change_argument, image_size_argument
 from infosam_hf.prompt_following import prompt_logits
 from infosam_hf.metrics import SegmentationMetrics
 
@@ -120,15 +121,8 @@ class EvaluationArguments:
     batch_size: int = field(default=8)
     num_workers: int = field(default=0, metadata={"help": "Data-loading processes."})
     device: str | None = field(default=None, metadata={"help": "Default: cuda if available, else cpu."})
-    image_size: int | None = field(
-        default=None,
-        metadata={"help": "Input side in pixels. Default: the adapter's training size (its infosam_config.json "
-                  "image_size), else the checkpoint's. Another size than the adapter's needs --allow_image_size_change."},
-    )
-    allow_image_size_change: bool = field(
-        default=False,
-        metadata={"help": "Run an adapter at another --image_size than it was trained at (or a base above its own)."},
-    )
+    image_size: int | None = image_size_argument()
+    allow_image_size_change: bool = allow_image_size_change_argument()
     dtype: str = field(
         default="float32", metadata={"help": "Model dtype.", "choices": ["float32", "bfloat16", "float16"]}
     )

@@ -45,6 +45,7 @@ from infosam_hf import builtin
 from infosam_hf.modeling import sam_low_res_logits
 from infosam_hf.data import CorruptImageError, CorruptSampleLog, SamSegmentationPreprocessor, decode_image, to_rgb_pil
 from infosam_hf.hub import load_model_or_base
+from infosam_hf.resolution import allow_image_size_change_argument, image_size_argument
 from infosam_hf.metrics import postprocess_logits
 from infosam_hf.visualization import mask_to_image, render_overlay
 
@@ -80,15 +81,8 @@ class PredictionArguments:
     threshold: float = field(default=0.0, metadata={"help": "Mask logit threshold (0 = probability 0.5)."})
     alpha: float = field(default=0.5, metadata={"help": "Opacity of the mask in the overlay."})
     device: str | None = field(default=None, metadata={"help": "Default: cuda if available, else cpu."})
-    image_size: int | None = field(
-        default=None,
-        metadata={"help": "Input side in pixels. Default: the adapter's training size (its infosam_config.json "
-                  "image_size), else the checkpoint's. Another size than the adapter's needs --allow_image_size_change."},
-    )
-    allow_image_size_change: bool = field(
-        default=False,
-        metadata={"help": "Run an adapter at another --image_size than it was trained at (or a base above its own)."},
-    )
+    image_size: int | None = image_size_argument()
+    allow_image_size_change: bool = allow_image_size_change_argument()
 
 
 @dataclass

@@ -230,3 +230,23 @@ def adapter_image_size(
         logger.warning("Running the adapter %s, trained at %d px, at %d px as asked (allow_image_size_change).",
                        source, trained, image_size)
     return image_size
+
+
+def image_size_argument():
+    """The `--image_size` field of the evaluation and prediction scripts' argument dataclasses."""
+    from dataclasses import field
+
+    return field(
+        default=None,
+        metadata={"help": "Input side in pixels. Default: the adapter's training size (its infosam_config.json "
+                  "image_size), else the checkpoint's. Another size than the adapter's needs --allow_image_size_change."},
+    )
+
+
+def allow_image_size_change_argument():
+    from dataclasses import field
+
+    return field(
+        default=False,
+        metadata={"help": "Run an adapter at another --image_size than it was trained at (or a base above its own)."},
+    )
