@@ -69,6 +69,7 @@ from infosam_hf.data import (
 from infosam_hf.data.images import image_size_hw
 from infosam_hf.data.instances import INSTANCE_FORMATS, decode_instances
 from infosam_hf.hub import load_model_or_base
+from infosam_hf.resolution import allow_image_size_change_argument, image_size_argument
 from infosam_hf.prompt_following import prompt_logits
 from infosam_hf.metrics import SegmentationMetrics
 
@@ -120,6 +121,8 @@ class EvaluationArguments:
     batch_size: int = field(default=8)
     num_workers: int = field(default=0, metadata={"help": "Data-loading processes."})
     device: str | None = field(default=None, metadata={"help": "Default: cuda if available, else cpu."})
+    image_size: int | None = image_size_argument()
+    allow_image_size_change: bool = allow_image_size_change_argument()
     dtype: str = field(
         default="float32", metadata={"help": "Model dtype.", "choices": ["float32", "bfloat16", "float16"]}
     )
@@ -368,7 +371,8 @@ def main(argv: list[str] | None = None) -> dict:
     adapter, base = resolve_models(args)
     device = default_device(args.device)
     dtype = getattr(torch, args.dtype)
-    model, processor = load_model_or_base(adapter, base, device=device, dtype=dtype)
+    model, processor = load_model_or_base(adapter, base, device=device, dtype=dtype, image_size=args.image_size,
+                                          allow_image_size_change=args.allow_image_size_change)
     preprocessor = SamSegmentationPreprocessor.from_processor(processor)
 
     source = args.dataset_name or builtin_dataset_path("specialised")

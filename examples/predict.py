@@ -45,6 +45,7 @@ from infosam_hf import builtin
 from infosam_hf.modeling import sam_low_res_logits
 from infosam_hf.data import CorruptImageError, CorruptSampleLog, SamSegmentationPreprocessor, decode_image, to_rgb_pil
 from infosam_hf.hub import load_model_or_base
+from infosam_hf.resolution import allow_image_size_change_argument, image_size_argument
 from infosam_hf.metrics import postprocess_logits
 from infosam_hf.visualization import mask_to_image, render_overlay
 
@@ -80,6 +81,8 @@ class PredictionArguments:
     threshold: float = field(default=0.0, metadata={"help": "Mask logit threshold (0 = probability 0.5)."})
     alpha: float = field(default=0.5, metadata={"help": "Opacity of the mask in the overlay."})
     device: str | None = field(default=None, metadata={"help": "Default: cuda if available, else cpu."})
+    image_size: int | None = image_size_argument()
+    allow_image_size_change: bool = allow_image_size_change_argument()
 
 
 @dataclass
@@ -261,7 +264,8 @@ def output_paths(
 def load_model(args: PredictionArguments, device: torch.device):
     adapter, base = builtin.resolve_models(args.adapter, args.base_model, args.model_name_or_path)
     logger.info("Loading %s", f"adapter {adapter} on {base}" if adapter else f"{base} (no adapter)")
-    return load_model_or_base(adapter, base, device=device)
+    return load_model_or_base(adapter, base, device=device, image_size=args.image_size,
+                              allow_image_size_change=args.allow_image_size_change)
 
 
 def to_model_frame(coords, original: tuple[int, int], reshaped: tuple[int, int]) -> torch.Tensor:

@@ -51,6 +51,7 @@ from infosam_hf.data import (
 from infosam_hf.data.instances import INSTANCE_FORMATS
 from infosam_hf.data.sources import check_local_path
 from infosam_hf.metrics import build_compute_metrics
+from infosam_hf.resolution import adapt_model, adapt_processor
 
 logger = logging.getLogger("infosam_hf.train")
 DEBUG_ENV = "INFOSAM_DEBUG"
@@ -282,8 +283,10 @@ def main(argv: list[str] | None = None) -> dict:
         # The adapter names its base; only an explicit --model_name_or_path overrides it.
         adapter_folder = resolve_folder(model_args.resume_adapter)
         explicit_base = None if model_args.model_name_or_path == BUILTIN_MODEL_PATH else model_args.model_name_or_path
-        model = load_for_training(adapter_folder, base_model=explicit_base, seed=training_args.seed)
+        model = load_for_training(adapter_folder, base_model=explicit_base, seed=training_args.seed,
+                                  image_size=infosam_config.image_size)
         processor = load_processor(adapter_folder, explicit_base or base_model_id_of(adapter_folder), model.student)
+        processor = adapt_processor(processor, model.infosam_config.image_size)
     else:
         from infosam_hf.hub import load_processor
         from infosam_hf.models import load_sam_model
@@ -291,6 +294,9 @@ def main(argv: list[str] | None = None) -> dict:
         # Any supported family (SamModel, SamHQModel, Sam2Model, Sam3TrackerModel, EdgeTamModel).
         model = load_sam_model(model_args.model_name_or_path)
         processor = load_processor(None, model_args.model_name_or_path, model)
+        # --image_size: the base (and processor) at another resolution, adapted once here (infosam_hf.resolution).
+        model = adapt_model(model, infosam_config.image_size, allow_upscaling=infosam_config.allow_image_upscaling)
+        processor = adapt_processor(processor, infosam_config.image_size)
     preprocessor = SamSegmentationPreprocessor.from_processor(processor)
     corrupt_log = CorruptSampleLog()  # one count of skipped samples for training, evaluation and overlays
     train_dataset, eval_dataset, raw_eval_dataset = build_datasets(data_args, preprocessor, training_args, corrupt_log)

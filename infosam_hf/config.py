@@ -160,6 +160,18 @@ class InfoSAMConfig:
     teacher_store_max_gb: float | None = field(
         default=None, metadata={"help": "Stop writing new entries to teacher_store beyond this size (GB)."}
     )
+    image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Train at this input side in pixels instead of the checkpoint's (e.g. 512 or 256 for SAM's 1024): "
+            "the base (and teacher) is adapted once (infosam_hf.resolution) and the adapter records the size. A "
+            "multiple of the patch size. Default: the checkpoint's size."
+        },
+    )
+    allow_image_upscaling: bool = field(
+        default=False,
+        metadata={"help": "Allow image_size above the checkpoint's (position embeddings interpolated upwards)."},
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -195,6 +207,9 @@ class InfoSAMConfig:
             )
         if self.teacher_store_max_gb is not None and self.teacher_store_max_gb <= 0:
             raise ValueError(f"InfoSAMConfig.teacher_store_max_gb must be positive or None, got {self.teacher_store_max_gb}.")
+        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
+                                            or self.image_size <= 0):
+            raise ValueError(f"InfoSAMConfig.image_size must be a positive number of pixels or None, got {self.image_size!r}.")
         if self.lora_r < 1:
             raise ValueError(f"InfoSAMConfig.lora_r must be at least 1, got {self.lora_r}.")
         if not 0.0 <= self.lora_dropout < 1.0:

@@ -36,6 +36,7 @@ from .model_card import (
     render_model_card,
 )
 from .models import family_of, load_sam_model, prepare_for_peft
+from .resolution import adapt_model, adapt_processor, adapter_image_size
 from .modeling import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
@@ -456,12 +457,16 @@ def load(
     base_model: torch.nn.Module | str | None = None,
     is_trainable: bool = False,
     torch_dtype: torch.dtype | None = None,
+    image_size: int | None = None,
+    allow_image_size_change: bool = False,
 ):
     """(model, processor) ready for inference: the base SAM with the adapter applied, in eval mode.
 
     `merge=True` folds LoRA into the base weights (`merge_and_unload`) and returns a plain
     `SamModel` with the same masks, for deployment without peft at inference time; it is
     refused for the bottleneck adapter, which is nonlinear and cannot be merged.
+    The base is built at the resolution the adapter was trained at (`infosam_config.json`
+    image_size, logged); another `image_size` is refused unless `allow_image_size_change=True`.
     """
     from peft import PeftModel
 
@@ -472,6 +477,8 @@ def load(
     if merge:
         _check_mergeable(folder, source)
     base, base_id = _load_base(folder, base_model, token, torch_dtype, source)
+    size = adapter_image_size(base, folder, image_size, allow_change=allow_image_size_change, source=source)
+    base = adapt_model(base, size, allow_upscaling=True)
     check_adapter_fits(base, folder, source)
     try:
         with quiet_peft_wrapping():
@@ -487,6 +494,8 @@ def load(
     if merge:
         model = model.merge_and_unload()
     processor = load_processor(folder, base_id or _adapter_base(folder), model, token)
+    if size is not None:
+        processor = adapt_processor(processor, size)
     if device is not None:
         model = model.to(device)
     return (model if is_trainable else model.eval()), processor
@@ -498,14 +507,18 @@ def load_model_or_base(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    image_size: int | None = None,
+    allow_image_size_change: bool = False,
 ):
     """(model, processor) in eval mode: `adapter` on its base (see `load`), or, with no adapter, the base alone.
 
     What evaluation and prediction need when the same flags may name a fine-tuned adapter
-    or just a SAM checkpoint to run zero-shot.
+    or just a SAM checkpoint to run zero-shot. `image_size`: see `load`; a base alone is adapted
+    to it (above its own size only with `allow_image_size_change`).
     """
     if adapter is not None:
-        model, processor = load(adapter, base_model=base_model, device=device)
+        model, processor = load(adapter, base_model=base_model, device=device, image_size=image_size,
+                                allow_image_size_change=allow_image_size_change)
     elif base_model is not None:
         from transformers import SamProcessor
 
@@ -514,6 +527,8 @@ def load_model_or_base(
             processor = SamProcessor.from_pretrained(base_model)
         else:
             processor = load_processor(base_model if os.path.isdir(base_model) else None, base_model, model)
+        model = adapt_model(model, image_size, allow_upscaling=allow_image_size_change)
+        processor = adapt_processor(processor, image_size)
     else:
         raise ValueError("Name an adapter or a base model to load.")
     return model.to(device=device, dtype=dtype).eval(), processor
@@ -528,6 +543,8 @@ def load_for_training(
     require_relation_module: bool = True,
     teacher: torch.nn.Module | str | None = None,
     seed: int | None = None,
+    image_size: int | None = None,
+    allow_image_size_change: bool = False,
 ) -> InfoSAMModel:
     """The student/teacher pair with its trained relation module, to continue InfoSAM training.
 
@@ -548,6 +565,8 @@ def load_for_training(
             "write it), or pass require_relation_module=False to start a fresh relation module."
         )
     base, _ = _load_base(folder, base_model, token, None, source)
+    size = adapter_image_size(base, folder, image_size, allow_change=allow_image_size_change, source=source)
+    base = adapt_model(base, size, allow_upscaling=True)
     check_adapter_fits(base, folder, source)
     return InfoSAMModel.from_pretrained(
         folder,
@@ -555,4 +574,5 @@ def load_for_training(
         teacher=teacher,
         is_trainable=True,
         require_relation_module=require_relation_module,
+        image_size=size,
     )

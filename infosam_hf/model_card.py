@@ -384,6 +384,8 @@ def model_card_info(
         "repo_id": repo_id or name,
         "family": {"name": family.name, "model_class": family.model_class, "processor_class": family.processor_class},
         "base_model": base,
+        "image_size": _resolution(model),
+        "adapted_size": model.infosam_config.image_size,
         "peft": peft,
         "infosam": _infosam_summary(
             model.infosam_config,
@@ -407,6 +409,16 @@ def model_card_info(
         "tasks": _as_list(tasks),
         "versions": _library_versions(),
     }
+
+
+def _resolution(model) -> str:
+    """The training input side, and whether the base was adapted to it (`infosam_hf.resolution`)."""
+    from .resolution import model_image_size
+
+    size = model_image_size(model.student)
+    if model.infosam_config.image_size is None:
+        return f"{size} px (the base checkpoint's)"
+    return f"{size} px (base adapted to it: `infosam_hf.load` rebuilds it at {size} px)"
 
 
 def _unique(items: Iterable[str]) -> list[str]:
@@ -535,6 +547,8 @@ def render_model_card(info: Mapping[str, Any], template: str | None = None) -> s
         summary=summary,
         base_model_md=base_md,
         family=family,
+        image_size=info.get("image_size") or "not recorded",
+        adapted_size=info.get("adapted_size"),
         base_model_expr=_base_model_expr(base),
         builtin_base=bool(builtin_model_path(base)),
         repo_id=repo_id,

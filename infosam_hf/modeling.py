@@ -165,11 +165,14 @@ class InfoSAMModel(nn.Module):
                 "The student must be a PeftModel; wrap your SamModel with infosam_hf.build_student(model, config) "
                 "or peft.get_peft_model(model, LoraConfig(...))."
             )
+        config = config or InfoSAMConfig()
         if teacher is not None:
             check_is_sam_model(teacher, "teacher")
+            if config.image_size is not None:  # z_i of the teacher on the student's grid
+                teacher = _adapt_teacher(student, teacher, config)
             teacher.requires_grad_(False)
             teacher.eval()
-        self.infosam_config = config or InfoSAMConfig()
+        self.infosam_config = config
         self.student = student
         self.teacher = teacher
         self.relation_module = relation_module or RelationModule(self.infosam_config.relation_dim)
@@ -178,6 +181,16 @@ class InfoSAMModel(nn.Module):
         self.teacher_cache = None  # set by the Trainer when `cache_teacher_embeddings` is on
 
     def _check_dims(self) -> None:
+        if self.infosam_config.image_size is not None:
+            from .resolution import model_image_size
+
+            size = model_image_size(self.student)
+            if size != self.infosam_config.image_size:
+                raise ValueError(
+                    f"The student takes {size} px inputs but InfoSAMConfig.image_size is {self.infosam_config.image_size}. "
+                    "Adapt the base before wrapping it (infosam_hf.resolution.adapt_model(base, image_size)), or pass "
+                    "the bare base to InfoSAMTrainer, which does it."
+                )
         channels = SamFamily.channels(self.student.get_base_model().config)
         if channels != self.relation_module.dim:
             raise ValueError(
@@ -417,11 +430,14 @@ class InfoSAMModel(nn.Module):
         require_relation_module: bool = True,
         revision: str | None = None,
         token: str | bool | None = None,
+        image_size: int | None = None,
         **base_kwargs,
     ) -> "InfoSAMModel":
         """Rebuild the pair from a folder written by `save_pretrained`, or a Hub repo it was pushed to.
 
         For inference only, `infosam_hf.load` is lighter (no relation module, optional merge).
+        The base is built at the recorded training resolution (`InfoSAMConfig.image_size`);
+        `image_size` replaces it (`infosam_hf.load_for_training` checks that this was asked for).
         """
         adapter_path = os.fspath(adapter_path)
         if not os.path.isdir(adapter_path):
@@ -435,8 +451,14 @@ class InfoSAMModel(nn.Module):
             )
         config_path = os.path.join(adapter_path, INFOSAM_CONFIG_NAME)
         config = InfoSAMConfig.from_json_file(config_path) if os.path.isfile(config_path) else InfoSAMConfig()
+        if image_size is not None:
+            config.image_size = image_size
         if base_model is None or isinstance(base_model, str):
             base_model = load_sam_model(base_model or base_model_id_of(adapter_path), **base_kwargs)
+        if config.image_size is not None:
+            from .resolution import adapt_model
+
+            base_model = adapt_model(base_model, config.image_size, allow_upscaling=True)
         with quiet_peft_wrapping():
             student = PeftModel.from_pretrained(prepare_for_peft(base_model), adapter_path, is_trainable=is_trainable)
         relation = load_relation_module(adapter_path, config.relation_dim, required=require_relation_module)
@@ -445,6 +467,13 @@ class InfoSAMModel(nn.Module):
         elif teacher is None and config.teacher_model_name_or_path:
             teacher = load_sam_model(config.teacher_model_name_or_path)
         return cls(student, config, teacher=teacher, relation_module=relation)
+
+
+def _adapt_teacher(student: PeftModel, teacher: nn.Module, config: InfoSAMConfig) -> nn.Module:
+    """A separate teacher at the student's resolution, so both read the same pixel_values (logged when adapted)."""
+    from .resolution import adapt_model, model_image_size
+
+    return adapt_model(teacher, model_image_size(student), allow_upscaling=config.allow_image_upscaling)
 
 
 def unwrap_sam_model(model: torch.nn.Module) -> torch.nn.Module:

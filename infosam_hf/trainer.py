@@ -259,6 +259,10 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         config = infosam_config or InfoSAMConfig()
         if isinstance(model, str):
             model = load_sam_model(model)
+        if config.image_size is not None and not isinstance(model, PeftModel):
+            from .resolution import adapt_model
+
+            model = adapt_model(model, config.image_size, allow_upscaling=config.allow_image_upscaling)
         student = build_student(model, config, peft_config)
         teacher_model = teacher_model or config.teacher_model_name_or_path
         if isinstance(teacher_model, str):

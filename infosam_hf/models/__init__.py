@@ -44,6 +44,38 @@ def _feature_levels(decoder_kwargs: dict) -> dict:
     return {"image_embeddings": [*decoder_kwargs["high_resolution_features"], decoder_kwargs["image_embeddings"]]}
 
 
+def _sam_set_image_size(config, size: int) -> None:
+    # SAM / SAM-HQ: the ViT's patch grid (absolute position embedding, global-attention relative-position
+    # tables) and the prompt encoder's input frame and embedding grid all follow these three fields.
+    config.vision_config.image_size = size
+    config.prompt_encoder_config.image_size = size
+    config.prompt_encoder_config.image_embedding_size = size // config.vision_config.patch_size
+
+
+def _sam_size_multiple(config) -> int:
+    # Windowed layers pad the token grid to whole windows, so only the patch size constrains the input.
+    return int(config.vision_config.patch_size)
+
+
+def _feature_pyramid_set_image_size(config, size: int) -> None:
+    # SAM 2 / SAM 3 tracker / EdgeTAM: the image encoder interpolates its position embeddings (or is a
+    # convolution network), so only the recorded input side and the feature-level sizes change.
+    old = SamFamily.image_size(config)
+    config.vision_config.backbone_feature_sizes = [
+        [int(side) * size // old for side in level] for level in config.vision_config.backbone_feature_sizes
+    ]
+    backbone = getattr(config.vision_config, "backbone_config", None)
+    if backbone is not None and hasattr(backbone, "image_size"):
+        backbone.image_size = [size, size] if isinstance(backbone.image_size, (list, tuple)) else size
+    config.prompt_encoder_config.image_size = size
+
+
+def _feature_pyramid_size_multiple(config) -> int:
+    # Twice the stride of the coarsest level the decoder reads: one more 2x pooling stage sits above it.
+    coarsest = min(int(level[0]) for level in config.vision_config.backbone_feature_sizes)
+    return 2 * (SamFamily.image_size(config) // coarsest)
+
+
 def _untie_for_peft(model: nn.Module) -> None:
     # EdgeTamModel declares `_tied_weights_keys = {}`; get_peft_model fails on it unless it is None.
     model._tied_weights_keys = None
@@ -77,6 +109,10 @@ class SamFamily:
     """The transformers processor of its checkpoints (the card's plain-PEFT snippet names it)."""
     example_checkpoint: str = ""
     notes: str = field(default="", compare=False)
+    set_image_size: Callable[[object, int], None] | None = _sam_set_image_size
+    """Config fields -> another input side (`infosam_hf.resolution`); None where the family cannot change it."""
+    image_size_multiple: Callable[[object], int] = _sam_size_multiple
+    """The input side must be a multiple of this (patch size, or the coarsest feature stride)."""
 
     @staticmethod
     def channels(config) -> int:
@@ -113,6 +149,8 @@ SAM_HQ = SamFamily(
     example_checkpoint="syscv-community/sam-hq-vit-base",
 )
 SAM2 = SamFamily(
+    set_image_size=_feature_pyramid_set_image_size,
+    image_size_multiple=_feature_pyramid_size_multiple,
     processor_class="Sam2Processor",
     name="SAM 2",
     model_class="Sam2Model",
@@ -126,6 +164,8 @@ SAM2 = SamFamily(
     example_checkpoint="facebook/sam2.1-hiera-base-plus",
 )
 SAM3_TRACKER = SamFamily(
+    set_image_size=_feature_pyramid_set_image_size,
+    image_size_multiple=_feature_pyramid_size_multiple,
     processor_class="Sam3TrackerProcessor",
     name="SAM 3 tracker",
     model_class="Sam3TrackerModel",
@@ -140,6 +180,8 @@ SAM3_TRACKER = SamFamily(
     example_checkpoint="facebook/sam3",
 )
 EDGETAM = SamFamily(
+    set_image_size=_feature_pyramid_set_image_size,
+    image_size_multiple=_feature_pyramid_size_multiple,
     processor_class="Sam2Processor",
     name="EdgeTAM",
     model_class="EdgeTamModel",
