@@ -219,8 +219,11 @@ def tiny_edgetam_config(image_size: int = 64, timm_backbone: bool = False):
     from transformers import EdgeTamConfig
 
     if timm_backbone:
-        backbone = dict(
-            model_type="timm_wrapper", architecture="repvit_m0_9", do_pooling=False,
+        from transformers import TimmWrapperConfig
+
+        # a config object: as a dict, TimmWrapperConfig.from_dict sets num_labels=None and fails (transformers 5.24)
+        backbone = TimmWrapperConfig(
+            architecture="repvit_m0_9", do_pooling=False,
             model_args=dict(in_chans=3, features_only=True, out_indices=[0, 1, 2, 3]),
         )
         channels = [384, 192, 96, 48]
