@@ -9,6 +9,7 @@ per object >= 0.90 and confusion <= 5%; zero-shot on "specialised" must stay cle
 
     python benchmarks/prompt_following.py
     python benchmarks/prompt_following.py --model /tmp/sam-tiny --images 64
+    python benchmarks/prompt_following.py --model infosam_hf/builtin/sam2-tiny-general   # any supported family
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from transformers import SamModel
-
 from infosam_hf.builtin import BUILTIN_MODEL_PATH, builtin_dataset_path
 from infosam_hf.synthetic import MAX_OBJECTS
 from infosam_hf.data import SamSegmentationPreprocessor, load_segmentation_dataset, prepare_instance_dataset
+from infosam_hf.models import load_sam_model
 from infosam_hf.prompt_following import evaluate_prompt_following
 
 
@@ -30,8 +30,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--images", type=int, default=100, help="test images per domain")
     parser.add_argument("--domains", nargs="+", default=["general", "specialised"])
     args = parser.parse_args(argv)
-    model = SamModel.from_pretrained(args.model).eval()
-    preprocessor = SamSegmentationPreprocessor(image_size=model.config.vision_config.image_size)
+    model = load_sam_model(args.model).eval()
+    preprocessor = SamSegmentationPreprocessor.for_model(model)  # the family's geometry (SAM 2: square)
     results = {}
     print("| domain | prompt | images | objects | IoU per object | IoU per image | confusion rate |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

@@ -7,6 +7,7 @@ is fine-tuned on the shifted "specialised" synthetic domain, read from parquet s
 before and after.
 
     python examples/train.py
+    python examples/train.py --builtin_model sam2   # the same run on the built-in tiny SAM 2
     accelerate launch examples/train.py --max_steps 400
     accelerate launch --config_file examples/accelerate_configs/cpu.yaml examples/train.py  # 2 CPU processes
     accelerate launch examples/train.py --model_name_or_path facebook/sam-vit-base \\
@@ -33,7 +34,7 @@ import transformers
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from infosam_hf import InfoSAMConfig, InfoSAMTrainer
-from infosam_hf.builtin import BUILTIN_MODEL_PATH, builtin_dataset_path
+from infosam_hf.builtin import BUILTIN_MODEL_PATH, BUILTIN_MODELS, builtin_dataset_path
 from infosam_hf.callbacks import EvalOverlayCallback
 from infosam_hf.data import (
     CorruptSampleLog,
@@ -86,6 +87,15 @@ class ModelArguments:
     )
     resume_adapter: str | None = field(
         default=None, metadata={"help": "Continue training an InfoSAM adapter (folder or Hub id)."}
+    )
+    builtin_model: str = field(
+        default="sam",
+        metadata={
+            "help": "Which built-in model the default run fine-tunes when --model_name_or_path is not given: "
+            "'sam' (SamModel) or 'sam2' (Sam2Model, made by examples/pretrain_builtin_sam2.py; its adapter goes to "
+            "outputs/infosam-builtin-sam2 unless --output_dir says otherwise).",
+            "choices": sorted(BUILTIN_MODELS),
+        },
     )
 
 
@@ -244,6 +254,27 @@ def describe_schedule(trainer, data_args) -> str:
     )
 
 
+def builtin_defaults(builtin_model: str) -> list[str]:
+    """BUILTIN_DEFAULTS with the built-in model's own output folder, so the SAM and SAM 2 adapters never mix."""
+    defaults = list(BUILTIN_DEFAULTS)
+    defaults[defaults.index("--output_dir") + 1] += f"-{builtin_model}"
+    return defaults
+
+
+def use_builtin_model(model_args) -> None:
+    if model_args.model_name_or_path != BUILTIN_MODEL_PATH:
+        raise SystemExit(
+            f"--builtin_model {model_args.builtin_model} and --model_name_or_path {model_args.model_name_or_path} "
+            "both name the model to fine-tune; pass one of them."
+        )
+    model_args.model_name_or_path = BUILTIN_MODELS[model_args.builtin_model]
+    if not os.path.isfile(os.path.join(model_args.model_name_or_path, "model.safetensors")):
+        raise SystemExit(
+            f"The built-in {model_args.builtin_model} model is missing from {model_args.model_name_or_path}; "
+            f"make it with examples/pretrain_builtin_{model_args.builtin_model}.py."
+        )
+
+
 def instance_format(data_args) -> str | None:
     """The instance layout of the mask column, or None for one binary mask per image."""
     if data_args.instance_format in (None, "") or data_args.instance_format.lower() == "none":
@@ -263,6 +294,12 @@ def main(argv: list[str] | None = None) -> dict:
         model_args, data_args, infosam_config, training_args = parser.parse_args_into_dataclasses(
             args=BUILTIN_DEFAULTS + argv
         )
+        if model_args.builtin_model != "sam":
+            model_args, data_args, infosam_config, training_args = parser.parse_args_into_dataclasses(
+                args=builtin_defaults(model_args.builtin_model) + argv
+            )
+    if model_args.builtin_model != "sam":
+        use_builtin_model(model_args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.logging.set_verbosity_warning()
     quiet_replicas(training_args)

@@ -7,7 +7,9 @@ module (`relation_module.safetensors`, needed only to continue training),
 (`infosam_hf.model_card`). Loading reads only JSON and safetensors; the base model is the
 one the adapter names unless one is given.
 
-Entry points: `push_to_hub` (also `InfoSAMModel.push_to_hub`), `push_checkpoint` (what
+The public `infosam_hf.InfoSAMModel` is defined here: `infosam_hf.modeling.InfoSAMModel` (which
+knows nothing of the Hub) plus `push_to_hub`, Hub ids in `from_pretrained` and the card on
+`save_pretrained`. Entry points: `push_to_hub` (also `InfoSAMModel.push_to_hub`), `push_checkpoint` (what
 `InfoSAMTrainer._push_from_checkpoint` runs instead of the stock one, which writes
 `training_args.bin` with `torch.save`), `load`, `load_model_or_base`, `load_for_training`, `resolve_folder`.
 Tokens are handed to `huggingface_hub` and never formatted into a message, card or log.
@@ -34,18 +36,77 @@ from .model_card import (
     is_hub_id,
     model_card_info,
     render_model_card,
+    save_model_card,
 )
+from . import modeling
 from .models import family_of, load_sam_model, prepare_for_peft
 from .resolution import adapt_model, adapt_processor, adapter_image_size
 from .modeling import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
     RELATION_WEIGHTS_NAME,
-    InfoSAMModel,
     base_model_id_of,
     loadable_base,
     quiet_peft_wrapping,
 )
+
+
+class InfoSAMModel(modeling.InfoSAMModel):
+    """PEFT student + frozen teacher + shared relation module (`infosam_hf.modeling.InfoSAMModel`), with the Hub.
+
+    Adds what a checkpoint needs to travel: `push_to_hub`, Hub repo ids in `from_pretrained`, and
+    the InfoSAM README.md model card in `save_pretrained`. This is `infosam_hf.InfoSAMModel`.
+    """
+
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, processor=None, model_card: bool = True, **peft_kwargs
+    ) -> None:
+        """Adapter (PEFT format, safetensors) + relation module + infosam_config.json (+ processor) in one folder.
+
+        With `model_card=True` the folder gets the InfoSAM README.md (model-level values; a
+        Trainer's `create_model_card`/`push_to_hub` adds the run's). PEFT's generic stub is
+        never written, and a README.md that infosam_hf did not write is left exactly as it was.
+        """
+        super().save_pretrained(save_directory, processor=processor, **peft_kwargs)
+        if model_card:
+            save_model_card(save_directory, render_model_card(model_card_info(self, folder=save_directory)))
+
+    def push_to_hub(self, repo_id: str, processor=None, **kwargs):
+        """Adapter, relation module, config, processor and model card in one commit; see `push_to_hub`."""
+        return push_to_hub(self, repo_id, processor=processor, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        adapter_path: str | os.PathLike,
+        base_model: torch.nn.Module | str | None = None,
+        teacher: torch.nn.Module | str | None = None,
+        is_trainable: bool = True,
+        require_relation_module: bool = True,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        image_size: int | None = None,
+        **base_kwargs,
+    ) -> "InfoSAMModel":
+        """Rebuild the pair from a folder written by `save_pretrained`, or a Hub repo it was pushed to.
+
+        For inference only, `infosam_hf.load` is lighter (no relation module, optional merge).
+        The base is built at the recorded training resolution (`InfoSAMConfig.image_size`);
+        `image_size` replaces it (`infosam_hf.load_for_training` checks that this was asked for).
+        """
+        adapter_path = os.fspath(adapter_path)
+        if not os.path.isdir(adapter_path):
+            adapter_path = resolve_folder(adapter_path, revision=revision, token=token)
+        return super().from_pretrained(
+            adapter_path,
+            base_model=base_model,
+            teacher=teacher,
+            is_trainable=is_trainable,
+            require_relation_module=require_relation_module,
+            image_size=image_size,
+            **base_kwargs,
+        )
+
 
 # ====================================================================== push
 def _raise_hub_error(err: Exception, repo_id: str, action: str, endpoint: str) -> None:
@@ -104,7 +165,7 @@ def push_to_hub(
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    if not isinstance(model, InfoSAMModel):
+    if not isinstance(model, modeling.InfoSAMModel):
         raise TypeError(f"push_to_hub needs an InfoSAMModel, got {type(model).__name__}.")
     api = HfApi(endpoint=endpoint, token=token)
     try:
@@ -114,7 +175,7 @@ def push_to_hub(
     repo_id = repo_url.repo_id
     keep_remote_card = not overwrite_card and _has_hand_written_card(api, repo_id, revision)
     with tempfile.TemporaryDirectory(prefix="infosam-push-") as folder:
-        model.save_pretrained(folder, processor=processor, model_card=False)
+        modeling.InfoSAMModel.save_pretrained(model, folder, processor=processor)  # files only: the card is below
         if base_model_id:
             _set_base_model(folder, base_model_id)
         elif not is_hub_id(recorded_base := base_model_id_of(folder)) and not builtin_model_path(recorded_base):

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from importlib import resources
 from typing import Any
 
-from .builtin import builtin_model_path
+from .builtin import BUILTIN_SAM2_PATH, builtin_model_path
 from .config import INFOSAM_CONFIG_NAME, InfoSAMConfig
 from .models import family_of
 from .modeling import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, RELATION_WEIGHTS_NAME, InfoSAMModel
@@ -471,7 +471,8 @@ def _base_model_md(base: str | None) -> str:
     if not base:
         return "not recorded in the adapter config"
     if builtin_model_path(base):
-        return f"`{os.path.basename(base)}`, the tiny SAM built into infosam-hf (a stand-in for real SAM weights)"
+        kind = "SAM 2" if builtin_model_path(base) == BUILTIN_SAM2_PATH else "SAM"
+        return f"`{os.path.basename(base)}`, the tiny {kind} built into infosam-hf (a stand-in for real SAM weights)"
     if is_hub_id(base):
         return f"[{base}](https://huggingface.co/{base})"
     return f"`{base}` (a local path where the adapter was trained, not a Hub id)"
@@ -487,8 +488,8 @@ def _file_description(name: str) -> str:
 
 def _base_model_expr(base: str | None) -> str:
     """The base as the card's plain-PEFT snippet passes it to `SamModel.from_pretrained`."""
-    if builtin_model_path(base):
-        return "BUILTIN_MODEL_PATH"
+    if builtin_model_path(base):  # the infosam_hf.builtin constant
+        return "BUILTIN_SAM2_PATH" if builtin_model_path(base) == BUILTIN_SAM2_PATH else "BUILTIN_MODEL_PATH"
     return json.dumps(base or "facebook/sam-vit-base")
 
 

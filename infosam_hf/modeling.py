@@ -7,6 +7,11 @@ the PEFT student, the relation module and (if given) a separate teacher all live
 
 By default the teacher is the student's own base weights with the adapters disabled
 (`PeftModel.disable_adapter()`), so only one copy of SAM is held in memory.
+
+This module knows nothing of the Hub or the model card: `InfoSAMModel` here saves to and loads
+from a local folder. The public `infosam_hf.InfoSAMModel` (`infosam_hf.hub`) is this class plus
+`push_to_hub`, Hub ids in `from_pretrained` and the README.md card on `save_pretrained`;
+hub and model_card import this module, never the reverse (tests/test_modeling.py checks it).
 """
 
 from __future__ import annotations
@@ -391,14 +396,11 @@ class InfoSAMModel(nn.Module):
         return result
 
     # ------------------------------------------------------------------ save / load
-    def save_pretrained(
-        self, save_directory: str | os.PathLike, processor=None, model_card: bool = True, **peft_kwargs
-    ) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike, processor=None, **peft_kwargs) -> None:
         """Adapter (PEFT format, safetensors) + relation module + infosam_config.json (+ processor) in one folder.
 
-        With `model_card=True` the folder gets the InfoSAM README.md (model-level values; a
-        Trainer's `create_model_card`/`push_to_hub` adds the run's). PEFT's generic stub is
-        never written, and a README.md that infosam_hf did not write is left exactly as it was.
+        No README.md: PEFT's generic stub is never written, and the InfoSAM card is
+        `infosam_hf.InfoSAMModel.save_pretrained`'s (model_card=True) or the Trainer's.
         """
         os.makedirs(save_directory, exist_ok=True)
         peft_kwargs.setdefault("safe_serialization", True)
@@ -409,16 +411,6 @@ class InfoSAMModel(nn.Module):
         self.infosam_config.save_pretrained(save_directory)
         if processor is not None:
             processor.save_pretrained(save_directory)
-        if model_card:
-            from .model_card import model_card_info, render_model_card, save_model_card
-
-            save_model_card(save_directory, render_model_card(model_card_info(self, folder=save_directory)))
-
-    def push_to_hub(self, repo_id: str, processor=None, **kwargs):
-        """Adapter, relation module, config, processor and model card in one commit; see `infosam_hf.hub.push_to_hub`."""
-        from .hub import push_to_hub
-
-        return push_to_hub(self, repo_id, processor=processor, **kwargs)
 
     @classmethod
     def from_pretrained(
@@ -428,12 +420,11 @@ class InfoSAMModel(nn.Module):
         teacher: nn.Module | str | None = None,
         is_trainable: bool = True,
         require_relation_module: bool = True,
-        revision: str | None = None,
-        token: str | bool | None = None,
         image_size: int | None = None,
         **base_kwargs,
     ) -> "InfoSAMModel":
-        """Rebuild the pair from a folder written by `save_pretrained`, or a Hub repo it was pushed to.
+        """Rebuild the pair from a folder written by `save_pretrained` (`infosam_hf.InfoSAMModel.from_pretrained`
+        also takes a Hub repo it was pushed to).
 
         For inference only, `infosam_hf.load` is lighter (no relation module, optional merge).
         The base is built at the recorded training resolution (`InfoSAMConfig.image_size`);
@@ -441,9 +432,10 @@ class InfoSAMModel(nn.Module):
         """
         adapter_path = os.fspath(adapter_path)
         if not os.path.isdir(adapter_path):
-            from .hub import resolve_folder
-
-            adapter_path = resolve_folder(adapter_path, revision=revision, token=token)
+            raise FileNotFoundError(
+                f"{adapter_path} is not a folder. Repository ids load with infosam_hf.InfoSAMModel.from_pretrained "
+                "or infosam_hf.load_for_training."
+            )
         if not os.path.isfile(os.path.join(adapter_path, ADAPTER_CONFIG_NAME)):
             raise FileNotFoundError(
                 f"{adapter_path} has no {ADAPTER_CONFIG_NAME}: it is not a PEFT adapter folder. Point at the folder "

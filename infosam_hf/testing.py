@@ -101,6 +101,37 @@ def builtin_sam_config() -> SamConfig:
     )
 
 
+def builtin_sam2_config():
+    """The built-in SAM 2's architecture: 128 px, a 6-block Hiera (strides 4-32), a SAM-sized 256-wide decoder.
+
+    The decoder reads the stride-16 level (8x8) plus the stride-4/8 high-resolution features, as
+    SAM 2 does; 256 channels like the built-in SAM, so InfoSAM's default relation_dim fits both.
+    `dynamic_multimask_via_stability` is off: in eval mode SAM 2 swaps an unstable single mask for
+    its best multimask output, and this model is trained (like the built-in SAM) on single masks
+    only, so those outputs are untrained.
+    """
+    from transformers import Sam2Config, Sam2HieraDetConfig
+
+    size, dims = 128, [24, 48, 96, 192]
+    backbone = Sam2HieraDetConfig(
+        hidden_size=dims[0], num_attention_heads=1, image_size=[size, size],
+        blocks_per_stage=[1, 1, 3, 1], embed_dim_per_stage=dims, num_attention_heads_per_stage=[1, 1, 2, 4],
+        window_size_per_stage=[4, 4, 4, 2], global_attention_blocks=[4],
+        window_positional_embedding_background_size=[4, 4],
+    )
+    return Sam2Config(
+        vision_config=dict(
+            backbone_config=backbone, backbone_channel_list=list(reversed(dims)),
+            backbone_feature_sizes=_feature_sizes(size, 16), fpn_hidden_size=256,
+        ),
+        prompt_encoder_config=dict(hidden_size=256, image_size=size, patch_size=16),
+        mask_decoder_config=dict(
+            hidden_size=256, mlp_dim=256, num_hidden_layers=2, num_attention_heads=4, iou_head_hidden_dim=256,
+            dynamic_multimask_via_stability=False,
+        ),
+    )
+
+
 def vit_b_sam_config(image_size: int = 1024) -> SamConfig:
     """SAM ViT-B's architecture (`facebook/sam-vit-base`'s config) at `image_size`, for random-weight benchmarks.
 
@@ -188,8 +219,11 @@ def tiny_edgetam_config(image_size: int = 64, timm_backbone: bool = False):
     from transformers import EdgeTamConfig
 
     if timm_backbone:
-        backbone = dict(
-            model_type="timm_wrapper", architecture="repvit_m0_9", do_pooling=False,
+        from transformers import TimmWrapperConfig
+
+        # a config object: as a dict, TimmWrapperConfig.from_dict sets num_labels=None and fails (transformers 5.24)
+        backbone = TimmWrapperConfig(
+            architecture="repvit_m0_9", do_pooling=False,
             model_args=dict(in_chans=3, features_only=True, out_indices=[0, 1, 2, 3]),
         )
         channels = [384, 192, 96, 48]

@@ -258,3 +258,50 @@ def test_torch_compile_keeps_capture(base):
     with capture_sam_features(base) as feats:
         compiled(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"], multimask_output=False)
     torch.testing.assert_close(feats.mask_token, eager.mask_token, atol=1e-4, rtol=1e-4)
+
+
+def _module_file(name: str) -> str | None:
+    """The source file of infosam_hf module `name` (found on disk, nothing imported), or None if it is no module."""
+    import importlib.util
+    import os
+
+    root = importlib.util.find_spec("infosam_hf").submodule_search_locations[0]
+    path = os.path.join(root, *name.split(".")[1:])
+    for candidate in (path + ".py", os.path.join(path, "__init__.py")):
+        if os.path.isfile(candidate):
+            return candidate
+    return None  # `from .data.preprocessing import X`: X is a name, not a module
+
+
+def _imported_package_modules(name: str) -> set[str]:
+    """infosam_hf modules that module `name` imports anywhere in its source (inside functions too)."""
+    import ast
+
+    origin = _module_file(name)
+    package = name if origin.endswith("__init__.py") else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(open(origin, encoding="utf-8").read())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from . import hub`
+    return {m for m in found if m.startswith("infosam_hf.") and _module_file(m)}
+
+def test_modeling_knows_nothing_of_the_hub():
+    """modeling is imported by hub and model_card; the reverse (even a lazy import in a method) makes a cycle."""
+    seen, todo = set(), ["infosam_hf.modeling"]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(_imported_package_modules(name))
+    assert "infosam_hf.config" in seen  # the scan sees modeling's own imports
+    assert not seen & {"infosam_hf.hub", "infosam_hf.model_card"}, sorted(seen)
+    import infosam_hf.hub
+
+    assert issubclass(InfoSAMModel, infosam_hf.modeling.InfoSAMModel) and InfoSAMModel is infosam_hf.hub.InfoSAMModel

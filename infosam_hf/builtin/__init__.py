@@ -12,6 +12,9 @@ from __future__ import annotations
 import os
 
 BUILTIN_MODEL_PATH = os.path.join(os.path.dirname(__file__), "sam-tiny-general")
+# The same stand-in for SAM 2 (examples/pretrain_builtin_sam2.py): `examples/train.py --builtin_model sam2`.
+BUILTIN_SAM2_PATH = os.path.join(os.path.dirname(__file__), "sam2-tiny-general")
+BUILTIN_MODELS = {"sam": BUILTIN_MODEL_PATH, "sam2": BUILTIN_SAM2_PATH}
 BUILTIN_IMAGE_SIZE = 128
 BUILTIN_TRAIN_SAMPLES = 2000
 BUILTIN_TEST_SAMPLES = 200
@@ -53,8 +56,10 @@ def builtin_model_path(recorded: str | os.PathLike | None) -> str | None:
     if not recorded:
         return None
     parts = os.path.normpath(os.fspath(recorded)).replace("\\", "/").split("/")
-    if len(parts) >= 3 and parts[-3:-1] == ["infosam_hf", "builtin"] and parts[-1] == os.path.basename(BUILTIN_MODEL_PATH):
-        return BUILTIN_MODEL_PATH
+    if len(parts) >= 3 and parts[-3:-1] == ["infosam_hf", "builtin"]:
+        for path in BUILTIN_MODELS.values():
+            if parts[-1] == os.path.basename(path):
+                return path
     return None
 
 

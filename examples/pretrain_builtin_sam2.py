@@ -1,0 +1,119 @@
+"""Reproduce the built-in tiny SAM 2 (`infosam_hf/builtin/sam2-tiny-general`).
+
+The SAM 2 counterpart of examples/pretrain_builtin_sam.py (same data, prompts, loss and
+Trainer): a small Sam2Model (architecture `infosam_hf.testing.builtin_sam2_config`, 128 px,
+a 6-block Hiera) trained from scratch on the synthetic "general" domain, so that
+`python examples/train.py --builtin_model sam2` runs the SAM 2 path offline. Images go
+through SAM 2's geometry (resize to a square, no padding) with infosam_hf's own
+preprocessing: SAM 2's transformers processor needs torchvision.
+
+    python examples/pretrain_builtin_sam2.py
+    python examples/pretrain_builtin_sam2.py --output_dir /tmp/sam2-tiny --max_steps 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+from transformers import Sam2Model, Trainer, TrainingArguments
+
+from pretrain_builtin_sam import SamWithLoss, _SaveEvery  # same directory: run as a script
+
+from infosam_hf.builtin import BUILTIN_IMAGE_SIZE, BUILTIN_SAM2_PATH, builtin_dataset_path
+from infosam_hf.data import (
+    PromptSampler,
+    SamSegmentationCollator,
+    SamSegmentationPreprocessor,
+    load_segmentation_dataset,
+    prepare_instance_dataset,
+)
+from infosam_hf.prompt_following import evaluate_prompt_following
+from infosam_hf.synthetic import MAX_OBJECTS
+from infosam_hf.testing import builtin_sam2_config
+
+
+def fresh_builtin_sam2() -> Sam2Model:
+    """A randomly initialised built-in SAM 2 whose prompt positions match its image positions.
+
+    Sam2Model draws its random-Fourier positional matrix with std `scale` = 1, as SAM 2 does, but
+    it keeps two of them, drawn independently: the prompt encoder's (points, box corners) and the
+    image-embedding grid's (`shared_image_embedding`). SAM 2 has one (`pe_layer`, used for both),
+    and converted checkpoints carry the same matrix twice; two unrelated draws give a prompt an
+    encoding unrelated to the grid cells at its place, so the model cannot learn where a prompt
+    points. Share one draw, as SAM 2 does (both are buffers, never trained).
+    """
+    sam = Sam2Model(builtin_sam2_config())
+    with torch.no_grad():
+        sam.prompt_encoder.shared_embedding.positional_embedding.copy_(sam.shared_image_embedding.positional_embedding)
+    return sam
+
+
+def builtin_sam2_preprocessor() -> SamSegmentationPreprocessor:
+    return SamSegmentationPreprocessor(image_size=BUILTIN_IMAGE_SIZE, geometry="square")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default=BUILTIN_SAM2_PATH)
+    parser.add_argument("--max_steps", type=int, default=500)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max_objects_per_image", type=int, default=4)
+    parser.add_argument("--warmup_steps", type=int, default=30)
+    parser.add_argument("--eval_images", type=int, default=64)
+    parser.add_argument("--save_every", type=int, default=0, help="also save the model to <output_dir>/step-N")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing model in --output_dir")
+    args = parser.parse_args()
+    if os.path.exists(os.path.join(args.output_dir, "model.safetensors")) and not args.overwrite:
+        raise SystemExit(f"{args.output_dir} already holds a model; pass --overwrite to replace it.")
+
+    torch.manual_seed(args.seed)
+    preprocessor = builtin_sam2_preprocessor()
+    source = builtin_dataset_path("general", seed=args.seed, max_objects=MAX_OBJECTS)  # multi-object: follow prompts
+    train = load_segmentation_dataset(source, split="train", streaming=True)
+    train = prepare_instance_dataset(train, preprocessor, instance_format="ids")
+    train = train.shuffle(seed=args.seed, buffer_size=128)
+    test = load_segmentation_dataset(source, split="test", streaming=False)
+    test = prepare_instance_dataset(test.select(range(min(args.eval_images, len(test)))), preprocessor, "ids")
+
+    model = SamWithLoss(fresh_builtin_sam2())
+    training_args = TrainingArguments(
+        output_dir=os.path.join(args.output_dir, "_run"),
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=args.warmup_steps,
+        weight_decay=0.01,
+        logging_steps=max(1, min(100, args.max_steps // 10)),
+        save_strategy="no",
+        report_to=[],
+        seed=args.seed,
+        remove_unused_columns=False,
+        label_names=["gt_masks"],
+    )
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        data_collator=SamSegmentationCollator(
+            PromptSampler(box_probability=0.6, seed=args.seed), max_objects_per_image=args.max_objects_per_image
+        ),
+        callbacks=[_SaveEvery(model.sam, args.output_dir, args.save_every)] if args.save_every else None,
+    )
+    trainer.train()
+    model.sam.eval()
+    rows = [r for r in (test[i] for i in range(len(test))) if r.get("pixel_values") is not None]
+    for prompt in ("box", "point"):
+        metrics = evaluate_prompt_following(model.sam, rows, prompt=prompt)
+        print(f"general-domain test, {prompt} prompts, per object:", metrics, flush=True)
+    model.sam.config.name_or_path = "infosam-hf/sam2-tiny-general"
+    model.sam.save_pretrained(args.output_dir)
+    preprocessor.save_pretrained(args.output_dir)
+
+
+if __name__ == "__main__":
+    main()
