@@ -28,6 +28,7 @@ invocations (`--sizes`, `--methods`, `--seeds`). `--report` only reads the files
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import importlib.util
 import json
@@ -159,17 +160,14 @@ def write_cell(path: str, cell: dict) -> None:
 def load_results(results: str) -> dict[tuple[str, int, int], dict]:
     """Every stored cell, keyed (method, size, seed); all of them must share one set of settings."""
     cells, settings = {}, None
-    for folder, _, files in os.walk(results):
-        for name in sorted(files):
-            if not name.endswith(".json"):
-                continue
-            path = os.path.join(folder, name)
-            with open(path, encoding="utf-8") as f:
-                cell = json.load(f)
-            if settings is not None and cell["settings"] != settings:
-                raise SystemExit(f"error: {path} was made with other settings than the rest of {results}.")
-            settings = cell["settings"]
-            cells[(cell["method"], cell["size"], cell["seed"])] = cell
+    paths = glob.glob(os.path.join(results, "zero-shot.json")) + glob.glob(os.path.join(results, "*", "n*-seed*.json"))
+    for path in sorted(paths):  # only cell files: paper.py keeps its runs' own JSON files under <results>/runs
+        with open(path, encoding="utf-8") as f:
+            cell = json.load(f)
+        if settings is not None and cell["settings"] != settings:
+            raise SystemExit(f"error: {path} was made with other settings than the rest of {results}.")
+        settings = cell["settings"]
+        cells[(cell["method"], cell["size"], cell["seed"])] = cell
     return cells
 
 
