@@ -63,7 +63,7 @@ ABLATIONS = {  # LoRA + InfoSAM with one thing changed; each is compared with pl
 }
 PARTNER = {"LoRA + InfoSAM": "LoRA", "Adapter + InfoSAM": "Adapter", **{name: "LoRA" for name in ABLATIONS}}
 
-FULL = dict(sizes=[16, 64, 256], seeds=[0, 1, 2, 3, 4], steps=100, eval_images=48, multi_images=32)
+FULL = dict(sizes=[16, 64, 256], seeds=[0, 1, 2, 3, 4], steps=100, eval_images=32, multi_images=24)
 QUICK = dict(sizes=[16], seeds=[0, 1], steps=2, eval_images=4, multi_images=3, methods=["LoRA", "LoRA + InfoSAM"])
 
 # Columns of the regime table: (metric key, header). "spec" = specialised test split, "gen" = general domain.
@@ -151,7 +151,7 @@ def read_cell(path: str, settings: dict | None) -> dict | None:
 
 def write_cell(path: str, cell: dict) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"  # two invocations sharing a folder may both write the zero-shot run
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(cell, f, indent=1, ensure_ascii=False)
     os.replace(tmp, path)  # a run killed while writing leaves no half file behind
