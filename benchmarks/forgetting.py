@@ -20,6 +20,9 @@ exists is skipped: an interrupted grid resumes, and a grid can be split over sev
 invocations (`--sizes`, `--methods`, `--seeds`). `--report` only reads the files.
 
     python benchmarks/forgetting.py                                   # the grid (see BENCHMARKS.md for its minutes)
+    # the same grid on 2 cores in about half the time: two invocations, one thread each, one folder
+    python benchmarks/forgetting.py --threads 1 --methods LoRA "LoRA + InfoSAM" &
+    python benchmarks/forgetting.py --threads 1 --methods Adapter "Adapter + InfoSAM"; wait
     python benchmarks/forgetting.py --ablations --sizes 16            # InfoSAM's ablations at one size
     python benchmarks/forgetting.py --report --write BENCHMARKS.md    # tables + plots from the JSON files
     python benchmarks/forgetting.py --quick                           # smoke run (CI)
