@@ -51,11 +51,6 @@ def _iou(a, b):
     return float((a & b).sum() / max((a | b).sum(), 1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 (B): the committed built-in SAM predates the multi-object generator and is still prompt-blind; "
-    "re-pretrain it (examples/pretrain_builtin_sam.py) and drop this marker",
-)
 def test_two_boxes_on_one_builtin_image_give_the_two_different_objects():
     image, (first, second) = _two_object_image()
     model = SamModel.from_pretrained(BUILTIN_MODEL_PATH).eval()
