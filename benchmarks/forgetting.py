@@ -1,0 +1,517 @@
+"""Does InfoSAM help where forgetting happens? Training-set size x method x paired seeds, with retention.
+
+The built-in tiny SAM (pre-trained on the synthetic "general" domain) is fine-tuned on
+subsets of the shifted "specialised" domain of 16 to 2000 images, for the same number of
+optimiser steps at every size (so the small sets are seen for many epochs: 50 epochs of
+16 images at the default 100 steps of batch 8, where plain fine-tuning over-fits, down
+to less than one pass over 2000 images, the old short regime). Each run is scored on
+
+- the specialised test split (IoU and Dice averaged over logit thresholds, as the
+  reference evaluation; box and 1-point prompts), what fine-tuning is for;
+- **retention**: the same metrics on the general domain's test split, what the base could
+  do before, and prompt following on the general domain's multi-object images (IoU per
+  object and the confusion rate of `infosam_hf.prompt_following`).
+
+Seeds are paired: for a seed, every method trains on the same subset (the first `size`
+images of one permutation of the 2000, so the subsets are nested), in the same order, with
+the same prompts; the methods differ only in the PEFT method and the loss. Each run
+(method, size, seed) is written as one JSON file under `--results`, and a cell whose file
+exists is skipped: an interrupted grid resumes, and a grid can be split over several
+invocations (`--sizes`, `--methods`, `--seeds`). `--report` only reads the files.
+
+    python benchmarks/forgetting.py                                   # the grid (see BENCHMARKS.md for its minutes)
+    # the same grid on 2 cores in about half the time: two invocations, one thread each, one folder
+    python benchmarks/forgetting.py --threads 1 --methods LoRA "LoRA + InfoSAM" &
+    python benchmarks/forgetting.py --threads 1 --methods Adapter "Adapter + InfoSAM"; wait
+    python benchmarks/forgetting.py --ablations --sizes 16            # InfoSAM's ablations at one size
+    python benchmarks/forgetting.py --report --write BENCHMARKS.md    # tables + plots from the JSON files
+    python benchmarks/forgetting.py --quick                           # smoke run (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BEGIN, END = "<!-- forgetting:begin -->", "<!-- forgetting:end -->"
+ZERO_SHOT = "Zero-shot"
+
+# Method name -> examples/train.py flags. A name's InfoSAM partner is compared with it seed by seed.
+METHODS = {
+    "LoRA": ["--lambda_1", "0", "--lambda_2", "0"],
+    "LoRA + InfoSAM": [],
+    "Adapter": ["--peft_method", "adapter", "--lambda_1", "0", "--lambda_2", "0"],
+    "Adapter + InfoSAM": ["--peft_method", "adapter"],
+}
+ABLATIONS = {  # LoRA + InfoSAM with one thing changed; each is compared with plain LoRA
+    "InfoSAM without L_r (λ1=0)": ["--lambda_1", "0"],
+    "InfoSAM without L_d (λ2=0)": ["--lambda_2", "0"],
+    "InfoSAM, relation module frozen": ["--train_relation_module", "false"],
+    "InfoSAM λ1=0.5, λ2=0.25": ["--lambda_1", "0.5", "--lambda_2", "0.25"],
+    "InfoSAM λ1=2, λ2=1": ["--lambda_1", "2.0", "--lambda_2", "1.0"],
+    "InfoSAM λ1=4, λ2=2": ["--lambda_1", "4.0", "--lambda_2", "2.0"],
+}
+PARTNER = {"LoRA + InfoSAM": "LoRA", "Adapter + InfoSAM": "Adapter", **{name: "LoRA" for name in ABLATIONS}}
+
+FULL = dict(sizes=[16, 64, 256], seeds=[0, 1, 2, 3, 4], steps=100, eval_images=32, multi_images=24)
+QUICK = dict(sizes=[16], seeds=[0, 1], steps=2, eval_images=4, multi_images=3, methods=["LoRA", "LoRA + InfoSAM"])
+
+# Columns of the regime table: (metric key, header). "spec" = specialised test split, "gen" = general domain.
+MAIN_METRICS = [
+    ("spec/box/iou", "specialised IoU, box"),
+    ("spec/point/iou", "specialised IoU, 1 point"),
+    ("spec/box/dice", "specialised Dice, box"),
+    ("gen/box/iou", "general IoU, box (retention)"),
+    ("gen/point/iou", "general IoU, 1 point (retention)"),
+    ("multi/box/iou_per_object", "general IoU per object, box (multi-object)"),
+    ("multi/box/confusion_rate", "general confusion rate, box"),
+]
+DIFF_METRICS = ["spec/box/iou", "spec/point/iou", "gen/box/iou", "multi/box/iou_per_object", "multi/box/confusion_rate"]
+
+
+# ---------------------------------------------------------------------------------------------------- statistics
+def t_quantile_975(df: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def paired_difference(treated: list[float], partner: list[float]) -> dict[str, float]:
+    """Mean of the per-seed differences and its 95% t-interval (n - 1 degrees of freedom)."""
+    diffs = [a - b for a, b in zip(treated, partner)]
+    mean = statistics.mean(diffs)
+    if len(diffs) < 2:
+        return {"mean": mean, "low": math.nan, "high": math.nan, "n": len(diffs), "excludes_zero": False}
+    half = t_quantile_975(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(diffs),
+            "excludes_zero": bool(mean - half > 0 or mean + half < 0)}
+
+
+def mean_std(values: list[float]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"  # not measured (e.g. no multi-object retention set on a paper data set)
+    if len(values) < 2:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+# ---------------------------------------------------------------------------------------------------- results files
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def cell_path(results: str, method: str, size: int, seed: int) -> str:
+    if method == ZERO_SHOT:
+        return os.path.join(results, "zero-shot.json")
+    return os.path.join(results, slug(method), f"n{size}-seed{seed}.json")
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except OSError:
+        return "unknown"
+
+
+def read_cell(path: str, settings: dict | None) -> dict | None:
+    """The stored run, None if there is none; a run made with other settings is refused, never overwritten."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        cell = json.load(f)
+    if settings is not None and cell.get("settings") != settings:
+        differs = sorted(k for k in set(settings) | set(cell.get("settings", {}))
+                         if settings.get(k) != cell.get("settings", {}).get(k))
+        raise SystemExit(f"error: {path} was made with other settings ({', '.join(differs)}); pass another "
+                         "--results folder, or delete that folder to redo the grid.")
+    return cell
+
+
+def write_cell(path: str, cell: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"  # two invocations sharing a folder may both write the zero-shot run
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(cell, f, indent=1, ensure_ascii=False)
+    os.replace(tmp, path)  # a run killed while writing leaves no half file behind
+
+
+def load_results(results: str) -> dict[tuple[str, int, int], dict]:
+    """Every stored cell, keyed (method, size, seed); all of them must share one set of settings."""
+    cells, settings = {}, None
+    paths = glob.glob(os.path.join(results, "zero-shot.json")) + glob.glob(os.path.join(results, "*", "n*-seed*.json"))
+    for path in sorted(paths):  # only cell files: paper.py keeps its runs' own JSON files under <results>/runs
+        with open(path, encoding="utf-8") as f:
+            cell = json.load(f)
+        if settings is not None and cell["settings"] != settings:
+            raise SystemExit(f"error: {path} was made with other settings than the rest of {results}.")
+        settings = cell["settings"]
+        cells[(cell["method"], cell["size"], cell["seed"])] = cell
+    return cells
+
+
+# ---------------------------------------------------------------------------------------------------- one run
+def load_train_module():
+    spec = importlib.util.spec_from_file_location("infosam_train_example", os.path.join(ROOT, "examples", "train.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+class Data:
+    """The data every run shares, prepared once: the specialised training set and the three test sets."""
+
+    def __init__(self, preprocessor, eval_images: int, multi_images: int):
+        from infosam_hf.builtin import builtin_dataset_path
+        from infosam_hf.data import (
+            load_segmentation_dataset,
+            prepare_cached_dataset,
+            prepare_dataset,
+            prepare_instance_dataset,
+        )
+        from infosam_hf.synthetic import MAX_OBJECTS
+
+        def test_split(domain: str, count: int, max_objects: int = 1):
+            raw = load_segmentation_dataset(builtin_dataset_path(domain, max_objects=max_objects), split="test",
+                                            streaming=False)
+            return raw.select(range(min(count, len(raw))))
+
+        self.train = prepare_cached_dataset(builtin_dataset_path("specialised"), preprocessor, split="train")
+        # scored at each image's own size, as examples/train.py and examples/evaluate.py score
+        self.spec = prepare_dataset(test_split("specialised", eval_images), preprocessor, keep_original_mask=True)
+        self.gen = prepare_dataset(test_split("general", eval_images), preprocessor, keep_original_mask=True)
+        multi = prepare_instance_dataset(test_split("general", multi_images, MAX_OBJECTS), preprocessor, "ids")
+        self.multi = [row for row in (multi[i] for i in range(len(multi))) if row.get("pixel_values") is not None]
+
+    def subset(self, size: int, seed: int):
+        """The first `size` images of seed's permutation: the same subset for every method, nested over sizes."""
+        if size > len(self.train):
+            raise SystemExit(f"error: --sizes {size} exceeds the {len(self.train)} training images.")
+        return self.train.select(self.subset_indices(size, seed))
+
+    def subset_indices(self, size: int, seed: int) -> list[int]:
+        import numpy as np
+
+        order = np.random.default_rng(seed).permutation(len(self.train))
+        return sorted(int(i) for i in order[:size])
+
+    def subset_fingerprint(self, size: int, seed: int) -> str:
+        """Recorded with each run, so that the pairing of methods over a seed can be checked from the files."""
+        return hashlib.sha256(json.dumps(self.subset_indices(size, seed)).encode()).hexdigest()[:16]
+
+
+def evaluate_run(trainer, data: Data) -> dict[str, float]:
+    from infosam_hf.data import PromptSampler, SamSegmentationCollator
+    from infosam_hf.prompt_following import evaluate_prompt_following
+
+    metrics = {}
+    for prompt, kind in (("box", "box"), ("point", "points")):
+        sampler = PromptSampler(box_probability=1.0 if prompt == "box" else 0.0, box_noise=0.0, num_points=1, seed=0)
+        trainer.eval_data_collator = SamSegmentationCollator(sampler, prompt_type=kind)
+        for domain, dataset in (("spec", data.spec), ("gen", data.gen)):
+            result = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="m")
+            metrics[f"{domain}/{prompt}/iou"] = result["m_iou"]
+            metrics[f"{domain}/{prompt}/dice"] = result["m_dice"]
+        following = evaluate_prompt_following(trainer.model, data.multi, prompt=prompt)
+        metrics[f"multi/{prompt}/iou_per_object"] = following["iou_per_object"]
+        metrics[f"multi/{prompt}/confusion_rate"] = following["confusion_rate"]
+    return metrics
+
+
+def run_cell(train, data: Data, processor, method_flags: list[str] | None, size: int, seed: int, steps: int) -> dict:
+    """Train one (method, size, seed) cell, or only evaluate the base (`method_flags=None`), and score it."""
+    from transformers import HfArgumentParser, PrinterCallback
+
+    from infosam_hf import InfoSAMTrainer
+    from infosam_hf.builtin import BUILTIN_MODEL_PATH
+    from infosam_hf.data import PromptSampler, SamSegmentationCollator
+    from infosam_hf.metrics import build_compute_metrics
+    from infosam_hf.models import load_sam_model
+
+    with tempfile.TemporaryDirectory() as out:
+        parser = HfArgumentParser((train.InfoSAMConfig, train.TrainingArguments))
+        infosam_config, args = parser.parse_args_into_dataclasses(
+            args=train.BUILTIN_DEFAULTS + [
+                "--output_dir", out, "--seed", str(seed), "--max_steps", str(max(steps, 1)),
+                "--disable_tqdm", "true", "--per_device_eval_batch_size", "16",
+                *(METHODS["LoRA"] if method_flags is None else method_flags),  # the base alone: LoRA, untrained
+            ]
+        )
+        sampler = PromptSampler(
+            box_probability=infosam_config.box_prompt_probability, num_points=infosam_config.num_points,
+            box_noise=infosam_config.box_noise, max_box_noise=infosam_config.max_box_noise,
+            box_jitter=infosam_config.box_jitter, seed=seed,
+        )
+        subset = data.subset(size, seed) if method_flags is not None else None
+        trainer = InfoSAMTrainer(
+            model=load_sam_model(BUILTIN_MODEL_PATH), args=args, infosam_config=infosam_config,
+            train_dataset=subset,
+            data_collator=SamSegmentationCollator(sampler), processing_class=processor,
+            compute_metrics=build_compute_metrics(),
+        )
+        trainer.remove_callback(PrinterCallback)  # one line per run is printed instead of every evaluation's dict
+        start, cpu_start = time.perf_counter(), time.process_time()
+        train_loss = None
+        if method_flags is not None:
+            train_loss = trainer.train().training_loss
+        trained = time.perf_counter()
+        metrics = evaluate_run(trainer, data)
+        return {"metrics": metrics, "train_loss": train_loss, "train_seconds": trained - start,
+                "eval_seconds": time.perf_counter() - trained, "cpu_seconds": time.process_time() - cpu_start,
+                "subset": data.subset_fingerprint(size, seed) if subset is not None else None}
+
+
+# ---------------------------------------------------------------------------------------------------- the report
+def report(cells: dict[tuple[str, int, int], dict], command: str | None = None) -> tuple[str, dict]:
+    """The regime table and the paired differences (markdown), and the aggregated numbers the plots use."""
+    zero = next((c for (m, _, _), c in cells.items() if m == ZERO_SHOT), None)
+    methods = [m for m in [*METHODS, *ABLATIONS] if any(key[0] == m for key in cells)]
+    sizes = sorted({size for (m, size, _) in cells if m != ZERO_SHOT})
+    settings = next(iter(cells.values()))["settings"]
+    lines = []
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    commits = sorted({c["commit"] for c in cells.values()})
+    minutes = sum(c["train_seconds"] + c["eval_seconds"] for c in cells.values()) / 60
+    lines += [
+        f"{len(cells)} runs, {minutes:.1f} min of run time in all (sum over runs), commit(s) {', '.join(commits)}; "
+        f"settings: {', '.join(f'{k} {str(v)[:12]}' for k, v in settings.items())}.",
+        "",
+        "| train images | method | seeds | " + " | ".join(h for _, h in MAIN_METRICS) + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in MAIN_METRICS) + " |",
+    ]
+    table: dict = {"sizes": sizes, "zero_shot": zero["metrics"] if zero else None, "methods": {}}
+    if zero:
+        lines.append("| 0 | Zero-shot (pre-trained) | - | " +
+                     " | ".join(mean_std([zero["metrics"].get(k)]) for k, _ in MAIN_METRICS) + " |")
+    for size in sizes:
+        for method in methods:
+            runs = sorted((seed, c) for (m, s, seed), c in cells.items() if m == method and s == size)
+            if not runs:
+                continue
+            values = {k: [c["metrics"].get(k) for _, c in runs] for k, _ in MAIN_METRICS}
+            table["methods"].setdefault(method, {})[size] = values
+            lines.append(f"| {size} | {method} | {len(runs)} | " +
+                         " | ".join(mean_std(values[k]) for k, _ in MAIN_METRICS) + " |")
+    lines += [
+        "",
+        "Paired differences, InfoSAM variant minus its plain partner over the same seeds: mean [95% t-interval]; "
+        "**bold** where the interval excludes 0. For the confusion rate lower is better.",
+        "",
+        "| train images | comparison | seeds | " + " | ".join(f"Δ {dict(MAIN_METRICS)[k]}" for k in DIFF_METRICS) + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in DIFF_METRICS) + " |",
+    ]
+    table["differences"] = {}
+    for size in sizes:
+        for method in methods:
+            partner = PARTNER.get(method)
+            if partner is None:
+                continue
+            seeds = sorted(seed for (m, s, seed) in cells if m == method and s == size and (partner, s, seed) in cells)
+            if not seeds:
+                continue
+            row = []
+            for key in DIFF_METRICS:
+                if any(cells[(m, size, s)]["metrics"].get(key) is None for m in (method, partner) for s in seeds):
+                    row.append("-")
+                    continue
+                d = paired_difference([cells[(method, size, s)]["metrics"][key] for s in seeds],
+                                      [cells[(partner, size, s)]["metrics"][key] for s in seeds])
+                table["differences"][(method, size, key)] = d
+                text = f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+                row.append(f"**{text}**" if d["excludes_zero"] else text)
+            lines.append(f"| {size} | {method} − {partner} | {len(seeds)} | " + " | ".join(row) + " |")
+    return "\n".join(lines), table
+
+
+def plot(table: dict, folder: str, prefix: str = "forgetting") -> list[str]:
+    """IoU vs training-set size per method, and retention vs specialised IoU; PNG files, their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def stats(values):
+        values = [v for v in values if v is not None]
+        if not values:
+            return math.nan, 0.0  # not measured: matplotlib leaves the point out
+        return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, title in ((axes[0], "spec/box/iou", "specialised test, box prompts"),
+                           (axes[1], "gen/box/iou", "general domain (retention), box prompts")):
+        for i, (method, per_size) in enumerate(table["methods"].items()):
+            sizes = sorted(per_size)
+            means, stds = zip(*(stats(per_size[s][key]) for s in sizes))
+            shift = 1.04 ** (i - (len(table["methods"]) - 1) / 2)  # side by side, so the error bars stay apart
+            ax.errorbar([s * shift for s in sizes], means, yerr=stds, marker="o", capsize=3, label=method)
+        if table["zero_shot"] and table["zero_shot"].get(key) is not None:
+            ax.axhline(table["zero_shot"][key], color="grey", linestyle="--", label="zero-shot")
+        ax.set_xscale("log")
+        ax.set_xticks(table["sizes"], [str(s) for s in table["sizes"]])
+        ax.set_xlabel("training images (same number of steps at every size)")
+        ax.set_ylabel("IoU (mean ± std over seeds)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(os.path.join(folder, f"{prefix}-iou-vs-size.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for method, per_size in table["methods"].items():
+        sizes = sorted(per_size)
+        xs, xe = zip(*(stats(per_size[s]["spec/box/iou"]) for s in sizes))
+        ys, ye = zip(*(stats(per_size[s]["gen/box/iou"]) for s in sizes))
+        line = ax.errorbar(xs, ys, xerr=xe, yerr=ye, marker="o", capsize=2, label=method)
+        for x, y, s in zip(xs, ys, sizes):
+            ax.annotate(str(s), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                        color=line[0].get_color())
+    if table["zero_shot"] and table["zero_shot"].get("gen/box/iou") is not None:
+        ax.plot(table["zero_shot"]["spec/box/iou"], table["zero_shot"]["gen/box/iou"], "k*", markersize=12,
+                label="zero-shot")
+    ax.set_xlabel("specialised IoU, box (what fine-tuning is for)")
+    ax.set_ylabel("general IoU, box (retention)")
+    ax.set_title("Trade-off (labels: training images)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(os.path.join(folder, f"{prefix}-tradeoff.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def write_between_markers(path: str, block: str, heading: str) -> None:
+    text = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
+    block = f"{BEGIN}\n{block}\n{END}"
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", help=f"training-set sizes (default {FULL['sizes']})")
+    parser.add_argument("--seeds", type=int, nargs="+", help=f"paired seeds (default {FULL['seeds']})")
+    parser.add_argument("--steps", type=int, help=f"optimiser steps per run, batch 8 (default {FULL['steps']})")
+    parser.add_argument("--eval_images", type=int, help="single-object test images per domain "
+                        f"(default {FULL['eval_images']})")
+    parser.add_argument("--multi_images", type=int, help="multi-object general test images for prompt following "
+                        f"(default {FULL['multi_images']})")
+    parser.add_argument("--methods", nargs="+", help="run only these methods (names as in the table, e.g. 'LoRA')")
+    parser.add_argument("--ablations", action="store_true", help="run InfoSAM's ablations instead of the main methods")
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}, unless set explicitly")
+    parser.add_argument("--results", help="folder of the per-run JSON files (default outputs/forgetting[-quick])")
+    parser.add_argument("--report", action="store_true", help="run nothing: tables (and plots) from --results")
+    parser.add_argument("--write", metavar="BENCHMARKS_MD", help="replace the table between the forgetting markers")
+    parser.add_argument("--plots", metavar="FOLDER", help="write the PNG plots here (default: beside --write)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args(argv)
+    grid = QUICK if args.quick else FULL
+    for key, value in grid.items():  # an explicit flag wins over --quick
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    results = args.results or os.path.join("outputs", "forgetting-quick" if args.quick else "forgetting")
+
+    if not args.report:
+        run_grid(args, results)
+    cells = load_results(results)
+    if not cells:
+        raise SystemExit(f"error: no results in {results}.")
+    command = "python benchmarks/forgetting.py" + (" --quick" if args.quick else "")
+    text, table = report(cells, command=None)
+    print(text, flush=True)
+    plots = []
+    folder = args.plots or (os.path.dirname(os.path.abspath(args.write)) if args.write else None)
+    if folder:
+        try:
+            plots = plot(table, folder)
+        except ImportError:
+            print("matplotlib is not installed (pip install 'infosam-hf[bench]'): no plots.", flush=True)
+    if args.write:
+        block = text + "".join(f"\n\n![{os.path.basename(p)}]({os.path.relpath(p, os.path.dirname(os.path.abspath(args.write)))})"
+                               for p in plots)
+        write_between_markers(args.write, block, "Where forgetting happens (`benchmarks/forgetting.py`)")
+    print(f"plots: {' '.join(plots) or 'none'}; results: {results} ({len(cells)} runs); {command}", flush=True)
+    return {"cells": cells, "table": table, "plots": plots, "text": text}
+
+
+def run_grid(args, results: str) -> None:
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from infosam_hf.builtin import BUILTIN_MODEL_PATH
+    from infosam_hf.hub import load_processor
+    from infosam_hf.models import load_sam_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hf_logging.set_verbosity_error()
+    methods = dict(ABLATIONS if args.ablations else METHODS)
+    if args.methods:
+        unknown = [m for m in args.methods if m not in {**METHODS, **ABLATIONS}]
+        if unknown:
+            raise SystemExit(f"error: unknown --methods {unknown}; choose from {list({**METHODS, **ABLATIONS})}.")
+        methods = {m: {**METHODS, **ABLATIONS}[m] for m in args.methods}
+    settings = {"steps": args.steps, "eval_images": args.eval_images, "multi_images": args.multi_images,
+                "model_sha256": file_sha256(os.path.join(BUILTIN_MODEL_PATH, "model.safetensors"))}
+    # seed by seed: a grid stopped early still holds complete pairs of every size for the seeds it finished
+    todo = [(ZERO_SHOT, 0, 0)] + [(m, size, seed) for seed in args.seeds for size in args.sizes for m in methods]
+    todo = [cell for cell in todo if read_cell(cell_path(results, *cell), settings) is None]
+    print(f"{len(todo)} run(s) to do in {results} (finished ones are kept and skipped)", flush=True)
+    if not todo:
+        return
+    train = load_train_module()
+    processor = load_processor(None, BUILTIN_MODEL_PATH, load_sam_model(BUILTIN_MODEL_PATH))
+    from infosam_hf.data import SamSegmentationPreprocessor
+
+    data = Data(SamSegmentationPreprocessor.from_processor(processor), args.eval_images, args.multi_images)
+    start = time.time()
+    for i, (method, size, seed) in enumerate(todo):
+        flags = None if method == ZERO_SHOT else methods[method]
+        result = run_cell(train, data, processor, flags, size, seed, args.steps)
+        cell = {"method": method, "size": size, "seed": seed, "flags": flags, "settings": settings,
+                "epochs": args.steps * 8 / size if size else 0, "commit": git_commit(), **result}
+        write_cell(cell_path(results, method, size, seed), cell)
+        m = result["metrics"]
+        print(f"[{time.time() - start:6.0f}s {i + 1}/{len(todo)}] {method} n={size} seed={seed}: "
+              f"spec IoU {m['spec/box/iou']:.3f}, general IoU {m['gen/box/iou']:.3f}, "
+              f"confusion {m['multi/box/confusion_rate']:.3f} ({result['train_seconds']:.0f}+"
+              f"{result['eval_seconds']:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
