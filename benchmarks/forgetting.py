@@ -376,6 +376,7 @@ def plot(table: dict, folder: str, prefix: str = "forgetting") -> list[str]:
             ax.axhline(table["zero_shot"][key], color="grey", linestyle="--", label="zero-shot")
         ax.set_xscale("log")
         ax.set_xticks(table["sizes"], [str(s) for s in table["sizes"]])
+        ax.set_xticks([], minor=True)  # the log axis' own minor labels (2x10^1, ...) overprint ours
         ax.set_xlabel("training images (same number of steps at every size)")
         ax.set_ylabel("IoU (mean ± std over seeds)")
         ax.set_title(title)
