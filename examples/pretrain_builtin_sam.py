@@ -113,38 +113,11 @@ def builtin_processor() -> SamProcessor:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default=BUILTIN_MODEL_PATH)
-    parser.add_argument("--max_steps", type=int, default=2500)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--learning_rate", type=float, default=8e-4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max_objects_per_image", type=int, default=6)
-    parser.add_argument("--init_from", default=None, help="start from this SamModel's weights (default: scratch)")
-    parser.add_argument("--warmup_steps", type=int, default=100)
-    parser.add_argument("--freeze_vision_encoder", action="store_true",
-                        help="train prompt encoder + mask decoder only (with --init_from: teach prompt following)")
-    parser.add_argument("--loss", choices=["bce_dice", "sam"], default="bce_dice",
-                        help="bce_dice: BCE + dice + IoU-head MSE (default); sam: SAM's 20 x focal + dice + IoU MSE")
-    parser.add_argument("--save_every", type=int, default=0, help="also save the model to <output_dir>/step-N")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing model in --output_dir")
-    args = parser.parse_args()
-    if os.path.exists(os.path.join(args.output_dir, "model.safetensors")) and not args.overwrite:
-        raise SystemExit(f"{args.output_dir} already holds a model; pass --overwrite to replace it.")
+def train_and_check(model: SamWithLoss, train, test_rows: list, args, logging_steps: int) -> None:
+    """Pre-train `model` on the multi-object stream, then print its prompt following on `test_rows`.
 
-    torch.manual_seed(args.seed)
-    processor = builtin_processor()
-    preprocessor = SamSegmentationPreprocessor.from_processor(processor)
-    source = builtin_dataset_path("general", seed=args.seed, max_objects=MAX_OBJECTS)  # multi-object: follow prompts
-    train = load_segmentation_dataset(source, split="train", streaming=True)
-    train = prepare_instance_dataset(train, preprocessor, instance_format="ids")
-    train = train.shuffle(seed=args.seed, buffer_size=128)
-    test = load_segmentation_dataset(source, split="test", streaming=False)
-    test = prepare_instance_dataset(test.select(range(min(64, len(test)))), preprocessor, instance_format="ids")
-
-    sam = SamModel.from_pretrained(args.init_from) if args.init_from else fresh_builtin_sam()
-    model = SamWithLoss(sam, freeze_vision_encoder=args.freeze_vision_encoder, loss=args.loss)
+    Shared by the SAM and SAM 2 built-in scripts: same optimiser, schedule, prompts and check.
+    """
     training_args = TrainingArguments(
         output_dir=os.path.join(args.output_dir, "_run"),
         max_steps=args.max_steps,
@@ -153,7 +126,7 @@ def main() -> None:
         lr_scheduler_type="cosine",
         warmup_steps=args.warmup_steps,
         weight_decay=0.01,
-        logging_steps=100,
+        logging_steps=logging_steps,
         save_strategy="no",
         report_to=[],
         seed=args.seed,
@@ -170,11 +143,54 @@ def main() -> None:
         callbacks=[_SaveEvery(model.sam, args.output_dir, args.save_every)] if args.save_every else None,
     )
     trainer.train()
-    rows = [test[i] for i in range(len(test))]
-    rows = [r for r in rows if r.get("pixel_values") is not None]
+    model.sam.eval()
     for prompt in ("box", "point"):
-        metrics = evaluate_prompt_following(model.sam, rows, prompt=prompt)
+        metrics = evaluate_prompt_following(model.sam, test_rows, prompt=prompt)
         print(f"general-domain test, {prompt} prompts, per object:", metrics, flush=True)
+
+
+def pretraining_parser(doc: str, output_dir: str, max_steps: int, batch_size: int, learning_rate: float,
+                       max_objects_per_image: int, warmup_steps: int) -> argparse.ArgumentParser:
+    """The flags both built-in pre-training scripts share, with each model's defaults."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default=output_dir)
+    parser.add_argument("--max_steps", type=int, default=max_steps)
+    parser.add_argument("--batch_size", type=int, default=batch_size)
+    parser.add_argument("--learning_rate", type=float, default=learning_rate)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max_objects_per_image", type=int, default=max_objects_per_image)
+    parser.add_argument("--warmup_steps", type=int, default=warmup_steps)
+    parser.add_argument("--save_every", type=int, default=0, help="also save the model to <output_dir>/step-N")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing model in --output_dir")
+    return parser
+
+
+def main() -> None:
+    parser = pretraining_parser(__doc__, BUILTIN_MODEL_PATH, max_steps=2500, batch_size=16, learning_rate=8e-4,
+                                max_objects_per_image=6, warmup_steps=100)
+    parser.add_argument("--init_from", default=None, help="start from this SamModel's weights (default: scratch)")
+    parser.add_argument("--freeze_vision_encoder", action="store_true",
+                        help="train prompt encoder + mask decoder only (with --init_from: teach prompt following)")
+    parser.add_argument("--loss", choices=["bce_dice", "sam"], default="bce_dice",
+                        help="bce_dice: BCE + dice + IoU-head MSE (default); sam: SAM's 20 x focal + dice + IoU MSE")
+    args = parser.parse_args()
+    if os.path.exists(os.path.join(args.output_dir, "model.safetensors")) and not args.overwrite:
+        raise SystemExit(f"{args.output_dir} already holds a model; pass --overwrite to replace it.")
+
+    torch.manual_seed(args.seed)
+    processor = builtin_processor()
+    preprocessor = SamSegmentationPreprocessor.from_processor(processor)
+    source = builtin_dataset_path("general", seed=args.seed, max_objects=MAX_OBJECTS)  # multi-object: follow prompts
+    train = load_segmentation_dataset(source, split="train", streaming=True)
+    train = prepare_instance_dataset(train, preprocessor, instance_format="ids")
+    train = train.shuffle(seed=args.seed, buffer_size=128)
+    test = load_segmentation_dataset(source, split="test", streaming=False)
+    test = prepare_instance_dataset(test.select(range(min(64, len(test)))), preprocessor, instance_format="ids")
+
+    sam = SamModel.from_pretrained(args.init_from) if args.init_from else fresh_builtin_sam()
+    model = SamWithLoss(sam, freeze_vision_encoder=args.freeze_vision_encoder, loss=args.loss)
+    rows = [test[i] for i in range(len(test))]
+    train_and_check(model, train, [r for r in rows if r.get("pixel_values") is not None], args, logging_steps=100)
     model.sam.config.name_or_path = "infosam-hf/sam-tiny-general"
     model.sam.save_pretrained(args.output_dir)
     processor.save_pretrained(args.output_dir)

@@ -13,23 +13,15 @@ preprocessing: SAM 2's transformers processor needs torchvision.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import torch
-from transformers import Sam2Model, Trainer, TrainingArguments
+from transformers import Sam2Model
 
-from pretrain_builtin_sam import SamWithLoss, _SaveEvery  # same directory: run as a script
+from pretrain_builtin_sam import SamWithLoss, pretraining_parser, train_and_check  # same directory: run as a script
 
 from infosam_hf.builtin import BUILTIN_IMAGE_SIZE, BUILTIN_SAM2_PATH, builtin_dataset_path
-from infosam_hf.data import (
-    PromptSampler,
-    SamSegmentationCollator,
-    SamSegmentationPreprocessor,
-    load_segmentation_dataset,
-    prepare_instance_dataset,
-)
-from infosam_hf.prompt_following import evaluate_prompt_following
+from infosam_hf.data import SamSegmentationPreprocessor, load_segmentation_dataset, prepare_instance_dataset
 from infosam_hf.synthetic import MAX_OBJECTS
 from infosam_hf.testing import builtin_sam2_config
 
@@ -55,17 +47,9 @@ def builtin_sam2_preprocessor() -> SamSegmentationPreprocessor:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default=BUILTIN_SAM2_PATH)
-    parser.add_argument("--max_steps", type=int, default=500)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max_objects_per_image", type=int, default=4)
-    parser.add_argument("--warmup_steps", type=int, default=30)
+    parser = pretraining_parser(__doc__, BUILTIN_SAM2_PATH, max_steps=500, batch_size=8, learning_rate=1e-3,
+                                max_objects_per_image=4, warmup_steps=30)
     parser.add_argument("--eval_images", type=int, default=64)
-    parser.add_argument("--save_every", type=int, default=0, help="also save the model to <output_dir>/step-N")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing model in --output_dir")
     args = parser.parse_args()
     if os.path.exists(os.path.join(args.output_dir, "model.safetensors")) and not args.overwrite:
         raise SystemExit(f"{args.output_dir} already holds a model; pass --overwrite to replace it.")
@@ -80,36 +64,8 @@ def main() -> None:
     test = prepare_instance_dataset(test.select(range(min(args.eval_images, len(test)))), preprocessor, "ids")
 
     model = SamWithLoss(fresh_builtin_sam2())
-    training_args = TrainingArguments(
-        output_dir=os.path.join(args.output_dir, "_run"),
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=args.warmup_steps,
-        weight_decay=0.01,
-        logging_steps=max(1, min(100, args.max_steps // 10)),
-        save_strategy="no",
-        report_to=[],
-        seed=args.seed,
-        remove_unused_columns=False,
-        label_names=["gt_masks"],
-    )
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=train,
-        data_collator=SamSegmentationCollator(
-            PromptSampler(box_probability=0.6, seed=args.seed), max_objects_per_image=args.max_objects_per_image
-        ),
-        callbacks=[_SaveEvery(model.sam, args.output_dir, args.save_every)] if args.save_every else None,
-    )
-    trainer.train()
-    model.sam.eval()
     rows = [r for r in (test[i] for i in range(len(test))) if r.get("pixel_values") is not None]
-    for prompt in ("box", "point"):
-        metrics = evaluate_prompt_following(model.sam, rows, prompt=prompt)
-        print(f"general-domain test, {prompt} prompts, per object:", metrics, flush=True)
+    train_and_check(model, train, rows, args, logging_steps=max(1, min(100, args.max_steps // 10)))
     model.sam.config.name_or_path = "infosam-hf/sam2-tiny-general"
     model.sam.save_pretrained(args.output_dir)
     preprocessor.save_pretrained(args.output_dir)
