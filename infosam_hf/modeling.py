@@ -234,6 +234,8 @@ class InfoSAMModel(nn.Module):
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()  # a frozen teacher never switches to training behaviour
+        if mode:
+            keep_frozen_batchnorm_in_eval(self.student)
         return self
 
     def activation_checkpointing_enable(
@@ -466,6 +468,24 @@ def _adapt_teacher(student: PeftModel, teacher: nn.Module, config: InfoSAMConfig
     from .resolution import adapt_model, model_image_size
 
     return adapt_model(teacher, model_image_size(student), allow_upscaling=config.allow_image_upscaling)
+
+
+def keep_frozen_batchnorm_in_eval(module: nn.Module) -> int:
+    """Puts every BatchNorm whose weights are frozen into eval mode; returns how many.
+
+    A frozen encoder with BatchNorm (EdgeTAM's RepViT) would otherwise update its running
+    statistics in train mode: they are buffers, not part of the adapter, so a saved adapter
+    reloaded on the pre-trained base would predict differently, and the shared-weights teacher
+    would drift with the student's batches. SAM, SAM-HQ, SAM 2 and SAM 3 have no BatchNorm.
+    """
+    frozen = 0
+    for child in module.modules():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in child.parameters(recurse=False)
+        ):
+            child.eval()
+            frozen += 1
+    return frozen
 
 
 def unwrap_sam_model(model: torch.nn.Module) -> torch.nn.Module:

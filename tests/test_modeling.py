@@ -120,6 +120,23 @@ def test_separate_teacher_gets_no_gradient(base):
     assert not teacher.training and model.student.training
 
 
+def test_frozen_batchnorm_keeps_its_running_statistics_in_training(base):
+    """EdgeTAM's RepViT has BatchNorm: frozen, it must not learn statistics the adapter does not save."""
+    frozen, trainable = torch.nn.BatchNorm1d(4), torch.nn.BatchNorm1d(4)
+    base.vision_encoder.add_module("frozen_norm", frozen)  # frozen with the encoder by build_student
+    model = InfoSAMModel(build_student(base, InfoSAMConfig()), InfoSAMConfig())
+    base.vision_encoder.add_module("trained_norm", trainable)
+    trainable.requires_grad_(True)
+    model.train()
+    assert model.student.training and not frozen.training and trainable.training
+    before = frozen.running_mean.clone()
+    frozen(torch.randn(8, 4) + 3.0)
+    assert torch.equal(frozen.running_mean, before)
+    model.eval()
+    model.train(False)
+    assert not trainable.training
+
+
 def test_any_peft_config_is_accepted(base):
     from peft import IA3Config
 
