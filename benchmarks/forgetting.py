@@ -33,14 +33,12 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
-import importlib.util
 import json
 import math
 import os
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -176,11 +174,9 @@ def load_results(results: str) -> dict[tuple[str, int, int], dict]:
 
 # ---------------------------------------------------------------------------------------------------- one run
 def load_train_module():
-    spec = importlib.util.spec_from_file_location("infosam_train_example", os.path.join(ROOT, "examples", "train.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+    from infosam_hf.testing import load_script
+
+    return load_script(os.path.join(ROOT, "examples", "train.py"), "infosam_train_example")
 
 
 class Data:

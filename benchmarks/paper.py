@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import os
 import sys
 
@@ -97,14 +96,6 @@ def recipe_args(
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def load_script(path: str, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
-
-
 def write_subset(data_root: str, size: int, seed: int, folder: str) -> str:
     """`folder` with train.csv = the first `size` rows of seed's permutation (0: all) and test.csv, absolute paths."""
     import numpy as np
@@ -131,6 +122,8 @@ def write_subset(data_root: str, size: int, seed: int, folder: str) -> str:
 
 def run_grid(args, extra: list[str], bf16: bool) -> None:
     """--train_images / --seeds / --retention_root: one JSON file per run in benchmarks/forgetting.py's format."""
+    from infosam_hf.testing import load_script
+
     forgetting = load_script(os.path.join(HERE, "forgetting.py"), "forgetting_benchmark")
     train = load_script(os.path.join(HERE, "..", "examples", "train.py"), "train")
     evaluate = load_script(os.path.join(HERE, "..", "examples", "evaluate.py"), "infosam_evaluate_example")
@@ -202,6 +195,8 @@ def main() -> None:
         if not os.path.isfile(os.path.join(args.data_root, f"{split}.csv")):
             raise SystemExit(f"{args.data_root} has no {split}.csv: point --data_root at a reference benchmark folder.")
     import torch
+
+    from infosam_hf.testing import load_script
 
     if args.train_images or args.seeds or args.retention_root:
         args.train_images, args.seeds = args.train_images or [0], args.seeds or [0]

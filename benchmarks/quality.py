@@ -15,7 +15,6 @@ are measured on the held-out split of the shifted "specialised" domain.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -44,11 +43,9 @@ ABLATIONS = {
 
 
 def load_train_module():
-    spec = importlib.util.spec_from_file_location("infosam_train_example", TRAIN_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+    from infosam_hf.testing import load_script
+
+    return load_script(TRAIN_SCRIPT, "infosam_train_example")
 
 
 def mean_std(values: list[float]) -> str:

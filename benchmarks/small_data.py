@@ -23,7 +23,6 @@ by `<mode>_ratio=` for the other modes.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -37,11 +36,9 @@ SMALL_SET_SIZE = 32
 
 
 def load_train_module():
-    spec = importlib.util.spec_from_file_location("train", os.path.join(HERE, "..", "examples", "train.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+    from infosam_hf.testing import load_script
+
+    return load_script(os.path.join(HERE, "..", "examples", "train.py"), "train")
 
 
 def dataset_path(which: str) -> str:

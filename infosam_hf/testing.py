@@ -12,6 +12,22 @@ from __future__ import annotations
 from transformers import SamConfig
 
 
+def load_script(path, name: str):
+    """Import a script (examples/*.py, benchmarks/*.py: not a package) as module `name`.
+
+    Registered in sys.modules before it runs, because dataclasses defined in a script look
+    their module up by name (HfArgumentParser's argument classes do).
+    """
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_sam_config(
     image_size: int = 64,
     vision_hidden_size: int = 32,

@@ -10,14 +10,13 @@ import sys
 
 import pytest
 
+from infosam_hf.testing import load_script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def forgetting():
-    spec = importlib.util.spec_from_file_location("forgetting_benchmark", os.path.join(ROOT, "benchmarks", "forgetting.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(os.path.join(ROOT, "benchmarks", "forgetting.py"), "forgetting_benchmark")
 
 
 def test_paired_difference_is_a_t_interval_over_the_per_seed_differences():

@@ -6,7 +6,6 @@ import os
 
 import numpy as np
 import PIL.Image
-import pytest
 import torch
 from transformers import SamModel
 
@@ -14,6 +13,7 @@ from infosam_hf.builtin import BUILTIN_IMAGE_SIZE, BUILTIN_MODEL_PATH
 from infosam_hf.data import SamSegmentationPreprocessor
 from infosam_hf.prompt_following import prompt_logits, score_objects
 from infosam_hf.synthetic import make_synthetic_instances
+from infosam_hf.testing import load_script
 
 
 def test_confusion_counts_a_mask_that_covers_another_object():
@@ -65,15 +65,8 @@ def test_two_boxes_on_one_builtin_image_give_the_two_different_objects():
 
 
 def _pretrain_script():
-    import importlib.util
-    import sys
-
     path = os.path.join(os.path.dirname(__file__), "..", "examples", "pretrain_builtin_sam.py")
-    spec = importlib.util.spec_from_file_location("pretrain_builtin_sam_script", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path, "pretrain_builtin_sam_script")
 
 
 def test_pretraining_draws_the_prompt_position_encoding_as_sam_does():
@@ -88,16 +81,7 @@ def test_pretraining_draws_the_prompt_position_encoding_as_sam_does():
 
 
 def test_predict_writes_one_mask_per_box_and_one_overlay(tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "predict_script", os.path.join(os.path.dirname(__file__), "..", "examples", "predict.py")
-    )
-    predict = importlib.util.module_from_spec(spec)
-    import sys
-
-    sys.modules["predict_script"] = predict  # dataclasses look their module up
-    spec.loader.exec_module(predict)
+    predict = load_script(os.path.join(os.path.dirname(__file__), "..", "examples", "predict.py"), "predict_script")
     image, (first, second) = _two_object_image()
     path = tmp_path / "two.png"
     image.save(path)

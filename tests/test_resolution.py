@@ -14,7 +14,7 @@ from infosam_hf.builtin import BUILTIN_MODEL_PATH
 from infosam_hf.models import load_sam_model
 from infosam_hf.modeling import sam_low_res_logits
 from infosam_hf.resolution import adapt_model, adapt_processor, model_image_size, resize_rel_pos
-from infosam_hf.testing import tiny_family_model, tiny_sam_config, toy_batch, toy_segmentation_dataset
+from infosam_hf.testing import load_script, tiny_family_model, tiny_sam_config, toy_batch, toy_segmentation_dataset
 
 
 def builtin():
@@ -207,9 +207,7 @@ def test_other_families_adapt_to_half_size(model_class):
 
 @pytest.mark.slow
 def test_scripts_train_evaluate_and_predict_at_image_size(tmp_path):
-    import importlib.util
     import os
-    import sys
 
     import numpy as np
     import PIL.Image
@@ -219,11 +217,7 @@ def test_scripts_train_evaluate_and_predict_at_image_size(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
     def script(name):
-        spec = importlib.util.spec_from_file_location(f"{name}_script", os.path.join(root, "examples", f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        return module
+        return load_script(os.path.join(root, "examples", f"{name}.py"), f"{name}_script")
 
     data = write_synthetic_dataset(tmp_path / "data", "specialised", num_train=8, num_test=4, image_size=128, seed=1)
     out = tmp_path / "run"

@@ -2,9 +2,7 @@
 
 import collections
 import hashlib
-import importlib.util
 import os
-import sys
 import time
 
 import datasets
@@ -23,6 +21,7 @@ from infosam_hf.data import (
     shuffle_stream,
 )
 from infosam_hf.synthetic import write_synthetic_dataset
+from infosam_hf.testing import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -196,11 +195,7 @@ def test_choose_data_mode(small_set, tmp_path):
 
 
 def load_train_script():
-    spec = importlib.util.spec_from_file_location("train", os.path.join(ROOT, "examples", "train.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script(os.path.join(ROOT, "examples", "train.py"), "train")
 
 
 def test_train_script_picks_and_prints_the_mode(small_set, tmp_path, monkeypatch, capsys):
