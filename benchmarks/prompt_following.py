@@ -6,6 +6,8 @@ and over images of their objects' mean) and the *confusion rate*, the share of p
 mask covers more of another object than of the prompted one (see
 `infosam_hf.prompt_following`). Goals for the built-in model on the "general" domain: IoU
 per object >= 0.90 and confusion <= 5%; zero-shot on "specialised" must stay clearly below.
+A second table splits both by object size, next to the IoU a perfect mask at the model's
+low resolution would reach (`mask_resolution_ceiling`).
 
     python benchmarks/prompt_following.py
     python benchmarks/prompt_following.py --model /tmp/sam-tiny --images 64
@@ -17,11 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
+import torch
+
 from infosam_hf.builtin import BUILTIN_MODEL_PATH, builtin_dataset_path
 from infosam_hf.synthetic import MAX_OBJECTS
 from infosam_hf.data import SamSegmentationPreprocessor, load_segmentation_dataset, prepare_instance_dataset
 from infosam_hf.models import load_sam_model
-from infosam_hf.prompt_following import evaluate_prompt_following
+from infosam_hf.prompt_following import evaluate_prompt_following, mask_resolution_ceiling, prompt_logits
 
 
 def main(argv=None) -> dict:
@@ -44,8 +49,29 @@ def main(argv=None) -> dict:
             results[f"{domain}/{prompt}"] = m
             print(f"| {domain} | {prompt} | {m['images']} | {m['objects']} | {m['iou_per_object']:.4f} | "
                   f"{m['iou_per_image']:.4f} | {m['confusion_rate']:.4f} |", flush=True)
+        results[f"{domain}/ceiling"] = mask_resolution_ceiling(rows, low_resolution_mask_size(model, rows[0]))
+    print_by_size(results, args.domains)
     print(json.dumps({"model": args.model, "results": results}))
     return results
+
+
+def low_resolution_mask_size(model, row: dict) -> int:
+    """The side of the model's low-resolution masks (SAM: 4x its embedding grid), from one forward."""
+    pixel_values = torch.as_tensor(np.asarray(row["pixel_values"]))[None]
+    return prompt_logits(model, pixel_values, input_boxes=torch.tensor([[[0.0, 0.0, 8.0, 8.0]]])).shape[-1]
+
+
+def print_by_size(results: dict, domains: list[str]) -> None:
+    """Where the errors sit: IoU per object and confusion by object size, next to what the mask resolution allows."""
+    print("\n| domain | prompt | object size | objects | IoU per object | confusion rate | mask-resolution ceiling |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for domain in domains:
+        ceiling = results[f"{domain}/ceiling"]
+        for prompt in ("box", "point"):
+            for size, m in results[f"{domain}/{prompt}"]["by_size"].items():
+                print(f"| {domain} | {prompt} | {size} | {m['objects']} | {m['iou_per_object']:.4f} | "
+                      f"{m['confusion_rate']:.4f} | {ceiling['by_size'][size]:.4f} |")
+        print(f"| {domain} | any | all | {ceiling['objects']} | | | {ceiling['iou_per_object']:.4f} |")
 
 
 if __name__ == "__main__":

@@ -102,6 +102,18 @@ def fresh_builtin_sam() -> SamModel:
     return sam
 
 
+def sam_to_pretrain(init_from: str | None = None) -> SamModel:
+    """`fresh_builtin_sam()`, or the SamModel saved in `init_from` to train on from there.
+
+    Either way the prompt position matrix stays as drawn: a buffer in SAM, a parameter in
+    transformers, which would otherwise train when a run goes on from saved weights."""
+    if init_from is None:
+        return fresh_builtin_sam()
+    sam = SamModel.from_pretrained(init_from)
+    sam.shared_image_embedding.positional_embedding.requires_grad_(False)
+    return sam
+
+
 def builtin_processor() -> SamProcessor:
     return SamProcessor(
         image_processor=SamImageProcessor(
@@ -187,7 +199,7 @@ def main() -> None:
     test = load_segmentation_dataset(source, split="test", streaming=False)
     test = prepare_instance_dataset(test.select(range(min(64, len(test)))), preprocessor, instance_format="ids")
 
-    sam = SamModel.from_pretrained(args.init_from) if args.init_from else fresh_builtin_sam()
+    sam = sam_to_pretrain(args.init_from)
     model = SamWithLoss(sam, freeze_vision_encoder=args.freeze_vision_encoder, loss=args.loss)
     rows = [test[i] for i in range(len(test))]
     train_and_check(model, train, [r for r in rows if r.get("pixel_values") is not None], args, logging_steps=100)

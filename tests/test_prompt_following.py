@@ -11,7 +11,7 @@ from transformers import SamModel
 
 from infosam_hf.builtin import BUILTIN_IMAGE_SIZE, BUILTIN_MODEL_PATH
 from infosam_hf.data import SamSegmentationPreprocessor
-from infosam_hf.prompt_following import prompt_logits, score_objects
+from infosam_hf.prompt_following import mask_resolution_ceiling, prompt_logits, score_objects, summarise_by_size
 from infosam_hf.synthetic import make_synthetic_instances
 from infosam_hf.testing import load_script
 
@@ -29,6 +29,38 @@ def test_confusion_counts_a_mask_that_covers_another_object():
     assert [r["confused"] for r in score_objects(swapped, gt, valid, sizes)] == [True, True]
     # a padded prompt is not scored
     assert len(score_objects(right, gt, torch.tensor([[True, False]]), sizes)) == 1
+
+
+def test_errors_are_split_by_object_size():
+    gt = torch.zeros(1, 2, 10, 10)
+    gt[0, 0, :5] = 1  # 50% of the image
+    gt[0, 1, 9, 9] = 1  # 1%
+    pred = gt.clone().bool()
+    pred[0, 1] = False  # the small object missed, the big one right
+    records = score_objects(pred, gt, torch.ones(1, 2, dtype=torch.bool), torch.tensor([[10, 10]]))
+    assert [r["area"] for r in records] == [0.5, 0.01]
+    summary = summarise_by_size(records)
+    assert summary["over 5%"] == {"objects": 1, "iou_per_object": 1.0, "confusion_rate": 0.0}
+    assert summary["under 2%"]["iou_per_object"] == 0.0 and "2-5%" not in summary
+
+
+def test_mask_resolution_ceiling_is_what_a_perfect_low_resolution_mask_reaches():
+    gt = np.zeros((2, 16, 16), dtype=np.float32)
+    gt[0, :8, :8] = 1  # aligned with the 4x4 grid cells
+    gt[1, 5, 5] = 1  # one pixel: a 4x4 grid cannot hold it
+    row = {"gt_masks": gt, "reshaped_input_sizes": [16, 16]}
+    assert mask_resolution_ceiling([row], 16)["iou_per_object"] == 1.0
+    coarse = mask_resolution_ceiling([row], 4)
+    assert coarse["objects"] == 2 and coarse["by_size"]["under 2%"] == 0.0  # the pixel is lost
+    assert 0.95 < coarse["by_size"]["over 5%"] < 1.0  # the block keeps all but its bilinear edge
+
+
+def test_prompt_following_benchmark_reports_sizes_and_ceiling(capsys):
+    bench = load_script(os.path.join(os.path.dirname(__file__), "..", "benchmarks", "prompt_following.py"), "pf_bench")
+    results = bench.main(["--images", "3", "--domains", "general"])
+    assert results["general/ceiling"]["objects"] == results["general/box"]["objects"] > 0
+    assert results["general/ceiling"]["iou_per_object"] > 0.9  # 64x64 masks of the built-in SAM: little lost
+    assert "mask-resolution ceiling" in capsys.readouterr().out
 
 
 def _two_object_image():
@@ -78,6 +110,13 @@ def test_pretraining_draws_the_prompt_position_encoding_as_sam_does():
     # the committed built-in model was pre-trained from such an encoding (the prompt-blind v2 had std ~51)
     committed = SamModel.from_pretrained(BUILTIN_MODEL_PATH).shared_image_embedding.positional_embedding
     assert 0.8 < float(committed.detach().std()) < 1.2
+
+
+def test_pretraining_on_from_saved_weights_keeps_the_prompt_position_encoding_fixed():
+    """`--init_from`: transformers loads the matrix as a trainable parameter; going on must not train it."""
+    sam = _pretrain_script().sam_to_pretrain(BUILTIN_MODEL_PATH)
+    assert not sam.shared_image_embedding.positional_embedding.requires_grad
+    assert sum(p.requires_grad for p in sam.parameters()) == len(list(sam.parameters())) - 1  # all else trains
 
 
 def test_predict_writes_one_mask_per_box_and_one_overlay(tmp_path, capsys):
