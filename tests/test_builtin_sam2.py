@@ -35,6 +35,13 @@ def test_fresh_builtin_sam2_encodes_a_prompt_like_the_grid_cell_it_points_at(mon
     assert not torch.allclose(grid, prompts, atol=0.1)  # two independent draws: the reason for fresh_builtin_sam2
 
 
+def test_shipped_builtin_sam2_was_pretrained_from_one_shared_position_matrix():
+    sam = Sam2Model.from_pretrained(BUILTIN_SAM2_PATH)
+    grid, prompts = grid_and_prompt_encodings(sam)
+    assert torch.allclose(grid, prompts, atol=1e-5)
+    assert sam.config.mask_decoder_config.dynamic_multimask_via_stability is False
+
+
 def test_card_of_an_adapter_on_the_builtin_sam2_names_it():
     from infosam_hf.model_card import _base_model_expr, _base_model_md
 

@@ -6,11 +6,13 @@ import os
 
 import numpy as np
 import PIL.Image
+import pytest
 import torch
 from transformers import SamModel
 
-from infosam_hf.builtin import BUILTIN_IMAGE_SIZE, BUILTIN_MODEL_PATH
+from infosam_hf.builtin import BUILTIN_IMAGE_SIZE, BUILTIN_MODEL_PATH, BUILTIN_SAM2_PATH
 from infosam_hf.data import SamSegmentationPreprocessor
+from infosam_hf.models import load_sam_model
 from infosam_hf.prompt_following import mask_resolution_ceiling, prompt_logits, score_objects, summarise_by_size
 from infosam_hf.synthetic import make_synthetic_instances
 from infosam_hf.testing import load_script
@@ -83,10 +85,11 @@ def _iou(a, b):
     return float((a & b).sum() / max((a | b).sum(), 1))
 
 
-def test_two_boxes_on_one_builtin_image_give_the_two_different_objects():
+@pytest.mark.parametrize("path", [BUILTIN_MODEL_PATH, BUILTIN_SAM2_PATH], ids=["sam", "sam2"])
+def test_two_boxes_on_one_builtin_image_give_the_two_different_objects(path):
     image, (first, second) = _two_object_image()
-    model = SamModel.from_pretrained(BUILTIN_MODEL_PATH).eval()
-    features = SamSegmentationPreprocessor(image_size=BUILTIN_IMAGE_SIZE)(image)
+    model = load_sam_model(path).eval()
+    features = SamSegmentationPreprocessor.for_model(model)(image)
     boxes = torch.tensor([[_box(first), _box(second)]])
     logits = prompt_logits(model, torch.from_numpy(features["pixel_values"])[None], input_boxes=boxes)
     full = torch.nn.functional.interpolate(logits, size=(BUILTIN_IMAGE_SIZE,) * 2, mode="bilinear")[0] > 0
