@@ -54,6 +54,13 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def select_variants(variants: dict[str, list[str]], words: list[str]) -> dict[str, list[str]]:
+    """A word that is a whole variant name picks that variant alone ("InfoSAM (λ1=1, λ2=0.5)" without
+    "Adapter + InfoSAM (λ1=1, λ2=0.5)"); any other word picks every variant whose name contains it."""
+    return {name: flags for name, flags in variants.items()
+            if any(word == name or (word not in variants and word in name) for word in words)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -62,7 +69,8 @@ def main() -> None:
     parser.add_argument("--ablation_seeds", type=int, nargs="+", default=None, help="default: --seeds")
     parser.add_argument("--write", metavar="BENCHMARKS_MD", help="replace the quality table in this file")
     parser.add_argument("--methods", nargs="+", default=None,
-                        help="run only the variants whose name contains one of these words (e.g. LoRA Adapter)")
+                        help="run only the variants whose name contains one of these words (e.g. LoRA Adapter), "
+                             "or is one of them exactly")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more flags for examples/train.py")
     args = parser.parse_args()
 
@@ -71,7 +79,7 @@ def main() -> None:
     if args.ablations:
         variants.update(ABLATIONS)
     if args.methods:
-        variants = {name: flags for name, flags in variants.items() if any(word in name for word in args.methods)}
+        variants = select_variants(variants, args.methods)
     results: dict[str, dict[str, list[float]]] = {"Zero-shot (pre-trained tiny SAM)": {"iou": [], "dice": []}}
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:

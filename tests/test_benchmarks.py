@@ -67,3 +67,16 @@ def test_small_data_benchmark_runs_and_prints_its_ratio():
     lines = run("small_data.py", "--steps", "4", "--warmup", "1", "--repeats", "1", "--threads", "1")
     values = ratios(lines[-1])
     assert set(values) == {"ratio"} and values["ratio"] > 0
+
+
+def test_quality_methods_pick_by_word_or_by_whole_name():
+    from infosam_hf.testing import load_script
+
+    quality = load_script(os.path.join(os.path.dirname(__file__), "..", "benchmarks", "quality.py"), "quality_bench")
+    variants = quality.MAIN_VARIANTS
+    assert list(quality.select_variants(variants, ["LoRA"])) == ["LoRA (no distillation)"]
+    assert list(quality.select_variants(variants, ["Adapter"])) == [
+        "Adapter (no distillation)", "Adapter + InfoSAM (λ1=1, λ2=0.5)"]
+    # a whole name: that variant only, not the Adapter one that contains it
+    assert list(quality.select_variants(variants, ["LoRA", "InfoSAM (λ1=1, λ2=0.5)"])) == [
+        "LoRA (no distillation)", "InfoSAM (λ1=1, λ2=0.5)"]
