@@ -70,27 +70,23 @@ def test_train_script_builtin_model_flag(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_train_script_runs_the_builtin_sam2_path(tmp_path, monkeypatch):
-    """`--builtin_model sam2` end to end, on a freshly initialised built-in SAM 2 standing in for the shipped one."""
-    import infosam_hf.builtin
+def test_train_script_runs_the_builtin_sam2_path(tmp_path):
+    """`--builtin_model sam2` end to end on the shipped built-in SAM 2 (README), then loaded back in one call."""
+    import infosam_hf
 
-    monkeypatch.syspath_prepend(os.path.join(ROOT, "examples"))
-    pretrain = load_script("pretrain_builtin_sam2")
-    base = tmp_path / "sam2-tiny-general"
-    torch.manual_seed(0)
-    pretrain.fresh_builtin_sam2().save_pretrained(base)
-    pretrain.builtin_sam2_preprocessor().save_pretrained(str(base))
-    monkeypatch.setitem(infosam_hf.builtin.BUILTIN_MODELS, "sam2", str(base))
     data = write_synthetic_dataset(tmp_path / "data", "specialised", num_train=8, num_test=4, image_size=128, seed=1)
     out = tmp_path / "run"
     summary = load_script("train").main(
         ["--builtin_model", "sam2", "--dataset_name", str(data), "--output_dir", str(out), "--max_steps", "2",
          "--per_device_train_batch_size", "2", "--eval_overlays", "0", "--disable_tqdm", "true", "--lora_r", "2"]
     )
-    for key in ("zero_shot_iou", "iou"):
-        assert 0.0 <= summary[key] <= 1.0
+    # the shipped model follows boxes on the specialised domain too: far above a prompt-blind model (~0.2)
+    assert summary["zero_shot_iou"] > 0.5 and 0.0 <= summary["iou"] <= 1.0
     adapter = json.loads((out / "adapter_config.json").read_text())
-    assert adapter["base_model_name_or_path"] == str(base)
+    assert adapter["base_model_name_or_path"] == BUILTIN_SAM2_PATH
     processor = json.loads((out / "preprocessor_config.json").read_text())
     assert processor["size"] == {"height": 128, "width": 128} and not processor["do_pad"]  # SAM 2's geometry
-    assert "Sam2Model.from_pretrained(" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "Sam2Model.from_pretrained(" in card and "the tiny SAM 2 built into" in card
+    model, _ = infosam_hf.load(str(out))
+    assert type(model.get_base_model()).__name__ == "Sam2Model"
