@@ -89,8 +89,8 @@ def main(argv=None) -> list[dict]:
         logits = box_logits(model, pixel_values, boxes, target.shape[-1])
         loss = bce_dice(logits, target)
         if step % args.log_every == 0 or step == args.steps:
-            history.append({"step": step, "loss": float(loss), "iou": mean_iou(logits.detach(), target)})
-            print(f"{args.family} lr {args.learning_rate:g} step {step}: loss {float(loss):.3f} "
+            history.append({"step": step, "loss": float(loss.detach()), "iou": mean_iou(logits.detach(), target)})
+            print(f"{args.family} lr {args.learning_rate:g} step {step}: loss {history[-1]['loss']:.3f} "
                   f"IoU {history[-1]['iou']:.3f} ({time.time() - start:.0f} s)", flush=True)
         if step == args.steps:
             break
