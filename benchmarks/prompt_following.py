@@ -37,7 +37,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     model = load_sam_model(args.model).eval()
     preprocessor = SamSegmentationPreprocessor.for_model(model)  # the family's geometry (SAM 2: square)
-    results = {}
+    results, mask_size = {}, None
     print("| domain | prompt | images | objects | IoU per object | IoU per image | confusion rate |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for domain in args.domains:
@@ -49,7 +49,8 @@ def main(argv=None) -> dict:
             results[f"{domain}/{prompt}"] = m
             print(f"| {domain} | {prompt} | {m['images']} | {m['objects']} | {m['iou_per_object']:.4f} | "
                   f"{m['iou_per_image']:.4f} | {m['confusion_rate']:.4f} |", flush=True)
-        results[f"{domain}/ceiling"] = mask_resolution_ceiling(rows, low_resolution_mask_size(model, rows[0]))
+        mask_size = mask_size or low_resolution_mask_size(model, rows[0])
+        results[f"{domain}/ceiling"] = mask_resolution_ceiling(rows, mask_size)
     print_by_size(results, args.domains)
     print(json.dumps({"model": args.model, "results": results}))
     return results

@@ -22,6 +22,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from infosam_hf.losses import dice_loss, mask_iou
+
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
 
 
@@ -54,17 +56,17 @@ def box_logits(model, pixel_values, boxes, size: int) -> torch.Tensor:
     return F.interpolate(out.pred_masks[:, :, 0].float(), size=(size, size), mode="bilinear", align_corners=False)
 
 
+def per_mask(masks: torch.Tensor) -> torch.Tensor:
+    """(B, N, H, W) -> (B * N, 1, H, W): one sample per box, as infosam_hf.losses expects."""
+    return masks.flatten(0, 1)[:, None]
+
+
 def bce_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    prob = logits.sigmoid()
-    overlap = 2 * (prob * target).flatten(2).sum(-1) + 1
-    dice = 1 - overlap / (prob.flatten(2).sum(-1) + target.flatten(2).sum(-1) + 1)
-    return F.binary_cross_entropy_with_logits(logits, target) + dice.mean()
+    return F.binary_cross_entropy_with_logits(logits, target) + dice_loss(per_mask(logits), per_mask(target))
 
 
 def mean_iou(logits: torch.Tensor, target: torch.Tensor) -> float:
-    pred, truth = logits > 0, target > 0
-    union = (pred | truth).flatten(2).sum(-1).clamp(min=1)
-    return float(((pred & truth).flatten(2).sum(-1) / union).mean())
+    return float(mask_iou(per_mask(logits), per_mask(target)).mean())
 
 
 def main(argv=None) -> list[dict]:

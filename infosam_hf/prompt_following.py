@@ -107,19 +107,14 @@ def mask_resolution_ceiling(rows: list[dict[str, Any]], mask_size: int) -> dict[
     bilinearly upsampled back as predictions are, and thresholded at 0.5: what is lost is
     what the mask resolution alone costs, so a model's IoU is read against this, not 1.
     """
-    ious, areas = [], []
+    records = []
     for row in rows:
-        gt = torch.as_tensor(np.asarray(row["gt_masks"]), dtype=torch.float32)
-        h, w = (int(v) for v in row["reshaped_input_sizes"])
-        low = F.adaptive_avg_pool2d(gt[None], mask_size)
-        best = F.interpolate(low, size=gt.shape[-2:], mode="bilinear", align_corners=False)[0, :, :h, :w] > 0.5
-        objects = gt[:, :h, :w] > 0.5
-        inter = (best & objects).flatten(1).sum(1).float()
-        union = (best | objects).flatten(1).sum(1).float().clamp(min=1.0)
-        ious += (inter / union).tolist()
-        areas += (objects.flatten(1).float().mean(1)).tolist()
-    records = [{"iou": iou, "confused": False, "area": area} for iou, area in zip(ious, areas)]
-    return {"iou_per_object": float(np.mean(ious)), "objects": len(ious),
+        gt = torch.as_tensor(np.asarray(row["gt_masks"]), dtype=torch.float32)[None]
+        low = F.adaptive_avg_pool2d(gt, mask_size)
+        best = F.interpolate(low, size=gt.shape[-2:], mode="bilinear", align_corners=False) > 0.5
+        every = torch.ones(gt.shape[:2], dtype=torch.bool)
+        records += score_objects(best, gt, every, torch.as_tensor(row["reshaped_input_sizes"])[None])
+    return {"iou_per_object": float(np.mean([r["iou"] for r in records])), "objects": len(records),
             "by_size": {k: v["iou_per_object"] for k, v in summarise_by_size(records).items()}}
 
 
