@@ -115,7 +115,8 @@ class InfoSAMConfig:
         default="",
         metadata={
             "help": "Regex over module names of the MLP blocks that get an adapter. Empty: the model type's default "
-            "(SAM / SAM-HQ: vision_encoder.layers.<i>.mlp)."
+            "(SAM / SAM-HQ: vision_encoder.layers.<i>.mlp; SAM 2: vision_encoder.backbone.blocks.<i>.mlp; SAM 3 tracker: "
+            "vision_encoder.backbone.layers.<i>.mlp)."
         },
     )
     teacher_model_name_or_path: str | None = field(

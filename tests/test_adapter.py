@@ -261,3 +261,43 @@ def test_an_adapter_for_another_sam_size_is_named_before_peft_fails(tmp_path):
         infosam_hf.load(tmp_path / "mlp", base_model=wider)
     with pytest.raises(ValueError, match=r"does not fit this base model: .*layer_norm1\.(weight|bias) is \(32,\)"):
         infosam_hf.load(tmp_path / "norms", base_model=wider)
+
+
+@pytest.mark.parametrize("model_class,blocks", [("Sam2Model", "blocks"), ("Sam3TrackerModel", "layers")])
+def test_the_adapter_finds_the_mlps_of_sam2_and_the_sam3_tracker_by_default(model_class, blocks):
+    from infosam_hf.models import family_of
+    from infosam_hf.testing import tiny_family_model
+
+    base = tiny_family_model(model_class)
+    size = family_of(base).image_size(base.config)
+    torch.manual_seed(0)
+    pixels, boxes = torch.randn(2, 3, size, size), torch.tensor([[[4.0, 6.0, size / 2, size - 8.0]]] * 2)
+
+    def predict_family(model):
+        with torch.no_grad():
+            return model(pixel_values=pixels, input_boxes=boxes, multimask_output=False).pred_masks
+
+    expected = predict_family(base)
+    student = build_student(tiny_family_model(model_class), InfoSAMConfig(peft_method="adapter",
+                                                                          adapter_train_layernorms=True)).eval()
+    encoder_blocks = getattr(student.get_base_model().vision_encoder.backbone, blocks)
+    assert all(isinstance(block.mlp, BottleneckAdapterMLP) for block in encoder_blocks)
+    assert isinstance(encoder_blocks[0].layer_norm2, BottleneckAdaptedLayerNorm)
+    assert not any(isinstance(m, BottleneckAdapterMLP) for m in student.get_base_model().mask_decoder.modules())
+    torch.testing.assert_close(predict_family(student), expected, rtol=0, atol=0)
+    perturb_adapter(student)
+    assert not torch.allclose(predict_family(student), expected)
+    with student.disable_adapter():
+        torch.testing.assert_close(predict_family(student), expected, rtol=0, atol=0)
+
+    only_second = build_student(tiny_family_model(model_class), InfoSAMConfig(peft_method="adapter", adapter_layers="1"))
+    adapted = [i for i, block in enumerate(getattr(only_second.get_base_model().vision_encoder.backbone, blocks))
+               if isinstance(block.mlp, BottleneckAdapterMLP)]
+    assert adapted == [1]
+
+
+def test_edgetam_has_no_default_adapter_targets_and_says_so():
+    from infosam_hf.testing import tiny_family_model
+
+    with pytest.raises(ValueError, match="no default target_modules for model_type .edgetam"):
+        build_student(tiny_family_model("EdgeTamModel"), InfoSAMConfig(peft_method="adapter"))

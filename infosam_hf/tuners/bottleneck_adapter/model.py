@@ -19,9 +19,26 @@ _SAM_VIT = (
     r"(?:.*\.)?vision_encoder\.layers\.\d+\.mlp",
     r"(?:.*\.)?vision_encoder\.(?:layers\.\d+\.layer_norm[12]|neck\.layer_norm[12])",
 )
+# SAM 2's Hiera (`Sam2MultiScaleBlock`: layer_norm1, attn, layer_norm2, mlp). A block that changes width does so in
+# its attention; its MLP keeps the width, so both placements fit every block.
+_SAM2_HIERA = (
+    r"(?:.*\.)?vision_encoder\.backbone\.blocks\.\d+\.mlp",
+    r"(?:.*\.)?vision_encoder\.backbone\.blocks\.\d+\.layer_norm[12]",
+)
+# SAM 3's ViT (`Sam3ViTLayer`: layer_norm1, attention, layer_norm2, mlp), anchored to the image encoder.
+_SAM3_VIT = (
+    r"(?:.*\.)?vision_encoder\.backbone\.layers\.\d+\.mlp",
+    r"(?:.*\.)?vision_encoder\.backbone\.(?:layers\.\d+\.layer_norm[12]|layer_norm)",
+)
 # model_type -> (MLP modules, LayerNorm modules), each one regex over the full module name.
 # SAM and SAM-HQ share the ViT image encoder (`SamVisionLayer`: layer_norm1, attn, layer_norm2, mlp).
-DEFAULT_TARGETS: dict[str, tuple[str, str]] = {"sam": _SAM_VIT, "sam_hq": _SAM_VIT}
+# EdgeTAM has none: its RepViT image encoder has no MLP made of Linear layers.
+DEFAULT_TARGETS: dict[str, tuple[str, str]] = {
+    "sam": _SAM_VIT,
+    "sam_hq": _SAM_VIT,
+    "sam2": _SAM2_HIERA,
+    "sam3_tracker": _SAM3_VIT,
+}
 
 
 def _matches(patterns, key: str) -> bool:
