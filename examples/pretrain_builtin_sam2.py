@@ -47,11 +47,10 @@ def builtin_sam2_preprocessor() -> SamSegmentationPreprocessor:
 
 
 def main() -> None:
-    # the built-in SAM's recipe (examples/pretrain_builtin_sam.py) at a quarter of its learning rate: at 8e-4
-    # SAM 2 stayed prompt-blind (BENCHMARKS.md)
+    # the built-in SAM's first stage (examples/pretrain_builtin_sam.py), lr 2e-4: at 8e-4 SAM 2 stayed
+    # prompt-blind (BENCHMARKS.md)
     parser = pretraining_parser(__doc__, BUILTIN_SAM2_PATH, max_steps=2500, batch_size=16, learning_rate=2e-4,
                                 max_objects_per_image=6, warmup_steps=100)
-    parser.add_argument("--eval_images", type=int, default=64)
     args = parser.parse_args()
     if os.path.exists(os.path.join(args.output_dir, "model.safetensors")) and not args.overwrite:
         raise SystemExit(f"{args.output_dir} already holds a model; pass --overwrite to replace it.")

@@ -1,0 +1,28 @@
+"""The built-in models' pre-training scripts: the same flags and seed give the same weights file."""
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def pretrain(script: str, output_dir, *flags: str) -> str:
+    """sha256 of the model.safetensors one fresh process writes (2 steps of 2 images, 2 test images)."""
+    cmd = [sys.executable, os.path.join(ROOT, "examples", script), "--output_dir", str(output_dir),
+           "--max_steps", "2", "--batch_size", "2", "--warmup_steps", "0", "--eval_images", "2", *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "general-domain test, box prompts" in proc.stdout
+    return hashlib.sha256((output_dir / "model.safetensors").read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["pretrain_builtin_sam.py", "pretrain_builtin_sam2.py"])
+def test_same_flags_and_seed_give_the_same_weights_file(script, tmp_path):
+    first = pretrain(script, tmp_path / "first")
+    assert pretrain(script, tmp_path / "second") == first
