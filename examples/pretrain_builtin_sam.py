@@ -165,6 +165,20 @@ def train_and_check(model: SamWithLoss, train, test_rows: list, args, logging_st
         print(f"general-domain test, {prompt} prompts, per object:", metrics, flush=True)
 
 
+def pretraining_data(preprocessor: SamSegmentationPreprocessor, args) -> tuple:
+    """The multi-object general stream to pre-train on, and the first `--eval_images` test rows of the final check.
+
+    Shared by the SAM and SAM 2 scripts, which differ only in the preprocessing geometry."""
+    source = builtin_dataset_path("general", seed=args.seed, max_objects=MAX_OBJECTS)  # multi-object: follow prompts
+    train = load_segmentation_dataset(source, split="train", streaming=True)
+    train = prepare_instance_dataset(train, preprocessor, instance_format="ids")
+    train = train.shuffle(seed=args.seed, buffer_size=128)
+    test = load_segmentation_dataset(source, split="test", streaming=False)
+    test = prepare_instance_dataset(test.select(range(min(args.eval_images, len(test)))), preprocessor, "ids")
+    rows = [r for r in (test[i] for i in range(len(test))) if r.get("pixel_values") is not None]
+    return train, rows
+
+
 def pretraining_parser(doc: str, output_dir: str, max_steps: int, batch_size: int, learning_rate: float,
                        max_objects_per_image: int, warmup_steps: int) -> argparse.ArgumentParser:
     """The flags both built-in pre-training scripts share, with each model's defaults."""
@@ -196,18 +210,11 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     processor = builtin_processor()
-    preprocessor = SamSegmentationPreprocessor.from_processor(processor)
-    source = builtin_dataset_path("general", seed=args.seed, max_objects=MAX_OBJECTS)  # multi-object: follow prompts
-    train = load_segmentation_dataset(source, split="train", streaming=True)
-    train = prepare_instance_dataset(train, preprocessor, instance_format="ids")
-    train = train.shuffle(seed=args.seed, buffer_size=128)
-    test = load_segmentation_dataset(source, split="test", streaming=False)
-    test = prepare_instance_dataset(test.select(range(min(args.eval_images, len(test)))), preprocessor, "ids")
+    train, rows = pretraining_data(SamSegmentationPreprocessor.from_processor(processor), args)
 
     sam = sam_to_pretrain(args.init_from)
     model = SamWithLoss(sam, freeze_vision_encoder=args.freeze_vision_encoder, loss=args.loss)
-    rows = [test[i] for i in range(len(test))]
-    train_and_check(model, train, [r for r in rows if r.get("pixel_values") is not None], args, logging_steps=100)
+    train_and_check(model, train, rows, args, logging_steps=100)
     model.sam.config.name_or_path = "infosam-hf/sam-tiny-general"
     model.sam.save_pretrained(args.output_dir)
     processor.save_pretrained(args.output_dir)

@@ -18,11 +18,15 @@ import os
 import torch
 from transformers import Sam2Model
 
-from pretrain_builtin_sam import SamWithLoss, pretraining_parser, train_and_check  # same directory: run as a script
+from pretrain_builtin_sam import (  # same directory: run as a script
+    SamWithLoss,
+    pretraining_data,
+    pretraining_parser,
+    train_and_check,
+)
 
-from infosam_hf.builtin import BUILTIN_IMAGE_SIZE, BUILTIN_SAM2_PATH, builtin_dataset_path
-from infosam_hf.data import SamSegmentationPreprocessor, load_segmentation_dataset, prepare_instance_dataset
-from infosam_hf.synthetic import MAX_OBJECTS
+from infosam_hf.builtin import BUILTIN_IMAGE_SIZE, BUILTIN_SAM2_PATH
+from infosam_hf.data import SamSegmentationPreprocessor
 from infosam_hf.testing import builtin_sam2_config
 
 
@@ -57,15 +61,9 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     preprocessor = builtin_sam2_preprocessor()
-    source = builtin_dataset_path("general", seed=args.seed, max_objects=MAX_OBJECTS)  # multi-object: follow prompts
-    train = load_segmentation_dataset(source, split="train", streaming=True)
-    train = prepare_instance_dataset(train, preprocessor, instance_format="ids")
-    train = train.shuffle(seed=args.seed, buffer_size=128)
-    test = load_segmentation_dataset(source, split="test", streaming=False)
-    test = prepare_instance_dataset(test.select(range(min(args.eval_images, len(test)))), preprocessor, "ids")
+    train, rows = pretraining_data(preprocessor, args)
 
     model = SamWithLoss(fresh_builtin_sam2())
-    rows = [r for r in (test[i] for i in range(len(test))) if r.get("pixel_values") is not None]
     train_and_check(model, train, rows, args, logging_steps=max(1, min(100, args.max_steps // 10)))
     model.sam.config.name_or_path = "infosam-hf/sam2-tiny-general"
     model.sam.save_pretrained(args.output_dir)

@@ -277,12 +277,14 @@ def test_the_adapter_finds_the_mlps_of_sam2_and_the_sam3_tracker_by_default(mode
         with torch.no_grad():
             return model(pixel_values=pixels, input_boxes=boxes, multimask_output=False).pred_masks
 
+    def encoder_blocks(student):
+        return getattr(student.get_base_model().vision_encoder.backbone, blocks)
+
     expected = predict_family(base)
     student = build_student(tiny_family_model(model_class), InfoSAMConfig(peft_method="adapter",
                                                                           adapter_train_layernorms=True)).eval()
-    encoder_blocks = getattr(student.get_base_model().vision_encoder.backbone, blocks)
-    assert all(isinstance(block.mlp, BottleneckAdapterMLP) for block in encoder_blocks)
-    assert isinstance(encoder_blocks[0].layer_norm2, BottleneckAdaptedLayerNorm)
+    assert all(isinstance(block.mlp, BottleneckAdapterMLP) for block in encoder_blocks(student))
+    assert isinstance(encoder_blocks(student)[0].layer_norm2, BottleneckAdaptedLayerNorm)
     assert not any(isinstance(m, BottleneckAdapterMLP) for m in student.get_base_model().mask_decoder.modules())
     torch.testing.assert_close(predict_family(student), expected, rtol=0, atol=0)
     perturb_adapter(student)
@@ -291,9 +293,7 @@ def test_the_adapter_finds_the_mlps_of_sam2_and_the_sam3_tracker_by_default(mode
         torch.testing.assert_close(predict_family(student), expected, rtol=0, atol=0)
 
     only_second = build_student(tiny_family_model(model_class), InfoSAMConfig(peft_method="adapter", adapter_layers="1"))
-    adapted = [i for i, block in enumerate(getattr(only_second.get_base_model().vision_encoder.backbone, blocks))
-               if isinstance(block.mlp, BottleneckAdapterMLP)]
-    assert adapted == [1]
+    assert [i for i, block in enumerate(encoder_blocks(only_second)) if isinstance(block.mlp, BottleneckAdapterMLP)] == [1]
 
 
 def test_edgetam_has_no_default_adapter_targets_and_says_so():
