@@ -1,7 +1,8 @@
 """Does the built-in SAM follow its prompts? Per-object IoU and confusion rate, box and 1-point prompts.
 
 On multi-object test images of the synthetic domains, every object is prompted (a tight box,
-or one foreground point) and scored against its own mask: IoU per object (mean over objects,
+one foreground point drawn uniformly, or one point at the object's centre as in the SAM paper's
+1-point evaluation) and scored against its own mask: IoU per object (mean over objects,
 and over images of their objects' mean) and the *confusion rate*, the share of prompts whose
 mask covers more of another object than of the prompted one (see
 `infosam_hf.prompt_following`). Goals for the built-in model on the "general" domain: IoU
@@ -26,7 +27,7 @@ from infosam_hf.builtin import BUILTIN_MODEL_PATH, builtin_dataset_path
 from infosam_hf.synthetic import MAX_OBJECTS
 from infosam_hf.data import SamSegmentationPreprocessor, load_segmentation_dataset, prepare_instance_dataset
 from infosam_hf.models import load_sam_model
-from infosam_hf.prompt_following import evaluate_prompt_following, mask_resolution_ceiling, prompt_logits
+from infosam_hf.prompt_following import PROMPTS, evaluate_prompt_following, mask_resolution_ceiling, prompt_logits
 
 
 def main(argv=None) -> dict:
@@ -44,10 +45,10 @@ def main(argv=None) -> dict:
         raw = load_segmentation_dataset(builtin_dataset_path(domain, max_objects=MAX_OBJECTS), split="test", streaming=False)
         prepared = prepare_instance_dataset(raw.select(range(min(args.images, len(raw)))), preprocessor, "ids")
         rows = [r for r in (prepared[i] for i in range(len(prepared))) if r.get("pixel_values") is not None]
-        for prompt in ("box", "point"):
+        for prompt in PROMPTS:
             m = evaluate_prompt_following(model, rows, prompt=prompt)
             results[f"{domain}/{prompt}"] = m
-            print(f"| {domain} | {prompt} | {m['images']} | {m['objects']} | {m['iou_per_object']:.4f} | "
+            print(f"| {domain} | {prompt.replace('_', ' ')} | {m['images']} | {m['objects']} | {m['iou_per_object']:.4f} | "
                   f"{m['iou_per_image']:.4f} | {m['confusion_rate']:.4f} |", flush=True)
         mask_size = mask_size or low_resolution_mask_size(model, rows[0])
         results[f"{domain}/ceiling"] = mask_resolution_ceiling(rows, mask_size)
@@ -68,9 +69,9 @@ def print_by_size(results: dict, domains: list[str]) -> None:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for domain in domains:
         ceiling = results[f"{domain}/ceiling"]
-        for prompt in ("box", "point"):
+        for prompt in PROMPTS:
             for size, m in results[f"{domain}/{prompt}"]["by_size"].items():
-                print(f"| {domain} | {prompt} | {size} | {m['objects']} | {m['iou_per_object']:.4f} | "
+                print(f"| {domain} | {prompt.replace('_', ' ')} | {size} | {m['objects']} | {m['iou_per_object']:.4f} | "
                       f"{m['confusion_rate']:.4f} | {ceiling['by_size'][size]:.4f} |")
         print(f"| {domain} | any | all | {ceiling['objects']} | | | {ceiling['iou_per_object']:.4f} |")
 

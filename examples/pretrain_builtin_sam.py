@@ -154,7 +154,7 @@ def train_and_check(model: SamWithLoss, train, test_rows: list, args, logging_st
         args=training_args,
         train_dataset=train,
         data_collator=SamSegmentationCollator(
-            PromptSampler(box_probability=0.6, seed=args.seed), max_objects_per_image=args.max_objects_per_image
+            PromptSampler(box_probability=args.box_probability, seed=args.seed), max_objects_per_image=args.max_objects_per_image
         ),
         callbacks=[_SaveEvery(model.sam, args.output_dir, args.save_every)] if args.save_every else None,
     )
@@ -191,6 +191,8 @@ def pretraining_parser(doc: str, output_dir: str, max_steps: int, batch_size: in
     parser.add_argument("--max_objects_per_image", type=int, default=max_objects_per_image)
     parser.add_argument("--warmup_steps", type=int, default=warmup_steps)
     parser.add_argument("--eval_images", type=int, default=64, help="general test images of the final check")
+    parser.add_argument("--box_probability", type=float, default=0.6,
+                        help="share of batches prompted by boxes; the rest by one foreground point")
     parser.add_argument("--save_every", type=int, default=0, help="also save the model to <output_dir>/step-N")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing model in --output_dir")
     return parser

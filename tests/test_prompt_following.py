@@ -13,7 +13,13 @@ from transformers import SamModel
 from infosam_hf.builtin import BUILTIN_IMAGE_SIZE, BUILTIN_MODEL_PATH, BUILTIN_SAM2_PATH
 from infosam_hf.data import SamSegmentationPreprocessor
 from infosam_hf.models import load_sam_model
-from infosam_hf.prompt_following import mask_resolution_ceiling, prompt_logits, score_objects, summarise_by_size
+from infosam_hf.prompt_following import (
+    CenterPointSampler,
+    mask_resolution_ceiling,
+    prompt_logits,
+    score_objects,
+    summarise_by_size,
+)
 from infosam_hf.synthetic import make_synthetic_instances
 from infosam_hf.testing import load_script
 
@@ -57,12 +63,34 @@ def test_mask_resolution_ceiling_is_what_a_perfect_low_resolution_mask_reaches()
     assert 0.95 < coarse["by_size"]["over 5%"] < 1.0  # the block keeps all but its bilinear edge
 
 
+def test_center_point_is_the_deepest_pixel_inside_the_object():
+    """The SAM paper's 1-point protocol: not the centroid (outside a ring), and the image border is a boundary."""
+    yy, xx = np.mgrid[:32, :32]
+    ring = ((yy - 16) ** 2 + (xx - 16) ** 2 <= 12**2) & ((yy - 16) ** 2 + (xx - 16) ** 2 >= 6**2)
+    coords, labels = CenterPointSampler().points(ring)
+    (x, y), = coords
+    assert ring[int(y), int(x)] and labels.tolist() == [1]
+    radius = np.hypot(x - 16, y - 16)
+    assert 8 <= radius <= 10  # midway between the inner (6) and outer (12) edge, not at the centroid (16, 16)
+    left_half = np.zeros((20, 20), dtype=bool)
+    left_half[:, :10] = True  # touches the top, left and bottom borders
+    (x, y), = CenterPointSampler().points(left_half)[0]
+    assert x in (4.0, 5.0) and 4 <= y <= 15  # mid-way across the half, not against the image border
+    # the point respects the valid (unpadded) region of a padded mask
+    padded = np.zeros((20, 20), dtype=bool)
+    padded[:10, :] = True  # the object fills the valid 10 x 20 region; rows 10+ are padding
+    (x, y), = CenterPointSampler().points(padded, valid_size=(10, 20))[0]
+    assert y in (4.0, 5.0) and 4 <= x <= 15
+
+
 def test_prompt_following_benchmark_reports_sizes_and_ceiling(capsys):
     bench = load_script(os.path.join(os.path.dirname(__file__), "..", "benchmarks", "prompt_following.py"), "pf_bench")
     results = bench.main(["--images", "3", "--domains", "general"])
     assert results["general/ceiling"]["objects"] == results["general/box"]["objects"] > 0
     assert results["general/ceiling"]["iou_per_object"] > 0.9  # 64x64 masks of the built-in SAM: little lost
-    assert "mask-resolution ceiling" in capsys.readouterr().out
+    assert results["general/center_point"]["objects"] == results["general/point"]["objects"]
+    out = capsys.readouterr().out
+    assert "mask-resolution ceiling" in out and "| general | center point |" in out
 
 
 def _two_object_image():
