@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
 
 from .data.collator import SamSegmentationCollator
-from .data.prompts import PromptSampler, _mask_2d
+from .data.prompts import PromptSampler
 
 # "point": one foreground pixel drawn uniformly (as in training: it may sit on the edge next to
 # another object); "center_point": the SAM paper's 1-point protocol, the pixel deepest inside the object.
@@ -32,13 +32,11 @@ class CenterPointSampler(PromptSampler):
     object was meant. Image borders count as boundary; ties go to the first pixel in raster order.
     """
 
-    def __init__(self):
-        super().__init__(box_probability=0.0, num_points=1)
+    def __init__(self, seed: int = 0):
+        super().__init__(box_probability=0.0, num_points=1, seed=seed)  # the seed only serves an empty mask
 
     def points(self, mask, valid_size=None) -> tuple[np.ndarray, np.ndarray]:
-        fg = _mask_2d(mask)
-        height, width = self._valid_size(fg, valid_size)
-        fg = fg[:height, :width]
+        fg = self.valid_foreground(mask, valid_size)
         if not fg.any():
             return super().points(mask, valid_size)
         depth = distance_transform_edt(np.pad(fg, 1))[1:-1, 1:-1]
@@ -52,7 +50,7 @@ def _prompt_sampler(prompt: str, seed: int) -> tuple[PromptSampler, str]:
     if prompt == "point":
         return PromptSampler(box_probability=0.0, num_points=1, seed=seed), "points"
     if prompt == "center_point":
-        return CenterPointSampler(), "points"
+        return CenterPointSampler(seed=seed), "points"
     raise ValueError(f"prompt must be one of {PROMPTS}, got {prompt!r}.")
 
 

@@ -154,11 +154,16 @@ class PromptSampler:
         box = np.array([min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])])
         return box.astype(np.float32)
 
-    def points(self, mask: Any, valid_size: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        """`(coords (N, 2) float32 as (x, y), labels (N,) int64)`: foreground points first, then background."""
+    def valid_foreground(self, mask: Any, valid_size: Any = None) -> np.ndarray:
+        """The boolean mask cropped to its valid (unpadded) `(height, width)`: where a point may be drawn."""
         fg = _mask_2d(mask)
         height, width = self._valid_size(fg, valid_size)
-        fg = fg[:height, :width]
+        return fg[:height, :width]
+
+    def points(self, mask: Any, valid_size: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """`(coords (N, 2) float32 as (x, y), labels (N,) int64)`: foreground points first, then background."""
+        fg = self.valid_foreground(mask, valid_size)
+        height, width = fg.shape
         rng = self.rng
         n_total = self.total_points
         fg_index = np.flatnonzero(fg)
