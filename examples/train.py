@@ -391,6 +391,8 @@ def main(argv: list[str] | None = None) -> dict:
         "iou": after.get("eval_iou"),
         "dice": after.get("eval_dice"),
         "metrics_per": "object" if objects else "image",
+        "processes": training_args.world_size,
+        "data_parallel": trainer.data_parallel_summary(),
     }
     if trainer.is_world_process_zero():
         print(
@@ -399,6 +401,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
         with open(os.path.join(training_args.output_dir, "iou_before_after.json"), "w") as f:
             json.dump(summary, f, indent=2)
+        if summary["data_parallel"]:
+            print(summary["data_parallel"][0].upper() + summary["data_parallel"][1:] + ".")
         print(corrupt_log.report())
         if trainer.dropped_batches_of_one:
             print(f"Skipped {trainer.dropped_batches_of_one} training batch(es) of a single image (L_r, L_d need 2+).")

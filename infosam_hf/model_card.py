@@ -347,6 +347,7 @@ def model_card_info(
     dataset_args: str | list[str] | None = None,
     epochs_trained: Any = _FROM_STATE,
     infosam_active_steps: int | None = None,
+    data_parallel: str | None = None,
 ) -> dict[str, Any]:
     """Every value the card shows, gathered from the model, the run and the folder being published.
 
@@ -396,7 +397,8 @@ def model_card_info(
         "datasets": datasets,
         "dataset_names": dataset_names,
         "dataset_args": _as_list(dataset_args),
-        "hyperparameters": hyperparameters_of(training_args, trainer_state, epochs_trained),
+        "hyperparameters": hyperparameters_of(training_args, trainer_state, epochs_trained)
+        + ([("data parallel", data_parallel)] if data_parallel else []),
         "metrics": final_metrics,
         "baseline_metrics": baseline,
         "evaluations": evaluations,
@@ -635,6 +637,7 @@ def write_model_card(
             extra_tags=getattr(trainer, "_tag_names", ()),
             epochs_trained=epochs_trained(trainer),
             infosam_active_steps=getattr(trainer, "infosam_active_steps", None),
+            data_parallel=trainer.data_parallel_summary() if hasattr(trainer, "data_parallel_summary") else None,
         )
     info = model_card_info(model, repo_id=repo_id, folder=output_dir, **run, **card_kwargs)
     os.makedirs(output_dir, exist_ok=True)

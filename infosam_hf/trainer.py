@@ -39,6 +39,9 @@ logger = logging.get_logger(__name__)
 
 TRAINING_ARGS_JSON = "training_args.json"
 LOSS_PARTS = ("loss_seg", "loss_r", "loss_d")
+# What `Accelerator.prepare_model(evaluation_mode=True)` sets on the model itself (mixed-precision forward, the
+# "already prepared" mark): undone after an evaluation that ran before training, see `evaluation_loop`.
+_EVAL_PREPARATION_ATTRIBUTES = ("forward", "_original_forward", "_is_accelerate_prepared")
 
 
 def _gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
@@ -215,6 +218,7 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         self.drop_last_batch_of_one = drop_last_batch_of_one
         self.infosam_active_steps = 0  # optimiser steps whose batch gave L_r / L_d something to compare
         self.dropped_batches_of_one = 0
+        self.data_parallel: dict | None = None  # set by train() under several processes
         self._infosam_active_now = False
         super().__init__(model=model, args=args, **kwargs)
         self.add_callback(_InfoSAMStepCounter(self))
@@ -380,6 +384,28 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         finally:
             self.data_collator = train_collator
 
+    def evaluation_loop(self, *args, **kwargs):
+        """An evaluation before `train()` (train.py's zero-shot row) leaves the model as it found it.
+
+        The stock loop prepares an unwrapped model with `accelerator.prepare_model(..., evaluation_mode=True)`,
+        which marks it as prepared without wrapping it in DistributedDataParallel; `train()` then sees the mark,
+        skips the wrapping, and every rank trains its own copy on its share of the data (issue 27). Undoing the
+        evaluation-only preparation lets `train()` prepare the model for training as if no evaluation had run.
+        """
+        model = self.model
+        if self.model_wrapped is not model or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super().evaluation_loop(*args, **kwargs)  # already prepared for training, or prepared in full
+        before = {name: model.__dict__[name] for name in _EVAL_PREPARATION_ATTRIBUTES if name in model.__dict__}
+        prepared_models = list(self.accelerator._models)
+        try:
+            return super().evaluation_loop(*args, **kwargs)
+        finally:
+            for name in _EVAL_PREPARATION_ATTRIBUTES:
+                model.__dict__.pop(name, None)
+            model.__dict__.update(before)
+            self.accelerator._models[:] = prepared_models
+            self.model_wrapped = model
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Returns the student's mask logits at the label size, so `compute_metrics` sees masks, not features."""
         originals = inputs.pop(ORIGINAL_MASKS_KEY, None) if isinstance(inputs, dict) else None
@@ -403,15 +429,78 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         return loss.detach(), logits.detach(), gt_masks.detach()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Adds the mean of each loss part since the last log (`loss_seg`, `loss_r`, `loss_d`, eval_ prefixed)."""
+        """Adds the mean of each loss part since the last log (`loss_seg`, `loss_r`, `loss_d`, eval_ prefixed).
+
+        Under several processes each part is the mean over the ranks of their local means, as the Trainer logs
+        `loss`, so the parts add up to the logged loss instead of being rank 0's share of it.
+        """
         mode = "train" if "loss" in logs else "eval" if "eval_loss" in logs else None
         if mode is not None:
             prefix = "" if mode == "train" else "eval_"
-            for name, values in self._loss_parts[mode].items():
-                if values:
-                    logs[f"{prefix}{name}"] = sum(values) / len(values)
+            for name, value in self._mean_loss_parts(mode).items():
+                logs[f"{prefix}{name}"] = value
             self._loss_parts[mode].clear()
         super().log(logs, start_time)
+
+    def _mean_loss_parts(self, mode: str) -> dict[str, float]:
+        recorded = self._loss_parts[mode]
+        # (sum of local means, number of ranks that have one) per part; every rank joins the collective
+        local = torch.tensor(
+            [[sum(recorded[n]) / len(recorded[n]), 1.0] if recorded.get(n) else [0.0, 0.0] for n in LOSS_PARTS],
+            dtype=torch.float64,
+        )
+        if _distributed() and self.args.world_size > 1:
+            device = self.args.device if dist.get_backend() != "gloo" else torch.device("cpu")
+            local = local.to(device)
+            dist.all_reduce(local)
+        return {n: float(total / count) for n, (total, count) in zip(LOSS_PARTS, local.cpu().tolist()) if count}
+
+    def train(self, *args, **kwargs):
+        """The stock training, then a check that several processes really trained one model (`data_parallel`)."""
+        output = super().train(*args, **kwargs)
+        self.data_parallel = self._check_data_parallel()
+        return output
+
+    def _check_data_parallel(self) -> dict | None:
+        """Under several processes: the wrapper that synchronised the gradients and whether every rank ends with the
+        same trainable weights (compared by exact float64 sums, one all-gather). None for one process.
+
+        A rank that trained its own copy (no gradient all-reduce) ends with other weights, and only rank 0's are
+        saved: such a run is reported as an error here, on the card and in train.py's summary.
+        """
+        if not (_distributed() and self.args.world_size > 1):
+            return None
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        trainable = [p.detach() for p in model.parameters() if p.requires_grad]
+        device = self.args.device if dist.get_backend() != "gloo" else torch.device("cpu")
+        fingerprint = torch.stack(
+            [torch.stack((p.double().sum(), p.double().square().sum())) for p in trainable]
+        ).flatten().to(device)
+        every_rank = [torch.empty_like(fingerprint) for _ in range(dist.get_world_size())]
+        dist.all_gather(every_rank, fingerprint)
+        identical = all(torch.equal(every_rank[0], other) for other in every_rank[1:])
+        wrapper = type(self.model_wrapped).__name__
+        if not identical:
+            logger.error(
+                f"The {self.args.world_size} processes ended training with different weights (the model was trained "
+                f"as {wrapper}, gradients not synchronised): only rank 0's copy is saved. Please report this."
+            )
+        return {"processes": self.args.world_size, "wrapper": wrapper, "weights_identical_on_all_ranks": identical}
+
+    def data_parallel_summary(self) -> str | None:
+        """One line for the end of a run and the card: how many processes trained, and whether as one model."""
+        check = getattr(self, "data_parallel", None)
+        if not check:
+            return None
+        if check["weights_identical_on_all_ranks"]:
+            return (
+                f"{check['processes']} processes trained one model ({check['wrapper']}: gradients synchronised "
+                "every step; trainable weights identical on every rank after training, checked)"
+            )
+        return (
+            f"{check['processes']} processes did NOT train one model ({check['wrapper']}): their weights differ "
+            "after training; only rank 0's copy was saved"
+        )
 
     # ------------------------------------------------------------------ saving and resuming
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
