@@ -535,6 +535,7 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         self._load_infosam_weights(resume_from_checkpoint)
+        self._load_collator_state(resume_from_checkpoint)  # before the resumed run draws its first prompts
 
     def _load_best_model(self) -> None:
         self._load_infosam_weights(self.state.best_model_checkpoint)

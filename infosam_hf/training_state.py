@@ -105,6 +105,10 @@ def rng_state_name(world_size: int, process_index: int) -> str:
     return "rng_state.safetensors" if world_size <= 1 else f"rng_state_{process_index}.safetensors"
 
 
+def collator_state_name(world_size: int, process_index: int) -> str:
+    return "data_collator_state.json" if world_size <= 1 else f"data_collator_state_{process_index}.json"
+
+
 class SafetensorsTrainingStateMixin:
     """`transformers.Trainer` checkpoints without pickles: put before `Trainer` in the bases.
 
@@ -186,12 +190,34 @@ class SafetensorsTrainingStateMixin:
             return super()._load_scaler(checkpoint)
         scaler.load_state_dict(load_state(path))
 
+    # ------------------------------------------------------------------ the collator's random prompts
+    def _save_collator_state(self, output_dir: str) -> None:
+        """The training collator's own random state (its prompt sampler), one JSON file per process.
+
+        Kept apart from the RNG file: it is restored before the resumed run collates its first batch
+        (`_load_collator_state`), where the Trainer restores the global RNGs only after that batch.
+        """
+        state_dict = getattr(self.data_collator, "state_dict", None)
+        if not callable(state_dict):
+            return
+        path = os.path.join(output_dir, collator_state_name(self.args.world_size, self.args.process_index))
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(state_dict(), f)
+
+    def _load_collator_state(self, checkpoint: str) -> None:
+        load_state_dict = getattr(self.data_collator, "load_state_dict", None)
+        path = os.path.join(checkpoint, collator_state_name(self.args.world_size, self.args.process_index))
+        if callable(load_state_dict) and os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                load_state_dict(json.load(f))
+
     # ------------------------------------------------------------------ RNG
     def _save_rng_state(self, output_dir: str) -> None:
         import random
 
         from transformers.training_args import ParallelMode
 
+        self._save_collator_state(output_dir)
         if not self._plain_training_state():
             return super()._save_rng_state(output_dir)
         states = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}

@@ -126,6 +126,34 @@ def test_checkpoint_contents_and_bit_exact_resume(tmp_path):
                                                                    trainable_state(amnesic).values()))
 
 
+def test_resume_draws_the_prompts_the_uninterrupted_run_draws(tmp_path):
+    """Random training prompts (box or points, jittered): the collator's sampler state is in the checkpoint."""
+    from infosam_hf.data import PromptSampler, SamSegmentationCollator
+
+    data = toy_segmentation_dataset(4)  # one batch per epoch, so the data order cannot differ (see above)
+
+    def run(name, seed=0, **kwargs):
+        model = make_model()
+        collator = SamSegmentationCollator(PromptSampler(box_probability=0.5, box_noise=0.2, seed=seed))
+        trainer = InfoSAMTrainer(model=model, args=make_args(tmp_path / name, max_steps=4, **kwargs),
+                                 train_dataset=data, data_collator=collator)
+        return trainer, model
+
+    trainer, straight = run("straight", save_strategy="steps", save_steps=2)
+    trainer.train()
+    ckpt = tmp_path / "straight" / "run" / "checkpoint-2"
+    assert json.loads((ckpt / "data_collator_state.json").read_text())["prompt_sampler"]["seed"] == 0
+    trainer, resumed = run("resumed")
+    trainer.train(resume_from_checkpoint=str(ckpt))
+    for (name, a), b in zip(trainable_state(straight).items(), trainable_state(resumed).values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+    # the prompts matter: other draws end elsewhere
+    trainer, other = run("other_prompts", seed=1)
+    trainer.train()
+    assert any(not torch.allclose(a, b, atol=1e-5) for a, b in zip(trainable_state(straight).values(),
+                                                                   trainable_state(other).values()))
+
+
 def test_resume_without_relation_module_says_what_is_missing(tmp_path):
     model = make_model()
     trainer = InfoSAMTrainer(model=model, args=make_args(tmp_path), train_dataset=toy_segmentation_dataset(4))

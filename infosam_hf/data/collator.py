@@ -78,6 +78,13 @@ class SamSegmentationCollator:
             f"max_objects_per_image={self.max_objects_per_image!r})"
         )
 
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of the collator: its prompt sampler's random state (see `InfoSAMTrainer`)."""
+        return {"prompt_sampler": self.prompt_sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.prompt_sampler.load_state_dict(state["prompt_sampler"])
+
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         features = [f for f in features if f is not None and f.get("pixel_values") is not None]
         if not features:

@@ -105,6 +105,17 @@ class PromptSampler:
         self._rng = np.random.default_rng(self.seed)
         self._worker_key = None
 
+    def state_dict(self) -> dict:
+        """The generator's position, so a resumed run draws the prompts the uninterrupted run would have drawn.
+
+        The main process's generator only: a `DataLoader` worker re-seeds its own from `(seed, worker seed)`.
+        """
+        return {"seed": self.seed, "bit_generator": self._rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reseed(state["seed"])
+        self._rng.bit_generator.state = state["bit_generator"]
+
     @property
     def rng(self) -> np.random.Generator:
         try:
