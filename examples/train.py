@@ -21,6 +21,7 @@ Every `TrainingArguments` flag works; `InfoSAMConfig` flags (`--lambda_1`, `--la
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -52,7 +53,7 @@ from infosam_hf.data import (
 from infosam_hf.data.instances import INSTANCE_FORMATS
 from infosam_hf.data.sources import check_local_path
 from infosam_hf.metrics import build_compute_metrics
-from infosam_hf.resolution import adapt_model, adapt_processor
+from infosam_hf.resolution import adapt_model, adapt_processor, allow_image_size_change_argument
 
 logger = logging.getLogger("infosam_hf.train")
 DEBUG_ENV = "INFOSAM_DEBUG"
@@ -88,6 +89,7 @@ class ModelArguments:
     resume_adapter: str | None = field(
         default=None, metadata={"help": "Continue training an InfoSAM adapter (folder or Hub id)."}
     )
+    allow_image_size_change: bool = allow_image_size_change_argument()
     builtin_model: str = field(
         default="sam",
         metadata={
@@ -284,6 +286,42 @@ def instance_format(data_args) -> str | None:
     return data_args.instance_format
 
 
+# What a trained adapter's weights are built from: fixed once trained, so --resume_adapter refuses another value.
+ADAPTER_ARCHITECTURE_FIELDS = (
+    "relation_dim", "train_relation_module", "peft_method", "lora_r", "lora_alpha", "lora_dropout",
+    "lora_target_modules", "modules_to_save", "adapter_ratio", "adapter_placement", "adapter_scaling",
+    "adapter_layers", "adapter_train_layernorms", "adapter_target_modules",
+)
+
+
+def flags_on_command_line(argv: list[str]) -> set[str]:
+    """The field names the user wrote (`--lambda_2 0.7`, `--lambda-2=0.7`), as HfArgumentParser spells them."""
+    return {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+
+
+def apply_resume_overrides(model, adapter: str, parsed: InfoSAMConfig, explicit: set[str]) -> None:
+    """--resume_adapter: the adapter's saved InfoSAMConfig, with the method flags the user passed on top.
+
+    Run-time settings (lambdas, losses, prompts, teacher store/cache/dtype) follow the command line, and each
+    replaced value is printed; flags that shape the saved weights cannot change and fail with the saved value.
+    `--image_size` goes through `load_for_training` (and --allow_image_size_change).
+    """
+    saved = model.infosam_config
+    names = {f.name for f in dataclasses.fields(InfoSAMConfig)} & explicit - {"image_size", "allow_image_upscaling"}
+    changed = {n: getattr(parsed, n) for n in sorted(names) if getattr(parsed, n) != getattr(saved, n)}
+    fixed = [n for n in changed if n in ADAPTER_ARCHITECTURE_FIELDS]
+    if fixed:
+        detail = ", ".join(f"--{n} {changed[n]!r} (the adapter has {getattr(saved, n)!r})" for n in fixed)
+        raise ValueError(
+            f"--resume_adapter {adapter}: {detail}. These shape the adapter's saved weights and cannot change when "
+            "training continues; drop the flag(s), or start a new adapter without --resume_adapter."
+        )
+    if changed:
+        model.infosam_config = dataclasses.replace(saved, **changed)  # validated as any InfoSAMConfig
+        replaced = ", ".join(f"--{n} {getattr(saved, n)!r} -> {v!r}" for n, v in changed.items())
+        logger.info(f"--resume_adapter {adapter}: the command line replaces the adapter's saved {replaced}.")
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     use_cpu_under_a_launcher_without_gpu()
@@ -320,8 +358,13 @@ def main(argv: list[str] | None = None) -> dict:
         # The adapter names its base; only an explicit --model_name_or_path overrides it.
         adapter_folder = resolve_folder(model_args.resume_adapter)
         explicit_base = None if model_args.model_name_or_path == BUILTIN_MODEL_PATH else model_args.model_name_or_path
+        explicit = flags_on_command_line(argv)
         model = load_for_training(adapter_folder, base_model=explicit_base, seed=training_args.seed,
-                                  image_size=infosam_config.image_size)
+                                  teacher=infosam_config.teacher_model_name_or_path
+                                  if "teacher_model_name_or_path" in explicit else None,
+                                  image_size=infosam_config.image_size,
+                                  allow_image_size_change=model_args.allow_image_size_change)
+        apply_resume_overrides(model, model_args.resume_adapter, infosam_config, explicit)
         processor = load_processor(adapter_folder, explicit_base or base_model_id_of(adapter_folder), model.student)
         processor = adapt_processor(processor, model.infosam_config.image_size)
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,9 +180,13 @@ class InfoSAMConfig:
 
     def validate(self) -> None:
         """Fail early, with the field name and the fix, rather than deep inside a training step."""
+        for f in dataclasses.fields(self):  # inf / nan (`--lambda_1 inf` parses) would fail at step 0 at best
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"InfoSAMConfig.{f.name} must be a finite number, got {value!r}.")
         for name in ("lambda_1", "lambda_2"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0 or value != value:
+            if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"InfoSAMConfig.{name} must be a non-negative number, got {value!r}.")
         if self.seg_loss not in SEGMENTATION_LOSSES:
             raise ValueError(

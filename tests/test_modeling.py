@@ -238,6 +238,8 @@ def test_config_validation_and_json_round_trip(tmp_path):
     for bad, match in [
         (dict(lambda_1=-1.0), "lambda_1"),
         (dict(lambda_2=float("nan")), "lambda_2"),
+        (dict(lambda_1=float("inf")), "lambda_1 must be a finite number"),
+        (dict(box_noise=float("inf")), "box_noise must be a finite number"),
         (dict(seg_loss="dice"), "seg_loss.*structure"),
         (dict(box_prompt_probability=1.5), "box_prompt_probability"),
         (dict(num_points=0), "num_points"),

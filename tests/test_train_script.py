@@ -93,3 +93,31 @@ def test_paper_recipe_command(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["paper.py", "--dataset", "polyp", "--data_root", str(tmp_path / "nope")])
     with pytest.raises(SystemExit, match="train.csv"):
         paper.main()
+
+
+def saved_builtin_adapter(folder):
+    from transformers import SamModel, SamProcessor
+
+    from infosam_hf import InfoSAMConfig, InfoSAMModel, build_student
+
+    config = InfoSAMConfig(lora_r=4)
+    model = InfoSAMModel(build_student(SamModel.from_pretrained(BUILTIN_MODEL_PATH), config), config)
+    model.save_pretrained(folder, processor=SamProcessor.from_pretrained(BUILTIN_MODEL_PATH))
+    return folder
+
+
+def test_resume_adapter_takes_the_method_flags_of_the_command_line(tmp_path, caplog):
+    adapter = saved_builtin_adapter(tmp_path / "adapter")
+    data = write_synthetic_dataset(tmp_path / "data", "specialised", num_train=4, num_test=2, image_size=128, seed=1)
+    common = ["--resume_adapter", str(adapter), "--dataset_name", str(data), "--max_steps", "1",
+              "--per_device_train_batch_size", "2", "--eval_overlays", "0", "--max_eval_samples", "2",
+              "--disable_tqdm", "true"]
+    with caplog.at_level("INFO"):
+        load_script("train").main([*common, "--output_dir", str(tmp_path / "run"), "--lambda-2", "0.7",
+                                   "--teacher_dtype", "bfloat16", "--lora_r", "4"])  # --lora_r as saved: allowed
+    saved = json.loads((tmp_path / "run" / "infosam_config.json").read_text())
+    assert (saved["lambda_2"], saved["teacher_dtype"], saved["lora_r"], saved["lambda_1"]) == (0.7, "bfloat16", 4, 1.0)
+    assert "--lambda_2 0.5 -> 0.7, --teacher_dtype None -> 'bfloat16'" in caplog.text
+
+    with pytest.raises(ValueError, match=r"--lora_r 16 \(the adapter has 4\).*cannot change"):
+        load_script("train").main([*common, "--output_dir", str(tmp_path / "bad"), "--lora_r", "16"])
