@@ -52,6 +52,7 @@ from infosam_hf.data import (
 )
 from infosam_hf.data.instances import INSTANCE_FORMATS
 from infosam_hf.data.sources import check_local_path
+from infosam_hf.hub_ids import check_hub_source
 from infosam_hf.metrics import build_compute_metrics
 from infosam_hf.resolution import adapt_model, adapt_processor, allow_image_size_change_argument
 
@@ -341,11 +342,14 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.logging.set_verbosity_warning()
     quiet_replicas(training_args)
-    check_local_path(model_args.model_name_or_path, "--model_name_or_path")
-    if model_args.resume_adapter:
-        check_local_path(model_args.resume_adapter, "--resume_adapter")
-    if data_args.dataset_name:
-        check_local_path(data_args.dataset_name, "--dataset_name")
+    sources = [(model_args.model_name_or_path, "--model_name_or_path", "model"),
+               (model_args.resume_adapter, "--resume_adapter", "model"),
+               (infosam_config.teacher_model_name_or_path, "--teacher_model_name_or_path", "model"),
+               (data_args.dataset_name, "--dataset_name", "dataset")]
+    for name, flag, repo_type in sources:  # one line at once, before anything loads, for a path or id we cannot use
+        if name:
+            check_local_path(name, flag)
+            check_hub_source(name, flag, repo_type, token=training_args.hub_token)
     if data_args.validate_data:
         validate_data(data_args)
     # Everything random InfoSAM builds (LoRA matrices, relation module) is drawn under --seed.
@@ -483,7 +487,8 @@ def run(argv: list[str] | None = None) -> dict:
             break
     try:
         return main(argv)
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, ConnectionError, TypeError,
+            RuntimeError) as error:
         if debug:
             raise
         raise SystemExit(f"error: {error} (run with --debug for the traceback)") from error
