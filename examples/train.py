@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -100,6 +101,46 @@ class ModelArguments:
             "choices": sorted(BUILTIN_MODELS),
         },
     )
+
+
+@dataclass
+class OutputArguments:
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace the run that --output_dir already holds (its adapter, card, checkpoints, overlays). "
+            "Without it such a folder is refused, so a short trial run never replaces a real one unseen."
+        },
+    )
+
+
+# What a finished or interrupted run leaves in its output_dir (a folder holding none of these is free to use).
+RUN_FILES = ("adapter_config.json", "adapter_model.safetensors", "infosam_config.json", "iou_before_after.json",
+             "trainer_state.json", "training_args.json")
+RUN_FOLDERS = ("eval_overlays",)
+
+
+def claim_output_dir(training_args, overwrite: bool) -> None:
+    """Refuse an output_dir that holds another run unless --overwrite_output_dir; with it, remove that run's
+    overlays and checkpoints, which the new run would otherwise leave mixed with its own."""
+    folder = training_args.output_dir
+    if not os.path.isdir(folder) or training_args.resume_from_checkpoint:
+        return  # resuming continues the run that is there
+    entries = sorted(os.listdir(folder))
+    found = [e for e in entries if e in RUN_FILES or e in RUN_FOLDERS or e.startswith("checkpoint-")]
+    if not found:
+        return
+    if not overwrite:
+        shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+        raise FileExistsError(
+            f"--output_dir {folder} already holds a run ({shown}). Pass --overwrite_output_dir to replace it, or "
+            "choose another --output_dir (--resume_from_checkpoint continues it). Nothing was changed."
+        )
+    if training_args.process_index == 0:
+        for entry in found:
+            if entry in RUN_FOLDERS or entry.startswith("checkpoint-"):
+                shutil.rmtree(os.path.join(folder, entry))
+        print(f"--overwrite_output_dir: replacing the run in {folder}.", flush=True)
 
 
 @dataclass
@@ -326,15 +367,17 @@ def apply_resume_overrides(model, adapter: str, parsed: InfoSAMConfig, explicit:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     use_cpu_under_a_launcher_without_gpu()
-    parser = HfArgumentParser((ModelArguments, DataArguments, InfoSAMConfig, TrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, InfoSAMConfig, OutputArguments, TrainingArguments))
     if len(argv) == 1 and argv[0].endswith(".json"):
-        model_args, data_args, infosam_config, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
+        model_args, data_args, infosam_config, output_args, training_args = parser.parse_json_file(
+            os.path.abspath(argv[0])
+        )
     else:
-        model_args, data_args, infosam_config, training_args = parser.parse_args_into_dataclasses(
+        model_args, data_args, infosam_config, output_args, training_args = parser.parse_args_into_dataclasses(
             args=BUILTIN_DEFAULTS + argv
         )
         if model_args.builtin_model != "sam":
-            model_args, data_args, infosam_config, training_args = parser.parse_args_into_dataclasses(
+            model_args, data_args, infosam_config, output_args, training_args = parser.parse_args_into_dataclasses(
                 args=builtin_defaults(model_args.builtin_model) + argv
             )
     if model_args.builtin_model != "sam":
@@ -352,6 +395,7 @@ def main(argv: list[str] | None = None) -> dict:
             check_hub_source(name, flag, repo_type, token=training_args.hub_token)
     if data_args.validate_data:
         validate_data(data_args)
+    claim_output_dir(training_args, output_args.overwrite_output_dir)
     # Everything random InfoSAM builds (LoRA matrices, relation module) is drawn under --seed.
     set_seed(training_args.seed)
 

@@ -121,3 +121,43 @@ def test_resume_adapter_takes_the_method_flags_of_the_command_line(tmp_path, cap
 
     with pytest.raises(ValueError, match=r"--lora_r 16 \(the adapter has 4\).*cannot change"):
         load_script("train").main([*common, "--output_dir", str(tmp_path / "bad"), "--lora_r", "16"])
+
+
+def test_an_output_dir_holding_a_run_is_refused_and_kept(tmp_path):
+    from transformers import TrainingArguments
+
+    train = load_script("train")
+    out = tmp_path / "run"
+    (out / "eval_overlays" / "step-300").mkdir(parents=True)
+    (out / "adapter_model.safetensors").write_bytes(b"the main job's adapter")
+    (out / "notes.txt").write_text("mine")
+    args = TrainingArguments(output_dir=str(out), report_to=[])
+    with pytest.raises(FileExistsError, match=r"already holds a run \(adapter_model.safetensors, eval_overlays\)"
+                                              r".*--overwrite_output_dir"):
+        train.claim_output_dir(args, overwrite=False)
+    assert (out / "adapter_model.safetensors").read_bytes() == b"the main job's adapter"
+    assert (out / "eval_overlays" / "step-300").is_dir()
+    train.claim_output_dir(TrainingArguments(output_dir=str(out), report_to=[],
+                                             resume_from_checkpoint=str(out / "checkpoint-2")), overwrite=False)
+    train.claim_output_dir(args, overwrite=True)  # the old run's overlays go; what is not a run's stays
+    assert not (out / "eval_overlays").exists() and (out / "notes.txt").read_text() == "mine"
+    only_mine = tmp_path / "mine"
+    only_mine.mkdir()
+    (only_mine / "notes.txt").write_text("mine")
+    train.claim_output_dir(TrainingArguments(output_dir=str(only_mine), report_to=[]), overwrite=False)
+
+
+@pytest.mark.slow
+def test_a_second_run_into_the_same_folder_needs_overwrite_and_then_leaves_only_its_own_overlays(tmp_path):
+    data = write_synthetic_dataset(tmp_path / "data", "specialised", num_train=4, num_test=2, image_size=128, seed=1)
+    out = tmp_path / "run"
+    common = ["--dataset_name", str(data), "--output_dir", str(out), "--per_device_train_batch_size", "2",
+              "--max_eval_samples", "2", "--eval_overlays", "1", "--disable_tqdm", "true"]
+    load_script("train").main([*common, "--max_steps", "2"])
+    adapter = (out / "adapter_model.safetensors").read_bytes()
+    with pytest.raises(SystemExit, match="error: --output_dir .* already holds a run"):
+        load_script("train").run([*common, "--max_steps", "1"])
+    assert (out / "adapter_model.safetensors").read_bytes() == adapter
+    load_script("train").main([*common, "--max_steps", "1", "--overwrite_output_dir"])
+    assert sorted(os.listdir(out / "eval_overlays")) == ["step-0-zero_shot", "step-1"]
+    assert "| training_steps | 1 |" in (out / "README.md").read_text()
