@@ -219,6 +219,7 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         self.infosam_active_steps = 0  # optimiser steps whose batch gave L_r / L_d something to compare
         self.dropped_batches_of_one = 0
         self.data_parallel: dict | None = None  # set by train() under several processes
+        self._train_batches_consumed = 0
         self._infosam_active_now = False
         super().__init__(model=model, args=args, **kwargs)
         self.add_callback(_InfoSAMStepCounter(self))
@@ -350,6 +351,7 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         )
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        self._train_batches_consumed += 1  # checkpoints save the collator's state as of this batch
         if self._is_lone_image_batch(inputs):
             self.dropped_batches_of_one += 1
             logger.warning_once(

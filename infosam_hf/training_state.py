@@ -200,9 +200,14 @@ class SafetensorsTrainingStateMixin:
         state_dict = getattr(self.data_collator, "state_dict", None)
         if not callable(state_dict):
             return
+        consumed = getattr(self, "_train_batches_consumed", None)  # the data loader collates ahead of training
+        try:
+            state = state_dict(batches_consumed=consumed)
+        except TypeError:  # a collator of the user's with a plain state_dict()
+            state = state_dict()
         path = os.path.join(output_dir, collator_state_name(self.args.world_size, self.args.process_index))
         with open(path, "w", encoding="utf-8") as f:
-            json.dump(state_dict(), f)
+            json.dump(state, f)
 
     def _load_collator_state(self, checkpoint: str) -> None:
         load_state_dict = getattr(self.data_collator, "load_state_dict", None)
@@ -210,6 +215,7 @@ class SafetensorsTrainingStateMixin:
         if callable(load_state_dict) and os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 load_state_dict(json.load(f))
+            self._train_batches_consumed = 0  # counted again from the restored state
 
     # ------------------------------------------------------------------ RNG
     def _save_rng_state(self, output_dir: str) -> None:

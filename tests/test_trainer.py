@@ -130,7 +130,7 @@ def test_resume_draws_the_prompts_the_uninterrupted_run_draws(tmp_path):
     """Random training prompts (box or points, jittered): the collator's sampler state is in the checkpoint."""
     from infosam_hf.data import PromptSampler, SamSegmentationCollator
 
-    data = toy_segmentation_dataset(4)  # one batch per epoch, so the data order cannot differ (see above)
+    data = toy_segmentation_dataset(8)  # resumed mid-epoch: the loader had collated the next batch at the save
 
     def run(name, seed=0, **kwargs):
         model = make_model()
@@ -139,9 +139,9 @@ def test_resume_draws_the_prompts_the_uninterrupted_run_draws(tmp_path):
                                  train_dataset=data, data_collator=collator)
         return trainer, model
 
-    trainer, straight = run("straight", save_strategy="steps", save_steps=2)
+    trainer, straight = run("straight", save_strategy="steps", save_steps=3)
     trainer.train()
-    ckpt = tmp_path / "straight" / "run" / "checkpoint-2"
+    ckpt = tmp_path / "straight" / "run" / "checkpoint-3"
     assert json.loads((ckpt / "data_collator_state.json").read_text())["prompt_sampler"]["seed"] == 0
     trainer, resumed = run("resumed")
     trainer.train(resume_from_checkpoint=str(ckpt))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 from typing import Any
 
 import numpy as np
@@ -71,6 +73,8 @@ class SamSegmentationCollator:
         self.prompt_sampler = prompt_sampler if prompt_sampler is not None else PromptSampler()
         self.prompt_type = prompt_type
         self.max_objects_per_image = max_objects_per_image
+        self._calls = 0  # batches made in this process, and the sampler's state before each of the last few
+        self._states_before_call: collections.deque = collections.deque(maxlen=16)
 
     def __repr__(self) -> str:
         return (
@@ -78,14 +82,33 @@ class SamSegmentationCollator:
             f"max_objects_per_image={self.max_objects_per_image!r})"
         )
 
-    def state_dict(self) -> dict:
-        """What a checkpoint keeps of the collator: its prompt sampler's random state (see `InfoSAMTrainer`)."""
-        return {"prompt_sampler": self.prompt_sampler.state_dict()}
+    def state_dict(self, batches_consumed: int | None = None) -> dict:
+        """What a checkpoint keeps of the collator: its prompt sampler's random state (see `InfoSAMTrainer`).
+
+        `batches_consumed`: the state as it was before the batch after the first `batches_consumed` batches this
+        collator made since it was built or loaded. A data loader collates ahead of training (accelerate fetches one
+        batch in advance), so at a checkpoint the sampler has already drawn the prompts of a batch that was not
+        trained on: the resumed run must draw them again.
+        """
+        state = self.prompt_sampler.state_dict()
+        if batches_consumed is not None and batches_consumed < self._calls:
+            before = dict(self._states_before_call)
+            if batches_consumed not in before:
+                raise RuntimeError(
+                    f"The collator made {self._calls} batches but only {batches_consumed} were trained on: more than "
+                    f"{self._states_before_call.maxlen} batches ahead, its random state cannot be checkpointed."
+                )
+            state = before[batches_consumed]
+        return {"prompt_sampler": state}
 
     def load_state_dict(self, state: dict) -> None:
         self.prompt_sampler.load_state_dict(state["prompt_sampler"])
+        self._calls = 0
+        self._states_before_call.clear()
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        self._states_before_call.append((self._calls, self.prompt_sampler.state_dict()))
+        self._calls += 1
         features = [f for f in features if f is not None and f.get("pixel_values") is not None]
         if not features:
             raise ValueError(
