@@ -7,9 +7,9 @@ embeddings once, as a safetensors file, and any later run with the same teacher 
 
 What makes an entry valid, so that nothing stale is ever reused:
 - the folder is `<root>/<fingerprint>/`, where the fingerprint hashes the teacher's frozen
-  image-encoder weights (names and values, adapters excluded: the teacher runs with them
-  off), the model class and config, and the precision the embeddings were computed in. A
-  changed teacher or precision lands in another folder.
+  image-encoder weights (names and values, adapters excluded as PEFT declares them: the
+  teacher runs with them off), the model class and config, and the precision the embeddings
+  were computed in. A changed teacher or precision lands in another folder.
 - the file name is the content hash of the preprocessed pixels (`content_key`), so a changed
   preprocessing (size, normalisation, augmentation) simply misses.
 - files are written to a temporary name and renamed into place (a crash leaves no half file);
@@ -52,9 +52,9 @@ def _hash_tensor(digest, tensor: torch.Tensor) -> None:
 def teacher_fingerprint(encoder: nn.Module, model_config=None, precision: str = "float32") -> str:
     """A digest of what determines the teacher's image embeddings.
 
-    Adapter weights are left out by name: the teacher runs with its adapters disabled, and a
-    LoRA layer's frozen base weight appears as `...base_layer.weight`, which is normalised to
-    the plain name so a shared-weights teacher and a separate copy of the same base agree.
+    Adapter weights are left out (the teacher runs with its adapters disabled), and a wrapped
+    module's frozen weight (`...base_layer.weight`, `...original_module.weight`) is normalised to
+    the plain name, so a shared-weights teacher and a separate copy of the same base agree.
     """
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"format{STORE_FORMAT}|{precision}|".encode())
@@ -66,12 +66,27 @@ def teacher_fingerprint(encoder: nn.Module, model_config=None, precision: str = 
     return digest.hexdigest()
 
 
+def _adapter_prefixes(encoder: nn.Module) -> tuple[str, ...]:
+    """State-dict prefixes of adapter state, as PEFT declares it: each tuner layer's (and `modules_to_save`
+    wrapper's) `adapter_layer_names` + `other_param_names`, so any PEFT method, ours included, is covered."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    prefixes = []
+    for name, module in encoder.named_modules():
+        if isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
+            for attribute in (*module.adapter_layer_names, *getattr(module, "other_param_names", ())):
+                prefixes.append(f"{name}.{attribute}." if name else f"{attribute}.")
+    return tuple(prefixes)
+
+
 def _frozen_encoder_tensors(encoder: nn.Module) -> dict[str, torch.Tensor]:
+    adapter = _adapter_prefixes(encoder)
     tensors = {}
     for name, tensor in encoder.state_dict().items():
+        if adapter and name.startswith(adapter):
+            continue  # adapter state: off while the teacher runs
         parts = name.split(".")
-        if any(p.startswith(("lora_", "adapter_")) for p in parts) or "modules_to_save" in parts:
-            continue  # adapter weights: off while the teacher runs
         tensors[".".join(p for p in parts if p not in ("base_layer", "original_module"))] = tensor
     return tensors
 

@@ -68,6 +68,28 @@ def test_adapters_do_not_change_the_fingerprint_but_base_weights_and_precision_d
     assert reference != teacher_fingerprint(plain.vision_encoder, plain.config)
 
 
+@pytest.mark.parametrize("train_layernorms", [False, True])
+def test_bottleneck_adapter_runs_of_any_seed_share_the_base_models_store(tmp_path, train_layernorms):
+    """The Adapter's weights (`bottleneck_down/up`, LayerNorm copies `bottleneck_norm`) are adapter state as PEFT
+    declares it: two seeds (different adapter draws, trained further) and a precompute over the bare base meet
+    in one folder."""
+    config = InfoSAMConfig(peft_method="adapter", adapter_train_layernorms=train_layernorms)
+    torch.manual_seed(0)
+    plain = SamModel(tiny_sam_config())
+    folders = set()
+    for seed in (1, 2):
+        torch.manual_seed(0)
+        base = SamModel(tiny_sam_config())
+        torch.manual_seed(seed)
+        model = InfoSAMModel(build_student(base, config), config)
+        with torch.no_grad():
+            for name, param in model.student.named_parameters():
+                if "bottleneck" in name:
+                    param.add_(torch.randn_like(param))  # as after training
+        folders.add(TeacherEmbeddingStore.for_teacher(tmp_path, model.teacher_image_encoder, model.sam_config).folder)
+    assert folders == {TeacherEmbeddingStore.for_teacher(tmp_path, plain.vision_encoder, plain.config).folder}
+
+
 def test_a_changed_teacher_never_reads_the_old_entries(tmp_path):
     model = make_model(InfoSAMConfig())
     encoder = model.teacher_image_encoder
