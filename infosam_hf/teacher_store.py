@@ -13,8 +13,13 @@ What makes an entry valid, so that nothing stale is ever reused:
 - the file name is the content hash of the preprocessed pixels (`content_key`), so a changed
   preprocessing (size, normalisation, augmentation) simply misses.
 - files are written to a temporary name and renamed into place (a crash leaves no half file);
-  each carries its key and fingerprint in the safetensors metadata, and a file that does not
-  read back, or whose metadata disagrees, is deleted and recomputed (counted in `rebuilt`).
+  each carries its key, fingerprint and an XXH3-64 checksum of its tensor data in the
+  safetensors metadata. A file that does not read back, whose metadata disagrees, or whose
+  data no longer matches its checksum (bytes flipped on disk, intact header) is deleted and
+  recomputed (counted in `rebuilt`, one warning naming it). Verifying costs one hash pass
+  over the bytes read (BENCHMARKS.md, "Teacher store: checksum cost on read").
+- format 2 added the checksum. The format is hashed into the fingerprint, so a format-1 store
+  (no checksums) is never read as verified: its folder is simply not looked at (delete it).
 
 Disk use is bounded: `max_bytes` stops new writes (with one warning) once reached; `estimate`
 gives the size before a precompute starts. Entries are dicts of tensors, so any SAM family's
@@ -31,13 +36,14 @@ import tempfile
 from pathlib import Path
 
 import torch
+import xxhash  # a dependency of datasets too
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 logger = logging.getLogger(__name__)
 
-STORE_FORMAT = 1
+STORE_FORMAT = 2  # 2: a checksum of the tensor data in each entry's metadata
 _META_NAME = "store.json"
 
 
@@ -47,6 +53,19 @@ def _hash_tensor(digest, tensor: torch.Tensor) -> None:
         data = data.view(torch.int16)
     digest.update(f"{data.dtype}{tuple(data.shape)}".encode())
     digest.update(data.numpy().tobytes())
+
+
+def entry_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """XXH3-64 over an entry's names, dtypes, shapes and bytes: catches flipped or zeroed bytes on disk (not
+    tampering). XXH3 rather than zlib's CRC-32: a 4 MB read verifies in a third of the time (BENCHMARKS.md)."""
+    digest = xxhash.xxh3_64()
+    for name in sorted(tensors):
+        data = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}".encode())
+        if data.dtype == torch.bfloat16:
+            data = data.view(torch.int16)
+        digest.update(data.numpy().reshape(-1).view("u1"))  # the tensor's own buffer, no copy
+    return digest.hexdigest()
 
 
 def teacher_fingerprint(encoder: nn.Module, model_config=None, precision: str = "float32") -> str:
@@ -94,8 +113,10 @@ def _frozen_encoder_tensors(encoder: nn.Module) -> dict[str, torch.Tensor]:
 class TeacherEmbeddingStore:
     """Safetensors files of teacher embeddings under `<root>/<fingerprint>/<key[:2]>/<key>.safetensors`."""
 
-    def __init__(self, root: str | os.PathLike, fingerprint: str, max_bytes: int | None = None):
+    def __init__(self, root: str | os.PathLike, fingerprint: str, max_bytes: int | None = None, verify: bool = True):
+        """`verify=False` skips the checksum on read (kept for measuring its cost; entries are still written with one)."""
         self.root = Path(root)
+        self.verify = verify
         self.fingerprint = fingerprint
         self.folder = self.root / fingerprint
         self.max_bytes = max_bytes
@@ -135,8 +156,10 @@ class TeacherEmbeddingStore:
                 if meta.get("key") != key or meta.get("fingerprint") != self.fingerprint:
                     raise ValueError(f"metadata {meta} does not match key {key}")
                 entry = {name: f.get_tensor(name) for name in f.keys()}
-        except Exception as err:  # a truncated or foreign file: never used, recomputed
-            logger.warning("Teacher store: %s is unreadable or not ours (%s); it is deleted and recomputed.", path, err)
+            if self.verify and meta.get("xxh3_64") != entry_checksum(entry):
+                raise ValueError(f"its data does not match its checksum (xxh3_64 {meta.get('xxh3_64')})")
+        except Exception as err:  # a truncated, corrupted or foreign file: never used, recomputed
+            logger.warning("Teacher store: %s is unreadable, corrupted or not ours (%s); it is deleted and recomputed.", path, err)
             path.unlink(missing_ok=True)
             self._bytes = None
             self.rebuilt += 1
@@ -164,7 +187,8 @@ class TeacherEmbeddingStore:
         os.close(fd)
         try:
             tensors = {name: t.detach().contiguous().cpu() for name, t in entry.items()}
-            save_file(tensors, tmp, metadata={"key": key, "fingerprint": self.fingerprint})
+            metadata = {"key": key, "fingerprint": self.fingerprint, "xxh3_64": entry_checksum(tensors)}
+            save_file(tensors, tmp, metadata=metadata)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -120,6 +120,32 @@ def test_a_corrupt_or_foreign_entry_is_deleted_and_recomputed(tmp_path, caplog):
     assert store.get(key) is None and store.rebuilt == 2
 
 
+def test_flipped_bytes_under_an_intact_header_are_caught_by_the_checksum(tmp_path, caplog, monkeypatch):
+    """Only the tensor data changes (header, key and fingerprint intact): the entry is recomputed, counted, named."""
+    from safetensors.torch import save_file
+
+    store = TeacherEmbeddingStore(tmp_path, "f" * 32)
+    key = content_key(toy_batch(1)["pixel_values"][0])
+    assert store.put(key, {"image_embeddings": torch.randn(8, 4, 4), "high_res.0": torch.randn(2, 8, 8).bfloat16()})
+    path = store.path_of(key)
+    data = bytearray(path.read_bytes())
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    for offset in (header_end + 5, len(data) - 3):  # a byte of each tensor
+        data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        assert store.get(key) is None
+    assert store.rebuilt == 1 and not path.exists() and str(path) in caplog.text and "checksum" in caplog.text
+    # an entry as format 1 wrote it (no checksum) in a format-2 folder is not taken as verified either
+    save_file({"image_embeddings": torch.ones(2)}, str(path), metadata={"key": key, "fingerprint": store.fingerprint})
+    assert store.get(key) is None and store.rebuilt == 2
+    # and the format is part of the fingerprint: a format-1 store's folder is never looked at
+    encoder = SamModel(tiny_sam_config()).vision_encoder
+    current = teacher_fingerprint(encoder)
+    monkeypatch.setattr("infosam_hf.teacher_store.STORE_FORMAT", 1)
+    assert teacher_fingerprint(encoder) != current
+
+
 def test_the_size_bound_stops_writes_and_the_estimate_matches_the_files(tmp_path, caplog):
     entry = {"image_embeddings": torch.zeros(256, 4, 4)}
     per_image = estimate_bytes(1, (256, 4, 4))
@@ -219,3 +245,19 @@ def test_every_family_replays_its_encoding_from_disk_exactly(tmp_path, model_cla
     assert calls == [] and store.hits == 3 and store.writes == 3
     for got, want in zip(replayed, expected):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_checksum_benchmark_runs_and_its_ratio_is_the_quotient_of_its_figures():
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "teacher_store_read.py"), "--shape", "8", "16",
+                          "--images", "4", "--rounds", "1"], capture_output=True, text=True, cwd=root, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    times = {line.split()[0]: float(line.split()[1]) for line in lines if line.split()[0] in ("unverified", "verified")}
+    ratio = float(lines[-1].removeprefix("verify_ratio="))
+    assert ratio == pytest.approx(times["verified"] / times["unverified"], rel=0.02)
