@@ -64,9 +64,13 @@ def main(argv=None) -> dict:
         split_for_process,
     )
     from infosam_hf.teacher_cache import content_key
-    from infosam_hf.teacher_store import TeacherEmbeddingStore, estimate_bytes, format_bytes
+    from infosam_hf.teacher_store import TeacherEmbeddingStore, check_store_root, estimate_bytes, format_bytes
 
     args = parse_args(argv)
+    try:  # before any model or data is loaded: filling the store writes to it
+        check_store_root(args.teacher_store, write=True)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from err
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     state = PartialState()
     teacher = load_sam_model(args.teacher_model_name_or_path or args.model_name_or_path)

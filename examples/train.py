@@ -308,6 +308,10 @@ def main(argv: list[str] | None = None) -> dict:
         check_local_path(model_args.resume_adapter, "--resume_adapter")
     if data_args.dataset_name:
         check_local_path(data_args.dataset_name, "--dataset_name")
+    if infosam_config.teacher_store:  # a store that can be neither written nor read: said before anything loads
+        from infosam_hf.teacher_store import check_store_root
+
+        check_store_root(infosam_config.teacher_store)
     if data_args.validate_data:
         validate_data(data_args)
     # Everything random InfoSAM builds (LoRA matrices, relation module) is drawn under --seed.

@@ -21,6 +21,12 @@ What makes an entry valid, so that nothing stale is ever reused:
 - format 2 added the checksum. The format is hashed into the fingerprint, so a format-1 store
   (no checksums) is never read as verified: its folder is simply not looked at (delete it).
 
+A store that cannot be written (a read-only mount or folder, shared by a team) is used read-only
+when it already holds this teacher's folder: its entries are read, the images it lacks are
+computed in every run and not stored (one warning), and a corrupted entry is skipped, not
+deleted. One that cannot be written and holds nothing for this teacher is an error, one line,
+and `check_store_root` makes that check at start-up, before any model or data is loaded.
+
 Disk use is bounded: `max_bytes` stops new writes (with one warning) once reached; `estimate`
 gives the size before a precompute starts. Entries are dicts of tensors, so any SAM family's
 decoder inputs (one tensor, or several feature levels) fit.
@@ -28,6 +34,7 @@ decoder inputs (one tensor, or several feature levels) fit.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -110,6 +117,43 @@ def _frozen_encoder_tensors(encoder: nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _writable(folder: Path) -> bool:
+    """Whether files can be created in `folder` (created if missing): tried, since permission bits, ACLs and
+    read-only mounts all have their say (and `os.access` answers for the real, not the effective user)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError as err:
+        if err.errno in _NOT_WRITABLE:
+            return False
+        raise ValueError(f"Teacher store {folder} cannot be used as a folder ({err.strerror}); point it at a folder.")
+
+
+def _fix(flag: str) -> str:
+    return f"make it writable (chmod -R u+w) or point {flag} at a writable folder"
+
+
+def check_store_root(root: str | os.PathLike, *, write: bool = False, flag: str = "--teacher_store") -> bool:
+    """The start-up check of a store folder, before any model or data is loaded (the folder is known from the flags).
+
+    True: it can be written. False: it cannot, but holds stores to read from (the run reads them read-only;
+    whether this teacher's entries are among them is known once the model is loaded). A ValueError naming the
+    folder and the fix otherwise, or whenever `write` is asked (a precompute, which only writes).
+    """
+    root = Path(root)
+    if _writable(root):
+        return True
+    if write:
+        raise ValueError(f"Teacher store {root} is not writable, and filling it writes; {_fix(flag)}.")
+    if not any(root.glob(f"*/{_META_NAME}")):
+        raise ValueError(f"Teacher store {root} is not writable and holds no store to read; {_fix(flag)}.")
+    return False
+
+
 class TeacherEmbeddingStore:
     """Safetensors files of teacher embeddings under `<root>/<fingerprint>/<key[:2]>/<key>.safetensors`."""
 
@@ -120,13 +164,24 @@ class TeacherEmbeddingStore:
         self.fingerprint = fingerprint
         self.folder = self.root / fingerprint
         self.max_bytes = max_bytes
-        self.folder.mkdir(parents=True, exist_ok=True)
-        meta = self.folder / _META_NAME
-        if not meta.exists():
-            meta.write_text(json.dumps({"format": STORE_FORMAT, "fingerprint": fingerprint}) + "\n")
         self.hits = self.misses = self.writes = self.rebuilt = 0
         self._bytes = None
         self._full_warned = False
+        self._unusable: set[str] = set()  # corrupted entries a read-only store cannot delete: skipped, not re-read
+        meta = self.folder / _META_NAME
+        self.read_only = not _writable(self.folder)
+        if not self.read_only and not meta.exists():
+            meta.write_text(json.dumps({"format": STORE_FORMAT, "fingerprint": fingerprint}) + "\n")
+        if self.read_only:
+            if not meta.is_file():
+                raise ValueError(
+                    f"Teacher store {self.root} is not writable and holds nothing for this teacher and precision "
+                    f"({self.folder.name}); {_fix('teacher_store (--teacher_store)')}."
+                )
+            logger.warning(
+                "Teacher store %s is read-only: its %d entries are read; images it lacks are computed in every run "
+                "and not stored (make it writable to fill it).", self.folder, len(self),
+            )
 
     @classmethod
     def for_teacher(
@@ -147,7 +202,7 @@ class TeacherEmbeddingStore:
 
     def get(self, key: str) -> dict[str, torch.Tensor] | None:
         path = self.path_of(key)
-        if not path.exists():
+        if key in self._unusable or not path.exists():
             self.misses += 1
             return None
         try:
@@ -159,8 +214,13 @@ class TeacherEmbeddingStore:
             if self.verify and meta.get("xxh3_64") != entry_checksum(entry):
                 raise ValueError(f"its data does not match its checksum (xxh3_64 {meta.get('xxh3_64')})")
         except Exception as err:  # a truncated, corrupted or foreign file: never used, recomputed
-            logger.warning("Teacher store: %s is unreadable, corrupted or not ours (%s); it is deleted and recomputed.", path, err)
-            path.unlink(missing_ok=True)
+            fate = "skipped (the store is read-only)" if self.read_only else "deleted"
+            logger.warning("Teacher store: %s is unreadable, corrupted or not ours (%s); it is %s and recomputed.",
+                           path, err, fate)
+            if self.read_only:
+                self._unusable.add(key)
+            else:
+                path.unlink(missing_ok=True)
             self._bytes = None
             self.rebuilt += 1
             self.misses += 1
@@ -169,9 +229,9 @@ class TeacherEmbeddingStore:
         return entry
 
     def put(self, key: str, entry: dict[str, torch.Tensor]) -> bool:
-        """Writes one image's entry unless it is there already or the size bound is reached."""
+        """Writes one image's entry unless it is there already, the store is read-only or the size bound is reached."""
         path = self.path_of(key)
-        if path.exists():
+        if self.read_only or path.exists():
             return False
         size = sum(t.numel() * t.element_size() for t in entry.values())
         if self.max_bytes is not None and self.disk_bytes() + size > self.max_bytes:
@@ -182,8 +242,15 @@ class TeacherEmbeddingStore:
                 )
                 self._full_warned = True
             return False
-        path.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=path.parent)
+        try:
+            path.parent.mkdir(exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=path.parent)
+        except OSError as err:  # made read-only while running, or one sub-folder is: read what is there
+            if err.errno not in _NOT_WRITABLE:
+                raise
+            self.read_only = True
+            logger.warning("Teacher store %s cannot be written (%s); from now on it is only read.", path.parent, err)
+            return False
         os.close(fd)
         try:
             tensors = {name: t.detach().contiguous().cpu() for name, t in entry.items()}

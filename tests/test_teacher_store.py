@@ -1,6 +1,11 @@
 """The on-disk teacher store: a second run never runs the teacher's image encoder, and nothing stale is reused."""
 
+import contextlib
 import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +13,7 @@ from transformers import SamModel, TrainingArguments
 
 from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, build_student
 from infosam_hf.teacher_cache import content_key
-from infosam_hf.teacher_store import TeacherEmbeddingStore, estimate_bytes, teacher_fingerprint
+from infosam_hf.teacher_store import TeacherEmbeddingStore, check_store_root, estimate_bytes, teacher_fingerprint
 from infosam_hf.testing import tiny_sam_config, toy_batch, toy_segmentation_dataset
 
 STEPS = 3  # one epoch of 12 images in batches of 4: every image is seen once per run
@@ -144,6 +149,92 @@ def test_flipped_bytes_under_an_intact_header_are_caught_by_the_checksum(tmp_pat
     current = teacher_fingerprint(encoder)
     monkeypatch.setattr("infosam_hf.teacher_store.STORE_FORMAT", 1)
     assert teacher_fingerprint(encoder) != current
+
+
+@contextlib.contextmanager
+def unprivileged():
+    """Permission bits do not bind root: the block runs as `nobody` (effective ids, restored after) when run as root."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+def set_writable(root, writable: bool) -> None:
+    for folder, _, files in os.walk(root):
+        os.chmod(folder, 0o755 if writable else 0o555)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644 if writable else 0o444)
+
+
+@pytest.fixture
+def shared_dir():
+    """A folder `nobody` can reach (pytest's tmp_path is private to its user), left writable for the clean-up."""
+    root = tempfile.mkdtemp(prefix="infosam-store-")
+    os.chmod(root, 0o755)
+    yield Path(root)
+    set_writable(root, True)
+    shutil.rmtree(root)
+
+
+def test_a_read_only_store_is_read_and_never_written(shared_dir, caplog):
+    root = shared_dir / "store"
+    store = TeacherEmbeddingStore(root, "f" * 32)
+    good, bad, new = "aa" * 16, "ab" * 16, "ac" * 16
+    store.put(good, {"image_embeddings": torch.arange(4.0)})
+    store.put(bad, {"image_embeddings": torch.arange(4.0)})
+    data = bytearray(store.path_of(bad).read_bytes())
+    data[-1] ^= 0x01
+    store.path_of(bad).write_bytes(bytes(data))
+    set_writable(shared_dir, False)
+    with unprivileged(), caplog.at_level(logging.WARNING):
+        assert check_store_root(root) is False  # holds stores: the run may read them
+        with pytest.raises(ValueError, match=rf"Teacher store {root} is not writable.*chmod"):
+            check_store_root(root, write=True)  # a precompute only writes
+        reader = TeacherEmbeddingStore(root, "f" * 32)
+        assert reader.read_only and "read-only" in caplog.text
+        torch.testing.assert_close(reader.get(good)["image_embeddings"], torch.arange(4.0))
+        caplog.clear()
+        assert reader.get(bad) is None and reader.get(bad) is None
+        assert caplog.text.count(str(reader.path_of(bad))) == 1, "one warning per corrupted entry"
+        assert reader.path_of(bad).exists()  # skipped, not deleted: it cannot be
+        assert reader.put(new, {"image_embeddings": torch.zeros(4)}) is False and not reader.path_of(new).exists()
+        # nothing for this teacher to read, and nowhere to write it: one error naming the folder and the fix
+        with pytest.raises(ValueError, match=rf"Teacher store {root} is not writable and holds nothing for this"):
+            TeacherEmbeddingStore(root, "e" * 32)
+        with pytest.raises(ValueError, match=rf"{shared_dir / 'empty'} is not writable and holds no store"):
+            check_store_root(shared_dir / "empty")
+    assert (reader.hits, reader.misses, reader.writes) == (1, 2, 0)
+
+
+def test_scripts_refuse_an_unwritable_store_before_loading_a_model(shared_dir, monkeypatch):
+    import infosam_hf.models
+    import infosam_hf.teacher_store
+    from infosam_hf.testing import load_script
+
+    def no_model(*_args, **_kwargs):
+        raise AssertionError("the model was loaded before the store was checked")
+
+    monkeypatch.setattr(infosam_hf.models, "load_sam_model", no_model)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    precompute = load_script(os.path.join(root, "examples", "precompute_teacher.py"), "precompute_teacher")
+    train = load_script(os.path.join(root, "examples", "train.py"), "train_script")
+    set_writable(shared_dir, False)
+    store = shared_dir / "store"
+    with unprivileged():
+        with pytest.raises(SystemExit, match=rf"^error: Teacher store {store} is not writable, and filling it writes"):
+            precompute.main(["--teacher_store", str(store)])
+    # train.py reads files `nobody` may not reach (its own path, under root's home here): the folder is made
+    # unwritable for root too by answering the write probe as a read-only mount would
+    monkeypatch.setattr(infosam_hf.teacher_store, "_writable", lambda folder: False)
+    with pytest.raises(SystemExit, match=rf"^error: Teacher store {store} is not writable and holds no store"):
+        train.run(["--teacher_store", str(store), "--output_dir", str(shared_dir / "out"), "--max_steps", "1"])
 
 
 def test_the_size_bound_stops_writes_and_the_estimate_matches_the_files(tmp_path, caplog):
