@@ -80,6 +80,41 @@ def _args(tmp_path, **overrides):
     return TrainingArguments(**values)
 
 
+@pytest.mark.parametrize("model_class", FAMILIES)
+def test_the_distillation_terms_are_live_on_every_tiny_family(model_class):
+    """Non-degenerate tiny models: the image features are not ~0 (SAM-HQ's random neck once came out 1e-10 wide,
+    features 1e-22, L_d exactly 0), L_r and L_d are non-zero and finite, L_d moves with the student and sends it a
+    gradient, and L_r (the teacher's relation, by the method's design) moves with the relation module."""
+    from infosam_hf.losses import InfoSAMLoss
+
+    torch.manual_seed(0)
+    config = InfoSAMConfig(**CONFIG)
+    model = InfoSAMModel(build_student(tiny_family_model(model_class), config), config).eval()
+    batch = _batch(model.student.get_base_model(), n=4)
+
+    def losses():
+        out = model(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"])
+        parts = InfoSAMLoss(config)(out.teacher_image_feats, out.teacher_mask_tokens, out.student_image_feats,
+                                    out.student_mask_tokens, model.relation_module)
+        return out, parts.loss_r, parts.loss_d
+
+    out, loss_r, loss_d = losses()
+    assert out.teacher_image_feats.abs().mean() > 1e-6, "the image features are ~0: a degenerate tiny model"
+    values = float(loss_r.detach()), float(loss_d.detach())
+    assert all(math.isfinite(v) and v != 0 for v in values), values
+    loss_d.backward()
+    adapter = [p for n, p in model.student.named_parameters() if p.requires_grad and "lora_" in n]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in adapter), "L_d gives the adapter no gradient"
+    with torch.no_grad():
+        for param in model.student.parameters():  # the student moves (adapter, decoder copy); the teacher does not
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn_like(param))
+        assert float(losses()[2]) != values[1]
+        for param in model.relation_module.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+        assert float(losses()[1]) != values[0]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("separate_teacher", [False, True], ids=["shared-teacher", "separate-teacher"])
 @pytest.mark.parametrize("model_class", FAMILIES)
