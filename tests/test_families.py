@@ -115,6 +115,40 @@ def test_the_distillation_terms_are_live_on_every_tiny_family(model_class):
         assert float(losses()[1]) != values[0]
 
 
+@pytest.mark.parametrize("model_class", FAMILIES)
+def test_lora_presets_name_each_familys_modules_and_stay_in_their_part(model_class):
+    """'decoder': every attention projection of the two-way transformer (SAM: out_proj, SAM 2 family: o_proj), nothing
+    of the image encoder (the SAM 3 tracker's ViT shares the names); 'encoder' (the default): only the image encoder."""
+    attention = ("q_proj", "k_proj", "v_proj", "out_proj", "o_proj")
+    base = tiny_family_model(model_class)
+    expected = {name for name, module in base.named_modules()
+                if name.startswith("mask_decoder.transformer.") and name.endswith(attention)
+                and isinstance(module, torch.nn.Linear)}
+    decoder = build_student(base, InfoSAMConfig(**CONFIG, lora_target_modules="decoder", modules_to_save=""))
+    adapted = {name.removeprefix("base_model.model.").removesuffix(".lora_A")
+               for name, _ in decoder.named_modules() if name.endswith(".lora_A")}
+    assert adapted == expected and len(expected) >= 12
+    encoder = build_student(tiny_family_model(model_class), InfoSAMConfig(**CONFIG))
+    parts = {name.split(".")[2] for name, _ in encoder.named_modules() if name.endswith(".lora_A")}
+    assert parts == {"vision_encoder"}
+
+
+def test_lora_targets_that_match_nothing_or_several_parts_are_reported(caplog):
+    """The README's old decoder recipe on SAM 2 (`out_proj` is `o_proj` there) and on the SAM 3 tracker (its ViT also
+    has q_proj/k_proj/v_proj)."""
+    recipe = dict(CONFIG, lora_target_modules="q_proj,k_proj,v_proj,out_proj", modules_to_save="")
+    with pytest.raises(ValueError, match=r"'out_proj' match\(es\) no module of this SAM 2 model.*'decoder'.*o_proj"):
+        build_student(tiny_family_model("Sam2Model"), InfoSAMConfig(**recipe))
+    with caplog.at_level("WARNING", logger="infosam_hf.modeling"):
+        build_student(tiny_family_model("Sam3TrackerModel"),
+                      InfoSAMConfig(**dict(recipe, lora_target_modules="q_proj,k_proj,v_proj")))
+    assert "6 in the image encoder, 21 in the mask decoder" in caplog.text and "decoder" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="infosam_hf.modeling"):  # one part: nothing to report
+        build_student(tiny_family_model("SamModel"), InfoSAMConfig(**recipe))
+    assert "more than one part" not in caplog.text
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("separate_teacher", [False, True], ids=["shared-teacher", "separate-teacher"])
 @pytest.mark.parametrize("model_class", FAMILIES)
