@@ -311,6 +311,48 @@ def test_precompute_script_fills_the_store_train_py_reads(tmp_path):
         torch.testing.assert_close(entry["image_embeddings"], embedding, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_precompute_at_another_image_size_fills_the_folder_training_at_that_size_reads(tmp_path):
+    """--image_size as train.py's: the teacher and processor are adapted alike, so folder and keys agree."""
+    from transformers import SamProcessor
+
+    from infosam_hf.builtin import BUILTIN_MODEL_PATH
+    from infosam_hf.data import (
+        PromptSampler,
+        SamSegmentationCollator,
+        SamSegmentationPreprocessor,
+        load_segmentation_dataset,
+        prepare_dataset,
+    )
+    from infosam_hf.resolution import adapt_model, adapt_processor
+    from infosam_hf.synthetic import write_synthetic_dataset
+    from infosam_hf.testing import load_script
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = load_script(os.path.join(root, "examples", "precompute_teacher.py"), "precompute_teacher")
+    data = write_synthetic_dataset(tmp_path / "data", "specialised", num_train=3, num_test=1, image_size=128, seed=3)
+    store_dir = tmp_path / "store"
+    summary = script.main(["--teacher_store", str(store_dir), "--dataset_name", str(data), "--image_size", "64"])
+    assert (summary["computed"], summary["entries"]) == (3, 3)
+
+    config = InfoSAMConfig(teacher_store=str(store_dir), image_size=64)
+    base = adapt_model(SamModel.from_pretrained(BUILTIN_MODEL_PATH), 64)  # as train.py does for --image_size 64
+    model = InfoSAMModel(build_student(base, config), config)
+    store = TeacherEmbeddingStore.for_teacher(store_dir, model.teacher_image_encoder, model.sam_config)
+    assert str(store.folder) == summary["folder"]
+    processor = adapt_processor(SamProcessor.from_pretrained(BUILTIN_MODEL_PATH), 64)
+    prepared = prepare_dataset(load_segmentation_dataset(str(data), split="train", streaming=True),
+                               SamSegmentationPreprocessor.from_processor(processor))
+    batch = SamSegmentationCollator(PromptSampler(seed=0))(list(prepared))
+    assert batch["pixel_values"].shape[-2:] == (64, 64)
+    with torch.no_grad():
+        expected = model.student.get_base_model().get_image_embeddings(batch["pixel_values"])
+    for pixels, embedding in zip(batch["pixel_values"], expected):
+        entry = store.get(content_key(pixels))
+        assert entry is not None, "the precomputed store misses a training image"
+        torch.testing.assert_close(entry["image_embeddings"], embedding, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("model_class", ["SamModel", "SamHQModel", "Sam2Model", "Sam3TrackerModel", "EdgeTamModel"])
 def test_every_family_replays_its_encoding_from_disk_exactly(tmp_path, model_class):
     """SAM 2's feature levels and SAM-HQ's intermediate embeddings survive the flat safetensors entries."""
