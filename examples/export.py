@@ -8,8 +8,8 @@ The folder holds `config.json`, `model.safetensors`, the processor config and a 
 `onnx/encoder.onnx` and `onnx/prompt_encoder_mask_decoder.onnx`, for one image and one box; SAM only); it
 loads with `SamModel.from_pretrained` / `SamProcessor.from_pretrained` alone (no peft, no
 infosam_hf) and runs `transformers.pipeline("mask-generation", model=<folder>)`. Adapters of the other
-families export the same way to their own class (`SamHQModel`, `Sam2Model`, `Sam3TrackerModel`, `EdgeTamModel`). A non-empty
---output_dir is refused unless --overwrite. Adapters that are not a weight delta (e.g. a
+families export the same way to their own class (`SamHQModel`, `Sam2Model`, `Sam3TrackerModel`,
+`EdgeTamModel`). A non-empty --output_dir is refused unless --overwrite. Adapters that are not a weight delta (e.g. a
 bottleneck adapter) cannot be merged: the script says so and how to use them unmerged.
 """
 

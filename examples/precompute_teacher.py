@@ -46,11 +46,12 @@ def parse_args(argv=None):
     parser.add_argument("--bf16", action="store_true", help="Embeddings for a run trained with --bf16.")
     parser.add_argument("--fp16", action="store_true", help="Embeddings for a run trained with --fp16.")
     parser.add_argument("--max_gb", type=float, default=None, help="Refuse to start above this estimated size.")
-    # train.py's own fields (InfoSAMConfig): the store's keys and fingerprint follow the input size, so both must agree.
+    # train.py's own fields (InfoSAMConfig): the store's keys and fingerprint follow the input size; both must agree.
     for name in ("image_size", "allow_image_upscaling"):
         field = InfoSAMConfig.__dataclass_fields__[name]
         kind = {"type": int} if name == "image_size" else {"action": "store_true"}
-        parser.add_argument(f"--{name}", default=field.default, help=f"As train.py's: {field.metadata['help']}", **kind)
+        help_text = f"As train.py's: {field.metadata['help']}"
+        parser.add_argument(f"--{name}", default=field.default, help=help_text, **kind)
     return parser.parse_args(argv)
 
 

@@ -111,7 +111,8 @@ def merge_adapter(peft_model, source: str = "the adapter"):
         what = f"modules {', '.join(foreign[:3])}" if foreign else f"weights {', '.join(extra[:3])}"
         raise CannotMergeError(
             f"{source} ({peft_type}) adds layers to {family.name} that remain after merging ({what}); it is not a "
-            f"weight delta, so no plain {family.model_class} can reproduce it. {_unmerged_hint(source, family.model_class)}"
+            f"weight delta, so no plain {family.model_class} can reproduce it. "
+            f"{_unmerged_hint(source, family.model_class)}"
         )
     return merged.eval()
 
@@ -251,8 +252,8 @@ def export_onnx(model, output_dir: str | os.PathLike, *, check: bool = True, ops
     if family is not SAM:
         raise CannotExportOnnxError(
             f"ONNX export covers SAM (SamModel) only; this is a {family.name} model ({family.model_class}), whose "
-            f"encoder hands the decoder more than one tensor. Its merged folder is a transformers checkpoint: serve it "
-            f"with {family.model_class}.from_pretrained, or run it through infosam_hf.load."
+            f"encoder hands the decoder more than one tensor. Its merged folder is a transformers checkpoint: "
+            f"serve it with {family.model_class}.from_pretrained, or run it through infosam_hf.load."
         )
     sam = sam.eval().float()
     size = sam.config.vision_config.image_size
@@ -350,4 +351,13 @@ def mask_generation_pipeline(model, image_processor=None, **kwargs):
     return pipeline("mask-generation", model=model, **kwargs)
 
 
-__all__ = ["CannotExportOnnxError", "CannotMergeError", "batched_nms", "export", "export_onnx", "mask_generation_pipeline", "merge_adapter", "push_folder"]
+__all__ = [
+    "CannotExportOnnxError",
+    "CannotMergeError",
+    "batched_nms",
+    "export",
+    "export_onnx",
+    "mask_generation_pipeline",
+    "merge_adapter",
+    "push_folder",
+]

@@ -123,9 +123,9 @@ def check_lora_targets(model: nn.Module, peft_config: PeftConfig, family: SamFam
     missing = [target for target, names in found.items() if not names]
     if missing:
         raise ValueError(
-            f"InfoSAMConfig.lora_target_modules={requested!r} (--lora_target_modules): {', '.join(map(repr, missing))} "
-            f"match(es) no module of this {family.name} model. Use a preset, 'encoder' or 'decoder', or its names: "
-            f"{_linear_names(model)}."
+            f"InfoSAMConfig.lora_target_modules={requested!r} (--lora_target_modules): "
+            f"{', '.join(map(repr, missing))} match(es) no module of this {family.name} model. Use a preset, "
+            f"'encoder' or 'decoder', or its names: {_linear_names(model)}."
         )
     per_part: dict[str, int] = {}
     for names in found.values():

@@ -158,7 +158,7 @@ class TeacherEmbeddingStore:
     """Safetensors files of teacher embeddings under `<root>/<fingerprint>/<key[:2]>/<key>.safetensors`."""
 
     def __init__(self, root: str | os.PathLike, fingerprint: str, max_bytes: int | None = None, verify: bool = True):
-        """`verify=False` skips the checksum on read (kept for measuring its cost; entries are still written with one)."""
+        """`verify=False` skips the checksum on read (for measuring its cost); entries are written with one always."""
         self.root = Path(root)
         self.verify = verify
         self.fingerprint = fingerprint

@@ -118,7 +118,8 @@ def test_the_distillation_terms_are_live_on_every_tiny_family(model_class):
 @pytest.mark.parametrize("model_class", FAMILIES)
 def test_lora_presets_name_each_familys_modules_and_stay_in_their_part(model_class):
     """'decoder': every attention projection of the two-way transformer (SAM: out_proj, SAM 2 family: o_proj), nothing
-    of the image encoder (the SAM 3 tracker's ViT shares the names); 'encoder' (the default): only the image encoder."""
+    of the image encoder (the SAM 3 tracker's ViT shares the names); 'encoder' (the default): only the image
+    encoder."""
     attention = ("q_proj", "k_proj", "v_proj", "out_proj", "o_proj")
     base = tiny_family_model(model_class)
     expected = {name for name, module in base.named_modules()

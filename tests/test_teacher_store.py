@@ -153,7 +153,7 @@ def test_flipped_bytes_under_an_intact_header_are_caught_by_the_checksum(tmp_pat
 
 @contextlib.contextmanager
 def unprivileged():
-    """Permission bits do not bind root: the block runs as `nobody` (effective ids, restored after) when run as root."""
+    """Permission bits do not bind root: run as root, the block runs as `nobody` (effective ids, restored after)."""
     if os.geteuid() != 0:
         yield
         return
@@ -387,10 +387,12 @@ def test_checksum_benchmark_runs_and_its_ratio_is_the_quotient_of_its_figures():
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "teacher_store_read.py"), "--shape", "8", "16",
-                          "--images", "4", "--rounds", "1"], capture_output=True, text=True, cwd=root, timeout=300)
+    command = [sys.executable, os.path.join(root, "benchmarks", "teacher_store_read.py"), "--shape", "8", "16",
+               "--images", "4", "--rounds", "1"]
+    out = subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
-    times = {line.split()[0]: float(line.split()[1]) for line in lines if line.split()[0] in ("unverified", "verified")}
+    rows = [line.split() for line in lines]
+    times = {row[0]: float(row[1]) for row in rows if row[0] in ("unverified", "verified")}
     ratio = float(lines[-1].removeprefix("verify_ratio="))
     assert ratio == pytest.approx(times["verified"] / times["unverified"], rel=0.02)

@@ -4,8 +4,8 @@ Every supported family has the same prompt encoder / two-way mask decoder design
 differs only in facts the spec records: which module classes to hook, where the first
 mask token sits among the decoder's output tokens, what the LoRA targets of each preset
 ('encoder', 'decoder') are, how the processor maps an image onto the model input, what
-the decoder needs besides the image embeddings (for the teacher cache), and a few quirks. Adding a family is adding a spec
-to `FAMILIES`; code outside this package never names a family.
+the decoder needs besides the image embeddings (for the teacher cache), and a few quirks.
+Adding a family is adding a spec to `FAMILIES`; code outside this package never names a family.
 
 Out of scope: the video models (`Sam2VideoModel`, `EdgeTamVideoModel`,
 `Sam3TrackerVideoModel`: they run under `inference_mode`, memory bank included) and
