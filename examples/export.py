@@ -5,10 +5,11 @@
     python examples/export.py --adapter outputs/run --output_dir merged --push_to_hub --hub_model_id you/sam-polyp-merged
 
 The folder holds `config.json`, `model.safetensors`, the processor config and a README.md (with --onnx also
-`onnx/encoder.onnx` and `onnx/prompt_encoder_mask_decoder.onnx`, for one image and one box); it
+`onnx/encoder.onnx` and `onnx/prompt_encoder_mask_decoder.onnx`, for one image and one box; SAM only); it
 loads with `SamModel.from_pretrained` / `SamProcessor.from_pretrained` alone (no peft, no
-infosam_hf) and runs `transformers.pipeline("mask-generation", model=<folder>)`. A non-empty
---output_dir is refused unless --overwrite. Adapters that are not a weight delta (e.g. a
+infosam_hf) and runs `transformers.pipeline("mask-generation", model=<folder>)`. Adapters of the other
+families export the same way to their own class (`SamHQModel`, `Sam2Model`, `Sam3TrackerModel`,
+`EdgeTamModel`). A non-empty --output_dir is refused unless --overwrite. Adapters that are not a weight delta (e.g. a
 bottleneck adapter) cannot be merged: the script says so and how to use them unmerged.
 """
 
@@ -65,11 +66,14 @@ def main(argv: list[str] | None = None) -> str:
         private=args.hub_private_repo,
         revision=args.revision,
     )
-    print(f"Standalone model written to {output_dir}: SamModel.from_pretrained({output_dir!r})")
+    print(f"Standalone model written to {output_dir}: {type(merged).__name__}.from_pretrained({output_dir!r})")
     if args.onnx:
-        from infosam_hf.export import export_onnx
+        from infosam_hf.export import CannotExportOnnxError, export_onnx
 
-        report = export_onnx(merged, os.path.join(output_dir, "onnx"))
+        try:
+            report = export_onnx(merged, os.path.join(output_dir, "onnx"))
+        except CannotExportOnnxError as error:
+            raise SystemExit(f"error: {error} (the merged model is in {output_dir}; no ONNX files were written)")
         for name, values in report.items():
             print(f"ONNX {name}: max |onnxruntime - torch| = {values['max_abs_diff']:.3g} (values up to {values['max_abs']:.3g})")
     if args.push_to_hub:

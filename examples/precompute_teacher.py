@@ -13,8 +13,8 @@ content, so a changed base, teacher, precision or preprocessing never reuses sta
         --teacher_store stores/polyp ...
 
 With no data arguments it fills the store for the built-in model and data (the main job's run).
-Use the precision the training will use (`--bf16` if training with `--bf16`): the store keeps
-bf16 and fp32 embeddings apart.
+Use the precision and input size the training will use (`--bf16` if training with `--bf16`,
+`--image_size 512` if training with `--image_size 512`): the store keeps them apart.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ logger = logging.getLogger("infosam_hf.precompute_teacher")
 
 
 def parse_args(argv=None):
+    from infosam_hf import InfoSAMConfig
     from infosam_hf.builtin import BUILTIN_MODEL_PATH
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,6 +46,12 @@ def parse_args(argv=None):
     parser.add_argument("--bf16", action="store_true", help="Embeddings for a run trained with --bf16.")
     parser.add_argument("--fp16", action="store_true", help="Embeddings for a run trained with --fp16.")
     parser.add_argument("--max_gb", type=float, default=None, help="Refuse to start above this estimated size.")
+    # train.py's own fields (InfoSAMConfig): the store's keys and fingerprint follow the input size; both must agree.
+    for name in ("image_size", "allow_image_upscaling"):
+        field = InfoSAMConfig.__dataclass_fields__[name]
+        kind = {"type": int} if name == "image_size" else {"action": "store_true"}
+        help_text = f"As train.py's: {field.metadata['help']}"
+        parser.add_argument(f"--{name}", default=field.default, help=help_text, **kind)
     return parser.parse_args(argv)
 
 
@@ -54,6 +61,7 @@ def main(argv=None) -> dict:
     from infosam_hf.features import capture_sam_features
     from infosam_hf.hub import load_processor
     from infosam_hf.models import family_of, load_sam_model
+    from infosam_hf.resolution import adapt_model, adapt_processor
     from infosam_hf.teacher_cache import flatten_entry
 
     from infosam_hf.builtin import builtin_dataset_path
@@ -64,16 +72,22 @@ def main(argv=None) -> dict:
         split_for_process,
     )
     from infosam_hf.teacher_cache import content_key
-    from infosam_hf.teacher_store import TeacherEmbeddingStore, estimate_bytes, format_bytes
+    from infosam_hf.teacher_store import TeacherEmbeddingStore, check_store_root, estimate_bytes, format_bytes
 
     args = parse_args(argv)
+    try:  # before any model or data is loaded: filling the store writes to it
+        check_store_root(args.teacher_store, write=True)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from err
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     state = PartialState()
     teacher = load_sam_model(args.teacher_model_name_or_path or args.model_name_or_path)
+    # --image_size: the teacher and the processor adapted as train.py adapts them, so keys and fingerprint match.
+    teacher = adapt_model(teacher, args.image_size, allow_upscaling=args.allow_image_upscaling)
     teacher.to(state.device).eval()
     family = family_of(teacher, "teacher")
     # The same processor train.py uses (the base's), so the preprocessed pixels, and thus the keys, match.
-    processor = load_processor(None, args.model_name_or_path, teacher)
+    processor = adapt_processor(load_processor(None, args.model_name_or_path, teacher), args.image_size)
     precision = "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
     max_bytes = None if args.max_gb is None else int(args.max_gb * 2**30)
     store = TeacherEmbeddingStore.for_teacher(
@@ -174,4 +188,7 @@ def _num_examples(data, local: bool) -> int | None:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    try:
+        sys.exit(0 if main() else 1)
+    except (ValueError, FileNotFoundError) as error:  # a bad flag (e.g. --image_size not a multiple of the patch)
+        raise SystemExit(f"error: {error}") from error

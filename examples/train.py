@@ -393,6 +393,10 @@ def main(argv: list[str] | None = None) -> dict:
         if name:
             check_local_path(name, flag)
             check_hub_source(name, flag, repo_type, token=training_args.hub_token)
+    if infosam_config.teacher_store:  # a store that can be neither written nor read: said before anything loads
+        from infosam_hf.teacher_store import check_store_root
+
+        check_store_root(infosam_config.teacher_store)
     if data_args.validate_data:
         validate_data(data_args)
     claim_output_dir(training_args, output_args.overwrite_output_dir)

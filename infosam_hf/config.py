@@ -76,7 +76,12 @@ class InfoSAMConfig:
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha of the default student adapter."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout of the default student adapter."})
     lora_target_modules: str = field(
-        default="qkv", metadata={"help": "Comma-separated module names that receive LoRA (default: encoder qkv)."}
+        default="encoder",
+        metadata={
+            "help": "What receives LoRA: a preset resolved for the model's family, 'encoder' (the image encoder's "
+            "attention projections) or 'decoder' (the mask decoder's; with --modules_to_save ''), or comma-separated "
+            "module names. A name that matches no module is an error listing the model's names."
+        },
     )
     modules_to_save: str = field(
         default="mask_decoder", metadata={"help": "Comma-separated modules trained in full (default: mask decoder)."}

@@ -1,5 +1,9 @@
 """Ship a fine-tuned SAM as a plain model: merge the adapter, save a folder `SamModel.from_pretrained` reads.
 
+Every supported family (SAM, SAM-HQ, SAM 2, the SAM 3 tracker, EdgeTAM) exports to a folder its own
+transformers class reads (`SamHQModel.from_pretrained`, `Sam2Model.from_pretrained`, ...); the ONNX
+graphs are SAM's only (`export_onnx` names the family and the alternative otherwise).
+
 Why: an InfoSAM adapter needs peft (and, for the built-in base, infosam_hf) wherever it
 runs. Deployment targets (an inference endpoint, `transformers.pipeline`, ONNX tooling)
 expect a standalone checkpoint instead. LoRA (and every PEFT method whose update is a
@@ -28,12 +32,17 @@ import warnings
 import torch
 
 from .model_card import MODEL_CARD_NAME, is_hub_id
+from .models import family_of
 
 EXPORT_CARD_MARKER = "<!-- infosam-hf export -->"
 
 
 class CannotMergeError(ValueError):
     """The adapter's update is not a weight delta, so no plain SamModel can reproduce it."""
+
+
+class CannotExportOnnxError(ValueError):
+    """The model's family has no ONNX split here (SAM's: one image-embedding tensor between the two graphs)."""
 
 
 def _refuse_non_empty(output_dir: str, overwrite: bool) -> None:
@@ -46,10 +55,10 @@ def _refuse_non_empty(output_dir: str, overwrite: bool) -> None:
         )
 
 
-def _unmerged_hint(source: str) -> str:
+def _unmerged_hint(source: str, model_class: str = "SamModel") -> str:
     return (
         "Use the adapter unmerged instead: `model, processor = infosam_hf.load(" + repr(source) + ")`, or with peft "
-        "alone `PeftModel.from_pretrained(SamModel.from_pretrained(<base>), " + repr(source) + ")`."
+        f"alone `PeftModel.from_pretrained({model_class}.from_pretrained(<base>), " + repr(source) + ")`."
     )
 
 
@@ -74,9 +83,9 @@ def _peft_student(adapter, base_model, revision, token):
 
 
 def merge_adapter(peft_model, source: str = "the adapter"):
-    """A plain `SamModel` with the adapter folded in; `CannotMergeError` when that is impossible."""
-    from transformers import SamModel
-
+    """The plain base model (`SamModel`, `Sam2Model`, ... as the family's) with the adapter folded in;
+    `CannotMergeError` when that is impossible."""
+    family = family_of(peft_model, "adapter's model")
     kind = getattr(peft_model.active_peft_config, "peft_type", None)
     peft_type = getattr(kind, "value", kind) or "unknown PEFT method"
     try:
@@ -84,28 +93,31 @@ def merge_adapter(peft_model, source: str = "the adapter"):
     except (NotImplementedError, AttributeError, TypeError, ValueError, RuntimeError) as err:
         raise CannotMergeError(
             f"{source} ({peft_type}) cannot be merged into the base weights: {type(err).__name__}: "
-            f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}. {_unmerged_hint(source)}"
+            f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}. "
+            f"{_unmerged_hint(source, family.model_class)}"
         ) from err
-    if not isinstance(merged, SamModel):
+    if type(merged).__name__ != family.model_class:
         raise CannotMergeError(
-            f"Merging {source} ({peft_type}) gave a {type(merged).__name__}, not a SamModel. {_unmerged_hint(source)}"
+            f"Merging {source} ({peft_type}) gave a {type(merged).__name__}, not a {family.model_class}. "
+            f"{_unmerged_hint(source, family.model_class)}"
         )
     with torch.device("meta"):
-        reference = SamModel(merged.config)
+        reference = type(merged)(merged.config)
     extra = sorted(set(merged.state_dict()) - set(reference.state_dict()))
-    foreign = sorted(
-        {type(m).__module__ + "." + type(m).__name__ for m in merged.modules() if not type(m).__module__.startswith(("torch.", "transformers."))}
-    )
+    # Module types the plain class, built from the same config, does not have (an image encoder from timm is its own).
+    known = {type(m) for m in reference.modules()}
+    foreign = sorted({type(m).__module__ + "." + type(m).__name__ for m in merged.modules() if type(m) not in known})
     if extra or foreign:
         what = f"modules {', '.join(foreign[:3])}" if foreign else f"weights {', '.join(extra[:3])}"
         raise CannotMergeError(
-            f"{source} ({peft_type}) adds layers to SAM that remain after merging ({what}); it is not a weight delta, "
-            f"so no plain SamModel can reproduce it. {_unmerged_hint(source)}"
+            f"{source} ({peft_type}) adds layers to {family.name} that remain after merging ({what}); it is not a "
+            f"weight delta, so no plain {family.model_class} can reproduce it. "
+            f"{_unmerged_hint(source, family.model_class)}"
         )
     return merged.eval()
 
 
-def _export_card(base: str | None, source: str, location: str) -> str:
+def _export_card(base: str | None, source: str, location: str, family) -> str:
     base_line = f"base_model: {base}\n" if base and is_hub_id(base) else ""
     origin = f"[{source}](https://huggingface.co/{source})" if is_hub_id(source) else f"`{source}`"
     return (
@@ -116,15 +128,17 @@ def _export_card(base: str | None, source: str, location: str) -> str:
         "tags:\n- sam\n- infosam\n- merged\n"
         "---\n"
         f"{EXPORT_CARD_MARKER}\n\n"
-        "# Merged InfoSAM fine-tune of SAM\n\n"
-        f"The InfoSAM adapter {origin} merged into its base model{f' `{base}`' if base else ''}: a plain `SamModel` "
-        "that needs neither peft nor infosam-hf.\n\n"
+        f"# Merged InfoSAM fine-tune of {family.name}\n\n"
+        f"The InfoSAM adapter {origin} merged into its base model{f' `{base}`' if base else ''}: a plain "
+        f"`{family.model_class}` that needs neither peft nor infosam-hf.\n\n"
         "```python\n"
-        "from transformers import SamModel, SamProcessor, pipeline\n\n"
-        f"model = SamModel.from_pretrained({location!r})\n"
-        f"processor = SamProcessor.from_pretrained({location!r})\n"
-        f"generator = pipeline(\"mask-generation\", model={location!r})  # automatic masks; needs torchvision\n"
-        "```\n"
+        f"from transformers import {family.model_class}, {family.processor_class}"
+        f"{', pipeline' if family.model_class == 'SamModel' else ''}\n\n"
+        f"model = {family.model_class}.from_pretrained({location!r})\n"
+        f"processor = {family.processor_class}.from_pretrained({location!r})\n"
+        + (f"generator = pipeline(\"mask-generation\", model={location!r})  # automatic masks; needs torchvision\n"
+           if family.model_class == "SamModel" else "")
+        + "```\n"
     )
 
 
@@ -142,7 +156,8 @@ def export(
     revision: str | None = None,
     commit_message: str = "Upload merged InfoSAM model",
 ):
-    """Merge `adapter` into its base and save a standalone model folder; returns the merged `SamModel`.
+    """Merge `adapter` into its base and save a standalone model folder; returns the merged model (`SamModel`, or
+    the family's class: `SamHQModel`, `Sam2Model`, `Sam3TrackerModel`, `EdgeTamModel`).
 
     `adapter`: an adapter folder or Hub id (as `infosam_hf.load` takes), an `InfoSAMModel` or
     a `PeftModel` (copied: the object you pass keeps its adapter). `processor` overrides the
@@ -163,12 +178,12 @@ def export(
         with tempfile.TemporaryDirectory() as empty:
             processor = load_processor(empty, base, student, token)
     merged = merge_adapter(student, source)
-    merged.config.architectures = ["SamModel"]
+    merged.config.architectures = [type(merged).__name__]
     os.makedirs(output_dir, exist_ok=True)
     merged.save_pretrained(output_dir, safe_serialization=True)
     processor.save_pretrained(output_dir)
     with open(os.path.join(output_dir, MODEL_CARD_NAME), "w", encoding="utf-8") as f:
-        f.write(_export_card(base, source, repo_id or output_dir))
+        f.write(_export_card(base, source, repo_id or output_dir, family_of(merged)))
     if push_to_hub:
         push_folder(output_dir, repo_id, private=private, token=token, commit_message=commit_message)
     return merged
@@ -230,9 +245,16 @@ def export_onnx(model, output_dir: str | os.PathLike, *, check: bool = True, ops
     onnxruntime) both graphs are run on random inputs and compared with PyTorch; returns the max
     absolute differences and the largest PyTorch value of each output.
     """
-    from transformers import SamModel
+    from .models import SAM, load_sam_model
 
-    sam = SamModel.from_pretrained(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
+    sam = load_sam_model(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
+    family = family_of(sam, "model to export to ONNX")
+    if family is not SAM:
+        raise CannotExportOnnxError(
+            f"ONNX export covers SAM (SamModel) only; this is a {family.name} model ({family.model_class}), whose "
+            f"encoder hands the decoder more than one tensor. Its merged folder is a transformers checkpoint: "
+            f"serve it with {family.model_class}.from_pretrained, or run it through infosam_hf.load."
+        )
     sam = sam.eval().float()
     size = sam.config.vision_config.image_size
     os.makedirs(output_dir, exist_ok=True)
@@ -329,4 +351,13 @@ def mask_generation_pipeline(model, image_processor=None, **kwargs):
     return pipeline("mask-generation", model=model, **kwargs)
 
 
-__all__ = ["CannotMergeError", "batched_nms", "export", "export_onnx", "mask_generation_pipeline", "merge_adapter", "push_folder"]
+__all__ = [
+    "CannotExportOnnxError",
+    "CannotMergeError",
+    "batched_nms",
+    "export",
+    "export_onnx",
+    "mask_generation_pipeline",
+    "merge_adapter",
+    "push_folder",
+]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -32,8 +33,20 @@ from transformers.utils import ModelOutput
 
 from .config import INFOSAM_CONFIG_NAME, InfoSAMConfig
 from .features import capture_sam_features, check_is_sam_model
-from .models import SamFamily, enable_checkpointing, family_of, load_sam_model, prepare_for_peft
+from .models import (
+    LORA_PRESETS,
+    MODEL_PARTS,
+    SAM,
+    SamFamily,
+    enable_checkpointing,
+    family_of,
+    load_sam_model,
+    part_of,
+    prepare_for_peft,
+)
 from .relation import RelationModule
+
+logger = logging.getLogger(__name__)
 
 RELATION_WEIGHTS_NAME = "relation_module.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -44,8 +57,8 @@ PROMPT_KEYS = ("input_boxes", "input_points", "input_labels")
 def default_peft_config(config: InfoSAMConfig, family: SamFamily | None = None) -> PeftConfig:
     """The student's adapter from `config.peft_method`, with the mask decoder trained in full, as in the paper.
 
-    'lora': LoRA on `lora_target_modules` (default: the image encoder's attention `qkv`; with that default left
-    as it is, a `family` whose image encoder has no `qkv` (SAM 3 tracker, EdgeTAM) gets its spec's targets).
+    'lora': LoRA on `lora_target_modules`: a preset resolved in the `family`'s module names (SAM's without one),
+    'encoder' (the default: the image encoder's attention projections) or 'decoder' (the mask decoder's), or names.
     'adapter': the bottleneck Adapter on the image encoder's MLP blocks (`infosam_hf.tuners`).
     """
     if config.peft_method == "adapter":
@@ -60,15 +73,11 @@ def default_peft_config(config: InfoSAMConfig, family: SamFamily | None = None) 
             train_layernorms=config.adapter_train_layernorms,
             modules_to_save=config.split_names(config.modules_to_save) or None,
         )
-    targets = config.split_names(config.lora_target_modules)
-    default = InfoSAMConfig.__dataclass_fields__["lora_target_modules"].default
-    if family is not None and config.lora_target_modules == default and family.lora_target_modules != default:
-        targets = family.lora_target_modules
     return LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=targets,
+        target_modules=(family or SAM).lora_targets(config.lora_target_modules),
         modules_to_save=config.split_names(config.modules_to_save) or None,
         bias="none",
     )
@@ -80,7 +89,10 @@ def build_student(base_model: nn.Module, config: InfoSAMConfig, peft_config: Pef
     if isinstance(base_model, PeftModel):
         return base_model
     prepare_for_peft(base_model)
-    peft_config = peft_config or default_peft_config(config, family)
+    if peft_config is None:
+        peft_config = default_peft_config(config, family)
+        if config.peft_method == "lora":
+            check_lora_targets(base_model, peft_config, family, config.lora_target_modules)
     check_targets_not_saved(base_model, peft_config)
     with quiet_peft_wrapping():
         return get_peft_model(base_model, peft_config)
@@ -93,6 +105,55 @@ def quiet_peft_wrapping():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         yield
+
+
+def check_lora_targets(model: nn.Module, peft_config: PeftConfig, family: SamFamily, requested: str) -> None:
+    """`--lora_target_modules` as PEFT will match it: a name (or regex) that matches no module is an error naming
+    the family's module names (PEFT skips it silently when another name matches); a preset that leaves its part is
+    an error (a wrong spec); plain names that match in more than one part are reported (one warning)."""
+    from peft.tuners.lora import LoraModel
+
+    targets = peft_config.target_modules
+    singles = [targets] if isinstance(targets, str) else sorted(targets)
+    found: dict[str, list[str]] = {}
+    for target in singles:
+        probe = copy.copy(peft_config)
+        probe.target_modules, probe.modules_to_save = target if isinstance(targets, str) else {target}, None
+        found[target] = [n for n, _ in model.named_modules() if n and LoraModel._check_target_module_exists(probe, n)]
+    missing = [target for target, names in found.items() if not names]
+    if missing:
+        raise ValueError(
+            f"InfoSAMConfig.lora_target_modules={requested!r} (--lora_target_modules): "
+            f"{', '.join(map(repr, missing))} match(es) no module of this {family.name} model. Use a preset, "
+            f"'encoder' or 'decoder', or its names: {_linear_names(model)}."
+        )
+    per_part: dict[str, int] = {}
+    for names in found.values():
+        for name in names:
+            per_part[part_of(name)] = per_part.get(part_of(name), 0) + 1
+    where = ", ".join(f"{count} in the {MODEL_PARTS.get(part, 'rest')}" for part, count in per_part.items())
+    if requested in LORA_PRESETS and set(per_part) != {LORA_PRESETS[requested]}:
+        raise ValueError(
+            f"The {family.name} spec's LoRA preset {requested!r} matches modules outside the "
+            f"{MODEL_PARTS[LORA_PRESETS[requested]]} ({where}); fix it in infosam_hf.models."
+        )
+    if requested not in LORA_PRESETS and len(per_part) > 1:
+        logger.warning(
+            "lora_target_modules=%r matches modules in more than one part of this %s model (%s). For one part use "
+            "the preset 'encoder' or 'decoder' (--lora_target_modules decoder).",
+            requested, family.name, where,
+        )
+
+
+def _linear_names(model: nn.Module) -> str:
+    """The module names LoRA can take (Linear and Conv layers), by model part: what a target list may name."""
+    by_part: dict = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            by_part.setdefault(part_of(name), set()).add(name.rsplit(".", 1)[-1])
+    return "; ".join(
+        f"{MODEL_PARTS.get(part, 'other')}: {', '.join(sorted(names))}" for part, names in by_part.items()
+    )
 
 
 def check_targets_not_saved(model: nn.Module, peft_config: PeftConfig) -> None:

@@ -174,7 +174,7 @@ def tiny_sam_hq_config(image_size: int = 64):
     return SamHQConfig(
         vision_config=dict(
             hidden_size=32, output_channels=32, num_hidden_layers=2, num_attention_heads=2, image_size=image_size,
-            patch_size=8, window_size=4, global_attn_indexes=[1], mlp_dim=64, num_pos_feats=16,
+            patch_size=8, window_size=4, global_attn_indexes=[1], mlp_dim=64, num_pos_feats=16, initializer_range=0.02,
         ),
         prompt_encoder_config=dict(hidden_size=32, image_size=image_size, patch_size=8),
         mask_decoder_config=dict(TINY_DECODER, vit_dim=32),

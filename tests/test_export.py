@@ -243,3 +243,54 @@ def test_onnx_encoder_and_decoder_match_pytorch(exported, tmp_path):
         None, {"image_embeddings": embeddings, "input_boxes": batch["input_boxes"].numpy().astype(np.float32)})
     assert_same_masks(torch.from_numpy(masks), expected.pred_masks)
     torch.testing.assert_close(torch.from_numpy(scores), expected.iou_scores, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_class", ["SamModel", "SamHQModel", "Sam2Model", "Sam3TrackerModel", "EdgeTamModel"])
+def test_every_family_exports_to_its_own_class_with_the_adapters_masks(model_class, tmp_path):
+    """A LoRA adapter folder of each family -> a folder `<FamilyModel>.from_pretrained` reads, masks as the adapter's;
+    ONNX (SAM's split) is refused by name for the others, before anything is written."""
+    import transformers
+
+    from infosam_hf import load
+    from infosam_hf.export import CannotExportOnnxError, export_onnx
+    from infosam_hf.hub import load_processor
+    from infosam_hf.models import family_of, load_sam_model
+    from infosam_hf.testing import tiny_family_model, toy_segmentation_rows
+
+    tiny_family_model(model_class).save_pretrained(tmp_path / "base")
+    torch.manual_seed(0)
+    config = InfoSAMConfig(relation_dim=32, lora_r=2)
+    model = InfoSAMModel(build_student(load_sam_model(str(tmp_path / "base")), config), config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    family = family_of(model.student)
+    model.save_pretrained(tmp_path / "adapter", processor=load_processor(None, str(tmp_path / "base"), model.student))
+
+    merged = export(str(tmp_path / "adapter"), tmp_path / "merged")
+    with open(tmp_path / "merged" / "config.json") as f:
+        assert json.load(f)["architectures"] == [model_class]
+    assert f"{model_class}.from_pretrained" in (tmp_path / "merged" / "README.md").read_text()
+    reloaded = getattr(transformers, model_class).from_pretrained(tmp_path / "merged").eval()
+    size = family.image_size(reloaded.config)
+    rows = toy_segmentation_rows(2, size, seed=1)
+    batch = {"pixel_values": torch.stack([r["pixel_values"] for r in rows]),
+             "input_boxes": torch.stack([r["input_boxes"] for r in rows])}
+    adapter, _ = load(str(tmp_path / "adapter"))
+    expected = predict(adapter, batch)
+    assert_same_masks(predict(reloaded, batch), expected)
+    assert_same_masks(predict(merged, batch), expected)
+    base = predict(load_sam_model(str(tmp_path / "base")).eval(), batch)
+    assert (base - expected).abs().max() > 1e-3 * expected.abs().max()  # the adapter changes the masks
+    if model_class != "SamModel":  # SAM's ONNX graphs: test_onnx_encoder_and_decoder_match_pytorch
+        with pytest.raises(CannotExportOnnxError, match=rf"SAM \(SamModel\) only; this is a {family.name} model"):
+            export_onnx(merged, tmp_path / "onnx")
+        assert not (tmp_path / "onnx").exists()
+    if model_class == "Sam2Model":  # the script: the merged folder is written, --onnx refused in one line
+        from infosam_hf.testing import load_script
+
+        script = load_script(os.path.join(EXAMPLES, "export.py"), "export_script")
+        with pytest.raises(SystemExit, match=r"^error: ONNX export covers SAM \(SamModel\) only.*no ONNX files"):
+            script.main(["--adapter", str(tmp_path / "adapter"), "--output_dir", str(tmp_path / "cli"), "--onnx"])
+        assert (tmp_path / "cli" / "model.safetensors").exists() and not (tmp_path / "cli" / "onnx").exists()

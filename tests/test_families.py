@@ -80,6 +80,76 @@ def _args(tmp_path, **overrides):
     return TrainingArguments(**values)
 
 
+@pytest.mark.parametrize("model_class", FAMILIES)
+def test_the_distillation_terms_are_live_on_every_tiny_family(model_class):
+    """Non-degenerate tiny models: the image features are not ~0 (SAM-HQ's random neck once came out 1e-10 wide,
+    features 1e-22, L_d exactly 0), L_r and L_d are non-zero and finite, L_d moves with the student and sends it a
+    gradient, and L_r (the teacher's relation, by the method's design) moves with the relation module."""
+    from infosam_hf.losses import InfoSAMLoss
+
+    torch.manual_seed(0)
+    config = InfoSAMConfig(**CONFIG)
+    model = InfoSAMModel(build_student(tiny_family_model(model_class), config), config).eval()
+    batch = _batch(model.student.get_base_model(), n=4)
+
+    def losses():
+        out = model(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"])
+        parts = InfoSAMLoss(config)(out.teacher_image_feats, out.teacher_mask_tokens, out.student_image_feats,
+                                    out.student_mask_tokens, model.relation_module)
+        return out, parts.loss_r, parts.loss_d
+
+    out, loss_r, loss_d = losses()
+    assert out.teacher_image_feats.abs().mean() > 1e-6, "the image features are ~0: a degenerate tiny model"
+    values = float(loss_r.detach()), float(loss_d.detach())
+    assert all(math.isfinite(v) and v != 0 for v in values), values
+    loss_d.backward()
+    adapter = [p for n, p in model.student.named_parameters() if p.requires_grad and "lora_" in n]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in adapter), "L_d gives the adapter no gradient"
+    with torch.no_grad():
+        for param in model.student.parameters():  # the student moves (adapter, decoder copy); the teacher does not
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn_like(param))
+        assert float(losses()[2]) != values[1]
+        for param in model.relation_module.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+        assert float(losses()[1]) != values[0]
+
+
+@pytest.mark.parametrize("model_class", FAMILIES)
+def test_lora_presets_name_each_familys_modules_and_stay_in_their_part(model_class):
+    """'decoder': every attention projection of the two-way transformer (SAM: out_proj, SAM 2 family: o_proj), nothing
+    of the image encoder (the SAM 3 tracker's ViT shares the names); 'encoder' (the default): only the image
+    encoder."""
+    attention = ("q_proj", "k_proj", "v_proj", "out_proj", "o_proj")
+    base = tiny_family_model(model_class)
+    expected = {name for name, module in base.named_modules()
+                if name.startswith("mask_decoder.transformer.") and name.endswith(attention)
+                and isinstance(module, torch.nn.Linear)}
+    decoder = build_student(base, InfoSAMConfig(**CONFIG, lora_target_modules="decoder", modules_to_save=""))
+    adapted = {name.removeprefix("base_model.model.").removesuffix(".lora_A")
+               for name, _ in decoder.named_modules() if name.endswith(".lora_A")}
+    assert adapted == expected and len(expected) >= 12
+    encoder = build_student(tiny_family_model(model_class), InfoSAMConfig(**CONFIG))
+    parts = {name.split(".")[2] for name, _ in encoder.named_modules() if name.endswith(".lora_A")}
+    assert parts == {"vision_encoder"}
+
+
+def test_lora_targets_that_match_nothing_or_several_parts_are_reported(caplog):
+    """The README's old decoder recipe on SAM 2 (`out_proj` is `o_proj` there) and on the SAM 3 tracker (its ViT also
+    has q_proj/k_proj/v_proj)."""
+    recipe = dict(CONFIG, lora_target_modules="q_proj,k_proj,v_proj,out_proj", modules_to_save="")
+    with pytest.raises(ValueError, match=r"'out_proj' match\(es\) no module of this SAM 2 model.*'decoder'.*o_proj"):
+        build_student(tiny_family_model("Sam2Model"), InfoSAMConfig(**recipe))
+    with caplog.at_level("WARNING", logger="infosam_hf.modeling"):
+        build_student(tiny_family_model("Sam3TrackerModel"),
+                      InfoSAMConfig(**dict(recipe, lora_target_modules="q_proj,k_proj,v_proj")))
+    assert "6 in the image encoder, 21 in the mask decoder" in caplog.text and "decoder" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="infosam_hf.modeling"):  # one part: nothing to report
+        build_student(tiny_family_model("SamModel"), InfoSAMConfig(**recipe))
+    assert "more than one part" not in caplog.text
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("separate_teacher", [False, True], ids=["shared-teacher", "separate-teacher"])
 @pytest.mark.parametrize("model_class", FAMILIES)

@@ -1,6 +1,11 @@
 """The on-disk teacher store: a second run never runs the teacher's image encoder, and nothing stale is reused."""
 
+import contextlib
 import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +13,7 @@ from transformers import SamModel, TrainingArguments
 
 from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, build_student
 from infosam_hf.teacher_cache import content_key
-from infosam_hf.teacher_store import TeacherEmbeddingStore, estimate_bytes, teacher_fingerprint
+from infosam_hf.teacher_store import TeacherEmbeddingStore, check_store_root, estimate_bytes, teacher_fingerprint
 from infosam_hf.testing import tiny_sam_config, toy_batch, toy_segmentation_dataset
 
 STEPS = 3  # one epoch of 12 images in batches of 4: every image is seen once per run
@@ -68,6 +73,28 @@ def test_adapters_do_not_change_the_fingerprint_but_base_weights_and_precision_d
     assert reference != teacher_fingerprint(plain.vision_encoder, plain.config)
 
 
+@pytest.mark.parametrize("train_layernorms", [False, True])
+def test_bottleneck_adapter_runs_of_any_seed_share_the_base_models_store(tmp_path, train_layernorms):
+    """The Adapter's weights (`bottleneck_down/up`, LayerNorm copies `bottleneck_norm`) are adapter state as PEFT
+    declares it: two seeds (different adapter draws, trained further) and a precompute over the bare base meet
+    in one folder."""
+    config = InfoSAMConfig(peft_method="adapter", adapter_train_layernorms=train_layernorms)
+    torch.manual_seed(0)
+    plain = SamModel(tiny_sam_config())
+    folders = set()
+    for seed in (1, 2):
+        torch.manual_seed(0)
+        base = SamModel(tiny_sam_config())
+        torch.manual_seed(seed)
+        model = InfoSAMModel(build_student(base, config), config)
+        with torch.no_grad():
+            for name, param in model.student.named_parameters():
+                if "bottleneck" in name:
+                    param.add_(torch.randn_like(param))  # as after training
+        folders.add(TeacherEmbeddingStore.for_teacher(tmp_path, model.teacher_image_encoder, model.sam_config).folder)
+    assert folders == {TeacherEmbeddingStore.for_teacher(tmp_path, plain.vision_encoder, plain.config).folder}
+
+
 def test_a_changed_teacher_never_reads_the_old_entries(tmp_path):
     model = make_model(InfoSAMConfig())
     encoder = model.teacher_image_encoder
@@ -96,6 +123,118 @@ def test_a_corrupt_or_foreign_entry_is_deleted_and_recomputed(tmp_path, caplog):
     other.put(key, {"image_embeddings": torch.ones(2, 3)})
     path.write_bytes(other.path_of(key).read_bytes())
     assert store.get(key) is None and store.rebuilt == 2
+
+
+def test_flipped_bytes_under_an_intact_header_are_caught_by_the_checksum(tmp_path, caplog, monkeypatch):
+    """Only the tensor data changes (header, key and fingerprint intact): the entry is recomputed, counted, named."""
+    from safetensors.torch import save_file
+
+    store = TeacherEmbeddingStore(tmp_path, "f" * 32)
+    key = content_key(toy_batch(1)["pixel_values"][0])
+    assert store.put(key, {"image_embeddings": torch.randn(8, 4, 4), "high_res.0": torch.randn(2, 8, 8).bfloat16()})
+    path = store.path_of(key)
+    data = bytearray(path.read_bytes())
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    for offset in (header_end + 5, len(data) - 3):  # a byte of each tensor
+        data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        assert store.get(key) is None
+    assert store.rebuilt == 1 and not path.exists() and str(path) in caplog.text and "checksum" in caplog.text
+    # an entry as format 1 wrote it (no checksum) in a format-2 folder is not taken as verified either
+    save_file({"image_embeddings": torch.ones(2)}, str(path), metadata={"key": key, "fingerprint": store.fingerprint})
+    assert store.get(key) is None and store.rebuilt == 2
+    # and the format is part of the fingerprint: a format-1 store's folder is never looked at
+    encoder = SamModel(tiny_sam_config()).vision_encoder
+    current = teacher_fingerprint(encoder)
+    monkeypatch.setattr("infosam_hf.teacher_store.STORE_FORMAT", 1)
+    assert teacher_fingerprint(encoder) != current
+
+
+@contextlib.contextmanager
+def unprivileged():
+    """Permission bits do not bind root: run as root, the block runs as `nobody` (effective ids, restored after)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+def set_writable(root, writable: bool) -> None:
+    for folder, _, files in os.walk(root):
+        os.chmod(folder, 0o755 if writable else 0o555)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644 if writable else 0o444)
+
+
+@pytest.fixture
+def shared_dir():
+    """A folder `nobody` can reach (pytest's tmp_path is private to its user), left writable for the clean-up."""
+    root = tempfile.mkdtemp(prefix="infosam-store-")
+    os.chmod(root, 0o755)
+    yield Path(root)
+    set_writable(root, True)
+    shutil.rmtree(root)
+
+
+def test_a_read_only_store_is_read_and_never_written(shared_dir, caplog):
+    root = shared_dir / "store"
+    store = TeacherEmbeddingStore(root, "f" * 32)
+    good, bad, new = "aa" * 16, "ab" * 16, "ac" * 16
+    store.put(good, {"image_embeddings": torch.arange(4.0)})
+    store.put(bad, {"image_embeddings": torch.arange(4.0)})
+    data = bytearray(store.path_of(bad).read_bytes())
+    data[-1] ^= 0x01
+    store.path_of(bad).write_bytes(bytes(data))
+    set_writable(shared_dir, False)
+    with unprivileged(), caplog.at_level(logging.WARNING):
+        assert check_store_root(root) is False  # holds stores: the run may read them
+        with pytest.raises(ValueError, match=rf"Teacher store {root} is not writable.*chmod"):
+            check_store_root(root, write=True)  # a precompute only writes
+        reader = TeacherEmbeddingStore(root, "f" * 32)
+        assert reader.read_only and "read-only" in caplog.text
+        torch.testing.assert_close(reader.get(good)["image_embeddings"], torch.arange(4.0))
+        caplog.clear()
+        assert reader.get(bad) is None and reader.get(bad) is None
+        assert caplog.text.count(str(reader.path_of(bad))) == 1, "one warning per corrupted entry"
+        assert reader.path_of(bad).exists()  # skipped, not deleted: it cannot be
+        assert reader.put(new, {"image_embeddings": torch.zeros(4)}) is False and not reader.path_of(new).exists()
+        # nothing for this teacher to read, and nowhere to write it: one error naming the folder and the fix
+        with pytest.raises(ValueError, match=rf"Teacher store {root} is not writable and holds nothing for this"):
+            TeacherEmbeddingStore(root, "e" * 32)
+        with pytest.raises(ValueError, match=rf"{shared_dir / 'empty'} is not writable and holds no store"):
+            check_store_root(shared_dir / "empty")
+    assert (reader.hits, reader.misses, reader.writes) == (1, 2, 0)
+
+
+def test_scripts_refuse_an_unwritable_store_before_loading_a_model(shared_dir, monkeypatch):
+    import infosam_hf.models
+    import infosam_hf.teacher_store
+    from infosam_hf.testing import load_script
+
+    def no_model(*_args, **_kwargs):
+        raise AssertionError("the model was loaded before the store was checked")
+
+    monkeypatch.setattr(infosam_hf.models, "load_sam_model", no_model)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    precompute = load_script(os.path.join(root, "examples", "precompute_teacher.py"), "precompute_teacher")
+    train = load_script(os.path.join(root, "examples", "train.py"), "train_script")
+    set_writable(shared_dir, False)
+    store = shared_dir / "store"
+    with unprivileged():
+        with pytest.raises(SystemExit, match=rf"^error: Teacher store {store} is not writable, and filling it writes"):
+            precompute.main(["--teacher_store", str(store)])
+    # train.py reads files `nobody` may not reach (its own path, under root's home here): the folder is made
+    # unwritable for root too by answering the write probe as a read-only mount would
+    monkeypatch.setattr(infosam_hf.teacher_store, "_writable", lambda folder: False)
+    with pytest.raises(SystemExit, match=rf"^error: Teacher store {store} is not writable and holds no store"):
+        train.run(["--teacher_store", str(store), "--output_dir", str(shared_dir / "out"), "--max_steps", "1"])
 
 
 def test_the_size_bound_stops_writes_and_the_estimate_matches_the_files(tmp_path, caplog):
@@ -172,6 +311,48 @@ def test_precompute_script_fills_the_store_train_py_reads(tmp_path):
         torch.testing.assert_close(entry["image_embeddings"], embedding, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_precompute_at_another_image_size_fills_the_folder_training_at_that_size_reads(tmp_path):
+    """--image_size as train.py's: the teacher and processor are adapted alike, so folder and keys agree."""
+    from transformers import SamProcessor
+
+    from infosam_hf.builtin import BUILTIN_MODEL_PATH
+    from infosam_hf.data import (
+        PromptSampler,
+        SamSegmentationCollator,
+        SamSegmentationPreprocessor,
+        load_segmentation_dataset,
+        prepare_dataset,
+    )
+    from infosam_hf.resolution import adapt_model, adapt_processor
+    from infosam_hf.synthetic import write_synthetic_dataset
+    from infosam_hf.testing import load_script
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = load_script(os.path.join(root, "examples", "precompute_teacher.py"), "precompute_teacher")
+    data = write_synthetic_dataset(tmp_path / "data", "specialised", num_train=3, num_test=1, image_size=128, seed=3)
+    store_dir = tmp_path / "store"
+    summary = script.main(["--teacher_store", str(store_dir), "--dataset_name", str(data), "--image_size", "64"])
+    assert (summary["computed"], summary["entries"]) == (3, 3)
+
+    config = InfoSAMConfig(teacher_store=str(store_dir), image_size=64)
+    base = adapt_model(SamModel.from_pretrained(BUILTIN_MODEL_PATH), 64)  # as train.py does for --image_size 64
+    model = InfoSAMModel(build_student(base, config), config)
+    store = TeacherEmbeddingStore.for_teacher(store_dir, model.teacher_image_encoder, model.sam_config)
+    assert str(store.folder) == summary["folder"]
+    processor = adapt_processor(SamProcessor.from_pretrained(BUILTIN_MODEL_PATH), 64)
+    prepared = prepare_dataset(load_segmentation_dataset(str(data), split="train", streaming=True),
+                               SamSegmentationPreprocessor.from_processor(processor))
+    batch = SamSegmentationCollator(PromptSampler(seed=0))(list(prepared))
+    assert batch["pixel_values"].shape[-2:] == (64, 64)
+    with torch.no_grad():
+        expected = model.student.get_base_model().get_image_embeddings(batch["pixel_values"])
+    for pixels, embedding in zip(batch["pixel_values"], expected):
+        entry = store.get(content_key(pixels))
+        assert entry is not None, "the precomputed store misses a training image"
+        torch.testing.assert_close(entry["image_embeddings"], embedding, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("model_class", ["SamModel", "SamHQModel", "Sam2Model", "Sam3TrackerModel", "EdgeTamModel"])
 def test_every_family_replays_its_encoding_from_disk_exactly(tmp_path, model_class):
     """SAM 2's feature levels and SAM-HQ's intermediate embeddings survive the flat safetensors entries."""
@@ -197,3 +378,21 @@ def test_every_family_replays_its_encoding_from_disk_exactly(tmp_path, model_cla
     assert calls == [] and store.hits == 3 and store.writes == 3
     for got, want in zip(replayed, expected):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_checksum_benchmark_runs_and_its_ratio_is_the_quotient_of_its_figures():
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [sys.executable, os.path.join(root, "benchmarks", "teacher_store_read.py"), "--shape", "8", "16",
+               "--images", "4", "--rounds", "1"]
+    out = subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    rows = [line.split() for line in lines]
+    times = {row[0]: float(row[1]) for row in rows if row[0] in ("unverified", "verified")}
+    ratio = float(lines[-1].removeprefix("verify_ratio="))
+    assert ratio == pytest.approx(times["verified"] / times["unverified"], rel=0.02)

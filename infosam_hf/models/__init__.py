@@ -2,10 +2,10 @@
 
 Every supported family has the same prompt encoder / two-way mask decoder design, and
 differs only in facts the spec records: which module classes to hook, where the first
-mask token sits among the decoder's output tokens, what the LoRA targets are, how the
-processor maps an image onto the model input, what the decoder needs besides the image
-embeddings (for the teacher cache), and a few quirks. Adding a family is adding a spec
-to `FAMILIES`; code outside this package never names a family.
+mask token sits among the decoder's output tokens, what the LoRA targets of each preset
+('encoder', 'decoder') are, how the processor maps an image onto the model input, what
+the decoder needs besides the image embeddings (for the teacher cache), and a few quirks.
+Adding a family is adding a spec to `FAMILIES`; code outside this package never names a family.
 
 Out of scope: the video models (`Sam2VideoModel`, `EdgeTamVideoModel`,
 `Sam3TrackerVideoModel`: they run under `inference_mode`, memory bank included) and
@@ -76,6 +76,21 @@ def _feature_pyramid_size_multiple(config) -> int:
     return 2 * (SamFamily.image_size(config) // coarsest)
 
 
+# The parts of every family's model, by their top-level module names (what `--lora_target_modules` checks against).
+MODEL_PARTS = {"vision_encoder": "image encoder", "prompt_encoder": "prompt encoder", "mask_decoder": "mask decoder"}
+# Named LoRA target presets -> the part they stay inside; each family's spec resolves them to its module names.
+LORA_PRESETS = {"encoder": "vision_encoder", "decoder": "mask_decoder"}
+
+# The two-way transformer's attention projections (token self-attention, both cross-attentions, the final one).
+_SAM_DECODER_ATTENTION = r".*mask_decoder\.transformer\..*\.(q_proj|k_proj|v_proj|out_proj)"
+_SAM2_DECODER_ATTENTION = r".*mask_decoder\.transformer\..*\.(q_proj|k_proj|v_proj|o_proj)"  # SAM 2 names it o_proj
+
+
+def part_of(module_name: str) -> str | None:
+    """The model part (`MODEL_PARTS` key) a module name lies in, under any wrapper prefix (`base_model.model.`)."""
+    return next((part for part in module_name.split(".") if part in MODEL_PARTS), None)
+
+
 def _untie_for_peft(model: nn.Module) -> None:
     # EdgeTamModel declares `_tied_weights_keys = {}`; get_peft_model fails on it unless it is None.
     model._tied_weights_keys = None
@@ -96,7 +111,10 @@ class SamFamily:
     first_mask_token: int
     """Index of the first mask token among the output tokens (after IoU token, and object-score token in SAM 2)."""
     lora_target_modules: str | tuple[str, ...]
-    """PEFT `target_modules` of the default LoRA: the image encoder's attention projections."""
+    """PEFT `target_modules` of the default LoRA (preset 'encoder'): the image encoder's attention projections
+    (a tuple of names, or one regex over full module names where the names alone would match elsewhere)."""
+    decoder_lora_target_modules: str
+    """PEFT `target_modules` of the preset 'decoder': the mask decoder's attention projections, anchored to it."""
     geometry: str
     """`LONGEST_SIDE_PAD` or `SQUARE`: how an image maps onto the model input."""
     cache_inputs: Callable[[dict], dict] = _image_embeddings_only
@@ -113,6 +131,17 @@ class SamFamily:
     """Config fields -> another input side (`infosam_hf.resolution`); None where the family cannot change it."""
     image_size_multiple: Callable[[object], int] = _sam_size_multiple
     """The input side must be a multiple of this (patch size, or the coarsest feature stride)."""
+
+    def lora_targets(self, value: str | list[str]) -> str | list[str]:
+        """`InfoSAMConfig.lora_target_modules` as PEFT `target_modules`: a preset ('encoder', 'decoder') in this
+        family's module names, else the comma-separated names (or a regex) as given."""
+        if value == "encoder":
+            return self.lora_target_modules
+        if value == "decoder":
+            return self.decoder_lora_target_modules
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return list(value)
 
     @staticmethod
     def channels(config) -> int:
@@ -132,7 +161,8 @@ SAM = SamFamily(
     mask_decoder_class="SamMaskDecoder",
     two_way_transformer_class="SamTwoWayTransformer",
     first_mask_token=1,
-    lora_target_modules="qkv",
+    lora_target_modules=("qkv",),
+    decoder_lora_target_modules=_SAM_DECODER_ATTENTION,
     geometry=LONGEST_SIDE_PAD,
     example_checkpoint="facebook/sam-vit-base",
 )
@@ -143,7 +173,8 @@ SAM_HQ = SamFamily(
     mask_decoder_class="SamHQMaskDecoder",
     two_way_transformer_class="SamHQTwoWayTransformer",
     first_mask_token=1,
-    lora_target_modules="qkv",
+    lora_target_modules=("qkv",),
+    decoder_lora_target_modules=_SAM_DECODER_ATTENTION,
     geometry=LONGEST_SIDE_PAD,
     cache_inputs=_with_intermediate_embeddings,
     example_checkpoint="syscv-community/sam-hq-vit-base",
@@ -157,7 +188,8 @@ SAM2 = SamFamily(
     mask_decoder_class="Sam2MaskDecoder",
     two_way_transformer_class="Sam2TwoWayTransformer",
     first_mask_token=2,
-    lora_target_modules="qkv",  # Hiera's fused attention projection
+    lora_target_modules=("qkv",),  # Hiera's fused attention projection
+    decoder_lora_target_modules=_SAM2_DECODER_ATTENTION,
     geometry=SQUARE,
     cache_inputs=_feature_levels,
     opt_in_checkpointing=True,
@@ -174,6 +206,7 @@ SAM3_TRACKER = SamFamily(
     first_mask_token=2,
     # The ViT's projections share their names with the decoder's: anchor them to the image encoder.
     lora_target_modules=r".*vision_encoder\.backbone\.layers\.\d+\.attention\.(q_proj|k_proj|v_proj)",
+    decoder_lora_target_modules=_SAM2_DECODER_ATTENTION,
     geometry=SQUARE,
     cache_inputs=_feature_levels,
     opt_in_checkpointing=True,
@@ -190,6 +223,7 @@ EDGETAM = SamFamily(
     first_mask_token=2,
     # RepViT has no attention: LoRA on its channel-mixer 1x1 convolutions.
     lora_target_modules=r".*vision_encoder\.backbone\..*channel_mixer\.conv[12]\.c",
+    decoder_lora_target_modules=_SAM2_DECODER_ATTENTION,
     geometry=SQUARE,
     cache_inputs=_feature_levels,
     prepare_for_peft=_untie_for_peft,
@@ -253,6 +287,8 @@ def enable_checkpointing(model: nn.Module, **kwargs) -> None:
 __all__ = [
     "EDGETAM",
     "FAMILIES",
+    "LORA_PRESETS",
+    "MODEL_PARTS",
     "LONGEST_SIDE_PAD",
     "SAM",
     "SAM2",
@@ -264,5 +300,6 @@ __all__ = [
     "family_of",
     "find_family",
     "load_sam_model",
+    "part_of",
     "prepare_for_peft",
 ]
