@@ -33,6 +33,7 @@ _SAM3_VIT = (
 # model_type -> (MLP modules, LayerNorm modules), each one regex over the full module name.
 # SAM and SAM-HQ share the ViT image encoder (`SamVisionLayer`: layer_norm1, attn, layer_norm2, mlp).
 # EdgeTAM has none: its RepViT image encoder has no MLP made of Linear layers.
+NO_MLP_IMAGE_ENCODERS = {"edgetam": "EdgeTAM, whose RepViT image encoder is convolutional (no MLP of Linear layers)"}
 DEFAULT_TARGETS: dict[str, tuple[str, str]] = {
     "sam": _SAM_VIT,
     "sam_hq": _SAM_VIT,
@@ -97,11 +98,17 @@ class BottleneckAdapterModel(BaseTuner):
             for field, needed in (("target_modules", True), ("layernorm_modules", peft_config.train_layernorms))
             if needed and getattr(peft_config, field) is None
         ]
+        if missing and model_type in NO_MLP_IMAGE_ENCODERS:
+            raise ValueError(
+                f"The bottleneck Adapter cannot adapt {NO_MLP_IMAGE_ENCODERS[model_type]}: use LoRA instead "
+                "(--peft_method lora, InfoSAMConfig(peft_method='lora')), which targets its attention projections."
+            )
         if missing and defaults is None:
             raise ValueError(
                 f"BottleneckAdapterConfig has no default {' and '.join(missing)} for model_type {model_type!r} (known: "
-                f"{', '.join(sorted(DEFAULT_TARGETS))}). Pass {missing[0]}= a regex over the module names, e.g. "
-                rf"r'vision_encoder\.layers\.\d+\.mlp' for the MLP blocks, or add the type to DEFAULT_TARGETS."
+                f"{', '.join(sorted(DEFAULT_TARGETS))}). Name the MLP blocks with a regex over the module names "
+                r"(examples/train.py --adapter_target_modules 'vision_encoder\.layers\.\d+\.mlp'; in Python "
+                f"{missing[0]}=...), or use LoRA (--peft_method lora)."
             )
         if peft_config.target_modules is None:
             peft_config.target_modules = defaults[0]
