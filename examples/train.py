@@ -190,8 +190,8 @@ def build_datasets(data_args, preprocessor, training_args, corrupt_log=None):
     raw_evaluation = load_segmentation_dataset(source, split=data_args.eval_split, streaming=False, **kwargs)
     if data_args.max_eval_samples is not None:
         raw_evaluation = raw_evaluation.select(range(min(data_args.max_eval_samples, len(raw_evaluation))))
-    if instances:  # per object, in the model frame
-        return train, prepare(raw_evaluation, preprocessor), raw_evaluation
+    if instances:  # per object, each scored at its image's own size, as examples/evaluate.py scores
+        return train, prepare(raw_evaluation, preprocessor, keep_original_mask=True), raw_evaluation
     # Scored at each image's own size (padding cropped), exactly as examples/evaluate.py scores.
     evaluation = prepare_dataset(raw_evaluation, preprocessor, corrupt_log=corrupt_log, keep_original_mask=True)
     return train, evaluation, raw_evaluation
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=processor,
         compute_metrics=build_compute_metrics(structure_measures=data_args.structure_measures),
     )
-    if data_args.eval_overlays > 0:  # with instance data these draw one box around all objects of an image
+    if data_args.eval_overlays > 0:
         trainer.add_callback(
             EvalOverlayCallback(
                 raw_eval_dataset,
@@ -377,6 +377,8 @@ def main(argv: list[str] | None = None) -> dict:
                 num_points=data_args.eval_num_points,
                 preprocessor=preprocessor,
                 corrupt_log=corrupt_log,
+                instance_format=instance_format(data_args),
+                min_object_area=data_args.min_object_area,
             )
         )
     if trainer.is_world_process_zero():

@@ -463,6 +463,14 @@ def _report_corrupt_samples_at_exit() -> None:  # pragma: no cover - runs at int
             logger.warning(log.report())
 
 
+def describe_sample(image_value: Any, mask_value: Any, fallback: str) -> tuple[str, str, str]:
+    """(image, mask, pair) names of a row for skip messages: the image's file, its mask's, and both (a size
+    mismatch). Every reader of rows (training, evaluation, overlays) names them so, and a bad sample is listed once."""
+    image_source = describe_source(image_value, fallback)
+    mask_source = describe_source(mask_value, f"mask of {image_source}")
+    return image_source, mask_source, f"{image_source} (mask {mask_source})"
+
+
 class _Preprocess:
     """The per-sample function `prepare_dataset` maps; a class so that workers can pickle it."""
 
@@ -479,8 +487,7 @@ class _Preprocess:
         self.keep_original_mask = keep_original_mask
 
     def one(self, image_value: Any, mask_value: Any, fallback_name: str) -> dict | None:
-        image_source = describe_source(image_value, fallback_name)
-        mask_source = describe_source(mask_value, f"mask of {image_source}")
+        image_source, mask_source, pair = describe_sample(image_value, mask_value, fallback_name)
         try:
             image = decode_image(image_value, "image")
         except CorruptImageError as err:
@@ -489,7 +496,7 @@ class _Preprocess:
             mask = decode_image(mask_value, "mask") if mask_value is not None else None
         except CorruptImageError as err:
             return self._skip(mask_source, err)
-        name = image_source if mask_value is None else f"{image_source} (mask {mask_source})"
+        name = image_source if mask_value is None else pair
         try:
             features = self.preprocessor(image, mask, source=name)
         except MaskSizeMismatchError as err:
