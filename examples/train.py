@@ -31,16 +31,18 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import transformers
-from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 
 from infosam_hf import InfoSAMConfig, InfoSAMTrainer
 from infosam_hf.builtin import BUILTIN_MODEL_PATH, BUILTIN_MODELS, builtin_dataset_path
 from infosam_hf.callbacks import EvalOverlayCallback
+from infosam_hf.cli import ScriptArgumentParser
 from infosam_hf.data import (
     CorruptSampleLog,
     PromptSampler,
     SamSegmentationCollator,
     SamSegmentationPreprocessor,
+    check_masks_not_empty,
     choose_data_mode,
     find_bad_samples,
     load_segmentation_dataset,
@@ -151,6 +153,11 @@ class DataArguments:
     min_object_area: int = field(
         default=4, metadata={"help": "Instance data: objects smaller than this (pixels) are skipped and counted."}
     )
+    allow_empty_masks: bool = field(
+        default=False,
+        metadata={"help": "Train even when (nearly) every mask of the first 64 rows of a split is empty, which "
+                  "otherwise stops the run as the sign of a broken mask export."},
+    )
     eval_overlays: int = field(
         default=4,
         metadata={
@@ -163,9 +170,8 @@ class DataArguments:
 def build_datasets(data_args, preprocessor, training_args, corrupt_log=None):
     source = data_args.dataset_name or builtin_dataset_path("specialised")
     kwargs = dict(image_column=data_args.image_column, mask_column=data_args.mask_column)
-    streaming = "true" if instance_format(data_args) else data_args.streaming
-    mode = choose_data_mode(source, streaming, split=data_args.train_split,
-                            image_size=preprocessor.image_size, max_cache_gb=data_args.preprocess_cache_max_gb)
+    mode = choose_data_mode(source, data_args.streaming, split=data_args.train_split, image_size=preprocessor.image_size,
+                            max_cache_gb=data_args.preprocess_cache_max_gb, instance_format=instance_format(data_args))
     if training_args.process_index == 0:
         print(mode, flush=True)
     if training_args.max_steps <= 0 and mode.streaming:
@@ -287,7 +293,7 @@ def instance_format(data_args) -> str | None:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     use_cpu_under_a_launcher_without_gpu()
-    parser = HfArgumentParser((ModelArguments, DataArguments, InfoSAMConfig, TrainingArguments))
+    parser = ScriptArgumentParser((ModelArguments, DataArguments, InfoSAMConfig, TrainingArguments))
     if len(argv) == 1 and argv[0].endswith(".json"):
         model_args, data_args, infosam_config, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
     else:
@@ -337,6 +343,9 @@ def main(argv: list[str] | None = None) -> dict:
     preprocessor = SamSegmentationPreprocessor.from_processor(processor)
     corrupt_log = CorruptSampleLog()  # one count of skipped samples for training, evaluation and overlays
     train_dataset, eval_dataset, raw_eval_dataset = build_datasets(data_args, preprocessor, training_args, corrupt_log)
+    if not (data_args.allow_empty_masks or instance_format(data_args)):  # instance data drops images without objects
+        check_masks_not_empty(train_dataset, "training")
+        check_masks_not_empty(eval_dataset, "evaluation")
 
     train_sampler = PromptSampler(
         box_probability=infosam_config.box_prompt_probability,
