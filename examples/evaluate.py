@@ -51,10 +51,10 @@ if __name__ == "__main__":
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser
 
 from infosam_hf import builtin
 from infosam_hf.builtin import builtin_dataset_path
+from infosam_hf.cli import ScriptArgumentParser
 from infosam_hf.modeling import sam_low_res_logits
 from infosam_hf.data import (
     CorruptImageError,
@@ -365,7 +365,7 @@ def format_table(results: dict[str, dict[str, float]], num_images: int) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
-    (args,) = HfArgumentParser(EvaluationArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = ScriptArgumentParser(EvaluationArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
     adapter, base = resolve_models(args)

@@ -39,15 +39,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser
 
 from infosam_hf import builtin
+from infosam_hf.cli import ScriptArgumentParser
 from infosam_hf.modeling import sam_low_res_logits
 from infosam_hf.data import CorruptImageError, CorruptSampleLog, SamSegmentationPreprocessor, decode_image, to_rgb_pil
 from infosam_hf.hub import load_model_or_base
 from infosam_hf.resolution import allow_image_size_change_argument, image_size_argument
 from infosam_hf.metrics import postprocess_logits
-from infosam_hf.visualization import mask_to_image, render_overlay
+from infosam_hf.visualization import OBJECT_COLORS, mask_to_image, render_overlay
 
 logger = logging.getLogger("infosam_hf.predict")
 
@@ -263,9 +263,20 @@ def output_paths(
 
 def load_model(args: PredictionArguments, device: torch.device):
     adapter, base = builtin.resolve_models(args.adapter, args.base_model, args.model_name_or_path)
-    logger.info("Loading %s", f"adapter {adapter} on {base}" if adapter else f"{base} (no adapter)")
+    what = f"adapter {adapter} on {base or base_named_by(adapter)}" if adapter else f"{base} (no adapter)"
+    logger.info("Loading %s", what)
     return load_model_or_base(adapter, base, device=device, image_size=args.image_size,
                               allow_image_size_change=args.allow_image_size_change)
+
+
+def base_named_by(adapter: str) -> str:
+    """The base model an adapter names in its adapter_config.json (read when loading), for the log line."""
+    from infosam_hf.modeling import base_model_id_of
+
+    try:
+        return base_model_id_of(adapter)
+    except (OSError, ValueError):  # a Hub id, not downloaded yet
+        return "the base model its adapter_config.json names"
 
 
 def to_model_frame(coords, original: tuple[int, int], reshaped: tuple[int, int]) -> torch.Tensor:
@@ -289,8 +300,6 @@ def predict_one(model, preprocessor, image, prompt: Prompt, threshold: float) ->
     full = postprocess_logits(logits, original, reshaped, pad_size=preprocessor.image_size)[0]
     return full > threshold
 
-
-OBJECT_COLORS = ((30, 144, 255), (255, 140, 0), (50, 205, 50), (220, 20, 60), (186, 85, 211), (255, 215, 0))
 
 
 def predict_several(model, preprocessor, image, prompts: list[Prompt], threshold: float) -> list[np.ndarray]:
@@ -322,7 +331,7 @@ def save_several(image, masks, prompts, mask_paths, overlay_path, alpha: float) 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     argv = sys.argv[1:] if argv is None else argv
-    (args,) = HfArgumentParser(PredictionArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = ScriptArgumentParser(PredictionArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
     shared = cli_prompt(args)

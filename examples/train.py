@@ -33,16 +33,18 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import transformers
-from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 
 from infosam_hf import InfoSAMConfig, InfoSAMTrainer
 from infosam_hf.builtin import BUILTIN_MODEL_PATH, BUILTIN_MODELS, builtin_dataset_path
 from infosam_hf.callbacks import EvalOverlayCallback
+from infosam_hf.cli import ScriptArgumentParser
 from infosam_hf.data import (
     CorruptSampleLog,
     PromptSampler,
     SamSegmentationCollator,
     SamSegmentationPreprocessor,
+    check_masks_not_empty,
     choose_data_mode,
     find_bad_samples,
     load_segmentation_dataset,
@@ -195,6 +197,11 @@ class DataArguments:
     min_object_area: int = field(
         default=4, metadata={"help": "Instance data: objects smaller than this (pixels) are skipped and counted."}
     )
+    allow_empty_masks: bool = field(
+        default=False,
+        metadata={"help": "Train even when (nearly) every mask of the first 64 rows of a split is empty, which "
+                  "otherwise stops the run as the sign of a broken mask export."},
+    )
     eval_overlays: int = field(
         default=4,
         metadata={
@@ -207,9 +214,8 @@ class DataArguments:
 def build_datasets(data_args, preprocessor, training_args, corrupt_log=None):
     source = data_args.dataset_name or builtin_dataset_path("specialised")
     kwargs = dict(image_column=data_args.image_column, mask_column=data_args.mask_column)
-    streaming = "true" if instance_format(data_args) else data_args.streaming
-    mode = choose_data_mode(source, streaming, split=data_args.train_split,
-                            image_size=preprocessor.image_size, max_cache_gb=data_args.preprocess_cache_max_gb)
+    mode = choose_data_mode(source, data_args.streaming, split=data_args.train_split, image_size=preprocessor.image_size,
+                            max_cache_gb=data_args.preprocess_cache_max_gb, instance_format=instance_format(data_args))
     if training_args.process_index == 0:
         print(mode, flush=True)
     if training_args.max_steps <= 0 and mode.streaming:
@@ -234,8 +240,8 @@ def build_datasets(data_args, preprocessor, training_args, corrupt_log=None):
     raw_evaluation = load_segmentation_dataset(source, split=data_args.eval_split, streaming=False, **kwargs)
     if data_args.max_eval_samples is not None:
         raw_evaluation = raw_evaluation.select(range(min(data_args.max_eval_samples, len(raw_evaluation))))
-    if instances:  # per object, in the model frame
-        return train, prepare(raw_evaluation, preprocessor), raw_evaluation
+    if instances:  # per object, each scored at its image's own size, as examples/evaluate.py scores
+        return train, prepare(raw_evaluation, preprocessor, keep_original_mask=True), raw_evaluation
     # Scored at each image's own size (padding cropped), exactly as examples/evaluate.py scores.
     evaluation = prepare_dataset(raw_evaluation, preprocessor, corrupt_log=corrupt_log, keep_original_mask=True)
     return train, evaluation, raw_evaluation
@@ -367,7 +373,7 @@ def apply_resume_overrides(model, adapter: str, parsed: InfoSAMConfig, explicit:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     use_cpu_under_a_launcher_without_gpu()
-    parser = HfArgumentParser((ModelArguments, DataArguments, InfoSAMConfig, OutputArguments, TrainingArguments))
+    parser = ScriptArgumentParser((ModelArguments, DataArguments, InfoSAMConfig, OutputArguments, TrainingArguments))
     if len(argv) == 1 and argv[0].endswith(".json"):
         model_args, data_args, infosam_config, output_args, training_args = parser.parse_json_file(
             os.path.abspath(argv[0])
@@ -432,6 +438,9 @@ def main(argv: list[str] | None = None) -> dict:
     preprocessor = SamSegmentationPreprocessor.from_processor(processor)
     corrupt_log = CorruptSampleLog()  # one count of skipped samples for training, evaluation and overlays
     train_dataset, eval_dataset, raw_eval_dataset = build_datasets(data_args, preprocessor, training_args, corrupt_log)
+    if not (data_args.allow_empty_masks or instance_format(data_args)):  # instance data drops images without objects
+        check_masks_not_empty(train_dataset, "training")
+        check_masks_not_empty(eval_dataset, "evaluation")
 
     train_sampler = PromptSampler(
         box_probability=infosam_config.box_prompt_probability,
@@ -463,7 +472,7 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=processor,
         compute_metrics=build_compute_metrics(structure_measures=data_args.structure_measures),
     )
-    if data_args.eval_overlays > 0:  # with instance data these draw one box around all objects of an image
+    if data_args.eval_overlays > 0:
         trainer.add_callback(
             EvalOverlayCallback(
                 raw_eval_dataset,
@@ -472,6 +481,8 @@ def main(argv: list[str] | None = None) -> dict:
                 num_points=data_args.eval_num_points,
                 preprocessor=preprocessor,
                 corrupt_log=corrupt_log,
+                instance_format=instance_format(data_args),
+                min_object_area=data_args.min_object_area,
             )
         )
     if trainer.is_world_process_zero():

@@ -7,9 +7,12 @@ evaluation and writes, under ``<output_dir>/eval_overlays/step-<N>/``:
 
 * ``sample-00.png``, ``sample-01.png``, ...: the image at its original size with the
   predicted mask filled in blue, the ground truth outlined in yellow and the prompt
-  (green box, or green/red points) drawn on top, each at the image's own size;
+  (green box, or green/red points) drawn on top, each at the image's own size; with
+  instance data (``instance_format``) every object is prompted and drawn, its mask in a
+  colour of its own (``visualization.OBJECT_COLORS``);
 * ``grid.png``: all samples side by side, with a legend of these colours below;
-* ``scores.json``: each sample's IoU and Dice at probability 0.5, and the evaluation's metrics.
+* ``scores.json``: each sample's IoU and Dice at probability 0.5 (per object, and their
+  mean, for instance data), and the evaluation's metrics.
 
 Usage::
 
@@ -33,18 +36,20 @@ from transformers import TrainerCallback
 
 from .metrics import binary_iou_dice, postprocess_logits
 from .modeling import sam_low_res_logits, unwrap_sam_model
-from .visualization import image_grid, render_overlay
+from .prompt_following import prompt_logits
+from .visualization import image_grid, render_objects
 
 __all__ = ["EvalOverlayCallback", "sam_low_res_logits", "unwrap_sam_model"]
 
 
-def with_legend(overlay, prompt: Mapping[str, Any]):
+def with_legend(overlay, prompt: Mapping[str, Any], objects: bool = False):
     """The overlay with a strip below it naming its colours, so that a saved PNG explains itself."""
     from PIL import Image, ImageDraw
 
     from .visualization import BOX_COLOR, GT_COLOR, MASK_COLOR, NEGATIVE_POINT_COLOR, POSITIVE_POINT_COLOR
 
-    entries = [(MASK_COLOR, "prediction"), (GT_COLOR, "ground truth")]
+    prediction = "prediction (a colour per object)" if objects else "prediction"
+    entries = [(MASK_COLOR, prediction), (GT_COLOR, "ground truth")]
     if "box" in prompt:
         entries.append((BOX_COLOR, "box prompt"))
     else:
@@ -90,6 +95,11 @@ class EvalOverlayCallback(TrainerCallback):
         corrupt_log: a ``CorruptSampleLog`` that counts and names the samples skipped here
             (an undecodable image or mask, or a mask not at its image's size), as training
             and evaluation skip them; the next good rows are drawn instead.
+        instance_format: the layout of the mask column when it holds several objects per
+            image (``"ids"``, ``"masks"``, ``"coco"``, see ``infosam_hf.data.instances``): each
+            object is prompted and drawn, as evaluation scores it. ``None``: one binary mask.
+        min_object_area: instance data: objects smaller than this (pixels) are left out,
+            as ``prepare_instance_dataset`` leaves them out of training and evaluation.
 
     The forward runs on every process (a sharded model needs them all); only the main
     process writes.
@@ -106,7 +116,13 @@ class EvalOverlayCallback(TrainerCallback):
         preprocessor: Any = None,
         alpha: float = 0.5,
         corrupt_log: Any = None,
+        instance_format: str | None = None,
+        min_object_area: int = 4,
     ):
+        from .data import INSTANCE_FORMATS
+
+        if instance_format is not None and instance_format not in INSTANCE_FORMATS:
+            raise ValueError(f"instance_format must be one of {INSTANCE_FORMATS} or None, got {instance_format!r}.")
         if prompt_type not in ("box", "points"):
             raise ValueError(f"prompt_type must be 'box' or 'points', got {prompt_type!r}.")
         if num_samples < 1:
@@ -114,7 +130,9 @@ class EvalOverlayCallback(TrainerCallback):
         from .data import CorruptSampleLog
 
         self.corrupt_log = corrupt_log if corrupt_log is not None else CorruptSampleLog()
-        self.samples = self._take(samples, num_samples, self.corrupt_log)
+        self.instance_format = instance_format
+        self.min_object_area = int(min_object_area)
+        self.samples = self._take(samples, num_samples, self.corrupt_log, instance_format, self.min_object_area)
         if not self.samples:
             raise ValueError("EvalOverlayCallback got no samples to draw.")
         self.output_subdir = output_subdir
@@ -127,10 +145,16 @@ class EvalOverlayCallback(TrainerCallback):
         self.last_output_dir: str | None = None
 
     @staticmethod
-    def _take(samples: Iterable[Any], num_samples: int, corrupt_log: Any = None) -> list[tuple[Any, np.ndarray]]:
-        from .data import CorruptImageError, decode_image, to_binary_mask, to_rgb_pil
-        from .data.images import describe_source
-        from .data.sources import _without_decoding
+    def _take(
+        samples: Iterable[Any],
+        num_samples: int,
+        corrupt_log: Any = None,
+        instance_format: str | None = None,
+        min_object_area: int = 0,
+    ) -> list[tuple[Any, np.ndarray]]:
+        """(RGB image, (K, H, W) bool object masks) per sample; K = 1 for a binary mask."""
+        from .data import CorruptImageError, decode_image, decode_instances, to_binary_mask, to_rgb_pil
+        from .data.sources import _without_decoding, describe_sample
 
         if hasattr(samples, "features") and hasattr(samples, "cast_column"):
             samples = _without_decoding(samples)  # decode here, so that a corrupt file is skipped, not raised
@@ -152,13 +176,23 @@ class EvalOverlayCallback(TrainerCallback):
                 image, mask = row
             if mask is None:
                 raise ValueError("EvalOverlayCallback needs a ground-truth mask with every sample (column 'mask').")
-            name = describe_source(image, f"<evaluation sample #{index}>")
-            try:
+            image_name, mask_name, pair_name = describe_sample(image, mask, f"<evaluation sample #{index}>")
+            try:  # `name`: what a skip names, as training and evaluation name it (so a bad sample is listed once)
+                name = image_name
                 image = to_rgb_pil(decode_image(image, "image"))
-                mask = to_binary_mask(decode_image(mask, "mask")).astype(bool)
-                if mask.shape != (image.height, image.width):
+                name = mask_name
+                if instance_format is not None:
+                    objects = decode_instances(mask, instance_format, (image.height, image.width), image_name)
+                    objects = [m for m in objects if int(m.sum()) >= min_object_area]
+                    if not objects:
+                        continue  # nothing to prompt: evaluation leaves such an image out too
+                    masks = np.stack(objects)
+                else:
+                    masks = to_binary_mask(decode_image(mask, "mask")).astype(bool)[None]
+                name = pair_name
+                if masks.shape[1:] != (image.height, image.width):
                     raise CorruptImageError(
-                        f"Sample {name}: the mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                        f"Sample {name}: the mask is {masks.shape[2]}x{masks.shape[1]} but the image is "
                         f"{image.width}x{image.height} (WxH); masks must be at the image's resolution."
                     )
             except CorruptImageError as err:
@@ -166,7 +200,7 @@ class EvalOverlayCallback(TrainerCallback):
                     raise
                 corrupt_log.add(name, err)
                 continue
-            taken.append((image, mask))
+            taken.append((image, masks))
             if len(taken) == num_samples:
                 break  # stop before reading (and decoding) another row of a streamed dataset
         return taken
@@ -190,14 +224,23 @@ class EvalOverlayCallback(TrainerCallback):
         from .data import PromptSampler, SamSegmentationCollator
 
         preprocessor = self._resolve_preprocessor(model, processing_class)
-        features = [preprocessor(image, mask.astype(np.uint8)) for image, mask in self.samples]
+        features = []
+        for image, masks in self.samples:
+            one = preprocessor(image, None)
+            reshaped = tuple(int(v) for v in one["reshaped_input_sizes"])
+            objects = [preprocessor.preprocess_mask(m.astype(np.uint8), reshaped) for m in masks]
+            one["gt_masks"] = np.concatenate(objects)
+            features.append(one)
         sampler = PromptSampler(
             box_probability=1.0 if self.prompt_type == "box" else 0.0,
             num_points=self.num_points,
             box_noise=0.0,
             seed=self.seed,
         )
-        self._batch = SamSegmentationCollator(sampler, prompt_type=self.prompt_type)(features)
+        # every object of an image is prompted, as evaluation prompts them (one object: the one-prompt batch)
+        most = max(len(masks) for _, masks in self.samples)
+        collator = SamSegmentationCollator(sampler, prompt_type=self.prompt_type, max_objects_per_image=most)
+        self._batch = collator(features)
         return self._batch
 
     # ------------------------------------------------------------------ drawing
@@ -213,30 +256,32 @@ class EvalOverlayCallback(TrainerCallback):
         was_training = model.training
         model.eval()
         try:
-            logits = sam_low_res_logits(
-                model,
-                batch["pixel_values"],
-                input_boxes=batch.get("input_boxes"),
-                input_points=batch.get("input_points"),
-                input_labels=batch.get("input_labels"),
-            ).cpu()
+            with torch.no_grad():
+                prompts = {k: batch[k] for k in ("input_boxes", "input_points", "input_labels") if k in batch}
+                logits = prompt_logits(model, batch["pixel_values"], **prompts).cpu()  # (B, objects, h, w)
         finally:
             model.train(was_training)
         size = batch["pixel_values"].shape[-1]
         overlays, scores = [], []
         for i, (image, gt) in enumerate(self.samples):
+            count = len(gt)
             original = tuple(int(v) for v in batch["original_sizes"][i])
             reshaped = tuple(int(v) for v in batch["reshaped_input_sizes"][i])
-            pred = postprocess_logits(logits[i : i + 1], original, reshaped, pad_size=size)[0] > 0
+            pred = postprocess_logits(logits[i, :count], original, reshaped, pad_size=size) > 0
             prompt: dict[str, Any] = {}
             if "input_boxes" in batch:
-                prompt["box"] = self._to_original(batch["input_boxes"][i, 0].numpy(), original, reshaped).reshape(-1)
+                boxes = batch["input_boxes"][i, :count].numpy()
+                prompt["boxes"] = [self._to_original(b, original, reshaped).reshape(-1) for b in boxes]
             else:
-                prompt["points"] = self._to_original(batch["input_points"][i, 0].numpy(), original, reshaped)
-                prompt["labels"] = batch["input_labels"][i, 0].numpy()
-            overlays.append(render_overlay(image, pred, gt_mask=gt, alpha=self.alpha, **prompt))
+                points = batch["input_points"][i, :count].numpy()
+                prompt["points"] = [self._to_original(p, original, reshaped) for p in points]
+                prompt["labels"] = batch["input_labels"][i, :count].numpy()
+            overlays.append(render_objects(image, pred, gt_masks=gt, alpha=self.alpha, **prompt))
             plain = binary_iou_dice(np.where(pred, 1.0, -1.0), gt)
-            scores.append({"sample": i, "iou@0.5": float(plain["iou"][0]), "dice@0.5": float(plain["dice"][0])})
+            score = {"sample": i, "iou@0.5": float(np.mean(plain["iou"])), "dice@0.5": float(np.mean(plain["dice"]))}
+            if self.instance_format is not None:  # the sample's numbers are the mean over its objects
+                score.update(objects=count, object_iou=[float(v) for v in plain["iou"]])
+            scores.append(score)
         return overlays, scores
 
     # ------------------------------------------------------------------ TrainerCallback
@@ -253,7 +298,9 @@ class EvalOverlayCallback(TrainerCallback):
         for i, overlay in enumerate(overlays):
             overlay.save(os.path.join(folder, f"sample-{i:02d}.png"))
         grid = image_grid(overlays, columns=min(4, len(overlays)))
-        with_legend(grid, {"box": True} if self.prompt_type == "box" else {}).save(os.path.join(folder, "grid.png"))
+        prompt = {"box": True} if self.prompt_type == "box" else {}
+        legend = with_legend(grid, prompt, objects=self.instance_format is not None)
+        legend.save(os.path.join(folder, "grid.png"))
         summary = {
             "global_step": state.global_step,
             "prompt": self.prompt_type,

@@ -591,14 +591,24 @@ def is_packed(array: Any) -> bool:
 
 
 def original_size_predictions(
-    logits: torch.Tensor, original_masks: Sequence[Any], original_sizes: Any, reshaped_input_sizes: Any
+    logits: torch.Tensor,
+    original_masks: Sequence[Any],
+    original_sizes: Any,
+    reshaped_input_sizes: Any,
+    prompt_mask: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Model-frame logits (B, 1, S, S) -> packed logits and masks at each image's own size.
 
     The one definition of the evaluation frame, shared by `InfoSAMTrainer` evaluation (and
     so train.py and the model card) and examples/evaluate.py: the padding is cropped and
     the valid region resized to the original image, as `postprocess_logits` does.
+    With several prompts per image, `logits` hold one row per valid prompt and `prompt_mask`
+    (images, prompts) says which image each row belongs to (the sizes are per image).
     """
+    if prompt_mask is not None:
+        image = torch.as_tensor(prompt_mask).nonzero()[:, 0].cpu()
+        original_sizes = torch.as_tensor(original_sizes).cpu()[image]
+        reshaped_input_sizes = torch.as_tensor(reshaped_input_sizes).cpu()[image]
     originals = _sizes_per_image(original_sizes, logits.shape[0], "original_sizes")
     reshaped = _sizes_per_image(reshaped_input_sizes, logits.shape[0], "reshaped_input_sizes")
     lg = logits.detach().float().cpu()

@@ -425,7 +425,7 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         logits, _ = select_best_mask(outputs, gt_masks)
         if originals is not None:  # score where the labels live: padding cropped, at the image's own size
             packed_logits, packed_masks = original_size_predictions(
-                logits, originals, inputs["original_sizes"], inputs["reshaped_input_sizes"]
+                logits, originals, inputs["original_sizes"], inputs["reshaped_input_sizes"], outputs.prompt_mask
             )
             return loss.detach(), packed_logits.to(logits.device), packed_masks.to(logits.device)
         return loss.detach(), logits.detach(), gt_masks.detach()

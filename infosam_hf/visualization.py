@@ -28,12 +28,14 @@ __all__ = [
     "BOX_COLOR",
     "POSITIVE_POINT_COLOR",
     "NEGATIVE_POINT_COLOR",
+    "OBJECT_COLORS",
     "mask_to_image",
     "mask_outline",
     "overlay_mask",
     "draw_box",
     "draw_points",
     "render_overlay",
+    "render_objects",
     "image_grid",
 ]
 
@@ -42,6 +44,9 @@ GT_COLOR = (255, 215, 0)
 BOX_COLOR = (0, 230, 64)
 POSITIVE_POINT_COLOR = (0, 230, 64)
 NEGATIVE_POINT_COLOR = (240, 40, 40)
+# One fill per object when an image has several (the first is MASK_COLOR); none near the prompts' green and red
+# or the ground truth's yellow (nor near each other), so that no object's mask reads as a prompt or an annotation.
+OBJECT_COLORS = (MASK_COLOR, (255, 0, 255), (139, 69, 19), (0, 128, 128), (0, 0, 128), (255, 160, 200))
 
 Color = Sequence[int]
 
@@ -219,6 +224,35 @@ def render_overlay(
         out = draw_box(out, box)
     if points is not None and len(np.asarray(_as_array(points)).reshape(-1)):
         out = draw_points(out, points, labels)
+    return out
+
+
+def render_objects(
+    image: Any,
+    masks: Any | None = None,
+    *,
+    boxes: Any | None = None,
+    points: Any | None = None,
+    labels: Any | None = None,
+    gt_masks: Any | None = None,
+    alpha: float = 0.5,
+) -> PIL.Image.Image:
+    """`render_overlay` for several objects of one image: object k's mask filled in `OBJECT_COLORS[k]`, every
+    ground-truth outline in yellow, then every prompt (`boxes` (K, 4), or `points` (K, P, 2) with `labels`).
+
+    With one object this is exactly `render_overlay`.
+    """
+    out = _as_rgb(image)
+    for k, mask in enumerate(masks if masks is not None else ()):
+        out = overlay_mask(out, mask, color=OBJECT_COLORS[k % len(OBJECT_COLORS)], alpha=alpha)
+    for gt in gt_masks if gt_masks is not None else ():
+        out = _draw_outline(out, gt, GT_COLOR)
+    for box in boxes if boxes is not None else ():
+        out = draw_box(out, box)
+    if points is not None:
+        point_labels = [None] * len(points) if labels is None else labels
+        for object_points, object_labels in zip(points, point_labels):
+            out = draw_points(out, object_points, object_labels)
     return out
 
 

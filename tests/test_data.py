@@ -88,7 +88,11 @@ def test_pixel_values_match_samprocessor(pre, shape):
     image = PIL.Image.fromarray(random_image(*shape, seed=sum(shape)))
     reference = sam_processor()(images=image, return_tensors="np")
     out = pre(image)
-    np.testing.assert_allclose(out["pixel_values"], reference["pixel_values"][0], atol=1e-5, rtol=0)
+    # Without torchvision SamProcessor falls back to its PIL backend; we resize as its default torchvision backend
+    # does (tests/test_sam2_processor_reference.py), which rounds a few pixels one grey level apart from Pillow's.
+    difference = np.abs(out["pixel_values"] - reference["pixel_values"][0])
+    assert difference.max() <= 1.01 / 255 / min(pre.image_std), difference.max()
+    assert (difference > 1e-5).mean() < 0.01
     assert out["reshaped_input_sizes"].tolist() == list(reference["reshaped_input_sizes"][0])
     assert out["original_sizes"].tolist() == list(reference["original_sizes"][0])
 

@@ -34,7 +34,9 @@ def test_geometry_matches_sam_processor_and_mask_lands_in_place():
     pre = SamSegmentationPreprocessor.from_processor(processor)
     out = pre(image, rect_mask(60, 100, (50, 30, 100, 60)))
     expected = processor(images=image, return_tensors="pt")["pixel_values"][0].numpy()
-    np.testing.assert_allclose(out["pixel_values"], expected, atol=1e-5)
+    # Without torchvision this is SamProcessor's PIL backend: Pillow's resize, one grey level from the torch one
+    one_grey_level = 1.01 / 255 / min(pre.image_std)
+    np.testing.assert_allclose(out["pixel_values"], expected, atol=one_grey_level, rtol=0)
     assert out["reshaped_input_sizes"].tolist() == [38, 64] and out["original_sizes"].tolist() == [60, 100]
     gt = out["gt_masks"][0]
     assert gt[20:37, 33:63].all() and not gt[:17, :].any() and not gt[38:, :].any()  # padded rows are background

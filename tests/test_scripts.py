@@ -8,6 +8,7 @@ empty mask), so that the crop-and-resize to the original size is exercised.
 
 import importlib.util
 import json
+import logging
 import os
 import sys
 
@@ -427,3 +428,10 @@ def test_predict_matches_sam_processor_end_to_end(predict_script, assets):
     )
     assert ours.shape == (48, 64) and expected.any()
     assert (ours == expected).mean() > 0.999  # float32 vs float64 normalisation may flip a boundary pixel
+
+
+def test_predict_logs_the_base_model_an_adapter_names(predict_script, assets, caplog):
+    args = predict_script.PredictionArguments(adapter=assets["adapter"], images=["unused.png"], box=[1, 1, 9, 9])
+    with caplog.at_level(logging.INFO, logger="infosam_hf.predict"):
+        predict_script.load_model(args, torch.device("cpu"))
+    assert f"adapter {assets['adapter']} on {assets['base']}" in caplog.text and "on None" not in caplog.text

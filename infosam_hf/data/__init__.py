@@ -22,6 +22,7 @@ from .prompts import PAD_LABEL, PROMPT_TYPES, PromptSampler
 from .sources import (
     CorruptSampleCounter,
     CorruptSampleLog,
+    check_masks_not_empty,
     find_bad_samples,
     load_segmentation_dataset,
     prepare_dataset,
@@ -44,6 +45,7 @@ __all__ = [
     "PromptSampler",
     "SamSegmentationCollator",
     "SamSegmentationPreprocessor",
+    "check_masks_not_empty",
     "choose_data_mode",
     "decode_image",
     "decode_instances",

@@ -82,6 +82,7 @@ def choose_data_mode(
     image_size: int = 1024,
     max_cache_gb: float = DEFAULT_MAX_CACHE_GB,
     cache_dir: str | os.PathLike | None = None,
+    instance_format: str | None = None,
 ) -> DataMode:
     """Stream, or preprocess once? `streaming="auto"` picks what is fastest for the data at hand.
 
@@ -89,14 +90,19 @@ def choose_data_mode(
     plus mask) stays below `max_cache_gb` and half the free disk is preprocessed once
     (`prepare_cached_dataset`); anything else (Hub ids, large or uncountable local data) is
     streamed. `True` / `"true"` always streams, `False` / `"false"` always caches, at any size.
+    Instance data (`instance_format`) is always streamed: the cache holds one mask per image.
     """
     choice = str(streaming).strip().lower()
+    if choice not in (*_TRUE, *_FALSE, "auto"):
+        raise ValueError(f"streaming must be 'auto', 'true' or 'false'; got {streaming!r}.")
+    if instance_format is not None:
+        ignored = f" (--streaming {streaming} does not apply)" if choice in _FALSE else ""
+        return DataMode(True, f"instance data (--instance_format {instance_format}) is decoded as it streams: the "
+                              f"preprocessed cache holds one mask per image{ignored}.")
     if choice in _TRUE:
         return DataMode(True, "--streaming true was passed (decoded again every epoch).")
     if choice in _FALSE:
         return DataMode(False, "--streaming false was passed: decoded and resized once, whatever the size.")
-    if choice != "auto":
-        raise ValueError(f"streaming must be 'auto', 'true' or 'false'; got {streaming!r}.")
     path = os.path.expanduser(os.fspath(name_or_path))
     if not os.path.exists(path):
         return DataMode(

@@ -57,7 +57,9 @@ class SamSegmentationCollator:
     `prompt_mask` (B, N) bool, False for the padding of images with fewer than N objects
     (N is the largest object count of the batch, capped at `max_objects_per_image`). A
     padded slot repeats the image's first prompt and ground truth; the loss and the
-    metrics leave it out.
+    metrics leave it out. Rows prepared with `keep_original_mask=True` add `gt_original`:
+    each prompted object's mask at its image's own size, one per valid prompt, in
+    `prompt_mask.nonzero()` order (image by image), for the metrics.
     """
 
     def __init__(
@@ -148,14 +150,18 @@ class SamSegmentationCollator:
 
     def _multi_object_batch(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         sampler = self.prompt_sampler
-        objects = []
+        objects, originals = [], []
         for f in features:
             masks = _as_numpy(f["gt_masks"], np.float32)
             masks = masks[None] if masks.ndim == 2 else masks
+            keep = np.arange(masks.shape[0])
             if masks.shape[0] > self.max_objects_per_image:  # a random subset, in annotation order
                 keep = np.sort(sampler.rng.choice(masks.shape[0], self.max_objects_per_image, replace=False))
                 masks = masks[keep]
             objects.append(masks)
+            if ORIGINAL_MASKS_KEY in f:
+                original = f[ORIGINAL_MASKS_KEY]
+                originals += [np.asarray(original[k]) for k in keep]
         size = objects[0].shape[-2:]
         n = max(m.shape[0] for m in objects)
         gt_masks = np.zeros((len(features), n, *size), dtype=np.float32)
@@ -166,6 +172,8 @@ class SamSegmentationCollator:
             prompt_mask[index, : masks.shape[0]] = True
         batch = _image_fields(features, gt_masks)
         batch["prompt_mask"] = torch.from_numpy(prompt_mask)
+        if originals:
+            batch[ORIGINAL_MASKS_KEY] = originals
         reshaped = batch["reshaped_input_sizes"].numpy()
         kind = sampler.choose_prompt_type() if self.prompt_type == "mixed" else self.prompt_type
 

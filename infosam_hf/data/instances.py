@@ -31,6 +31,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
+from .collator import ORIGINAL_MASKS_KEY
 from .images import CorruptImageError, decode_image, describe_source, image_size_hw, to_binary_mask
 from .preprocessing import SamSegmentationPreprocessor
 from .sources import CorruptSampleLog, PicklableWithLock, _per_sample, _Preprocess, _with_columns
@@ -253,8 +254,9 @@ def decode_instances(
 class _PreprocessInstances(_Preprocess):
     """`prepare_dataset`'s per-sample function, for instance layouts: `gt_masks` becomes (K, S, S) uint8."""
 
-    def __init__(self, preprocessor, skip_corrupt, log, instance_format, min_object_area, stats):
-        super().__init__(preprocessor, skip_corrupt, log)
+    def __init__(self, preprocessor, skip_corrupt, log, instance_format, min_object_area, stats,
+                 keep_original_mask=False):
+        super().__init__(preprocessor, skip_corrupt, log, keep_original_mask)
         self.instance_format = instance_format
         self.min_object_area = int(min_object_area)
         self.stats = stats
@@ -277,6 +279,8 @@ class _PreprocessInstances(_Preprocess):
         reshaped = tuple(int(v) for v in features["reshaped_input_sizes"])
         stacked = [self.preprocessor.preprocess_mask(m.astype(np.uint8), reshaped) for m in kept]
         features["gt_masks"] = np.concatenate(stacked).astype(np.uint8)
+        if self.keep_original_mask:
+            features[ORIGINAL_MASKS_KEY] = np.stack(kept).astype(np.uint8)
         return features
 
 
@@ -288,8 +292,12 @@ def prepare_instance_dataset(
     skip_corrupt: bool = True,
     corrupt_log: CorruptSampleLog | None = None,
     stats: InstanceStats | None = None,
+    keep_original_mask: bool = False,
 ):
     """Like `prepare_dataset`, for instance data: each row yields `gt_masks` (K, S, S), one mask per object.
+
+    `keep_original_mask=True` adds the object masks at the image's own size (`gt_original`, (K, H, W)), which
+    evaluation scores against, as for one mask per image.
 
     Feed it to `SamSegmentationCollator(max_objects_per_image=N)`. The counts of skipped
     objects and images are in `prepared.instance_stats` (per process; data-loader workers
@@ -307,7 +315,8 @@ def prepare_instance_dataset(
             f"prepare_instance_dataset expects 'image' and 'mask' columns; got {columns}. Load the data with "
             "load_segmentation_dataset(..., mask_column=<the instance column>)."
         )
-    fn = _PreprocessInstances(preprocessor, skip_corrupt, log, instance_format, min_object_area, stats)
+    fn = _PreprocessInstances(preprocessor, skip_corrupt, log, instance_format, min_object_area, stats,
+                              keep_original_mask)
     prepared = _per_sample(dataset, fn, columns)
     prepared.corrupt_log = log
     prepared.instance_stats = stats

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import PIL.Image
+import torch
 
 from .images import CorruptImageError, decode_image, describe_source, image_size_hw, to_binary_mask, to_rgb_pil
 
@@ -31,6 +32,32 @@ def longest_side_size(height: int, width: int, longest_edge: int) -> tuple[int, 
     """SAM's `ResizeLongestSide` shape, with its round-half-up, as `SamImageProcessor` computes it."""
     scale = longest_edge * 1.0 / max(height, width)
     return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+# PIL resample codes (what processor configs store) -> torch's interpolate modes, as transformers'
+# `pil_torch_interpolation_mapping`; other filters (box, hamming, lanczos) have no torch kernel and stay on PIL.
+_TORCH_MODES = {PIL.Image.NEAREST: "nearest-exact", PIL.Image.BILINEAR: "bilinear", PIL.Image.BICUBIC: "bicubic"}
+
+
+def resize_uint8(image: np.ndarray, size_hw: tuple[int, int], resample: int = PIL.Image.BILINEAR) -> np.ndarray:
+    """(H, W, 3) uint8 -> (3, h, w) uint8, resized as `SamImageProcessor` / `Sam2ImageProcessor` resize.
+
+    Their torchvision backend calls torch's antialiased `interpolate` on the uint8 tensor (on CPUs torchvision
+    reports as AVX2; elsewhere it casts to float32 and rounds, one grey level off on some pixels). This is that
+    call, always: the same bytes as the real processor recorded in tests/test_sam2_processor_reference.py, on
+    any x86 machine and whatever Pillow is installed.
+    """
+    mode = _TORCH_MODES.get(int(resample))
+    if mode is None:
+        resized = PIL.Image.fromarray(image).resize(size_hw[::-1], resample=int(resample))
+        return np.asarray(resized).transpose(2, 0, 1)
+    smooth = mode in ("bilinear", "bicubic")
+    image = np.ascontiguousarray(image)
+    tensor = torch.from_numpy(image if image.flags.writeable else image.copy()).permute(2, 0, 1)[None]
+    resized = torch.nn.functional.interpolate(
+        tensor, size=tuple(size_hw), mode=mode, antialias=smooth, align_corners=False if smooth else None
+    )
+    return resized[0].numpy()
 
 
 class SamSegmentationPreprocessor:
@@ -191,12 +218,14 @@ class SamSegmentationPreprocessor:
         else:
             new_h, new_w = longest_side_size(height, width, self.image_size)
         if (new_h, new_w) != (height, width):
-            rgb = rgb.resize((new_w, new_h), resample=self.resample)
+            bands = resize_uint8(np.asarray(rgb), (new_h, new_w), self.resample)
+        else:
+            bands = np.asarray(rgb).transpose(2, 0, 1)
         size = self.image_size
         pixel_values = np.zeros((3, size, size), dtype=np.float32)
-        for channel, band in enumerate(rgb.split()):
+        for channel, band in enumerate(bands):
             view = pixel_values[channel, :new_h, :new_w]
-            np.multiply(np.asarray(band), self._scale[channel], out=view)
+            np.multiply(band, self._scale[channel], out=view)
             view -= self._shift[channel]
         return pixel_values, (height, width), (new_h, new_w)
 

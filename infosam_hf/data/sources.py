@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import datasets
+import numpy as np
 from datasets import Dataset, IterableDataset
 from datasets import Image as ImageFeature
 
@@ -418,14 +419,15 @@ class CorruptSampleLog(PicklableWithLock):
     """Counts and names the samples skipped because their image or mask could not be decoded.
 
     Each skip is logged as it happens (file and fix), `report()` summarises, and every
-    log that skipped something reports again when the process exits, so a long run
-    ends with the list. Data-loader workers hold their own copies: with
+    log with skips that no `report()` has summarised yet reports them when the process
+    exits, so a long run ends with the list, once. Data-loader workers hold their own copies: with
     `num_workers > 0` the per-skip warnings (emitted in the workers) are the record.
     """
 
     def __init__(self):
         self.skipped: list[str] = []
         self.reasons: list[str] = []  # why each one was skipped, in the same order
+        self.reported = 0  # how many skips a report() has summarised (the exit report repeats none of them)
         self._lock = threading.Lock()
         _LOGS.add(self)
 
@@ -440,12 +442,14 @@ class CorruptSampleLog(PicklableWithLock):
         logger.warning("Skipping corrupt sample %s (%d skipped so far): %s", source, self.count, error)
 
     def report(self) -> str:
+        self.reported = self.count
         if not self.skipped:
             return "No corrupt samples were skipped."
         names = list(dict.fromkeys(self.skipped))  # a sample met at every evaluation is named once
         return (
             f"Skipped {len(names)} corrupt sample(s): {', '.join(names)}. Re-export or remove these files "
-            "(or pass skip_corrupt=False to stop at the first one)."
+            "(examples/train.py --validate_data lists every bad sample of both splits and stops; in Python, "
+            "find_bad_samples(dataset))."
         )
 
     def __repr__(self) -> str:
@@ -459,8 +463,16 @@ _LOGS: weakref.WeakSet[CorruptSampleLog] = weakref.WeakSet()
 @atexit.register
 def _report_corrupt_samples_at_exit() -> None:  # pragma: no cover - runs at interpreter exit
     for log in list(_LOGS):
-        if log.count:
+        if log.count > getattr(log, "reported", 0):
             logger.warning(log.report())
+
+
+def describe_sample(image_value: Any, mask_value: Any, fallback: str) -> tuple[str, str, str]:
+    """(image, mask, pair) names of a row for skip messages: the image's file, its mask's, and both (a size
+    mismatch). Every reader of rows (training, evaluation, overlays) names them so, and a bad sample is listed once."""
+    image_source = describe_source(image_value, fallback)
+    mask_source = describe_source(mask_value, f"mask of {image_source}")
+    return image_source, mask_source, f"{image_source} (mask {mask_source})"
 
 
 class _Preprocess:
@@ -479,8 +491,7 @@ class _Preprocess:
         self.keep_original_mask = keep_original_mask
 
     def one(self, image_value: Any, mask_value: Any, fallback_name: str) -> dict | None:
-        image_source = describe_source(image_value, fallback_name)
-        mask_source = describe_source(mask_value, f"mask of {image_source}")
+        image_source, mask_source, pair = describe_sample(image_value, mask_value, fallback_name)
         try:
             image = decode_image(image_value, "image")
         except CorruptImageError as err:
@@ -489,7 +500,7 @@ class _Preprocess:
             mask = decode_image(mask_value, "mask") if mask_value is not None else None
         except CorruptImageError as err:
             return self._skip(mask_source, err)
-        name = image_source if mask_value is None else f"{image_source} (mask {mask_source})"
+        name = image_source if mask_value is None else pair
         try:
             features = self.preprocessor(image, mask, source=name)
         except MaskSizeMismatchError as err:
@@ -592,3 +603,30 @@ def find_bad_samples(dataset: IterableDataset | Dataset, limit: int | None = Non
                 f"{mask_hw[1]}x{mask_hw[0]}"
             )
     return problems
+
+
+def check_masks_not_empty(
+    dataset: IterableDataset | Dataset, what: str = "training", max_samples: int = 64, max_empty_fraction: float = 0.9
+) -> tuple[int, int]:
+    """Refuse a split whose masks are all, or nearly all, empty: what a broken mask export gives (0/1 masks
+    saved into a format that scales them away, the wrong `--mask_column`), and what no metric shows, since an
+    empty prediction then scores IoU 1. Reads the first `max_samples` preprocessed rows (with `gt_masks`);
+    returns (empty, read). More than `max_empty_fraction` empty raises a `ValueError` naming the fix."""
+    empty = read = 0
+    rows = (dataset[i] for i in range(min(len(dataset), max_samples))) if isinstance(dataset, Dataset) else dataset
+    for row in rows:
+        if read == max_samples:
+            break
+        if row is None or row.get("pixel_values") is None or row.get("gt_masks") is None:
+            continue  # a skipped (corrupt) sample
+        read += 1
+        empty += not np.any(np.asarray(row["gt_masks"]))
+    if read and empty / read > max_empty_fraction:
+        share = "all" if empty == read else f"{empty}"
+        raise ValueError(
+            f"{share} of the first {read} {what} masks are empty (no foreground pixel). A mask export that lost its "
+            "foreground gives this, and it would train and score an empty prediction as IoU 1.0: check the mask "
+            "files (foreground non-zero, e.g. 0/255 or 0/1 PNGs) and --mask_column. If the data really is mostly "
+            "empty, pass --allow_empty_masks true."
+        )
+    return empty, read

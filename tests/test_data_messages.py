@@ -1,0 +1,131 @@
+"""What the data pipeline and the example scripts tell a user: empty-mask data, skip reports, mode lines, bad flags."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from infosam_hf.callbacks import EvalOverlayCallback
+from infosam_hf.data import (
+    CorruptSampleLog,
+    SamSegmentationPreprocessor,
+    check_masks_not_empty,
+    choose_data_mode,
+    load_segmentation_dataset,
+    prepare_dataset,
+)
+from infosam_hf.data import sources
+from infosam_hf.visualization import BOX_COLOR, GT_COLOR, NEGATIVE_POINT_COLOR, OBJECT_COLORS, POSITIVE_POINT_COLOR
+from test_train_script import load_script
+
+
+def write_csv(root: Path, masks: dict[str, list[np.ndarray]], size=(40, 48)) -> Path:
+    """<root>/{split}.csv with random images and the given masks (a mask of another size is a mis-sized one)."""
+    rng = np.random.default_rng(0)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    for split, split_masks in masks.items():
+        rows = []
+        for i, mask in enumerate(split_masks):
+            image, mask_file = f"img/{split}-{i}.png", f"img/{split}-{i}-mask.png"
+            PIL.Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / image)
+            PIL.Image.fromarray(mask.astype(np.uint8) * 255).save(root / mask_file)
+            rows.append({"image": image, "label": mask_file})
+        with open(root / f"{split}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["image", "label"])
+            writer.writeheader()
+            writer.writerows(rows)
+    return root
+
+
+def square(size=(40, 48), on=True) -> np.ndarray:
+    mask = np.zeros(size, dtype=bool)
+    mask[10:25, 12:30] = on
+    return mask
+
+
+# ------------------------------------------------------------------------------------------- empty masks
+
+
+def test_a_data_set_of_empty_masks_stops_train_py_before_training(tmp_path):
+    data = write_csv(tmp_path / "data", {"train": [square(on=False)] * 4, "test": [square(on=False)] * 2})
+    with pytest.raises(ValueError, match=r"all of the first 4 training masks are empty.*--allow_empty_masks true"):
+        load_script("train").main(["--dataset_name", str(data), "--output_dir", str(tmp_path / "run"),
+                                   "--max_steps", "1"])
+
+
+def test_nearly_all_empty_is_refused_and_a_few_empty_masks_are_fine():
+    import datasets
+
+    def prepared(masks):
+        images = [np.zeros((40, 48, 3), np.uint8)] * len(masks)
+        raw = datasets.Dataset.from_dict({"image": images, "mask": [m.astype(np.uint8) for m in masks]})
+        return prepare_dataset(raw, SamSegmentationPreprocessor(image_size=32))
+
+    with pytest.raises(ValueError, match="19 of the first 20 evaluation masks are empty"):
+        check_masks_not_empty(prepared([square()] + [square(on=False)] * 19), "evaluation")
+    assert check_masks_not_empty(prepared([square()] * 3 + [square(on=False)] * 7)) == (7, 10)
+    assert check_masks_not_empty(prepared([square(on=False)] * 5), max_samples=0) == (0, 0)
+
+
+# ------------------------------------------------------------------------------------------- skip reports
+
+
+def test_a_mis_sized_eval_mask_is_listed_once_and_its_report_not_repeated_at_exit(tmp_path, caplog):
+    data = write_csv(tmp_path / "data", {"test": [square(), square((20, 30)), square()]})
+    raw = load_segmentation_dataset(str(data), split="test", streaming=False)
+    log = CorruptSampleLog()
+    evaluation = prepare_dataset(raw, SamSegmentationPreprocessor(image_size=32), corrupt_log=log,
+                                 keep_original_mask=True)
+    assert evaluation[1]["pixel_values"] is None
+    EvalOverlayCallback(raw, num_samples=3, corrupt_log=log)  # train.py shares one log between the two
+    report = log.report()
+    assert report.startswith("Skipped 1 corrupt sample(s): ") and report.count("test-1.png") == 1, report
+    assert "skip_corrupt" not in report and "--validate_data" in report  # a flag a CLI user can pass
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="infosam_hf"):
+        sources._report_corrupt_samples_at_exit()  # train.py printed the report: the exit hook adds nothing
+    assert "test-1.png" not in caplog.text
+    log.add("another.png", "unreadable")
+    with caplog.at_level(logging.WARNING, logger="infosam_hf"):
+        sources._report_corrupt_samples_at_exit()  # a skip after the last report is reported
+    assert "another.png" in caplog.text
+
+
+def test_instance_data_does_not_claim_streaming_true_was_passed(tmp_path):
+    mode = choose_data_mode(tmp_path, "auto", instance_format="ids")
+    assert mode.streaming and "--streaming true was passed" not in str(mode) and "--instance_format ids" in str(mode)
+    assert "does not apply" in str(choose_data_mode(tmp_path, "false", instance_format="masks"))
+    assert "--streaming true was passed" in str(choose_data_mode(tmp_path, "true"))
+    with pytest.raises(ValueError, match="streaming must be"):
+        choose_data_mode(tmp_path, "sometimes", instance_format="ids")
+
+
+# ------------------------------------------------------------------------------------------- scripts
+
+
+@pytest.mark.parametrize(
+    "script, flag",
+    [("train", "--max_steps"), ("evaluate", "--batch_size"), ("predict", "--threshold")],
+)
+def test_a_non_numeric_flag_is_one_error_line_naming_flag_value_and_type(script, flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_script(script).main([flag, "ten"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: argument " + flag) and "'ten'" in err[0] and "invalid" in err[0], err[0]
+
+
+def test_object_colours_differ_from_the_prompt_and_ground_truth_colours():
+    def distance(a, b):
+        return float(np.linalg.norm(np.subtract(a, b)))
+
+    for k, colour in enumerate(OBJECT_COLORS):
+        for taken in (BOX_COLOR, POSITIVE_POINT_COLOR, NEGATIVE_POINT_COLOR, GT_COLOR, *OBJECT_COLORS[:k]):
+            assert distance(colour, taken) > 100, (colour, taken)  # RGB units: told apart at a glance
+    assert load_script("predict").OBJECT_COLORS is OBJECT_COLORS  # predict.py draws objects with the same palette
