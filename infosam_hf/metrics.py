@@ -580,10 +580,43 @@ def pack_maps(maps: Sequence[Any]) -> torch.Tensor:
     return out
 
 
+def pack_maps_per_image(maps: Sequence[Any], counts: Sequence[int]) -> torch.Tensor:
+    """Maps of several objects per image -> one row per image: [-(k+1), h1, w1, values1, ..., hk, wk, valuesk, pad].
+
+    The Trainer gathers and trims evaluation outputs across processes by rows, one row per sample (image): rows
+    per object would differ in number between ranks (a collective mismatch under DDP) and be trimmed wrongly at
+    the end of the set. The negative first value (-1 for an image without objects) tells these rows from
+    `pack_maps` rows, which start with a height.
+    """
+    flat = [torch.as_tensor(np.asarray(m, dtype=np.float32)) for m in maps]
+    if sum(counts) != len(flat):
+        raise ValueError(f"{len(flat)} maps for {sum(counts)} objects ({list(counts)} per image)")
+    rows, start = [], 0
+    for count in counts:
+        parts = [torch.tensor([-float(count + 1)])]
+        for m in flat[start : start + count]:
+            parts += [torch.tensor([float(m.shape[-2]), float(m.shape[-1])]), m.reshape(-1)]
+        rows.append(torch.cat(parts))
+        start += count
+    out = torch.full((len(rows), max(r.numel() for r in rows)), PACKED_PAD_VALUE, dtype=torch.float32)
+    for row, values in zip(out, rows):
+        row[: values.numel()] = values
+    return out
+
+
 def unpack_maps(packed: Any) -> list[np.ndarray]:
-    """The inverse of `pack_maps`: the (h, w) maps, padding dropped."""
-    rows = _to_numpy(packed)
-    return [row[2 : 2 + int(row[0]) * int(row[1])].reshape(int(row[0]), int(row[1])) for row in rows]
+    """The inverse of `pack_maps` and `pack_maps_per_image`: the (h, w) maps in order, padding dropped."""
+    maps = []
+    for row in _to_numpy(packed):
+        if row[0] >= 0:
+            maps.append(row[2 : 2 + int(row[0]) * int(row[1])].reshape(int(row[0]), int(row[1])))
+            continue
+        at = 1
+        for _ in range(int(-row[0]) - 1):
+            h, w = int(row[at]), int(row[at + 1])
+            maps.append(row[at + 2 : at + 2 + h * w].reshape(h, w))
+            at += 2 + h * w
+    return maps
 
 
 def is_packed(array: Any) -> bool:

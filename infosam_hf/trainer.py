@@ -23,7 +23,7 @@ from transformers.utils import logging
 from .config import InfoSAMConfig
 from .data.collator import ORIGINAL_MASKS_KEY
 from .losses import InfoSAMLoss, segmentation_loss
-from .metrics import original_size_predictions
+from .metrics import original_size_predictions, pack_maps, pack_maps_per_image, unpack_maps
 from .models import load_sam_model
 from .modeling import (
     ADAPTER_WEIGHTS_NAME,
@@ -427,8 +427,15 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
             packed_logits, packed_masks = original_size_predictions(
                 logits, originals, inputs["original_sizes"], inputs["reshaped_input_sizes"], outputs.prompt_mask
             )
-            return loss.detach(), packed_logits.to(logits.device), packed_masks.to(logits.device)
-        return loss.detach(), logits.detach(), gt_masks.detach()
+        elif outputs.prompt_mask is not None:
+            packed_logits, packed_masks = pack_maps(logits[:, 0].float().cpu()), pack_maps(gt_masks[:, 0].cpu())
+        else:
+            return loss.detach(), logits.detach(), gt_masks.detach()
+        if outputs.prompt_mask is not None:  # one row per image, as the Trainer gathers and trims across processes
+            counts = outputs.prompt_mask.sum(dim=1).tolist()
+            packed_logits = pack_maps_per_image(unpack_maps(packed_logits), counts)
+            packed_masks = pack_maps_per_image(unpack_maps(packed_masks), counts)
+        return loss.detach(), packed_logits.to(logits.device), packed_masks.to(logits.device)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Adds the mean of each loss part since the last log (`loss_seg`, `loss_r`, `loss_d`, eval_ prefixed).

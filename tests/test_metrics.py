@@ -602,3 +602,20 @@ def test_evaluate_module_loads_offline_and_matches(tmp_path):
     assert set(out["metric"]) == {"iou", "dice", "iou@0.5", "dice@0.5", "s_measure", "e_measure", "weighted_f"}
     for key, value in out["direct"].items():
         assert out["metric"][key] == pytest.approx(value, rel=1e-6)
+
+
+def test_objects_packed_per_image_survive_padding_gathering_and_trimming():
+    """Several objects per image travel as one row per image (what DDP gathering and end trimming count)."""
+    from infosam_hf.metrics import PACKED_PAD_VALUE, pack_maps_per_image, unpack_maps
+
+    rng = np.random.default_rng(0)
+    maps = [rng.standard_normal(shape).astype(np.float32) for shape in [(3, 5), (4, 2), (2, 2), (6, 1)]]
+    packed = pack_maps_per_image(maps, counts=[2, 0, 1, 1])
+    assert packed.shape[0] == 4  # one row per image, the image without objects included
+    wider = torch.cat([packed, torch.full((4, 7), PACKED_PAD_VALUE)], dim=1)  # pad_across_processes(dim=1)
+    for got, expected in zip(unpack_maps(wider), maps, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    kept = unpack_maps(wider[:3])  # gather_for_metrics trims whole rows: the last image's object goes with it
+    assert len(kept) == 3 and kept[-1].shape == (2, 2)
+    with pytest.raises(ValueError, match="4 maps for 3 objects"):
+        pack_maps_per_image(maps, counts=[2, 1])
