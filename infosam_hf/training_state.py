@@ -205,6 +205,7 @@ class SafetensorsTrainingStateMixin:
             state = state_dict(batches_consumed=consumed)
         except TypeError:  # a collator of the user's with a plain state_dict()
             state = state_dict()
+        os.makedirs(output_dir, exist_ok=True)  # every rank writes its own, maybe before rank 0 made the folder
         path = os.path.join(output_dir, collator_state_name(self.args.world_size, self.args.process_index))
         with open(path, "w", encoding="utf-8") as f:
             json.dump(state, f)

@@ -111,3 +111,17 @@ def test_the_summary_and_the_card_say_how_many_processes_trained_and_that_they_w
     assert f"| data parallel | {line} |" in ddp["card"]
     assert single["ranks"][0]["summary"]["data_parallel"] is None
     assert "data parallel" not in single["card"]
+
+
+def test_several_objects_per_image_train_and_evaluate_under_two_processes(tmp_path):
+    """Ranks hold different numbers of objects: evaluation gathers them per image (was a gloo collective mismatch)."""
+    from infosam_hf.builtin import builtin_dataset_path
+
+    data = builtin_dataset_path("specialised", max_objects=6)
+    run = run_train_script(tmp_path, "instances", WORLD_SIZE,
+                           ["--dataset_name", data, "--instance_format", "ids", "--max_objects_per_image", "3"])
+    summary = run["ranks"][0]["summary"]
+    assert summary["metrics_per"] == "object" and 0.0 <= summary["iou"] <= 1.0
+    assert [r["trained_model_class"] for r in run["ranks"]] == ["DistributedDataParallel"] * WORLD_SIZE
+    first, second = run["weights"]
+    assert all(torch.equal(first[k], second[k]) for k in first)
