@@ -16,6 +16,7 @@ from transformers import SamProcessor
 
 from infosam_hf.builtin import BUILTIN_MODEL_PATH
 
+pytestmark = pytest.mark.extras  # .ci/run runs these again once every extra is installed
 gradio = pytest.importorskip("gradio", reason='the demo extra is not installed: pip install -e ".[demo]"')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -222,6 +222,7 @@ def test_export_script_refuses_and_writes(adapter_dir, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.extras
 def test_onnx_encoder_and_decoder_match_pytorch(exported, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime", reason='pip install -e ".[onnx]"')
     from infosam_hf.export import ONNX_DECODER_NAME, ONNX_ENCODER_NAME, export_onnx
