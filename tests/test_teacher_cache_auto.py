@@ -192,3 +192,19 @@ def test_cache_flags_parse_from_the_command_line_and_saved_configs():
         InfoSAMConfig(teacher_cache_dtype="float16")
     with pytest.raises(ValueError, match="teacher_cache_max_gb must be positive"):
         InfoSAMConfig(teacher_cache_max_gb=0)
+
+
+@pytest.mark.slow
+def test_train_script_prints_the_decision_with_the_schedule(tmp_path, capsys):
+    from test_train_script import load_script
+
+    from infosam_hf.synthetic import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data", "specialised", num_train=8, num_test=2, image_size=128, seed=1)
+    load_script("train").main(
+        ["--dataset_name", str(data), "--output_dir", str(tmp_path / "run"), "--max_steps", "4",
+         "--per_device_train_batch_size", "4", "--disable_tqdm", "true", "--eval_overlays", "0"]
+    )
+    lines = capsys.readouterr().out.splitlines()
+    schedule = next(i for i, line in enumerate(lines) if line.startswith("Schedule: 4 optimiser steps"))
+    assert lines[schedule + 1].startswith("Teacher embedding cache on: 4 steps x 4 images over 8 images: 2 epochs")
