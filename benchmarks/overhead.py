@@ -232,8 +232,9 @@ def whole_run(args: argparse.Namespace) -> None:
             if out.returncode != 0:
                 raise SystemExit(f"whole-run worker {mode} failed:\n{out.stderr[-4000:]}")
             results[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(f"  repeat {repeat} {mode}: {results[mode][-1]['wall_s']:.1f} s, epochs "
-                  + ", ".join(f"{t:.1f}" for t in results[mode][-1]["epoch_s"]), flush=True)
+            run = results[mode][-1]
+            print(f"  repeat {repeat} {mode}: {run['wall_s']:.1f} s, epochs " + ", ".join(f"{t:.1f}" for t in
+                  run["epoch_s"]) + f", peak {run['memory_mb']:.1f} MB, cache {run['cache_mb']:.1f} MB", flush=True)
     print(results["infosam"][0]["decision"])
     print(f"{args.epochs} epochs x {args.num_images} images, batch {args.batch_size}, model {args.model} at "
           f"{args.image_size} px, {args.repeats} alternating repeats (best of each)")

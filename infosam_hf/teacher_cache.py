@@ -11,6 +11,11 @@ It is exact only if the teacher's image encoder never changes: a separate frozen
 teacher, or the shared-weights teacher when the student trains the encoder through
 adapters only (LoRA etc., which `disable_adapter()` switches off). `for_model` refuses
 the configuration where the student's `modules_to_save` would copy encoder layers.
+
+`decide_teacher_cache` resolves `InfoSAMConfig.cache_teacher_embeddings` (default "auto") for a
+run: on where the data comes back unchanged (a known size, more than one epoch, a collator and
+dataset known to keep the pixels) and the entries fit the memory bound; it refuses, in every mode,
+a teacher whose image encoder trains or applies dropout, where the cache could serve a stale entry.
 """
 
 from __future__ import annotations
@@ -314,11 +319,10 @@ def teacher_entry_bytes(model: nn.Module, storage_dtype: str | None = None) -> i
 
 def _changing_teacher(model: nn.Module) -> str | None:
     """Why the teacher's image embeddings of one image could differ between two epochs, or None."""
-    from .teacher_store import _frozen_encoder_tensors
-
     encoder = model.teacher_image_encoder
-    read_by_teacher = {t.data_ptr() for t in _frozen_encoder_tensors(encoder).values()}
-    trained = [n for n, p in encoder.named_parameters() if p.requires_grad and p.data_ptr() in read_by_teacher]
+    switched_off = _adapter_modules(encoder)  # what `disable_adapter()` takes out of the teacher's forward
+    off_params = {id(p) for m in switched_off for p in m.parameters(recurse=False)}
+    trained = [n for n, p in encoder.named_parameters() if p.requires_grad and id(p) not in off_params]
     if trained:
         return (
             f"{len(trained)} image-encoder weight(s) the teacher runs are trained (e.g. {trained[0]}); train the "
@@ -327,13 +331,26 @@ def _changing_teacher(model: nn.Module) -> str | None:
     if model.teacher is None:  # the shared teacher runs in the student's training mode
         vision = model.sam_config.vision_config
         rates = {n: getattr(vision, n) for n in dir(vision) if n.endswith("dropout") and not n.startswith("_")}
-        rates.update({n: m.p for n, m in encoder.named_modules() if isinstance(m, nn.Dropout)
-                      and not any(p.startswith(("lora_", "adapter_")) for p in n.split("."))})
+        rates.update({n: m.p for n, m in encoder.named_modules() if isinstance(m, nn.Dropout) and m not in switched_off})
         random = {n: p for n, p in rates.items() if isinstance(p, float) and p > 0}
         if random:
             name, rate = next(iter(random.items()))
             return f"the shared teacher's image encoder applies dropout in training ({name}={rate:g})"
     return None
+
+
+def _adapter_modules(encoder: nn.Module) -> set[nn.Module]:
+    """The modules of PEFT layers other than their base layer (LoRA's A/B and dropout, the bottleneck Adapter and
+    its LayerNorm copies, `modules_to_save` copies): off while the shared teacher runs."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    found = set()
+    for module in encoder.modules():
+        if isinstance(module, BaseTunerLayer) or hasattr(module, "original_module"):
+            for name, child in module.named_children():
+                if name not in ("base_layer", "original_module"):
+                    found.update(child.modules())
+    return found
 
 
 def _augments(obj) -> str | None:

@@ -162,6 +162,19 @@ def test_auto_refuses_a_teacher_whose_encoder_trains_and_forced_on_raises(tmp_pa
     separate = make_model(InfoSAMConfig(), separate_teacher=True)
     separate.student.get_base_model().vision_encoder.neck.conv1.weight.requires_grad_(True)
     assert make_trainer(tmp_path, separate).teacher_cache_decision.enabled
+    # trained parts that disable_adapter() switches off for the teacher are fine: the Adapter's LayerNorm copies
+    adapter = make_model(InfoSAMConfig(peft_method="adapter", adapter_train_layernorms=True))
+    assert any("bottleneck_norm" in n for n, p in adapter.student.named_parameters() if p.requires_grad)
+    assert make_trainer(tmp_path, adapter).teacher_cache_decision.enabled
+    # encoder layers trained in full through modules_to_save: for_model's refusal, as the reason
+    from peft import LoraConfig
+
+    config = InfoSAMConfig()
+    peft_config = LoraConfig(r=2, target_modules=["qkv"], modules_to_save=["mask_decoder", "neck"])
+    torch.manual_seed(0)
+    copied = InfoSAMModel(build_student(SamModel(tiny_sam_config()), config, peft_config), config)
+    decision = make_trainer(tmp_path, copied).teacher_cache_decision
+    assert not decision.enabled and "modules_to_save" in decision.reason
 
 
 def test_auto_is_off_when_the_shared_teacher_applies_dropout(tmp_path):
