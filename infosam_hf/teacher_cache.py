@@ -267,7 +267,8 @@ def decide_teacher_cache(
     per_image = teacher_entry_bytes(model, storage_dtype)
     needed = per_image * num_images
     bound, bound_text = _memory_bound(config, storage_device)
-    size = f"{_mb(per_image)} per image{' in bfloat16' if storage_dtype else ''}, {_mb(needed)} for {num_images} images"
+    precision = " in bfloat16" if storage_dtype else ""
+    size = f"{_mb(per_image)} per image{precision}, {_mb(needed)} for {num_images} images"
     if needed > bound:
         hint = "" if storage_dtype else ", --teacher_cache_dtype bfloat16 halves it"
         return TeacherCacheDecision(
@@ -281,7 +282,7 @@ def decide_teacher_cache(
         True,
         f"{seen}; {size}, within {bound_text}. The teacher's image encoder runs once per image (the first epoch), "
         f"later epochs read its embeddings back.{distributed} --cache_teacher_embeddings false turns it off.",
-        max_items=max(num_images, int(bound // max(per_image, 1))),
+        max_items=int(bound // max(per_image, 1)),  # >= num_images here; an LRU bound for DDP and evaluation
         storage_dtype=storage_dtype,
     )
 
@@ -331,7 +332,9 @@ def _changing_teacher(model: nn.Module) -> str | None:
     if model.teacher is None:  # the shared teacher runs in the student's training mode
         vision = model.sam_config.vision_config
         rates = {n: getattr(vision, n) for n in dir(vision) if n.endswith("dropout") and not n.startswith("_")}
-        rates.update({n: m.p for n, m in encoder.named_modules() if isinstance(m, nn.Dropout) and m not in switched_off})
+        rates.update(
+            {n: m.p for n, m in encoder.named_modules() if isinstance(m, nn.Dropout) and m not in switched_off}
+        )
         random = {n: p for n, p in rates.items() if isinstance(p, float) and p > 0}
         if random:
             name, rate = next(iter(random.items()))

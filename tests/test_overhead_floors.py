@@ -9,7 +9,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_overhead():
-    spec = importlib.util.spec_from_file_location("overhead_benchmark", os.path.join(ROOT, "benchmarks", "overhead.py"))
+    path = os.path.join(ROOT, "benchmarks", "overhead.py")
+    spec = importlib.util.spec_from_file_location("overhead_benchmark", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -141,7 +141,7 @@ def test_auto_is_off_above_the_memory_bound(tmp_path, monkeypatch):
     assert not decision.enabled and "exceed --teacher_cache_max_gb 1e-06" in decision.reason
     assert "--teacher_cache_dtype bfloat16 halves it" in decision.reason
     # the default bound: a quarter of the available memory
-    import infosam_hf.teacher_cache as teacher_cache
+    from infosam_hf import teacher_cache
 
     monkeypatch.setattr(teacher_cache, "available_memory_bytes", lambda device: 2**20)
     decision = make_trainer(tmp_path).teacher_cache_decision
