@@ -35,6 +35,17 @@ state and activations, the same for every mode).
     python benchmarks/overhead.py                      # tiny CPU configuration
     python benchmarks/overhead.py --model vit-b --image_size 256 --batch_size 4 --steps 4   # ViT-B on 2 CPU cores
     python benchmarks/overhead.py --model vit-b --image_size 1024 --batch_size 4 --bf16   # on a GPU
+
+Beside each ratio the table prints the mode's floor (`floor x`: 1 + teacher forward / LoRA step
+while the teacher runs, 1.0 where its embeddings are read back) and its efficiency
+(`extra/teacher` = (mode - LoRA) / teacher forward), so it says how far each mode is from its limit.
+
+`--epochs N` times whole default runs instead of steps: `InfoSAMTrainer` with its defaults (so
+InfoSAM's teacher cache is what `cache_teacher_embeddings="auto"` decides) against the same run with
+lambda_1 = lambda_2 = 0 (plain LoRA), over N epochs of `--num_images` toy images; wall time from
+building the trainer to the end of training, each epoch's time and peak memory:
+
+    python benchmarks/overhead.py --model vit-b --image_size 256 --batch_size 4 --epochs 3 --num_images 64 --repeats 3
 """
 
 from __future__ import annotations
@@ -155,6 +166,113 @@ def run_worker(args: argparse.Namespace) -> dict:
     }
 
 
+WHOLE_RUN_MODES = ("lora", "infosam")  # --epochs N: InfoSAMTrainer's default run, with and without the teacher
+
+
+def run_whole_worker(args: argparse.Namespace) -> dict:
+    """One default `InfoSAMTrainer` run over `--epochs` epochs of a `--num_images` set: wall time from building
+    the trainer (InfoSAM decides on its teacher cache there) to the end of training, each epoch's time, peak memory."""
+    import tempfile
+
+    import torch
+    from transformers import SamModel, TrainerCallback, TrainingArguments
+
+    from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, build_student
+    from infosam_hf.testing import builtin_sam_config, toy_segmentation_dataset, vit_b_sam_config
+
+    baseline_mb = rss_mb()
+    torch.set_num_threads(args.threads)
+    sam_config = vit_b_sam_config(args.image_size) if args.model == "vit-b" else builtin_sam_config()
+    config = InfoSAMConfig() if args.whole_run_worker == "infosam" else InfoSAMConfig(lambda_1=0.0, lambda_2=0.0)
+    torch.manual_seed(0)
+    model = InfoSAMModel(build_student(SamModel(sam_config), config), config)
+    dataset = toy_segmentation_dataset(args.num_images, sam_config.vision_config.image_size)
+    epoch_ends = []
+
+    class EpochTimes(TrainerCallback):
+        def on_epoch_end(self, *_, **__):
+            epoch_ends.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as output_dir:
+        training_args = TrainingArguments(
+            output_dir=output_dir, per_device_train_batch_size=args.batch_size, num_train_epochs=args.epochs,
+            save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True, seed=0,
+            use_cpu=args.cpu or not torch.cuda.is_available(), bf16=args.bf16, dataloader_num_workers=0,
+        )
+        start = time.perf_counter()
+        trainer = InfoSAMTrainer(model=model, args=training_args, train_dataset=dataset, callbacks=[EpochTimes()])
+        trainer.train()
+        wall = time.perf_counter() - start
+    if torch.cuda.is_available() and not args.cpu:
+        memory_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline_mb
+    cache = model.teacher_cache
+    return {
+        "mode": args.whole_run_worker,
+        "wall_s": wall,
+        "epoch_s": [b - a for a, b in zip([start, *epoch_ends], epoch_ends)],
+        "memory_mb": memory_mb,
+        "decision": str(trainer.teacher_cache_decision),
+        "cache_mb": cache.nbytes() / 2**20 if cache is not None else 0.0,
+    }
+
+
+def whole_run(args: argparse.Namespace) -> None:
+    """`--epochs N`: the default InfoSAM run against the default LoRA run, alternating, `--repeats` times."""
+    passthrough = [f"--{name}={getattr(args, name)}" for name in
+                   ("model", "image_size", "batch_size", "threads", "epochs", "num_images")]
+    passthrough += [f"--{flag}" for flag in ("bf16", "cpu") if getattr(args, flag)]
+    results: dict[str, list[dict]] = {m: [] for m in WHOLE_RUN_MODES}
+    for repeat in range(args.repeats):
+        for mode in WHOLE_RUN_MODES if repeat % 2 == 0 else reversed(WHOLE_RUN_MODES):
+            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
+            out = subprocess.run([sys.executable, __file__, *passthrough, "--whole_run_worker", mode],
+                                 capture_output=True, text=True, env=env, check=False)
+            if out.returncode != 0:
+                raise SystemExit(f"whole-run worker {mode} failed:\n{out.stderr[-4000:]}")
+            results[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            run = results[mode][-1]
+            print(f"  repeat {repeat} {mode}: {run['wall_s']:.1f} s, epochs " + ", ".join(f"{t:.1f}" for t in
+                  run["epoch_s"]) + f", peak {run['memory_mb']:.1f} MB, cache {run['cache_mb']:.1f} MB", flush=True)
+    print(results["infosam"][0]["decision"])
+    print(f"{args.epochs} epochs x {args.num_images} images, batch {args.batch_size}, model {args.model} at "
+          f"{args.image_size} px, {args.repeats} alternating repeats (best of each)")
+    print(f"{'run':<10}{'wall (s)':>10}{'peak MB':>10}{'cache MB':>10}  epochs (s, of the fastest run)")
+    best = {m: min(results[m], key=lambda r: r["wall_s"]) for m in WHOLE_RUN_MODES}
+    for mode in WHOLE_RUN_MODES:
+        run = best[mode]
+        memory = min(r["memory_mb"] for r in results[mode])
+        print(f"{mode:<10}{run['wall_s']:>10.1f}{memory:>10.1f}{run['cache_mb']:>10.1f}  "
+              + " ".join(f"{t:.1f}" for t in run["epoch_s"]))
+    epochs = [i / l for i, l in zip(best["infosam"]["epoch_s"], best["lora"]["epoch_s"])]
+    memory_ratio = min(r["memory_mb"] for r in results["infosam"]) / min(r["memory_mb"] for r in results["lora"])
+    print("epoch_ratios " + " ".join(f"epoch{i + 1}={r:.3f}" for i, r in enumerate(epochs)))
+    print(f"whole_run_time_ratio={best['infosam']['wall_s'] / best['lora']['wall_s']:.3f} "
+          f"whole_run_memory_ratio={memory_ratio:.3f}")
+
+
+# The plain run each mode adds InfoSAM to, and whether its teacher forward runs (False: read back).
+BASELINES = {"infosam": ("peft", True), "two_copies": ("peft", True), "cached": ("peft", False),
+             "stored": ("peft", False), "adapter_infosam": ("adapter", True)}
+
+
+def floor_and_efficiency(mode, best, results) -> tuple[float | None, float | None]:
+    """(floor, efficiency) of one mode: the least it can cost relative to plain LoRA, and its extra time in units
+    of the teacher's forward. None where a mode has no such floor (the plain modes, teacher_bf16's own forward
+    is not measured) or the `teacher` mode was not run."""
+    if mode not in BASELINES or "teacher" not in results or BASELINES[mode][0] not in results:
+        return None, None
+    baseline, teacher_runs = BASELINES[mode]
+    plain, teacher, peft = best(baseline, "step_s"), best("teacher", "step_s"), best("peft", "step_s")
+    floor = (plain + (teacher if teacher_runs else 0.0)) / peft
+    return floor, (best(mode, "step_s") - plain) / teacher
+
+
+def _fmt(value) -> str:
+    return "" if value is None else f"{value:.3f}"  # blank: the row keeps only its numbers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["builtin", "vit-b"], default="builtin")
@@ -169,10 +287,20 @@ def main() -> None:
     parser.add_argument("--attn_implementation", default=None, help="e.g. eager, to compare with SAM's sdpa")
     parser.add_argument("--cpu", action="store_true")
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--epochs", type=int, default=0,
+                        help="> 0: whole default runs (InfoSAMTrainer, lora vs infosam) of this many epochs instead")
+    parser.add_argument("--num_images", type=int, default=64, help="--epochs: size of the training set")
     parser.add_argument("--worker", choices=MODES + ADAPTER_MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--whole_run_worker", choices=WHOLE_RUN_MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(run_worker(args)))
+        return
+    if args.whole_run_worker:
+        print(json.dumps(run_whole_worker(args)))
+        return
+    if args.epochs > 0:
+        whole_run(args)
         return
 
     modes = args.modes.split(",")
@@ -198,13 +326,20 @@ def main() -> None:
         return min(r[key] for r in results[mode])
 
     print(f"device: {results[modes[0]][0]['device']}  model: {args.model}  batch: {args.batch_size}  bf16: {args.bf16}")
-    print(f"{'mode':<12}{'step (s)':>10}{'images/s':>10}{'peak MB':>10}{'time x':>9}{'mem x':>8}")
+    print(f"{'mode':<16}{'step (s)':>10}{'images/s':>10}{'peak MB':>10}{'time x':>9}{'mem x':>8}{'floor x':>9}"
+          f"{'extra/teacher':>15}")
     for mode in modes:
         step_s, mem = best(mode, "step_s"), best(mode, "memory_mb")
+        floor, efficiency = floor_and_efficiency(mode, best, results)
         print(
-            f"{mode:<12}{step_s:>10.4f}{args.batch_size / step_s:>10.1f}{mem:>10.1f}"
+            f"{mode:<16}{step_s:>10.4f}{args.batch_size / step_s:>10.1f}{mem:>10.1f}"
             f"{step_s / best('peft', 'step_s'):>9.3f}{mem / best('peft', 'memory_mb'):>8.3f}"
+            f"{_fmt(floor):>9}{_fmt(efficiency):>15}".rstrip()
         )
+    if "teacher" in results:
+        print("floor x: the least a mode can cost (1 + teacher forward / plain step where the teacher runs, 1.0 where "
+              "its embeddings are read back); extra/teacher: (mode - plain) / teacher forward, 1.0 for an uncached "
+              "teacher that costs exactly its forward, 0.0 for a cache that costs nothing.")
     time_ratio = best("infosam", "step_s") / best("peft", "step_s")
     memory_ratio = best("infosam", "memory_mb") / best("peft", "memory_mb")
     if "adapter" in results and "adapter_infosam" in results:
@@ -221,7 +356,9 @@ def main() -> None:
         print(f"store_bytes_per_image={results['stored'][0]['store_bytes_per_image']:.0f}")
     if "teacher" in results:
         overhead = (best("infosam", "step_s") - best("peft", "step_s")) / best("teacher", "step_s")
-        print(f"teacher_overhead={overhead:.3f}  (InfoSAM's extra time / the teacher's forward alone)")
+        floor, _ = floor_and_efficiency("infosam", best, results)
+        print(f"teacher_overhead={overhead:.3f} infosam_floor={floor:.3f}  (InfoSAM's extra time / the teacher's "
+              "forward alone; the least an uncached teacher can cost, relative to plain LoRA)")
     print(f"time_ratio={time_ratio:.3f} memory_ratio={memory_ratio:.3f}")
 
 

@@ -487,6 +487,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     if trainer.is_world_process_zero():
         print(describe_schedule(trainer, data_args))
+        print(trainer.teacher_cache_decision)  # --cache_teacher_embeddings auto: on or off, and why
     before = trainer.evaluate(metric_key_prefix="zero_shot")
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     after = trainer.evaluate()

@@ -20,6 +20,18 @@ SEGMENTATION_LOSSES = ("structure", "focal_dice_iou")
 PEFT_METHODS = ("lora", "adapter")
 
 
+def _auto_or_bool(value: Any, name: str) -> bool | str:
+    """True, False or "auto" from a bool or its command-line spellings (saved configs hold JSON booleans)."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", "none"):
+        return False
+    raise ValueError(f"InfoSAMConfig.{name} must be 'auto', true or false, got {value!r}.")
+
+
 @dataclass
 class InfoSAMConfig:
     """Hyper-parameters of InfoSAM (Zhang, Yuan et al., ICML 2025, arXiv 2505.21920).
@@ -139,12 +151,30 @@ class InfoSAMConfig:
             "matrices span the global batch instead of each rank's small local batch."
         },
     )
-    cache_teacher_embeddings: bool = field(
-        default=False,
+    # Typed `str` for HfArgumentParser ("auto" / "true" / "false"); `validate` stores True, False or "auto".
+    cache_teacher_embeddings: str = field(
+        default="auto",
         metadata={
-            "help": "Cache the teacher's image embeddings by image content. Exact for a frozen teacher; saves the "
-            "teacher's image-encoder pass from the second epoch on. Needs a separate teacher or no trained "
-            "image-encoder adapters being disabled, see docs."
+            "help": "Cache the teacher's image embeddings by image content, so its image encoder runs once per image. "
+            "auto (default): on when the training data has a known size, is seen for more than one epoch, keeps its "
+            "pixels from epoch to epoch, and the embeddings fit --teacher_cache_max_gb; off where the cache could not "
+            "be exact (a trained image-encoder part the shared teacher also runs). The decision and its reason are "
+            "printed with the schedule (InfoSAMTrainer.teacher_cache_decision). true / false force it."
+        },
+    )
+    teacher_cache_max_gb: float | None = field(
+        default=None,
+        metadata={
+            "help": "Memory bound of the teacher-embedding cache (GB, per process). Default: 25% of the memory "
+            "available when training starts (RAM; the GPU's free memory where the cache lives there), shared by "
+            "the processes of the machine."
+        },
+    )
+    teacher_cache_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "Keep the cached teacher embeddings in 'bfloat16' (half the memory; the loss parts stay within "
+            "the tolerance of --teacher_dtype bfloat16). Default: the teacher's compute precision, exact.",
         },
     )
     teacher_dtype: str | None = field(
@@ -215,6 +245,17 @@ class InfoSAMConfig:
         if self.teacher_dtype not in (None, "bfloat16", "float16"):
             raise ValueError(
                 f"InfoSAMConfig.teacher_dtype must be None, 'bfloat16' or 'float16', got {self.teacher_dtype!r}."
+            )
+        self.cache_teacher_embeddings = _auto_or_bool(self.cache_teacher_embeddings, "cache_teacher_embeddings")
+        if self.teacher_cache_dtype not in (None, "bfloat16"):
+            raise ValueError(
+                f"InfoSAMConfig.teacher_cache_dtype must be None (the teacher's precision) or 'bfloat16', got "
+                f"{self.teacher_cache_dtype!r}."
+            )
+        if self.teacher_cache_max_gb is not None and not self.teacher_cache_max_gb > 0:
+            raise ValueError(
+                f"InfoSAMConfig.teacher_cache_max_gb must be positive or None, got {self.teacher_cache_max_gb}; "
+                "--cache_teacher_embeddings false turns the cache off."
             )
         if self.teacher_store_max_gb is not None and self.teacher_store_max_gb <= 0:
             raise ValueError(f"InfoSAMConfig.teacher_store_max_gb must be positive or None, got {self.teacher_store_max_gb}.")

@@ -230,10 +230,11 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         self.infosam_loss = InfoSAMLoss(self.infosam_config)
         self._loss_parts: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._nan_steps = 0
-        if self.infosam_config.cache_teacher_embeddings or self.infosam_config.teacher_store:
-            from .teacher_cache import TeacherEmbeddingCache
+        from .teacher_cache import decide_teacher_cache  # "auto": on when the data comes back and fits in memory
 
-            model.teacher_cache = TeacherEmbeddingCache.for_model(model, disk_store=self._teacher_store(model))
+        self.teacher_cache_decision = decide_teacher_cache(model, self.args, self.train_dataset, self.data_collator)
+        if self.teacher_cache_decision.enabled:
+            model.teacher_cache = self.teacher_cache_decision.make_cache(model, disk_store=self._teacher_store(model))
 
     def _teacher_store(self, model: InfoSAMModel):
         """The on-disk teacher store of `InfoSAMConfig.teacher_store`, fingerprinted with this run's precision."""
