@@ -228,7 +228,8 @@ def decide_teacher_cache(
     storage_dtype = config.teacher_cache_dtype
     stale = _changing_teacher(model)
     if stale and (choice is True or config.teacher_store):
-        raise ValueError(f"cache_teacher_embeddings / teacher_store cannot be exact here: {stale}.")
+        asked = f"--teacher_store {config.teacher_store}" if config.teacher_store else "--cache_teacher_embeddings true"
+        raise ValueError(f"{asked} cannot be exact here: {stale}.")
     if config.teacher_store:
         return TeacherCacheDecision(True, f"--teacher_store {config.teacher_store} implies it.", None, storage_dtype)
     if choice is True:

@@ -156,8 +156,12 @@ def test_auto_refuses_a_teacher_whose_encoder_trains_and_forced_on_raises(tmp_pa
     assert not decision.enabled and "neck.conv1.weight" in decision.reason
     forced = make_model(InfoSAMConfig(cache_teacher_embeddings=True))
     forced.student.get_base_model().vision_encoder.neck.conv1.weight.requires_grad_(True)
-    with pytest.raises(ValueError, match="cannot be exact here: 1 image-encoder weight"):
+    with pytest.raises(ValueError, match="--cache_teacher_embeddings true cannot be exact here: 1 image-encoder"):
         make_trainer(tmp_path, forced)
+    stored = make_model(InfoSAMConfig(teacher_store=str(tmp_path / "store")))  # says what the user passed
+    stored.student.get_base_model().vision_encoder.neck.conv1.weight.requires_grad_(True)
+    with pytest.raises(ValueError, match=r"^--teacher_store \S+store cannot be exact here: 1 image-encoder"):
+        make_trainer(tmp_path, stored)
     # a separate frozen teacher is unaffected by what the student trains
     separate = make_model(InfoSAMConfig(), separate_teacher=True)
     separate.student.get_base_model().vision_encoder.neck.conv1.weight.requires_grad_(True)
