@@ -228,7 +228,8 @@ def _camouflage(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
     blob = PIL.Image.new("L", (size, size), 0)
     radius = size * np.sqrt(rng.uniform(0.06, 0.30) / np.pi)
     centre = tuple(rng.uniform(radius, size - radius, 2))
-    _draw_blob(PIL.ImageDraw.Draw(blob), rng, centre, radius, 0.45, (9, 15), rng.uniform(0.6, 1.6), rng.uniform(0, np.pi))
+    aspect, angle = rng.uniform(0.6, 1.6), rng.uniform(0, np.pi)
+    _draw_blob(PIL.ImageDraw.Draw(blob), rng, centre, radius, 0.45, (9, 15), aspect, angle)
     mask = np.asarray(blob) > 0
     tint = rng.normal(0, 1, 3)
     tint = 0.12 * tint / np.linalg.norm(tint)
