@@ -194,9 +194,10 @@ def test_bad_domain_or_recipe_flags_stop_with_one_line(flags, capsys):
 def test_quick_paper_recipe_runs_on_each_paper_regime_domain(domain, tmp_path):
     # LoRA only: the paper-regime domains are chosen blind to InfoSAM (issue 33), so CI never trains InfoSAM on them
     results = tmp_path / "results"
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "forgetting.py"), "--quick", "--domain",
-                          domain, "--recipe", "paper", "--methods", "LoRA", "--seeds", "0", "--validation",
-                          "--results", str(results)], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "forgetting.py"), "--quick", "--domain", domain,
+               "--recipe", "paper", "--methods", "LoRA", "--seeds", "0", "--validation", "--threads", "1",
+               "--results", str(results)]
+    out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     cells = forgetting().load_results(str(results))
     assert set(cells) == {("Zero-shot", 0, 0), ("LoRA", 16, 0)}
