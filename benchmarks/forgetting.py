@@ -26,6 +26,17 @@ invocations (`--sizes`, `--methods`, `--seeds`). `--report` only reads the files
     python benchmarks/forgetting.py --ablations --sizes 16            # InfoSAM's ablations at one size
     python benchmarks/forgetting.py --report --write BENCHMARKS.md    # tables + plots from the JSON files
     python benchmarks/forgetting.py --quick                           # smoke run (CI)
+
+The fine-tuning domain is `--domain` (default "specialised"; the paper-regime domains "lesions",
+"roads", "camouflage" of `infosam_hf.synthetic` are where the base fails zero-shot), and the
+recipe `--recipe`: "steps" (the default above: batch 8, lr 1e-3, `--steps` optimiser steps at
+every size) or "paper" (the InfoSAM authors' batch 4, lr 2e-4, `--epochs` passes over the subset,
+cosine). `--validation` also scores each run on the domain's validation split (the test split of
+its seed-1 data set: same generator, other images; metrics `val/box/iou`, `val/point/iou`), to
+pick `--epochs` on it, blind to the test split:
+
+    python benchmarks/forgetting.py --domain lesions --recipe paper --epochs 10 --sizes 256 --methods LoRA \
+        --validation --results outputs/select-lesions-e10
 """
 
 from __future__ import annotations
@@ -66,6 +77,10 @@ PARTNER = {"LoRA + InfoSAM": "LoRA", "Adapter + InfoSAM": "Adapter", **{name: "L
 
 FULL = dict(sizes=[16, 64, 256], seeds=[0, 1, 2, 3, 4], steps=100, eval_images=32, multi_images=24)
 QUICK = dict(sizes=[16], seeds=[0, 1], steps=2, eval_images=4, multi_images=3, methods=["LoRA", "LoRA + InfoSAM"])
+DEFAULT_DOMAIN = "specialised"
+# The paper's recipe (batch 4, lr 2e-4, epochs over the training subset, cosine), scaled to the CPU by the subset.
+PAPER_RECIPE = dict(batch_size=4, learning_rate=2e-4, epochs=10)
+VALIDATION_SEED, VALIDATION_IMAGES = 1, 200  # the validation split: the test split of the seed-1 data set
 
 # Columns of the regime table: (metric key, header). "spec" = specialised test split, "gen" = general domain.
 MAIN_METRICS = [
@@ -179,10 +194,31 @@ def load_train_module():
     return load_script(os.path.join(ROOT, "examples", "train.py"), "infosam_train_example")
 
 
-class Data:
-    """The data every run shares, prepared once: the specialised training set and the three test sets."""
+def recipe_flags(settings: dict) -> list[str]:
+    """examples/train.py flags of the run's recipe, over its built-in defaults (batch 8, lr 1e-3, cosine)."""
+    if settings.get("recipe", "steps") == "steps":
+        return ["--max_steps", str(max(settings["steps"], 1))]
+    return ["--max_steps", "-1", "--num_train_epochs", str(settings["epochs"]),
+            "--per_device_train_batch_size", str(settings["batch_size"]),
+            "--learning_rate", str(settings["learning_rate"])]
 
-    def __init__(self, preprocessor, eval_images: int, multi_images: int):
+
+def validation_dataset_path(domain: str) -> str:
+    """The domain's validation images: the test split of its seed-`VALIDATION_SEED` data set, never trained on."""
+    from infosam_hf.builtin import BUILTIN_IMAGE_SIZE
+    from infosam_hf.synthetic import ensure_synthetic_dataset
+
+    return str(ensure_synthetic_dataset(domain, num_train=0, num_test=VALIDATION_IMAGES,
+                                        image_size=BUILTIN_IMAGE_SIZE, seed=VALIDATION_SEED))
+
+
+class Data:
+    """The data every run shares, prepared once: the domain's training set and the three test sets.
+
+    `validation`: the domain's validation split too (for choosing a recipe), else `val` is None."""
+
+    def __init__(self, preprocessor, eval_images: int, multi_images: int, domain: str = DEFAULT_DOMAIN,
+                 validation: bool = False):
         from infosam_hf.builtin import builtin_dataset_path
         from infosam_hf.data import (
             load_segmentation_dataset,
@@ -192,17 +228,29 @@ class Data:
         )
         from infosam_hf.synthetic import MAX_OBJECTS
 
-        def test_split(domain: str, count: int, max_objects: int = 1):
-            raw = load_segmentation_dataset(builtin_dataset_path(domain, max_objects=max_objects), split="test",
-                                            streaming=False)
+        def test_split(domain: str, count: int, max_objects: int = 1, path: str | None = None):
+            raw = load_segmentation_dataset(path or builtin_dataset_path(domain, max_objects=max_objects),
+                                            split="test", streaming=False)
             return raw.select(range(min(count, len(raw))))
 
-        self.train = prepare_cached_dataset(builtin_dataset_path("specialised"), preprocessor, split="train")
+        self._train, self._load_train = None, lambda: prepare_cached_dataset(builtin_dataset_path(domain),
+                                                                            preprocessor, split="train")
         # scored at each image's own size, as examples/train.py and examples/evaluate.py score
-        self.spec = prepare_dataset(test_split("specialised", eval_images), preprocessor, keep_original_mask=True)
+        self.spec = prepare_dataset(test_split(domain, eval_images), preprocessor, keep_original_mask=True)
+        self.val = None
+        if validation:
+            own = test_split(domain, eval_images, path=validation_dataset_path(domain))
+            self.val = prepare_dataset(own, preprocessor, keep_original_mask=True)
         self.gen = prepare_dataset(test_split("general", eval_images), preprocessor, keep_original_mask=True)
         multi = prepare_instance_dataset(test_split("general", multi_images, MAX_OBJECTS), preprocessor, "ids")
         self.multi = [row for row in (multi[i] for i in range(len(multi))) if row.get("pixel_values") is not None]
+
+    @property
+    def train(self):
+        """The training set, prepared on first use (a zero-shot run never needs it)."""
+        if self._train is None:
+            self._train = self._load_train()
+        return self._train
 
     def subset(self, size: int, seed: int):
         """The first `size` images of seed's permutation: the same subset for every method, nested over sizes."""
@@ -229,7 +277,9 @@ def evaluate_run(trainer, data: Data) -> dict[str, float]:
     for prompt, kind in (("box", "box"), ("point", "points")):
         sampler = PromptSampler(box_probability=1.0 if prompt == "box" else 0.0, box_noise=0.0, num_points=1, seed=0)
         trainer.eval_data_collator = SamSegmentationCollator(sampler, prompt_type=kind)
-        for domain, dataset in (("spec", data.spec), ("gen", data.gen)):
+        for domain, dataset in (("spec", data.spec), ("gen", data.gen), ("val", data.val)):
+            if dataset is None:
+                continue
             result = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="m")
             metrics[f"{domain}/{prompt}/iou"] = result["m_iou"]
             metrics[f"{domain}/{prompt}/dice"] = result["m_dice"]
@@ -239,7 +289,9 @@ def evaluate_run(trainer, data: Data) -> dict[str, float]:
     return metrics
 
 
-def run_cell(train, data: Data, processor, method_flags: list[str] | None, size: int, seed: int, steps: int) -> dict:
+def run_cell(
+    train, data: Data, processor, method_flags: list[str] | None, size: int, seed: int, settings: dict
+) -> dict:
     """Train one (method, size, seed) cell, or only evaluate the base (`method_flags=None`), and score it."""
     from transformers import HfArgumentParser, PrinterCallback
 
@@ -253,7 +305,7 @@ def run_cell(train, data: Data, processor, method_flags: list[str] | None, size:
         parser = HfArgumentParser((train.InfoSAMConfig, train.TrainingArguments))
         infosam_config, args = parser.parse_args_into_dataclasses(
             args=train.BUILTIN_DEFAULTS + [
-                "--output_dir", out, "--seed", str(seed), "--max_steps", str(max(steps, 1)),
+                "--output_dir", out, "--seed", str(seed), *recipe_flags(settings),
                 "--disable_tqdm", "true", "--per_device_eval_batch_size", "16",
                 *(METHODS["LoRA"] if method_flags is None else method_flags),  # the base alone: LoRA, untrained
             ]
@@ -277,7 +329,8 @@ def run_cell(train, data: Data, processor, method_flags: list[str] | None, size:
             train_loss = trainer.train().training_loss
         trained = time.perf_counter()
         metrics = evaluate_run(trainer, data)
-        return {"metrics": metrics, "train_loss": train_loss, "train_seconds": trained - start,
+        return {"metrics": metrics, "train_loss": train_loss, "optimizer_steps": trainer.state.global_step,
+                "train_seconds": trained - start,
                 "eval_seconds": time.perf_counter() - trained, "cpu_seconds": time.process_time() - cpu_start,
                 "subset": data.subset_fingerprint(size, seed) if subset is not None else None}
 
@@ -289,6 +342,11 @@ def report(cells: dict[tuple[str, int, int], dict], command: str | None = None) 
     methods = [m for m in [*METHODS, *ABLATIONS] if any(key[0] == m for key in cells)]
     sizes = sorted({size for (m, size, _) in cells if m != ZERO_SHOT})
     settings = next(iter(cells.values()))["settings"]
+    domain = settings.get("domain", DEFAULT_DOMAIN).split()[0]
+    columns = list(MAIN_METRICS)
+    if any("val/box/iou" in c["metrics"] for c in cells.values()):  # --validation: what --epochs is chosen on
+        columns.append(("val/box/iou", "specialised validation IoU, box"))
+    headers = {k: h.replace("specialised", domain) for k, h in columns}
     lines = []
     if command:
         lines += [f"Command: `{command}`", ""]
@@ -298,28 +356,29 @@ def report(cells: dict[tuple[str, int, int], dict], command: str | None = None) 
         f"{len(cells)} runs, {minutes:.1f} min of run time in all (sum over runs), commit(s) {', '.join(commits)}; "
         f"settings: {', '.join(f'{k} {str(v)[:12]}' for k, v in settings.items())}.",
         "",
-        "| train images | method | seeds | " + " | ".join(h for _, h in MAIN_METRICS) + " |",
-        "| --- | --- | --- | " + " | ".join("---" for _ in MAIN_METRICS) + " |",
+        "| train images | method | seeds | " + " | ".join(headers[k] for k, _ in columns) + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in columns) + " |",
     ]
-    table: dict = {"sizes": sizes, "zero_shot": zero["metrics"] if zero else None, "methods": {}}
+    table: dict = {"sizes": sizes, "zero_shot": zero["metrics"] if zero else None, "methods": {}, "domain": domain,
+                   "recipe": settings.get("recipe", "steps")}
     if zero:
         lines.append("| 0 | Zero-shot (pre-trained) | - | " +
-                     " | ".join(mean_std([zero["metrics"].get(k)]) for k, _ in MAIN_METRICS) + " |")
+                     " | ".join(mean_std([zero["metrics"].get(k)]) for k, _ in columns) + " |")
     for size in sizes:
         for method in methods:
             runs = sorted((seed, c) for (m, s, seed), c in cells.items() if m == method and s == size)
             if not runs:
                 continue
-            values = {k: [c["metrics"].get(k) for _, c in runs] for k, _ in MAIN_METRICS}
+            values = {k: [c["metrics"].get(k) for _, c in runs] for k, _ in columns}
             table["methods"].setdefault(method, {})[size] = values
             lines.append(f"| {size} | {method} | {len(runs)} | " +
-                         " | ".join(mean_std(values[k]) for k, _ in MAIN_METRICS) + " |")
+                         " | ".join(mean_std(values[k]) for k, _ in columns) + " |")
     lines += [
         "",
         "Paired differences, InfoSAM variant minus its plain partner over the same seeds: mean [95% t-interval]; "
         "**bold** where the interval excludes 0. For the confusion rate lower is better.",
         "",
-        "| train images | comparison | seeds | " + " | ".join(f"Δ {dict(MAIN_METRICS)[k]}" for k in DIFF_METRICS) + " |",
+        "| train images | comparison | seeds | " + " | ".join(f"Δ {headers[k]}" for k in DIFF_METRICS) + " |",
         "| --- | --- | --- | " + " | ".join("---" for _ in DIFF_METRICS) + " |",
     ]
     table["differences"] = {}
@@ -361,7 +420,8 @@ def plot(table: dict, folder: str, prefix: str = "forgetting") -> list[str]:
     os.makedirs(folder, exist_ok=True)
     paths = []
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, title in ((axes[0], "spec/box/iou", "specialised test, box prompts"),
+    domain = table.get("domain", DEFAULT_DOMAIN)
+    for ax, key, title in ((axes[0], "spec/box/iou", f"{domain} test, box prompts"),
                            (axes[1], "gen/box/iou", "general domain (retention), box prompts")):
         for i, (method, per_size) in enumerate(table["methods"].items()):
             sizes = sorted(per_size)
@@ -373,7 +433,8 @@ def plot(table: dict, folder: str, prefix: str = "forgetting") -> list[str]:
         ax.set_xscale("log")
         ax.set_xticks(table["sizes"], [str(s) for s in table["sizes"]])
         ax.set_xticks([], minor=True)  # the log axis' own minor labels (2x10^1, ...) overprint ours
-        ax.set_xlabel("training images (same number of steps at every size)")
+        ax.set_xlabel("training images (" + ("same number of epochs" if table.get("recipe") == "paper"
+                                             else "same number of steps") + " at every size)")
         ax.set_ylabel("IoU (mean ± std over seeds)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -395,7 +456,7 @@ def plot(table: dict, folder: str, prefix: str = "forgetting") -> list[str]:
     if table["zero_shot"] and table["zero_shot"].get("gen/box/iou") is not None:
         ax.plot(table["zero_shot"]["spec/box/iou"], table["zero_shot"]["gen/box/iou"], "k*", markersize=12,
                 label="zero-shot")
-    ax.set_xlabel("specialised IoU, box (what fine-tuning is for)")
+    ax.set_xlabel(f"{domain} IoU, box (what fine-tuning is for)")
     ax.set_ylabel("general IoU, box (retention)")
     ax.set_title("Trade-off (labels: training images)")
     ax.grid(alpha=0.3)
@@ -407,11 +468,13 @@ def plot(table: dict, folder: str, prefix: str = "forgetting") -> list[str]:
     return paths
 
 
-def write_between_markers(path: str, block: str, heading: str) -> None:
+def write_between_markers(path: str, block: str, heading: str, name: str = "forgetting") -> None:
+    """Replace the block between `<!-- name:begin -->` and its end marker, or append it under `heading`."""
+    begin, end = (BEGIN, END) if name == "forgetting" else (f"<!-- {name}:begin -->", f"<!-- {name}:end -->")
     text = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
-    block = f"{BEGIN}\n{block}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    block = f"{begin}\n{block}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
     with open(path, "w", encoding="utf-8") as f:
@@ -436,12 +499,34 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--write", metavar="BENCHMARKS_MD", help="replace the table between the forgetting markers")
     parser.add_argument("--plots", metavar="FOLDER", help="write the PNG plots here (default: beside --write)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--domain", default=DEFAULT_DOMAIN, help="the synthetic domain to fine-tune on and score "
+                        f"(default {DEFAULT_DOMAIN}; paper regime: lesions, roads, camouflage)")
+    parser.add_argument("--recipe", choices=["steps", "paper"], default="steps",
+                        help="steps: batch 8, lr 1e-3, --steps steps at every size; paper: batch "
+                        f"{PAPER_RECIPE['batch_size']}, lr {PAPER_RECIPE['learning_rate']}, --epochs epochs")
+    parser.add_argument("--epochs", type=float, help="passes over the training subset with --recipe paper "
+                        f"(default {PAPER_RECIPE['epochs']})")
+    parser.add_argument("--validation", action="store_true",
+                        help="also score on the domain's validation split (val/* metrics, to pick --epochs)")
     args = parser.parse_args(argv)
+    from infosam_hf.synthetic import DOMAINS, _canonical_domain
+
+    try:
+        args.domain = _canonical_domain(args.domain)
+    except ValueError:
+        parser.error(f"--domain {args.domain!r} is not a synthetic domain; use one of {', '.join(DOMAINS)}.")
+    if args.epochs is not None and args.recipe != "paper":
+        parser.error("--epochs belongs to --recipe paper (the steps recipe counts --steps).")
+    if args.epochs is not None and args.epochs <= 0:
+        parser.error(f"--epochs must be positive, got {args.epochs}.")
     grid = QUICK if args.quick else FULL
     for key, value in grid.items():  # an explicit flag wins over --quick
         if getattr(args, key) is None:
             setattr(args, key, value)
-    results = args.results or os.path.join("outputs", "forgetting-quick" if args.quick else "forgetting")
+    if args.recipe == "paper" and args.epochs is None:
+        args.epochs = 1 if args.quick else PAPER_RECIPE["epochs"]
+    name = grid_name(args.domain, args.recipe, args.epochs, args.validation)
+    results = args.results or os.path.join("outputs", name + ("-quick" if args.quick else ""))
 
     if not args.report:
         run_grid(args, results)
@@ -451,19 +536,49 @@ def main(argv: list[str] | None = None) -> dict:
     command = "python benchmarks/forgetting.py" + (" --quick" if args.quick else "")
     text, table = report(cells, command=None)
     print(text, flush=True)
+    settings = next(iter(cells.values()))["settings"]  # the markers and plots are named by what the cells hold
+    name = grid_name(settings.get("domain", DEFAULT_DOMAIN).split()[0], settings.get("recipe", "steps"),
+                     settings.get("epochs"), "validation" in settings)
     plots = []
     folder = args.plots or (os.path.dirname(os.path.abspath(args.write)) if args.write else None)
     if folder:
         try:
-            plots = plot(table, folder)
+            plots = plot(table, folder, prefix=name)
         except ImportError:
             print("matplotlib is not installed (pip install 'infosam-hf[bench]'): no plots.", flush=True)
     if args.write:
         block = text + "".join(f"\n\n![{os.path.basename(p)}]({os.path.relpath(p, os.path.dirname(os.path.abspath(args.write)))})"
                                for p in plots)
-        write_between_markers(args.write, block, "Where forgetting happens (`benchmarks/forgetting.py`)")
+        heading = "Where forgetting happens (`benchmarks/forgetting.py`)" if name == "forgetting" else (
+            f"Forgetting grid: {name} (`benchmarks/forgetting.py`)")
+        write_between_markers(args.write, block, heading, name=name)
     print(f"plots: {' '.join(plots) or 'none'}; results: {results} ({len(cells)} runs); {command}", flush=True)
     return {"cells": cells, "table": table, "plots": plots, "text": text}
+
+
+def grid_name(domain: str, recipe: str, epochs: float | None, validation: bool) -> str:
+    """"forgetting" for the first edition's grid, else e.g. "forgetting-lesions-paper-e10": folder, markers, plots."""
+    return ("forgetting" + ("" if domain == DEFAULT_DOMAIN else f"-{domain}")
+            + ("" if recipe == "steps" else f"-paper-e{epochs:g}") + ("-validation" if validation else ""))
+
+
+def run_settings(args, model_sha256: str) -> dict:
+    """What a run's numbers depend on besides (method, size, seed); cells of other settings never mix.
+
+    The default domain and recipe keep the keys of the first edition, so its results folders stay readable."""
+    settings = {"eval_images": args.eval_images, "multi_images": args.multi_images, "model_sha256": model_sha256}
+    if args.recipe == "steps":
+        settings = {"steps": args.steps, **settings}
+    else:
+        settings = {"recipe": "paper", "epochs": args.epochs, "batch_size": PAPER_RECIPE["batch_size"],
+                    "learning_rate": PAPER_RECIPE["learning_rate"], **settings}
+    if args.domain != DEFAULT_DOMAIN:
+        from infosam_hf.synthetic import DOMAIN_VERSIONS
+
+        settings["domain"] = f"{args.domain} v{DOMAIN_VERSIONS.get(args.domain, 0)}"
+    if args.validation:
+        settings["validation"] = f"seed-{VALIDATION_SEED} test split"
+    return settings
 
 
 def run_grid(args, results: str) -> None:
@@ -483,8 +598,7 @@ def run_grid(args, results: str) -> None:
         if unknown:
             raise SystemExit(f"error: unknown --methods {unknown}; choose from {list({**METHODS, **ABLATIONS})}.")
         methods = {m: {**METHODS, **ABLATIONS}[m] for m in args.methods}
-    settings = {"steps": args.steps, "eval_images": args.eval_images, "multi_images": args.multi_images,
-                "model_sha256": file_sha256(os.path.join(BUILTIN_MODEL_PATH, "model.safetensors"))}
+    settings = run_settings(args, file_sha256(os.path.join(BUILTIN_MODEL_PATH, "model.safetensors")))
     # seed by seed: a grid stopped early still holds complete pairs of every size for the seeds it finished
     todo = [(ZERO_SHOT, 0, 0)] + [(m, size, seed) for seed in args.seeds for size in args.sizes for m in methods]
     todo = [cell for cell in todo if read_cell(cell_path(results, *cell), settings) is None]
@@ -495,17 +609,20 @@ def run_grid(args, results: str) -> None:
     processor = load_processor(None, BUILTIN_MODEL_PATH, load_sam_model(BUILTIN_MODEL_PATH))
     from infosam_hf.data import SamSegmentationPreprocessor
 
-    data = Data(SamSegmentationPreprocessor.from_processor(processor), args.eval_images, args.multi_images)
+    data = Data(SamSegmentationPreprocessor.from_processor(processor), args.eval_images, args.multi_images,
+                domain=args.domain, validation=args.validation)
     start = time.time()
     for i, (method, size, seed) in enumerate(todo):
         flags = None if method == ZERO_SHOT else methods[method]
-        result = run_cell(train, data, processor, flags, size, seed, args.steps)
+        result = run_cell(train, data, processor, flags, size, seed, settings)
+        epochs = args.epochs if args.recipe == "paper" else args.steps * 8 / size if size else 0
         cell = {"method": method, "size": size, "seed": seed, "flags": flags, "settings": settings,
-                "epochs": args.steps * 8 / size if size else 0, "commit": git_commit(), **result}
+                "epochs": epochs if flags is not None else 0, "commit": git_commit(), **result}
         write_cell(cell_path(results, method, size, seed), cell)
         m = result["metrics"]
         print(f"[{time.time() - start:6.0f}s {i + 1}/{len(todo)}] {method} n={size} seed={seed}: "
               f"spec IoU {m['spec/box/iou']:.3f}, general IoU {m['gen/box/iou']:.3f}, "
+              + (f"validation IoU {m['val/box/iou']:.3f}, " if "val/box/iou" in m else "") +
               f"confusion {m['multi/box/confusion_rate']:.3f} ({result['train_seconds']:.0f}+"
               f"{result['eval_seconds']:.0f} s)", flush=True)
 

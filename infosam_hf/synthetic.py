@@ -1,4 +1,4 @@
-"""Two synthetic segmentation domains: the built-in stand-in for real data sets.
+"""Synthetic segmentation domains: the built-in stand-in for real data sets.
 
 "general": varied shapes (ellipses, polygons, rectangles) in clearly contrasting colours
 on smooth, natural-looking backgrounds, what a pre-trained SAM handles well.
@@ -6,6 +6,15 @@ on smooth, natural-looking backgrounds, what a pre-trained SAM handles well.
 whose colour and texture resemble the background, separated only by a slight shift in
 tint and texture frequency, with soft boundaries. A model pre-trained on "general"
 transfers imperfectly, which gives fine-tuning something real to fix.
+
+Three "paper-regime" domains where the box prompt does not say what the mask is, so the
+pre-trained model fails zero-shot and fine-tuning has a real gap to close (as on the InfoSAM
+paper's data sets: leaf disease, roads, camouflage/polyps):
+"lesions": a large leaf on soil with many small irregular spots; the mask is the spots only.
+"roads": a thin branching network of curves on a textured field background; the mask is the network.
+"camouflage": one irregular blob with the background's tint and a finer texture only.
+Each has its own version in `DOMAIN_VERSIONS` (part of its cache folder name), so a change to
+one of them never touches the data or the name of the two original domains.
 
 Pure numpy + PIL, deterministic under a seed. The built-in tiny SAM
 (`infosam_hf/builtin/sam-tiny-general`) was pre-trained on exactly this generator's
@@ -22,9 +31,13 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
+import PIL.ImageFilter
 
-DOMAINS = ("general", "specialised")
+PAPER_DOMAINS = ("lesions", "roads", "camouflage")
+DOMAINS = ("general", "specialised", *PAPER_DOMAINS)  # order matters: the index seeds each domain's generator
 GENERATOR_VERSION = 3  # part of the cache folder name: a changed generator never reuses old data
+# The paper-regime domains' own versions (bump one when its pixels change; GENERATOR_VERSION stays).
+DOMAIN_VERSIONS = {"lesions": 1, "roads": 2, "camouflage": 1}
 _ALIASES = {"specialized": "specialised"}
 
 
@@ -80,12 +93,166 @@ def _random_shape_mask(
     return np.asarray(mask) > 0
 
 
+def _draw_blob(
+    draw: PIL.ImageDraw.ImageDraw, rng: np.random.Generator, centre: tuple[float, float], radius: float,
+    roughness: float, vertices: tuple[int, int] = (8, 14), aspect: float = 1.0, angle: float = 0.0,
+) -> None:
+    """An irregular star-shaped polygon (radii jittered by +-`roughness`) filled into `draw`."""
+    n = int(rng.integers(*vertices))
+    angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+    radii = radius * (1 + roughness * rng.uniform(-1, 1, n))
+    x, y = np.cos(angles) * radii * np.sqrt(aspect), np.sin(angles) * radii / np.sqrt(aspect)
+    x, y = x * np.cos(angle) - y * np.sin(angle), x * np.sin(angle) + y * np.cos(angle)
+    draw.polygon([(centre[0] + a, centre[1] + b) for a, b in zip(x, y)], fill=255)
+
+
+def _grow(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """The mask dilated by a (2 * pixels + 1) square."""
+    image = PIL.Image.fromarray((mask * 255).astype(np.uint8)).filter(PIL.ImageFilter.MaxFilter(2 * pixels + 1))
+    return np.asarray(image) > 0
+
+
+def _lesions(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Leaf disease: a leaf covering ~30-55% of the image on soil; the mask is its spots, not the leaf.
+
+    The box of all spots spans most of the leaf, so a model that segments "the object in the box"
+    answers with the leaf; the spots (brown, with a yellowish halo outside the mask) are plain to see.
+    """
+    scale = size / 128
+    soil = rng.uniform(0.22, 0.42) * np.array([1.0, 0.82, 0.6]) + rng.uniform(-0.04, 0.04, 3)
+    image = soil[None, None] + 0.25 * (_smooth_noise(rng, size, int(rng.integers(10, 18)))[..., None] - 0.5)
+    leaf_image = PIL.Image.new("L", (size, size), 0)
+    radius = size * rng.uniform(0.30, 0.40)
+    centre = (size * rng.uniform(0.42, 0.58), size * rng.uniform(0.42, 0.58))
+    angle = rng.uniform(0, np.pi)
+    _draw_blob(PIL.ImageDraw.Draw(leaf_image), rng, centre, radius, 0.06, (18, 26), rng.uniform(1.3, 2.0), angle)
+    leaf = np.asarray(leaf_image) > 0
+    green = np.array([rng.uniform(0.12, 0.32), rng.uniform(0.42, 0.66), rng.uniform(0.08, 0.24)])
+    shade = 1 + 0.25 * (_smooth_noise(rng, size, 5)[..., None] - 0.5)
+    image = np.where(leaf[..., None], green[None, None] * shade, image)
+    rib = PIL.Image.new("L", (size, size), 0)  # the midrib: a light line along the leaf, not part of the mask
+    dx, dy = np.cos(angle) * radius * 1.3, np.sin(angle) * radius * 1.3
+    PIL.ImageDraw.Draw(rib).line([(centre[0] - dx, centre[1] - dy), (centre[0] + dx, centre[1] + dy)], fill=255,
+                                 width=max(1, round(1.5 * scale)))
+    image = np.where((np.asarray(rib) > 0)[..., None] & leaf[..., None], green * 1.35 + 0.05, image)
+    spots_image = PIL.Image.new("L", (size, size), 0)
+    draw = PIL.ImageDraw.Draw(spots_image)
+    ys, xs = np.nonzero(_shrink(leaf, max(1, round(3 * scale))))
+    for _ in range(int(rng.integers(8, 26))):
+        i = int(rng.integers(len(xs)))
+        _draw_blob(draw, rng, (xs[i], ys[i]), rng.uniform(2.5, 6.5) * scale, 0.4, (6, 11))
+    spots = (np.asarray(spots_image) > 0) & leaf
+    halo = _grow(spots, max(1, round(2 * scale))) & leaf & ~spots
+    chlorosis = np.array([0.62, 0.64, 0.18]) + rng.uniform(-0.05, 0.05, 3)
+    image = np.where(halo[..., None], 0.5 * image + 0.5 * chlorosis, image)
+    brown = np.array([rng.uniform(0.32, 0.5), rng.uniform(0.18, 0.3), rng.uniform(0.04, 0.12)])
+    spot_shade = 1 + 0.4 * (_smooth_noise(rng, size, 24)[..., None] - 0.5)
+    image = np.where(spots[..., None], brown[None, None] * spot_shade, image)
+    return image + rng.normal(0, 0.02, image.shape), spots
+
+
+def _shrink(mask: np.ndarray, pixels: int) -> np.ndarray:
+    return ~_grow(~mask, pixels)
+
+
+def _bezier(rng: np.random.Generator, start: np.ndarray, end: np.ndarray, size: int) -> list[tuple[float, float]]:
+    """A gently curved path from start to end (a quadratic Bezier through a random control point)."""
+    control = (start + end) / 2 + rng.normal(0, 0.25 * size, 2)
+    t = np.linspace(0, 1, 40)[:, None]
+    points = (1 - t) ** 2 * start + 2 * (1 - t) * t * control + t**2 * end
+    return [(float(x), float(y)) for x, y in points]
+
+
+def _edge_point(rng: np.random.Generator, size: int, side: int) -> np.ndarray:
+    along = rng.uniform(0.1, 0.9) * size
+    return np.array([(along, -2), (size + 1, along), (along, size + 1), (-2, along)][side], dtype=float)
+
+
+def _roads(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Remote sensing: a branching network of thin curved roads over fields; the mask is the network.
+
+    The box of the network is nearly the whole image: it says nothing about which pixels are road.
+    Roofs and yards of the roads' own grey lie beside them (version 2; version 1 had none and the
+    pre-trained model found its lone grey curves zero-shot, box IoU 0.58): road is told by its shape.
+    """
+    scale = size / 128
+    base = np.array([rng.uniform(0.28, 0.45), rng.uniform(0.36, 0.52), rng.uniform(0.18, 0.32)])
+    image = base[None, None] + 0.22 * (_smooth_noise(rng, size, int(rng.integers(4, 8)))[..., None] - 0.5)
+    fields = PIL.Image.new("L", (size, size), 0)  # a patchwork of fields, slightly different in tint
+    draw = PIL.ImageDraw.Draw(fields)
+    for value in range(1, int(rng.integers(4, 8))):
+        x, y = rng.uniform(0, size, 2)
+        w, h = rng.uniform(0.15, 0.45, 2) * size
+        draw.rectangle([x - w / 2, y - h / 2, x + w / 2, y + h / 2], fill=value)
+    patch = np.asarray(fields)
+    tints = rng.uniform(-0.08, 0.08, (8, 3))
+    tints[0] = 0
+    image = image + tints[patch] + 0.12 * (_smooth_noise(rng, size, int(rng.integers(28, 40)))[..., None] - 0.5)
+    network = PIL.Image.new("L", (size, size), 0)
+    draw = PIL.ImageDraw.Draw(network)
+    paths = []
+    for _ in range(int(rng.integers(1, 3))):  # main roads, edge to edge
+        first = int(rng.integers(4))
+        second = (first + int(rng.integers(1, 4))) % 4
+        paths.append(_bezier(rng, _edge_point(rng, size, first), _edge_point(rng, size, second), size))
+        draw.line(paths[-1], fill=255, width=max(2, round(rng.uniform(3, 4.5) * scale)), joint="curve")
+    for _ in range(int(rng.integers(2, 6))):  # branches from a point of an earlier road
+        path = paths[int(rng.integers(len(paths)))]
+        start = np.array(path[int(rng.integers(5, 35))])
+        end = _edge_point(rng, size, int(rng.integers(4))) if rng.random() < 0.5 else rng.uniform(0.1, 0.9, 2) * size
+        paths.append(_bezier(rng, start, end, size))
+        draw.line(paths[-1], fill=255, width=max(2, round(rng.uniform(2.5, 3.5) * scale)), joint="curve")
+    roads = np.asarray(network) > 0
+    grey = rng.uniform(0.55, 0.72) + rng.uniform(-0.03, 0.03, 3)
+    surface = grey[None, None] + 0.08 * (_smooth_noise(rng, size, 40)[..., None] - 0.5)
+    built = PIL.Image.new("L", (size, size), 0)  # roofs and yards, drawn under the roads
+    draw = PIL.ImageDraw.Draw(built)
+    for _ in range(int(rng.integers(10, 25))):
+        x, y = rng.uniform(0, size, 2)
+        w, h = rng.uniform(3, 12, 2) * scale
+        draw.rectangle([x - w / 2, y - h / 2, x + w / 2, y + h / 2], fill=255)
+    roofs = grey + rng.uniform(-0.06, 0.06, 3)
+    image = np.where((np.asarray(built) > 0)[..., None], roofs[None, None] * (surface / grey), image)
+    image = np.where(roads[..., None], surface, image)
+    return image + rng.normal(0, 0.025, image.shape), roads
+
+
+def _camouflage(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Camouflage / polyp: an irregular blob of nearly the background's tint, told apart by a finer texture.
+
+    Harder than "specialised": the tint shift is a quarter of its (0.12 vs 0.45), the outline is
+    concave rather than an ellipse, polygon or rectangle, and the edges are soft.
+    """
+    base = rng.uniform(0.3, 0.7, 3)
+    background = base[None, None] + 0.30 * (_smooth_noise(rng, size, int(rng.integers(8, 14)))[..., None] - 0.5)
+    blob = PIL.Image.new("L", (size, size), 0)
+    radius = size * np.sqrt(rng.uniform(0.06, 0.30) / np.pi)
+    centre = tuple(rng.uniform(radius, size - radius, 2))
+    aspect, angle = rng.uniform(0.6, 1.6), rng.uniform(0, np.pi)
+    _draw_blob(PIL.ImageDraw.Draw(blob), rng, centre, radius, 0.45, (9, 15), aspect, angle)
+    mask = np.asarray(blob) > 0
+    tint = rng.normal(0, 1, 3)
+    tint = 0.12 * tint / np.linalg.norm(tint)
+    object_texture = _smooth_noise(rng, size, int(rng.integers(36, 52)))
+    foreground = base[None, None] + tint[None, None] + 0.30 * (object_texture[..., None] - 0.5)
+    soft = _soft_edges(mask, size)
+    image = soft * foreground + (1 - soft) * background
+    return image + rng.normal(0, 0.03, image.shape), mask
+
+
+_PAPER_GENERATORS = {"lesions": _lesions, "roads": _roads, "camouflage": _camouflage}
+
+
 def make_synthetic_sample(
     domain: str, image_size: int, rng: np.random.Generator
 ) -> tuple[PIL.Image.Image, PIL.Image.Image]:
     """One (RGB image, 0/255 mask) pair of the given domain."""
     domain = _canonical_domain(domain)
     size = int(image_size)
+    if domain in PAPER_DOMAINS:
+        image, mask = _PAPER_GENERATORS[domain](size, rng)
+        image = (np.clip(image, 0, 1) * 255).astype(np.uint8)
+        return PIL.Image.fromarray(image), PIL.Image.fromarray((mask * 255).astype(np.uint8))
     mask = _random_shape_mask(rng, size)
     if domain == "general":
         base = rng.uniform(0.1, 0.9, 3)
@@ -165,6 +332,10 @@ def make_synthetic_instances(
     model trained on this must follow its prompt, not segment "the salient thing".
     """
     domain = _canonical_domain(domain)
+    if domain in PAPER_DOMAINS:
+        raise ValueError(
+            f"The {domain!r} domain has one mask per image (all its spots or roads); use max_objects=1 with it."
+        )
     size = int(image_size)
     objects = _instance_layout(rng, size, int(max_objects))
     ids = np.zeros((size, size), dtype=np.uint8)
@@ -249,6 +420,8 @@ def write_synthetic_dataset(
         raise ValueError(f"num_shards must be >= 1, got {num_shards}.")
     if not 1 <= max_objects <= 255:
         raise ValueError(f"max_objects must lie in [1, 255] (ids are stored in an 8-bit PNG), got {max_objects}.")
+    if max_objects > 1 and domain in PAPER_DOMAINS:
+        raise ValueError(f"The {domain!r} domain has one mask per image; use max_objects=1 with it.")
     output_dir = Path(output_dir)
     plan = []
     for split, count in (("train", num_train), ("test", num_test)):
@@ -303,8 +476,9 @@ def default_dataset_dir(
     domain = _canonical_domain(domain)
     shards = "" if num_shards == 2 else f"-{num_shards}shards"  # the default keeps the established folder name
     objects = "" if max_objects == 1 else f"-{max_objects}objects"
+    tag = f"{domain}{DOMAIN_VERSIONS[domain]}" if domain in DOMAIN_VERSIONS else domain  # e.g. "roads1"
     return cache_root() / (
-        f"v{GENERATOR_VERSION}-{domain}-{image_size}px-seed{seed}-{num_train}+{num_test}{shards}{objects}"
+        f"v{GENERATOR_VERSION}-{tag}-{image_size}px-seed{seed}-{num_train}+{num_test}{shards}{objects}"
     )
 
 

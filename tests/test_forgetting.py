@@ -151,3 +151,60 @@ def test_paper_grid_writes_runs_that_the_forgetting_report_reads(tmp_path):
     text, table = f.report(cells)
     assert "| 4 | LoRA + InfoSAM − LoRA | 1 |" in text
     assert "| 4 | LoRA | 1 |" in text and text.count(" - |") >= 2  # no multi-object retention set: "-", not 0
+
+
+def test_domain_and_recipe_name_the_settings_folder_and_markers_without_touching_the_first_edition(tmp_path):
+    f = forgetting()
+
+    def args(**kw):
+        import argparse
+
+        base = dict(steps=50, eval_images=24, multi_images=16, domain="specialised", recipe="steps", epochs=None,
+                    validation=False)
+        return argparse.Namespace(**{**base, **kw})
+
+    # the first edition's grid keeps its settings keys, so its results folders stay readable
+    assert f.run_settings(args(), "sha") == {"steps": 50, "eval_images": 24, "multi_images": 16, "model_sha256": "sha"}
+    assert f.grid_name("specialised", "steps", None, False) == "forgetting"
+    paper = f.run_settings(args(domain="roads", recipe="paper", epochs=10, validation=True), "sha")
+    assert paper["recipe"] == "paper" and paper["epochs"] == 10 and "steps" not in paper
+    assert paper["domain"].startswith("roads v") and paper["validation"].startswith("seed-1")
+    assert f.recipe_flags(paper) == ["--max_steps", "-1", "--num_train_epochs", "10", "--per_device_train_batch_size",
+                                     "4", "--learning_rate", "0.0002"]
+    assert f.recipe_flags({"steps": 50}) == ["--max_steps", "50"]
+    assert f.grid_name("roads", "paper", 10, True) == "forgetting-roads-paper-e10-validation"
+
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# B\n\n<!-- forgetting:begin -->\nfirst edition\n<!-- forgetting:end -->\n")
+    f.write_between_markers(str(md), "roads table", "Roads", name="forgetting-roads-paper-e10")
+    f.write_between_markers(str(md), "roads table 2", "Roads", name="forgetting-roads-paper-e10")
+    text = md.read_text()
+    assert "first edition" in text and text.count("roads table") == 1 and "roads table 2" in text
+
+
+@pytest.mark.parametrize("flags", [["--domain", "medical"], ["--epochs", "3"], ["--recipe", "paper", "--epochs", "0"]])
+def test_bad_domain_or_recipe_flags_stop_with_one_line(flags, capsys):
+    with pytest.raises(SystemExit):
+        forgetting().main(flags)
+    assert any(word in capsys.readouterr().err for word in ("--domain", "--epochs"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("domain", ["lesions", "roads", "camouflage"])
+def test_quick_paper_recipe_runs_on_each_paper_regime_domain(domain, tmp_path):
+    # LoRA only: the paper-regime domains are chosen blind to InfoSAM (issue 33), so CI never trains InfoSAM on them
+    results = tmp_path / "results"
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "forgetting.py"), "--quick", "--domain", domain,
+               "--recipe", "paper", "--methods", "LoRA", "--seeds", "0", "--validation", "--threads", "1",
+               "--results", str(results)]
+    out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    cells = forgetting().load_results(str(results))
+    assert set(cells) == {("Zero-shot", 0, 0), ("LoRA", 16, 0)}
+    lora = cells[("LoRA", 16, 0)]
+    assert lora["settings"]["domain"].startswith(f"{domain} v") and lora["settings"]["recipe"] == "paper"
+    assert lora["optimizer_steps"] == 16 // 4 and lora["epochs"] == 1  # one pass over 16 images at batch 4
+    validation, test = lora["metrics"]["val/box/iou"], lora["metrics"]["spec/box/iou"]
+    assert 0 <= validation <= 1 and validation != test  # other images than the test split
+    assert "| 16 | LoRA | 1 |" in out.stdout and f"{domain} IoU, box" in out.stdout
+    assert f"{domain} validation IoU" in out.stdout
