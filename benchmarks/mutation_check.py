@@ -50,6 +50,7 @@ T = "tests/test_trainer.py::"
 M = "tests/test_modeling.py::"
 L = "tests/test_losses.py::"
 H = "tests/test_hub.py::"
+B = "tests/test_blind_spots.py::"
 
 MUTANTS = (
     # ------------------------------------------------------------------ the eleven of issue 20
@@ -201,6 +202,44 @@ MUTANTS = (
           "return -torch.log((normalised * normalised).sum().clamp_min(eps))"),),
         (L + "test_entropy_2x2_hand_cases", L + "test_entropy_3x3_matches_eigenvalue_definition"),
         "Renyi entropy in nats instead of bits",
+    ),
+    # ------------------------------------------------------------------ issue 32: the audit's blind spots
+    # 1. teacher/student confusion, visible only with a student that has moved (tests/test_blind_spots.py)
+    Mutant(
+        "teacher_relation_on_student_z_i_multi", "infosam_hf/modeling.py",
+        (("self.relation_module.forward_prompts(teacher_image_feats, teacher_tokens)[valid]",
+          "self.relation_module.forward_prompts(result.student_image_feats, teacher_tokens)[valid]"),),
+        (B + "test_moved_student_several_prompts_relations_use_each_sides_own_features",),
+        "several prompts: the teacher relation computed on the student's z_i",
+    ),
+    Mutant(
+        "teacher_relation_on_student_z_m", "infosam_hf/modeling.py",
+        (("result.relation_teacher = self.relation_module(teacher_image_feats, teacher_mask_tokens)",
+          "result.relation_teacher = self.relation_module(teacher_image_feats, student_mask_tokens.detach())"),),
+        (B + "test_moved_student_one_prompt_relations_use_each_sides_own_features",),
+        "one prompt: the teacher relation computed with the student's z_m",
+    ),
+    # 2. segmentation losses by value
+    Mutant(
+        "dice_unsmoothed_denominator", "infosam_hf/losses.py",
+        (("(2 * inter + smooth) / (prob.sum(1) + target.sum(1) + smooth)",
+          "(2 * inter + smooth) / (prob.sum(1) + target.sum(1) + 2 * smooth)"),),
+        (B + "test_dice_hand_values_and_the_empty_prediction_on_an_empty_target_is_zero",),
+        "dice smoothing doubled in the denominator (an empty prediction of an empty target costs 0.5)",
+    ),
+    Mutant(
+        "focal_alpha_per_class_swapped", "infosam_hf/losses.py",
+        (("alpha_t = alpha * target + (1 - alpha) * (1 - target)",
+          "alpha_t = (1 - alpha) * target + alpha * (1 - target)"),),
+        (B + "test_focal_loss_weighs_foreground_by_alpha_and_background_by_one_minus_alpha",),
+        "focal alpha given to the background, 1 - alpha to the foreground",
+    ),
+    Mutant(
+        "weighted_bce_mean_normalised", "infosam_hf/losses.py",
+        (("bce = (weight * bce).sum(dim=(2, 3)) / weight.sum(dim=(2, 3))",
+          "bce = (weight * bce).mean(dim=(2, 3))"),),
+        (B + "test_structure_loss_equals_its_definition",),
+        "weighted BCE divided by the pixel count instead of the weight sum",
     ),
 )
 

@@ -1,0 +1,166 @@
+"""Tests for the blind spots an independent mutation audit found (issue 32), one section per class of bug.
+
+Each test here fails on a planted bug of its class (benchmarks/mutation_check.py holds them) and is fast:
+tiny models, tiny tensors, a forked two-process gloo group where a collective must run for real.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import SamModel
+
+from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, build_student, capture_sam_features
+from infosam_hf.data import PromptSampler, SamSegmentationCollator
+from infosam_hf.losses import dice_loss, segmentation_loss, sigmoid_focal_loss, structure_loss
+from infosam_hf.modeling import InfoSAMModelOutput
+from infosam_hf.testing import tiny_sam_config, toy_batch
+
+SIZE = 64
+
+
+def instance_row(num_objects: int, seed: int) -> dict:
+    """A preprocessed multi-object sample: `gt_masks` (K, S, S), one bright rectangle per object."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((num_objects, SIZE, SIZE), dtype=np.uint8)
+    pixels = 0.3 * rng.standard_normal((3, SIZE, SIZE)).astype(np.float32)
+    for k in range(num_objects):
+        y, x = rng.integers(0, SIZE - 16, 2)
+        h, w = rng.integers(6, 16, 2)
+        masks[k, y : y + h, x : x + w] = 1
+        pixels[k % 3] += masks[k]
+    return {"pixel_values": pixels, "gt_masks": masks, "original_sizes": np.array([SIZE, SIZE]),
+            "reshaped_input_sizes": np.array([SIZE, SIZE])}
+
+
+# --------------------------------------------------------------------------- 1. a student that has moved
+
+
+def moved_student_model(config: InfoSAMConfig | None = None, seed: int = 0, scale: float = 0.05):
+    """(InfoSAMModel whose student has left the pre-trained weights, a frozen copy of those weights).
+
+    A fresh student has LoRA B = 0 and a decoder copy equal to the base, so it computes exactly what the teacher
+    does and any mix-up of teacher and student features goes unseen. Here LoRA B and the trained decoder copy are
+    perturbed (seeded), so every student quantity differs from the teacher's.
+    """
+    config = config or InfoSAMConfig()
+    torch.manual_seed(seed)
+    base = SamModel(tiny_sam_config()).eval()
+    pretrained = copy.deepcopy(base).requires_grad_(False)
+    model = InfoSAMModel(build_student(base, config), config)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in model.student.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                param.add_(scale * torch.randn(param.shape, generator=generator))
+    return model, pretrained
+
+
+def _features(sam, batch, prompts):
+    with torch.no_grad(), capture_sam_features(sam) as feats:
+        sam(pixel_values=batch["pixel_values"], multimask_output=False, **prompts)
+    return feats
+
+
+def test_moved_student_one_prompt_relations_use_each_sides_own_features():
+    model, pretrained = moved_student_model()
+    batch = toy_batch(3)
+    out = model(**batch)
+    prompts = {"input_boxes": batch["input_boxes"]}
+    teacher, student = _features(pretrained, batch, prompts), _features(model.student, batch, prompts)
+    relation = model.relation_module
+    with torch.no_grad():
+        torch.testing.assert_close(out.relation_teacher, relation(teacher.image_feats, teacher.mask_token))
+        torch.testing.assert_close(out.relation_student, relation(student.image_feats, student.mask_token))
+    # the fixture is what makes the two checks above able to fail
+    assert (teacher.image_feats - student.image_feats).abs().max() > 1e-3
+    assert (teacher.mask_token - student.mask_token).abs().max() > 1e-3
+    assert (out.relation_teacher - out.relation_student).abs().max() > 1e-4
+
+
+def test_moved_student_several_prompts_relations_use_each_sides_own_features():
+    model, pretrained = moved_student_model()
+    batch = SamSegmentationCollator(PromptSampler(box_noise=0.0), "box", max_objects_per_image=3)(
+        [instance_row(3, 0), instance_row(1, 1), instance_row(2, 2)]
+    )
+    out = model(**batch)
+    valid = batch["prompt_mask"]
+    prompts = {"input_boxes": batch["input_boxes"]}
+    teacher, student = _features(pretrained, batch, prompts), _features(model.student, batch, prompts)
+    relation = model.relation_module
+    with torch.no_grad():
+        expected_teacher = relation.forward_prompts(teacher.image_feats, teacher.prompt_mask_tokens)[valid]
+        expected_student = relation.forward_prompts(student.image_feats, student.prompt_mask_tokens)[valid]
+    torch.testing.assert_close(out.relation_teacher, expected_teacher)
+    torch.testing.assert_close(out.relation_student, expected_student)
+    torch.testing.assert_close(out.teacher_image_feats, teacher.image_feats)
+    torch.testing.assert_close(out.teacher_mask_tokens, teacher.prompt_mask_tokens[valid].unsqueeze(1))
+    assert (out.relation_teacher - out.relation_student).abs().max() > 1e-4
+
+
+# --------------------------------------------------------------------------- 2. segmentation losses by value
+
+
+def test_dice_hand_values_and_the_empty_prediction_on_an_empty_target_is_zero():
+    # prob 0.5 everywhere on a 2x2 target with one pixel: inter 0.5, sums 2 and 1 -> 1 - (1 + 1) / (3 + 1)
+    target = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    assert dice_loss(torch.zeros(1, 1, 2, 2), target).item() == pytest.approx(0.5, abs=1e-7)
+    # an empty prediction of an empty target is right: loss 0 (the smoothing makes 0/0 = 1), not NaN and not 1
+    empty = dice_loss(torch.full((1, 1, 2, 2), -50.0), torch.zeros(1, 1, 2, 2))
+    assert empty.item() == pytest.approx(0.0, abs=1e-6)
+    # smooth=2: 1 - (2 * 0.5 + 2) / (3 + 2)
+    assert dice_loss(torch.zeros(1, 1, 2, 2), target, smooth=2.0).item() == pytest.approx(0.4, abs=1e-7)
+
+
+def test_focal_loss_weighs_foreground_by_alpha_and_background_by_one_minus_alpha():
+    # logit 0: p = 0.5, CE = ln 2, (1 - p_t)^2 = 0.25 for either class
+    ln2 = math.log(2.0)
+    fg = sigmoid_focal_loss(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1))
+    bg = sigmoid_focal_loss(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1))
+    assert fg.item() == pytest.approx(0.25 * 0.25 * ln2, rel=1e-6)
+    assert bg.item() == pytest.approx(0.75 * 0.25 * ln2, rel=1e-6)
+    # logit 2 on foreground: p = sigmoid(2), CE = -log p, weight (1 - p)^2 * alpha
+    p = torch.sigmoid(torch.tensor(2.0)).item()
+    value = sigmoid_focal_loss(torch.full((1, 1, 1, 1), 2.0), torch.ones(1, 1, 1, 1), alpha=0.4, gamma=3.0)
+    assert value.item() == pytest.approx(0.4 * (1 - p) ** 3 * -math.log(p), rel=1e-5)
+
+
+def _reference_structure_loss(logits, target, weighted_bce):
+    """PraNet's structure loss written out from its definition (avg_pool2d with kernel 31, one pass)."""
+    weight = 1 + 5 * torch.abs(F.avg_pool2d(target, kernel_size=31, stride=1, padding=15) - target)
+    bce_map = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if weighted_bce:
+        bce = (weight * bce_map).sum(dim=(2, 3)) / weight.sum(dim=(2, 3))
+    else:
+        bce = bce_map.mean()
+    prob = torch.sigmoid(logits)
+    inter = (prob * target * weight).sum(dim=(2, 3))
+    union = ((prob + target) * weight).sum(dim=(2, 3))
+    return (bce + 1 - (inter + 1) / (union - inter + 1)).mean()
+
+
+@pytest.mark.parametrize("weighted_bce", [True, False])
+def test_structure_loss_equals_its_definition(weighted_bce):
+    generator = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(2, 1, 40, 40, generator=generator)
+    target = torch.zeros(2, 1, 40, 40)
+    target[0, :, 5:20, 8:30] = 1
+    target[1, :, 25:38, 2:12] = 1
+    expected = _reference_structure_loss(logits, target, weighted_bce)
+    torch.testing.assert_close(structure_loss(logits, target, weighted_bce), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sam_recipe_equals_twenty_focal_plus_dice_plus_iou_mse():
+    logits = torch.tensor([[[[2.0, -1.0], [0.5, -3.0]]]])
+    target = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    iou_pred = torch.tensor([[0.3]])
+    # thresholded prediction {0, 2} vs target {0}: IoU 1/2
+    expected = 20 * sigmoid_focal_loss(logits, target) + dice_loss(logits, target) + (0.3 - 0.5) ** 2
+    actual = segmentation_loss(InfoSAMConfig(seg_loss="focal_dice_iou"), logits, target, iou_pred)
+    torch.testing.assert_close(actual, expected)
