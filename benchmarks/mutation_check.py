@@ -241,6 +241,27 @@ MUTANTS = (
         (B + "test_structure_loss_equals_its_definition",),
         "weighted BCE divided by the pixel count instead of the weight sum",
     ),
+    # 3. the cross-rank gather with two real ranks (a forked gloo group, in the fast suite)
+    Mutant(
+        "gather_backward_rank0_slice", "infosam_hf/trainer.py",
+        (("        return grad[dist.get_rank()]\n", "        return grad[0]\n"),),
+        (B + "test_two_ranks_get_the_gradient_of_their_own_slice_and_shifted_image_indices",),
+        "the all-gather's backward hands every rank rank 0's slice",
+    ),
+    Mutant(
+        "gather_backward_not_summed", "infosam_hf/trainer.py",
+        (("        grad = grad.contiguous().clone()\n        dist.all_reduce(grad)\n",
+          "        grad = grad.contiguous().clone()\n"),),
+        (B + "test_two_ranks_get_the_gradient_of_their_own_slice_and_shifted_image_indices",),
+        "the all-gather's backward keeps the local gradient only (no sum over the ranks)",
+    ),
+    Mutant(
+        "image_offset_counts_pairs", "infosam_hf/trainer.py",
+        (("local = torch.tensor([num_images], device=image_index.device)",
+          "local = torch.tensor([image_index.shape[0]], device=image_index.device)"),),
+        (B + "test_two_ranks_get_the_gradient_of_their_own_slice_and_shifted_image_indices",),
+        "the image-index offset of a rank counts the pairs of lower ranks, not their images",
+    ),
 )
 
 

@@ -164,3 +164,92 @@ def test_sam_recipe_equals_twenty_focal_plus_dice_plus_iou_mse():
     expected = 20 * sigmoid_focal_loss(logits, target) + dice_loss(logits, target) + (0.3 - 0.5) ** 2
     actual = segmentation_loss(InfoSAMConfig(seg_loss="focal_dice_iou"), logits, target, iou_pred)
     torch.testing.assert_close(actual, expected)
+
+
+# --------------------------------------------------------------------------- 3. the cross-rank gather, two ranks
+
+
+def _rank_outputs(rank: int):
+    """Rank 0: 2 images with 3 and 1 valid prompts; rank 1: 3 images with 1, 2, 2. Relations are leaves."""
+    generator = torch.Generator().manual_seed(10 + rank)
+    valid = [[True, True, True], [True, False, False]] if rank == 0 else [[True, False], [True, True], [True, True]]
+    valid = torch.tensor(valid)
+    images, pairs = valid.shape[0], int(valid.sum())
+    out = InfoSAMModelOutput(
+        pred_masks=torch.randn(pairs, 1, 4, 4, generator=generator),
+        iou_scores=torch.rand(pairs, 1, generator=generator),
+        teacher_image_feats=torch.randn(images, 16, 8, generator=generator),
+        teacher_mask_tokens=torch.randn(pairs, 1, 8, generator=generator),
+        relation_teacher=F.normalize(torch.randn(pairs, 16, generator=generator), dim=1).requires_grad_(True),
+        relation_student=F.normalize(torch.randn(pairs, 16, generator=generator), dim=1).requires_grad_(True),
+        image_index=valid.nonzero()[:, 0],
+        prompt_mask=valid,
+    )
+    gt = (torch.rand(images, valid.shape[1], 4, 4, generator=generator) > 0.5).float()
+    return out, gt
+
+
+def _two_rank_worker(rank: int, init_file: str, queue) -> None:
+    import torch.distributed as dist
+
+    from infosam_hf import trainer as trainer_module
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        out, gt = _rank_outputs(rank)
+        index = trainer_module._gather_image_index(out.image_index, out.teacher_image_feats.shape[0])
+        parts = InfoSAMTrainer.compute_infosam_loss(out, gt, InfoSAMConfig(), gather=True)
+        (parts["loss_r"] + parts["loss_d"]).backward()
+        # plain lists: a tensor sent through the queue lives in this process's shared memory, gone once it exits
+        queue.put((rank, index.tolist(), out.relation_teacher.grad.tolist(), out.relation_student.grad.tolist()))
+    except Exception as err:  # reported at once: the other rank may be left waiting in a collective
+        queue.put((rank, f"{type(err).__name__}: {err}", None, None))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_get_the_gradient_of_their_own_slice_and_shifted_image_indices(tmp_path):
+    """Each rank's relations get exactly its slice of the global loss's gradient (times the world size, which
+    DDP's mean over ranks divides out), and rank 1's pair -> image indices follow rank 0's images.
+
+    With one process rank 0 is the only slice and the offset is 0: both are trivially right there.
+    """
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("fork")  # seconds: no re-import of the package in the children
+    queue = context.Queue()
+    processes = [context.Process(target=_two_rank_worker, args=(rank, str(tmp_path / "init"), queue))
+                 for rank in (0, 1)]
+    for process in processes:
+        process.start()
+    results = {}
+    try:
+        for _ in processes:
+            rank, index, grad_teacher, grad_student = queue.get(timeout=60)
+            assert grad_teacher is not None, f"rank {rank} failed: {index}"
+            results[rank] = (index, torch.tensor(grad_teacher), torch.tensor(grad_student))
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+    (a, _), (b, _) = _rank_outputs(0), _rank_outputs(1)
+    expected_index = torch.cat([a.image_index, b.image_index + a.teacher_image_feats.shape[0]])
+    relation_teacher = torch.cat([a.relation_teacher, b.relation_teacher]).detach().requires_grad_(True)
+    relation_student = torch.cat([a.relation_student, b.relation_student]).detach().requires_grad_(True)
+    from infosam_hf.losses import InfoSAMLoss
+
+    single = InfoSAMLoss(InfoSAMConfig()).from_relations(
+        torch.cat([a.teacher_image_feats, b.teacher_image_feats]),
+        torch.cat([a.teacher_mask_tokens, b.teacher_mask_tokens]),
+        relation_teacher, relation_student, image_index=expected_index,
+    )
+    (single.loss_r + single.loss_d).backward()
+    split = a.relation_student.shape[0]
+    for rank, rows in ((0, slice(0, split)), (1, slice(split, None))):
+        index, grad_teacher, grad_student = results[rank]
+        assert index == expected_index.tolist()
+        torch.testing.assert_close(grad_teacher, 2 * relation_teacher.grad[rows], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(grad_student, 2 * relation_student.grad[rows], rtol=1e-4, atol=1e-6)
+    assert relation_student.grad[:split].abs().max() > 1e-4 and relation_student.grad[split:].abs().max() > 1e-4
