@@ -262,6 +262,44 @@ MUTANTS = (
         (B + "test_two_ranks_get_the_gradient_of_their_own_slice_and_shifted_image_indices",),
         "the image-index offset of a rank counts the pairs of lower ranks, not their images",
     ),
+    # 4. multimask output: the best of the three masks is the one trained
+    Mutant(
+        "multimask_trains_the_first_mask", "infosam_hf/trainer.py",
+        (("best = (inter / union.clamp_min(1)).argmax(dim=1)", "best = (inter / union.clamp_min(1)).argmax(dim=1) * 0"),),
+        (B + "test_multimask_output_trains_the_mask_closest_to_the_ground_truth_with_its_own_iou_score",
+         B + "test_with_multimask_output_only_the_best_masks_hypernetwork_is_trained"),
+        "multimask output trains the first mask, not the best",
+    ),
+    Mutant(
+        "multimask_iou_score_of_the_first_mask", "infosam_hf/trainer.py",
+        (("return logits[index, best].unsqueeze(1), iou_scores[index, best].unsqueeze(1)",
+          "return logits[index, best].unsqueeze(1), iou_scores[:, :1]"),),
+        (B + "test_multimask_output_trains_the_mask_closest_to_the_ground_truth_with_its_own_iou_score",),
+        "multimask output trains the best mask with the first mask's IoU score",
+    ),
+    # 5. prompt randomness over epochs and workers
+    Mutant(
+        "worker_reseed_by_worker_id", "infosam_hf/data/prompts.py",
+        (("self._rng = np.random.default_rng([self.seed, info.seed % (2**63)])",
+          "self._rng = np.random.default_rng([self.seed, info.id])"),),
+        (B + "test_every_epoch_and_every_worker_draws_new_prompts",),
+        "workers re-seeded from their id: different per worker, the same every epoch",
+    ),
+    # 6. the object subset chosen per image
+    Mutant(
+        "object_subset_unsorted", "infosam_hf/data/collator.py",
+        (("keep = np.sort(sampler.rng.choice(masks.shape[0], self.max_objects_per_image, replace=False))",
+          "keep = sampler.rng.choice(masks.shape[0], self.max_objects_per_image, replace=False)"),),
+        (B + "test_the_object_subset_is_in_annotation_order_reproducible_and_varies_with_the_draws",),
+        "the object subset in draw order, not annotation order",
+    ),
+    Mutant(
+        "object_subset_global_numpy_rng", "infosam_hf/data/collator.py",
+        (("keep = np.sort(sampler.rng.choice(masks.shape[0], self.max_objects_per_image, replace=False))",
+          "keep = np.sort(np.random.choice(masks.shape[0], self.max_objects_per_image, replace=False))"),),
+        (B + "test_the_object_subset_is_in_annotation_order_reproducible_and_varies_with_the_draws",),
+        "the object subset drawn from numpy's global generator, not the seeded sampler's",
+    ),
 )
 
 

@@ -253,3 +253,107 @@ def test_two_ranks_get_the_gradient_of_their_own_slice_and_shifted_image_indices
         torch.testing.assert_close(grad_teacher, 2 * relation_teacher.grad[rows], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(grad_student, 2 * relation_student.grad[rows], rtol=1e-4, atol=1e-6)
     assert relation_student.grad[:split].abs().max() > 1e-4 and relation_student.grad[split:].abs().max() > 1e-4
+
+
+# --------------------------------------------------------------------------- 4. multimask: the best mask is trained
+
+
+def _multimask_outputs():
+    """Two images, three masks each: image 0's best mask is its third, image 1's its second."""
+    gt = torch.zeros(2, 1, 8, 8)
+    gt[0, 0, 0:4, 0:4] = 1
+    gt[1, 0, 4:8, 2:8] = 1
+    logits = torch.full((2, 3, 8, 8), -4.0)
+    logits[0, 0, 0:8, 0:8] = 4.0  # IoU 16/64
+    logits[0, 1, 6:8, 6:8] = 4.0  # IoU 0
+    logits[0, 2, 0:4, 0:3] = 4.0  # IoU 12/16: best
+    logits[1, 0, 0:2, 0:2] = 4.0  # IoU 0
+    logits[1, 1, 4:8, 3:8] = 4.0  # IoU 20/24: best
+    logits[1, 2, 2:8, 0:8] = 4.0  # IoU 24/48
+    iou_scores = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]])
+    return InfoSAMModelOutput(pred_masks=logits, iou_scores=iou_scores), gt
+
+
+def test_multimask_output_trains_the_mask_closest_to_the_ground_truth_with_its_own_iou_score():
+    from infosam_hf.trainer import select_best_mask
+
+    outputs, gt = _multimask_outputs()
+    logits, iou = select_best_mask(outputs, gt)
+    torch.testing.assert_close(logits, torch.stack([outputs.pred_masks[0, 2], outputs.pred_masks[1, 1]])[:, None])
+    torch.testing.assert_close(iou, torch.tensor([[0.3], [0.5]]))
+    # the loss the Trainer trains is the segmentation loss of exactly those masks (SAM's recipe reads the IoU head)
+    config = InfoSAMConfig(seg_loss="focal_dice_iou", lambda_1=0.0, lambda_2=0.0)
+    parts = InfoSAMTrainer.compute_infosam_loss(outputs, gt, config)
+    torch.testing.assert_close(parts["loss_seg"], segmentation_loss(config, logits, gt, iou))
+
+
+def test_with_multimask_output_only_the_best_masks_hypernetwork_is_trained():
+    """Mask k of SAM's three comes from hypernetwork k + 1 alone: the gradient shows which masks were trained."""
+    config = InfoSAMConfig(multimask_output=True, lambda_1=0.0, lambda_2=0.0)
+    model, _ = moved_student_model(config, seed=1)
+    batch = toy_batch(2)
+    out = model(**batch)
+    assert out.pred_masks.shape[1] == 3
+    logits = F.interpolate(out.pred_masks.detach(), size=batch["gt_masks"].shape[-2:], mode="bilinear")
+    pred, gt = (logits > 0).float(), batch["gt_masks"]
+    inter = (pred * gt).sum(dim=(2, 3))
+    iou = inter / (pred.sum(dim=(2, 3)) + gt.sum(dim=(2, 3)) - inter).clamp_min(1)
+    best = set(iou.argmax(dim=1).tolist())
+    assert best == {1}  # seed 1: the second mask for both images, neither the first nor every one
+    InfoSAMTrainer.compute_infosam_loss(out, gt, config)["loss"].backward()
+    trained = set()
+    for k in range(3):
+        grads = [p.grad for n, p in model.student.named_parameters()
+                 if f"modules_to_save.default.output_hypernetworks_mlps.{k + 1}." in n]
+        assert grads
+        if any(g is not None and g.abs().max() > 0 for g in grads):
+            trained.add(k)
+    assert trained == best
+
+
+# --------------------------------------------------------------------------- 5. prompts over epochs and workers
+
+
+def test_every_epoch_and_every_worker_draws_new_prompts():
+    rows = [instance_row(1, 0) for _ in range(8)]  # identical samples: any difference comes from the generators
+    for row in rows:
+        row["gt_masks"] = row["gt_masks"][0]
+
+    torch.manual_seed(0)
+    loader = torch.utils.data.DataLoader(
+        rows, batch_size=2, num_workers=2, collate_fn=SamSegmentationCollator(PromptSampler(box_probability=0.0))
+    )
+    epochs = [[b["input_points"] for b in loader] for _ in range(2)]
+    first, second = epochs
+    assert not all(torch.equal(x, y) for x, y in zip(first, second))  # epoch 2 draws new prompts
+    assert not torch.equal(first[0], first[1])  # batch 0 and 1 come from workers 0 and 1
+    # in the main process too: the next epoch continues the generator
+    main = torch.utils.data.DataLoader(
+        rows, batch_size=2, collate_fn=SamSegmentationCollator(PromptSampler(box_probability=0.0))
+    )
+    assert not all(torch.equal(x["input_points"], y["input_points"]) for x, y in zip(main, main))
+
+
+# --------------------------------------------------------------------------- 6. the object subset per image
+
+
+def test_the_object_subset_is_in_annotation_order_reproducible_and_varies_with_the_draws():
+    row = instance_row(6, 3)
+    masks = [m.tobytes() for m in row["gt_masks"]]
+
+    def subsets(seed, draws=12):
+        collator = SamSegmentationCollator(PromptSampler(box_noise=0.0, seed=seed), "box", max_objects_per_image=3)
+        picked = []
+        for _ in range(draws):
+            batch = collator([row])
+            picked.append(tuple(masks.index(m.numpy().astype(np.uint8).tobytes()) for m in batch["gt_masks"][0]))
+        return picked
+
+    first, again, other = subsets(0), subsets(0), subsets(1)
+    assert first == again  # content and order for a seed
+    assert first != other
+    assert all(list(s) == sorted(s) and len(set(s)) == 3 for s in first)  # distinct objects, annotation order
+    assert len(set(first)) > 3  # the subset changes from batch to batch
+    # independent of numpy's global generator (a worker's or the user's)
+    np.random.seed(123)
+    assert subsets(0) == first
