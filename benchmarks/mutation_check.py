@@ -300,6 +300,50 @@ MUTANTS = (
         (B + "test_the_object_subset_is_in_annotation_order_reproducible_and_varies_with_the_draws",),
         "the object subset drawn from numpy's global generator, not the seeded sampler's",
     ),
+    # 7. model card figures under several devices, accumulation and evaluations
+    Mutant(
+        "card_total_batch_without_devices", "infosam_hf/model_card.py",
+        (('rows.append(("total_train_batch_size", per_device * accumulation * world))',
+          'rows.append(("total_train_batch_size", per_device * accumulation))'),),
+        (B + "test_card_total_batch_size_counts_devices_and_accumulation_and_reports_the_last_evaluation",),
+        "the card's total batch size leaves out the devices",
+    ),
+    Mutant(
+        "card_reports_the_first_evaluation", "infosam_hf/model_card.py",
+        (("for key, value in evaluations[-1].items()", "for key, value in evaluations[0].items()"),),
+        (B + "test_card_total_batch_size_counts_devices_and_accumulation_and_reports_the_last_evaluation",),
+        "the card reports the first evaluation's metrics, not the last",
+    ),
+    Mutant(
+        "card_stream_epochs_without_accumulation", "infosam_hf/model_card.py",
+        (("seen = state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps",
+          "seen = state.global_step * args.per_device_train_batch_size"),),
+        (B + "test_card_epochs_of_a_stream_count_every_device_and_accumulated_batch",),
+        "the epochs of a streamed run leave out the accumulated micro-batches",
+    ),
+    # 8. family geometry between valid sizes
+    Mutant(
+        "sam2_size_multiple_one_stride", "infosam_hf/models/__init__.py",
+        (("return 2 * (SamFamily.image_size(config) // coarsest)", "return SamFamily.image_size(config) // coarsest"),),
+        (B + "test_every_sam2_size_the_check_accepts_runs_and_every_size_it_refuses_fails",),
+        "SAM 2 sizes checked against the coarsest stride (16) instead of twice it: 48 px passes and fails inside",
+    ),
+    # 9. the Adapter's dropout path
+    Mutant(
+        "adapter_dropout_ignored", "infosam_hf/tuners/bottleneck_adapter/layer.py",
+        (("nn.Dropout(config.adapter_dropout) if config.adapter_dropout > 0 else nn.Identity()", "nn.Identity()"),),
+        (B + "test_adapter_dropout_acts_on_the_adapter_input_in_training_only_and_trains",),
+        "adapter_dropout is never applied",
+    ),
+    Mutant(
+        "adapter_dropout_on_the_output", "infosam_hf/tuners/bottleneck_adapter/layer.py",
+        (("hidden = self.bottleneck_dropout[name](source.to(down.weight.dtype))\n"
+          "            delta = self.bottleneck_up[name](self.bottleneck_act[name](down(hidden)))",
+          "hidden = source.to(down.weight.dtype)\n"
+          "            delta = self.bottleneck_dropout[name](self.bottleneck_up[name](self.bottleneck_act[name](down(hidden))))"),),
+        (B + "test_adapter_dropout_acts_on_the_adapter_input_in_training_only_and_trains",),
+        "the adapter's dropout on its output instead of its input",
+    ),
 )
 
 

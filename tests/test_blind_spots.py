@@ -357,3 +357,113 @@ def test_the_object_subset_is_in_annotation_order_reproducible_and_varies_with_t
     # independent of numpy's global generator (a worker's or the user's)
     np.random.seed(123)
     assert subsets(0) == first
+
+
+# --------------------------------------------------------------------------- 7. model card figures
+
+
+def test_card_total_batch_size_counts_devices_and_accumulation_and_reports_the_last_evaluation():
+    from types import SimpleNamespace
+
+    from infosam_hf.model_card import eval_metrics_from_log_history, hyperparameters_of
+
+    args = SimpleNamespace(per_device_train_batch_size=3, gradient_accumulation_steps=4, world_size=2,
+                           learning_rate=1e-4, num_train_epochs=1, seed=0)
+    rows = dict(hyperparameters_of(args))
+    assert rows["total_train_batch_size"] == "24" and rows["devices"] == "2"
+    assert rows["gradient_accumulation_steps"] == "4"
+    history = [
+        {"loss": 0.9, "step": 5},
+        {"eval_iou": 0.41, "eval_dice": 0.5, "eval_runtime": 3.0, "step": 5},
+        {"loss": 0.7, "step": 10},
+        {"eval_iou": 0.62, "eval_dice": 0.7, "eval_runtime": 2.0, "step": 10},
+        {"train_runtime": 30.0, "step": 10},
+    ]
+    latest, evaluations = eval_metrics_from_log_history(history)
+    assert latest == {"iou": 0.62, "dice": 0.7}  # the last evaluation, its speed figures left out
+    assert [e["step"] for e in evaluations] == [5, 10]
+
+
+def test_card_epochs_of_a_stream_count_every_device_and_accumulated_batch():
+    from types import SimpleNamespace
+
+    from infosam_hf.model_card import epochs_trained
+
+    class Stream:  # no len(): the size comes from the split's metadata
+        split = "train"
+        info = SimpleNamespace(splits={"train": SimpleNamespace(num_examples=96)})
+
+    args = SimpleNamespace(per_device_train_batch_size=2, gradient_accumulation_steps=3, world_size=4)
+    trainer = SimpleNamespace(train_dataset=Stream(), state=SimpleNamespace(global_step=8, epoch=None), args=args)
+    assert epochs_trained(trainer) == pytest.approx(8 * 2 * 3 * 4 / 96)
+
+
+# --------------------------------------------------------------------------- 8. family geometry between valid sizes
+
+
+def test_every_sam2_size_the_check_accepts_runs_and_every_size_it_refuses_fails():
+    """Sizes that are multiples of 16 but not of 32 (the tiny SAM 2's coarsest stride is 16, with one more pooling
+    stage above it) pass a too-loose check and then fail inside the model: the check must be the model's truth."""
+    from infosam_hf.models import family_of
+    from infosam_hf.resolution import check_image_size
+    from infosam_hf.testing import tiny_family_model
+
+    model = tiny_family_model("Sam2Model")
+    family = family_of(model)
+    verdicts = {}
+    for size in (16, 32, 48, 80, 96):
+        try:
+            check_image_size(model, size, allow_upscaling=True)
+            accepted = True
+        except ValueError:
+            accepted = False
+        config = copy.deepcopy(model.config)
+        family.set_image_size(config, size)
+        torch.manual_seed(0)
+        sized = type(model)(config).eval()
+        try:
+            with torch.no_grad():
+                sized(pixel_values=torch.randn(1, 3, size, size),
+                      input_boxes=torch.tensor([[[1.0, 1.0, size - 2.0, size - 2.0]]]), multimask_output=False)
+            runs = True
+        except (RuntimeError, ValueError):
+            runs = False
+        verdicts[size] = (accepted, runs)
+    assert verdicts == {16: (False, False), 32: (True, True), 48: (False, False), 80: (False, False),
+                        96: (True, True)}
+
+
+# --------------------------------------------------------------------------- 9. the Adapter's dropout path
+
+
+def test_adapter_dropout_acts_on_the_adapter_input_in_training_only_and_trains():
+    from infosam_hf.tuners import BottleneckAdapterConfig
+    from infosam_hf.tuners.bottleneck_adapter import BottleneckAdapterMLP
+
+    torch.manual_seed(0)
+    config = BottleneckAdapterConfig(adapter_dropout=0.5, scaling=0.7)
+    student = build_student(SamModel(tiny_sam_config()), InfoSAMConfig(peft_method="adapter"), config)
+    layer = next(m for m in student.modules() if isinstance(m, BottleneckAdapterMLP))
+    with torch.no_grad():
+        layer.bottleneck_up["default"].weight.normal_(0, 0.1)  # a trained adapter: its output is not zero
+    down, up, act = layer.bottleneck_down["default"], layer.bottleneck_up["default"], layer.bottleneck_act["default"]
+    x = torch.randn(2, 5, layer.in_features)
+
+    def reference(training):
+        mlp = layer.base_layer(x)
+        return mlp + 0.7 * up(act(down(F.dropout(mlp, 0.5, training=training))))
+
+    layer.train()
+    torch.manual_seed(3)
+    out = layer(x)
+    torch.manual_seed(3)
+    expected = reference(True)
+    torch.testing.assert_close(out, expected)
+    assert not torch.allclose(out, reference(False))  # the dropout did drop something
+    # the gradient through the dropped input reaches the adapter, as the reference's does
+    (grad,) = torch.autograd.grad(out.square().sum(), down.weight)
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), down.weight)
+    torch.testing.assert_close(grad, expected_grad)
+    assert grad.abs().max() > 0
+    layer.eval()
+    torch.testing.assert_close(layer(x), reference(False), rtol=0, atol=0)
