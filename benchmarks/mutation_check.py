@@ -344,6 +344,55 @@ MUTANTS = (
         (B + "test_adapter_dropout_acts_on_the_adapter_input_in_training_only_and_trains",),
         "the adapter's dropout on its output instead of its input",
     ),
+    # 10. teacher cache and store keys
+    Mutant(
+        "cache_key_without_dtype_and_shape", "infosam_hf/teacher_cache.py",
+        (('    digest = hashlib.blake2b(digest_size=16)\n    digest.update(f"{data.dtype}{tuple(data.shape)}".encode())\n',
+          "    digest = hashlib.blake2b(digest_size=16)\n"),),
+        (B + "test_cache_keys_tell_apart_the_same_bytes_under_another_dtype_or_shape",),
+        "the cache key hashes the bytes only: a reshaped or reinterpreted tensor shares its key",
+    ),
+    Mutant(
+        "cache_hit_not_made_recent", "infosam_hf/teacher_cache.py",
+        (("        for key in keys:\n            if key in self._entries:\n                self._entries.move_to_end(key)\n", ""),),
+        (B + "test_a_cache_hit_makes_its_entry_the_most_recent_and_each_image_gets_its_own_entry",),
+        "a cache hit does not refresh the entry's recency (LRU degrades to FIFO)",
+    ),
+    Mutant(
+        "store_key_not_checked", "infosam_hf/teacher_store.py",
+        (('if meta.get("key") != key or meta.get("fingerprint") != self.fingerprint:',
+          'if meta.get("fingerprint") != self.fingerprint:'),),
+        (B + "test_a_store_entry_is_never_served_under_another_key",),
+        "the disk store serves an entry filed under another image's key",
+    ),
+    # 11. the position-embedding resize
+    Mutant(
+        "pos_embed_bilinear", "infosam_hf/resolution.py",
+        (('resized = F.interpolate(image, size=grid, mode="bicubic", align_corners=False, antialias=shrink)',
+          'resized = F.interpolate(image, size=grid, mode="bilinear", align_corners=False, antialias=shrink)'),),
+        (B + "test_position_embedding_resize_matches_a_bicubic_oracle_on_a_non_symmetric_grid",),
+        "the position embedding resized bilinearly, not bicubically",
+    ),
+    Mutant(
+        "pos_embed_grid_transposed", "infosam_hf/resolution.py",
+        (("image = pos_embed.float().permute(0, 3, 1, 2)", "image = pos_embed.float().permute(0, 3, 2, 1)"),),
+        (B + "test_an_adapted_model_carries_the_resized_position_embedding",),
+        "the position-embedding grid transposed by the resize (shapes right on a square grid)",
+    ),
+    Mutant(
+        "pos_embed_shrunk_without_antialias", "infosam_hf/resolution.py",
+        (('mode="bicubic", align_corners=False, antialias=shrink)', 'mode="bicubic", align_corners=False, antialias=False)'),),
+        (B + "test_position_embedding_resize_matches_a_bicubic_oracle_on_a_non_symmetric_grid",),
+        "the position embedding shrunk without antialiasing",
+    ),
+    # 12. export with a processor other than the saved one
+    Mutant(
+        "export_ignores_the_given_processor", "infosam_hf/export.py",
+        (("processor = processor if processor is not None else loaded_processor",
+          "processor = loaded_processor if loaded_processor is not None else processor"),),
+        (B + "test_export_saves_the_processor_it_is_given_not_the_adapters",),
+        "export(processor=...) saves the adapter's processor instead of the given one",
+    ),
 )
 
 

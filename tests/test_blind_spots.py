@@ -467,3 +467,129 @@ def test_adapter_dropout_acts_on_the_adapter_input_in_training_only_and_trains()
     assert grad.abs().max() > 0
     layer.eval()
     torch.testing.assert_close(layer(x), reference(False), rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- 10. teacher cache and store keys
+
+
+def test_cache_keys_tell_apart_the_same_bytes_under_another_dtype_or_shape():
+    from infosam_hf.teacher_cache import content_key
+
+    values = torch.arange(12, dtype=torch.float32)
+    assert content_key(values.reshape(3, 4)) != content_key(values.reshape(4, 3))
+    assert content_key(values) != content_key(values.view(torch.int32))
+    half = torch.randn(6).half()
+    assert content_key(half) != content_key(half.view(torch.bfloat16))
+
+
+def test_a_cache_hit_makes_its_entry_the_most_recent_and_each_image_gets_its_own_entry():
+    from infosam_hf.teacher_cache import TeacherEmbeddingCache, content_key
+
+    pixels = torch.randn(3, 3, 4, 4)
+    embeddings = torch.randn(3, 2, 5)
+    cache = TeacherEmbeddingCache(max_items=2)
+    cache.store([content_key(p) for p in pixels[:2]], embeddings[:2])
+    found, _ = cache.lookup(pixels[[1, 0]])  # another order than stored: each image its own entry
+    torch.testing.assert_close(found, embeddings[[1, 0]])
+    found, _ = cache.lookup(pixels[:1])  # a hit on image 0: now the most recent
+    torch.testing.assert_close(found, embeddings[:1])
+    cache.store([content_key(pixels[2])], embeddings[2:])  # evicts the least recent: image 1
+    assert cache.lookup(pixels[1:2])[0] is None
+    torch.testing.assert_close(cache.lookup(pixels[:1])[0], embeddings[:1])
+    torch.testing.assert_close(cache.lookup(pixels[2:])[0], embeddings[2:])
+
+
+def test_a_store_entry_is_never_served_under_another_key(tmp_path, caplog):
+    import logging
+
+    from infosam_hf.teacher_cache import content_key
+    from infosam_hf.teacher_store import TeacherEmbeddingStore
+
+    store = TeacherEmbeddingStore(tmp_path, "f" * 32)
+    first, second = content_key(torch.zeros(3, 4, 4)), content_key(torch.ones(3, 4, 4))
+    assert store.put(first, {"image_embeddings": torch.arange(6.0).reshape(2, 3)})
+    path = store.path_of(second)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(store.path_of(first).read_bytes())  # an intact entry, filed under another image's key
+    with caplog.at_level(logging.WARNING):
+        assert store.get(second) is None
+    assert store.get(first) is not None
+
+
+# --------------------------------------------------------------------------- 11. the position-embedding resize
+
+
+def _cubic_weights(size_in: int, size_out: int) -> np.ndarray:
+    """(out, in) matrix of PyTorch's bicubic (Keys, a = -0.75) with half-pixel centres and edge clamping, upsampling."""
+    a = -0.75
+
+    def kernel(d):
+        d = abs(d)
+        if d <= 1:
+            return (a + 2) * d**3 - (a + 3) * d**2 + 1
+        if d < 2:
+            return a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a
+        return 0.0
+
+    weights = np.zeros((size_out, size_in))
+    for i in range(size_out):
+        x = (i + 0.5) * size_in / size_out - 0.5
+        x0 = math.floor(x)
+        for j in range(x0 - 1, x0 + 3):
+            weights[i, min(max(j, 0), size_in - 1)] += kernel(x - j)
+    return weights
+
+
+def test_position_embedding_resize_matches_a_bicubic_oracle_on_a_non_symmetric_grid():
+    from infosam_hf.resolution import resize_abs_pos_embed
+
+    generator = torch.Generator().manual_seed(0)
+    pos = torch.randn(1, 3, 4, 5, generator=generator, dtype=torch.float64)  # rows != columns, random content
+    rows, cols = _cubic_weights(3, 5), _cubic_weights(4, 7)
+    expected = np.einsum("hi,wj,ijc->hwc", rows, cols, pos[0].numpy())[None]
+    actual = resize_abs_pos_embed(pos, (5, 7))
+    assert actual.shape == (1, 5, 7, 5)
+    np.testing.assert_allclose(actual.double().numpy(), expected, rtol=1e-5, atol=1e-6)
+    # shrinking is antialiased (timm's resample_abs_pos_embed): white noise loses most of its variance
+    noise = torch.randn(1, 16, 16, 8, generator=generator)
+    assert resize_abs_pos_embed(noise, (8, 8)).std() < 0.6 * noise.std()
+
+
+def test_an_adapted_model_carries_the_resized_position_embedding():
+    from infosam_hf.resolution import adapt_model
+
+    torch.manual_seed(0)
+    base = SamModel(tiny_sam_config())
+    with torch.no_grad():  # a pre-trained embedding's content (SAM initialises it to zeros): not symmetric
+        base.vision_encoder.pos_embed.normal_()
+    old = base.vision_encoder.pos_embed.detach().clone()
+    assert not torch.allclose(old, old.transpose(1, 2))
+    grid = old.shape[1]
+    adapted = adapt_model(base, 64 * 3 // 2, allow_upscaling=True)  # upscaled by 1.5: the oracle's case
+    new = adapted.vision_encoder.pos_embed.detach()
+    weights = _cubic_weights(grid, new.shape[1])
+    expected = np.einsum("hi,wj,ijc->hwc", weights, weights, old[0].double().numpy())[None]
+    np.testing.assert_allclose(new.double().numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- 12. export with another processor
+
+
+def test_export_saves_the_processor_it_is_given_not_the_adapters(tmp_path):
+    from transformers import SamProcessor
+
+    from infosam_hf.builtin import BUILTIN_MODEL_PATH
+    from infosam_hf.export import export
+    from infosam_hf.resolution import adapt_processor, processor_image_size
+
+    saved = SamProcessor.from_pretrained(BUILTIN_MODEL_PATH)
+    torch.manual_seed(0)
+    model = InfoSAMModel(build_student(SamModel(tiny_sam_config()), InfoSAMConfig()), InfoSAMConfig())
+    model.save_pretrained(tmp_path / "adapter", processor=saved)
+    other = adapt_processor(saved, 96)
+    assert processor_image_size(saved) != 96
+    export(str(tmp_path / "adapter"), tmp_path / "out", base_model=SamModel(tiny_sam_config()), processor=other)
+    assert processor_image_size(SamProcessor.from_pretrained(tmp_path / "out")) == 96
+    # without one, the adapter's own
+    export(str(tmp_path / "adapter"), tmp_path / "own", base_model=SamModel(tiny_sam_config()))
+    assert processor_image_size(SamProcessor.from_pretrained(tmp_path / "own")) == processor_image_size(saved)
