@@ -63,7 +63,7 @@ MUTANTS = (
     ),
     Mutant(
         "logged_last_micro_batch", "infosam_hf/trainer.py",
-        (('logs[f"{prefix}{name}"] = sum(values) / len(values)', 'logs[f"{prefix}{name}"] = values[-1]'),),
+        (("[[sum(recorded[n]) / len(recorded[n]), 1.0]", "[[recorded[n][-1], 1.0]"),),
         (T + "test_logged_loss_parts_are_the_mean_since_the_last_log_in_training_and_evaluation",),
         "each logged loss part is the last micro-batch's, not the mean since the last log",
     ),
