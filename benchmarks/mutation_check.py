@@ -324,7 +324,8 @@ MUTANTS = (
     # 8. family geometry between valid sizes
     Mutant(
         "sam2_size_multiple_one_stride", "infosam_hf/models/__init__.py",
-        (("return 2 * (SamFamily.image_size(config) // coarsest)", "return SamFamily.image_size(config) // coarsest"),),
+        (("return 2 * (SamFamily.image_size(config) // coarsest)",
+          "return SamFamily.image_size(config) // coarsest"),),
         (B + "test_every_sam2_size_the_check_accepts_runs_and_every_size_it_refuses_fails",),
         "SAM 2 sizes checked against the coarsest stride (16) instead of twice it: 48 px passes and fails inside",
     ),
@@ -337,24 +338,26 @@ MUTANTS = (
     ),
     Mutant(
         "adapter_dropout_on_the_output", "infosam_hf/tuners/bottleneck_adapter/layer.py",
-        (("hidden = self.bottleneck_dropout[name](source.to(down.weight.dtype))\n"
-          "            delta = self.bottleneck_up[name](self.bottleneck_act[name](down(hidden)))",
-          "hidden = source.to(down.weight.dtype)\n"
-          "            delta = self.bottleneck_dropout[name](self.bottleneck_up[name](self.bottleneck_act[name](down(hidden))))"),),
+        ((("hidden = self.bottleneck_dropout[name](source.to(down.weight.dtype))\n"
+           "            delta = self.bottleneck_up[name](self.bottleneck_act[name](down(hidden)))"),
+          ("hidden = source.to(down.weight.dtype)\n            delta = self.bottleneck_dropout[name]("
+           "self.bottleneck_up[name](self.bottleneck_act[name](down(hidden))))")),),
         (B + "test_adapter_dropout_acts_on_the_adapter_input_in_training_only_and_trains",),
         "the adapter's dropout on its output instead of its input",
     ),
     # 10. teacher cache and store keys
     Mutant(
         "cache_key_without_dtype_and_shape", "infosam_hf/teacher_cache.py",
-        (('    digest = hashlib.blake2b(digest_size=16)\n    digest.update(f"{data.dtype}{tuple(data.shape)}".encode())\n',
+        ((('    digest = hashlib.blake2b(digest_size=16)\n'
+           '    digest.update(f"{data.dtype}{tuple(data.shape)}".encode())\n'),
           "    digest = hashlib.blake2b(digest_size=16)\n"),),
         (B + "test_cache_keys_tell_apart_the_same_bytes_under_another_dtype_or_shape",),
         "the cache key hashes the bytes only: a reshaped or reinterpreted tensor shares its key",
     ),
     Mutant(
         "cache_hit_not_made_recent", "infosam_hf/teacher_cache.py",
-        (("        for key in keys:\n            if key in self._entries:\n                self._entries.move_to_end(key)\n", ""),),
+        ((("        for key in keys:\n            if key in self._entries:\n"
+           "                self._entries.move_to_end(key)\n"), ""),),
         (B + "test_a_cache_hit_makes_its_entry_the_most_recent_and_each_image_gets_its_own_entry",),
         "a cache hit does not refresh the entry's recency (LRU degrades to FIFO)",
     ),
@@ -381,7 +384,8 @@ MUTANTS = (
     ),
     Mutant(
         "pos_embed_shrunk_without_antialias", "infosam_hf/resolution.py",
-        (('mode="bicubic", align_corners=False, antialias=shrink)', 'mode="bicubic", align_corners=False, antialias=False)'),),
+        (('mode="bicubic", align_corners=False, antialias=shrink)',
+          'mode="bicubic", align_corners=False, antialias=False)'),),
         (B + "test_position_embedding_resize_matches_a_bicubic_oracle_on_a_non_symmetric_grid",),
         "the position embedding shrunk without antialiasing",
     ),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 
 import numpy as np
 import pytest
@@ -16,9 +15,20 @@ import torch
 import torch.nn.functional as F
 from transformers import SamModel
 
-from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, build_student, capture_sam_features
+from infosam_hf import (
+    InfoSAMConfig,
+    InfoSAMModel,
+    InfoSAMTrainer,
+    build_student,
+    capture_sam_features,
+)
 from infosam_hf.data import PromptSampler, SamSegmentationCollator
-from infosam_hf.losses import dice_loss, segmentation_loss, sigmoid_focal_loss, structure_loss
+from infosam_hf.losses import (
+    dice_loss,
+    segmentation_loss,
+    sigmoid_focal_loss,
+    structure_loss,
+)
 from infosam_hf.modeling import InfoSAMModelOutput
 from infosam_hf.testing import tiny_sam_config, toy_batch
 
@@ -510,7 +520,7 @@ def test_a_store_entry_is_never_served_under_another_key(tmp_path, caplog):
     assert store.put(first, {"image_embeddings": torch.arange(6.0).reshape(2, 3)})
     path = store.path_of(second)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(store.path_of(first).read_bytes())  # an intact entry, filed under another image's key
+    path.write_bytes(store.path_of(first).read_bytes())  # an intact entry filed under another image's key
     with caplog.at_level(logging.WARNING):
         assert store.get(second) is None
     assert store.get(first) is not None
@@ -520,7 +530,7 @@ def test_a_store_entry_is_never_served_under_another_key(tmp_path, caplog):
 
 
 def _cubic_weights(size_in: int, size_out: int) -> np.ndarray:
-    """(out, in) matrix of PyTorch's bicubic (Keys, a = -0.75) with half-pixel centres and edge clamping, upsampling."""
+    """(out, in) matrix of PyTorch's bicubic upsampling: Keys' kernel (a = -0.75), half-pixel centres, edges clamped."""
     a = -0.75
 
     def kernel(d):
