@@ -530,7 +530,7 @@ def test_a_store_entry_is_never_served_under_another_key(tmp_path, caplog):
 
 
 def _cubic_weights(size_in: int, size_out: int) -> np.ndarray:
-    """(out, in) matrix of PyTorch's bicubic upsampling: Keys' kernel (a = -0.75), half-pixel centres, edges clamped."""
+    """(out, in) matrix of PyTorch's bicubic upsampling: Keys' kernel (a = -0.75), half-pixel centres, edge clamp."""
     a = -0.75
 
     def kernel(d):
