@@ -67,7 +67,7 @@ def worker(args) -> None:
     if args.mode == "library":  # the pre-fix stream: datasets' default shuffle, which sleeps at every epoch's end
         train.shuffle_stream = lambda dataset, seed, buffer_size: dataset.shuffle(seed=seed, buffer_size=buffer_size)
     streaming = "true" if args.mode == "library" else args.mode
-    parser = train.HfArgumentParser((train.DataArguments, train.InfoSAMConfig, train.TrainingArguments))
+    parser = train.ScriptArgumentParser((train.DataArguments, train.InfoSAMConfig, train.TrainingArguments))
     data_args, infosam_config, training_args = parser.parse_args_into_dataclasses(
         args=train.BUILTIN_DEFAULTS
         + ["--dataset_name", dataset_path(args.data), "--streaming", streaming, "--max_steps", str(args.steps),

@@ -66,7 +66,13 @@ def test_synthetic_speed_benchmark_runs_and_prints_its_ratio():
 def test_small_data_benchmark_runs_and_prints_its_ratio():
     lines = run("small_data.py", "--steps", "4", "--warmup", "1", "--repeats", "1", "--threads", "1")
     values = ratios(lines[-1])
-    assert set(values) == {"ratio"} and values["ratio"] > 0
+    assert set(values) == {"ratio"}
+    # the ratio is the quotient of the table's two figures, not merely positive
+    (row,) = [line for line in lines if line.startswith("| ") and line.count("|") == 6 and "s/step" not in line
+              and "---" not in line]
+    small, full, printed = (float(v) for v in row.split("|")[2:5])
+    assert printed == pytest.approx(values["ratio"], abs=1e-3)
+    assert values["ratio"] == pytest.approx(small / full, rel=0.02, abs=2e-3)
 
 
 def test_quality_methods_pick_by_word_or_by_whole_name():

@@ -201,9 +201,20 @@ def test_bf16_mixed_precision_and_gradient_checkpointing_train(tmp_path):
     model = make_model()
     args = make_args(tmp_path, bf16=True, gradient_checkpointing=True, max_steps=2)
     trainer = InfoSAMTrainer(model=model, args=args, train_dataset=toy_segmentation_dataset(8))
+    dtypes = []
+    hook = model.student.get_base_model().vision_encoder.register_forward_hook(
+        lambda _m, _i, out: dtypes.append(out.last_hidden_state.dtype)
+    )
     trainer.train()
+    hook.remove()
+    assert torch.bfloat16 in dtypes  # the encoder really ran under bf16 autocast, not in float32
     logs = [e for e in trainer.state.log_history if "loss" in e]
-    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in logs) and "loss_d" in logs[0]
+    assert len(logs) == 2 and all(torch.isfinite(torch.tensor(e["loss"])) for e in logs)
+    config = model.infosam_config
+    for e in logs:  # each step's parts are finite, non-trivial and make up the logged loss
+        assert e["loss_r"] != 0 and e["loss_d"] != 0
+        total = e["loss_seg"] + config.lambda_1 * e["loss_r"] + config.lambda_2 * e["loss_d"]
+        assert e["loss"] == pytest.approx(total, rel=1e-3, abs=1e-3)
 
 
 def test_evaluation_reports_loss_parts_and_mask_predictions(tmp_path):
