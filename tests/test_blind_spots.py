@@ -31,22 +31,11 @@ from infosam_hf.losses import (
 )
 from infosam_hf.modeling import InfoSAMModelOutput
 from infosam_hf.testing import tiny_sam_config, toy_batch
+from test_multi_object import instance_row  # tests/ is on sys.path (conftest.py)
 
-SIZE = 64
+SIZE = 64  # the size of test_multi_object.instance_row's samples
 
 
-def instance_row(num_objects: int, seed: int) -> dict:
-    """A preprocessed multi-object sample: `gt_masks` (K, S, S), one bright rectangle per object."""
-    rng = np.random.default_rng(seed)
-    masks = np.zeros((num_objects, SIZE, SIZE), dtype=np.uint8)
-    pixels = 0.3 * rng.standard_normal((3, SIZE, SIZE)).astype(np.float32)
-    for k in range(num_objects):
-        y, x = rng.integers(0, SIZE - 16, 2)
-        h, w = rng.integers(6, 16, 2)
-        masks[k, y : y + h, x : x + w] = 1
-        pixels[k % 3] += masks[k]
-    return {"pixel_values": pixels, "gt_masks": masks, "original_sizes": np.array([SIZE, SIZE]),
-            "reshaped_input_sizes": np.array([SIZE, SIZE])}
 
 
 # --------------------------------------------------------------------------- 1. a student that has moved
