@@ -31,7 +31,7 @@ from infosam_hf.losses import (
 )
 from infosam_hf.modeling import InfoSAMModelOutput
 from infosam_hf.testing import tiny_sam_config, toy_batch
-from test_multi_object import instance_row  # tests/ is on sys.path (conftest.py)
+from test_multi_object import _pair_outputs, instance_row  # tests/ is on sys.path (conftest.py)
 
 SIZE = 64  # the size of test_multi_object.instance_row's samples
 
@@ -169,23 +169,8 @@ def test_sam_recipe_equals_twenty_focal_plus_dice_plus_iou_mse():
 
 
 def _rank_outputs(rank: int):
-    """Rank 0: 2 images with 3 and 1 valid prompts; rank 1: 3 images with 1, 2, 2. Relations are leaves."""
-    generator = torch.Generator().manual_seed(10 + rank)
-    valid = [[True, True, True], [True, False, False]] if rank == 0 else [[True, False], [True, True], [True, True]]
-    valid = torch.tensor(valid)
-    images, pairs = valid.shape[0], int(valid.sum())
-    out = InfoSAMModelOutput(
-        pred_masks=torch.randn(pairs, 1, 4, 4, generator=generator),
-        iou_scores=torch.rand(pairs, 1, generator=generator),
-        teacher_image_feats=torch.randn(images, 16, 8, generator=generator),
-        teacher_mask_tokens=torch.randn(pairs, 1, 8, generator=generator),
-        relation_teacher=F.normalize(torch.randn(pairs, 16, generator=generator), dim=1).requires_grad_(True),
-        relation_student=F.normalize(torch.randn(pairs, 16, generator=generator), dim=1).requires_grad_(True),
-        image_index=valid.nonzero()[:, 0],
-        prompt_mask=valid,
-    )
-    gt = (torch.rand(images, valid.shape[1], 4, 4, generator=generator) > 0.5).float()
-    return out, gt
+    """test_multi_object's two ranks of pairs, other draws, relations as leaves with gradients."""
+    return _pair_outputs(rank, seed=10, relations_require_grad=True)
 
 
 def _two_rank_worker(rank: int, init_file: str, queue) -> None:

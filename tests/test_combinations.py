@@ -13,12 +13,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from test_distributed import free_port  # tests/ is on sys.path (conftest.py)
 
 from infosam_hf.testing import load_script
 
@@ -95,12 +95,6 @@ def test_the_cells_cover_every_allowed_pair():
 def test_one_process_cell(cell, tmp_path):
     result = cells_module.run_cell(cell, tmp_path)
     assert not cells_module.check_result(result), cells_module.check_result(result)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -208,11 +208,13 @@ def test_training_two_steps_with_three_prompts_runs_the_encoder_once_per_image(t
 # --------------------------------------------------------------------------- gathering across ranks
 
 
-def _pair_outputs(rank: int):
-    """Rank 0: 2 images with 3 and 1 valid prompts; rank 1: 3 images with 1, 2, 2 (different M and B per rank)."""
+def _pair_outputs(rank: int, seed: int = 0, relations_require_grad: bool = False):
+    """Rank 0: 2 images with 3 and 1 valid prompts; rank 1: 3 images with 1, 2, 2 (different M and B per rank).
+
+    `relations_require_grad`: the relations are leaves with gradients (tests of the gather's backward)."""
     from infosam_hf.modeling import InfoSAMModelOutput
 
-    generator = torch.Generator().manual_seed(rank)
+    generator = torch.Generator().manual_seed(seed + rank)
     valid = [[True, True, True], [True, False, False]] if rank == 0 else [[True, False], [True, True], [True, True]]
     valid = torch.tensor(valid)
     images, pairs = valid.shape[0], int(valid.sum())
@@ -221,8 +223,10 @@ def _pair_outputs(rank: int):
         iou_scores=torch.rand(pairs, 1, generator=generator),
         teacher_image_feats=torch.randn(images, 16, 8, generator=generator),
         teacher_mask_tokens=torch.randn(pairs, 1, 8, generator=generator),
-        relation_teacher=torch.nn.functional.normalize(torch.randn(pairs, 16, generator=generator), dim=1),
-        relation_student=torch.nn.functional.normalize(torch.randn(pairs, 16, generator=generator), dim=1),
+        relation_teacher=torch.nn.functional.normalize(torch.randn(pairs, 16, generator=generator), dim=1)
+        .requires_grad_(relations_require_grad),
+        relation_student=torch.nn.functional.normalize(torch.randn(pairs, 16, generator=generator), dim=1)
+        .requires_grad_(relations_require_grad),
         image_index=valid.nonzero()[:, 0],
         prompt_mask=valid,
     )

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from test_distributed import free_port  # tests/ is on sys.path (conftest.py)
 import torch
 from safetensors.torch import load_file
 
@@ -30,12 +30,6 @@ UPDATE_RTOL = 1e-3
 LOSS_RTOL = 1e-4
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_train_script(root: Path, name: str, processes: int, extra: list[str] = ()) -> dict:
