@@ -37,6 +37,17 @@ def test_every_data_file_in_the_package_is_declared():
     assert not undeclared, f"add these to [tool.setuptools.package-data] in pyproject.toml: {undeclared}"
 
 
+def test_the_typing_marker_is_shipped_and_the_license_is_the_declared_one():
+    """PEP 561: a type checker reads infosam_hf's annotations only if `py.typed` is installed beside the modules."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "py.typed" in pyproject["tool"]["setuptools"]["package-data"]["infosam_hf"]
+    assert (ROOT / "infosam_hf" / "py.typed").is_file() and "py.typed" in tracked_data_files()
+    assert pyproject["project"]["license"] == {"text": "Apache-2.0"}
+    license_text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
+    assert "END OF TERMS AND CONDITIONS" in license_text  # the full text, not a one-line pointer
+
+
 @pytest.mark.slow
 def test_the_wheel_carries_the_card_template_and_the_builtin_model(tmp_path):
     pytest.importorskip("setuptools", reason="building the wheel without isolation needs setuptools installed")
@@ -49,5 +60,6 @@ def test_the_wheel_carries_the_card_template_and_the_builtin_model(tmp_path):
                     str(tmp_path), str(source)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("infosam_hf-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
+    assert "infosam_hf/py.typed" in names
     for path in tracked_data_files():
         assert f"infosam_hf/{path}" in names
