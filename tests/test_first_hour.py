@@ -456,12 +456,18 @@ def test_gather_with_grad_warns_not_and_sums_gradients(tmp_path):
 
 # ------------------------------------------------------------------------------------------ 8. README and overlays
 def test_readme_covers_the_first_hour():
-    text = (ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    first_hour, deploy = ((ROOT / "docs" / name).read_text() for name in ("first-hour.md", "deploy.md"))
     for needle in ("--mask_column mask", "metadata.jsonl", "train.csv", ".parquet", ".tar", "BUILTIN_MODEL_PATH",
-                   "builtin_dataset_path", "trainer.model.push_to_hub", "bf16=torch.cuda.is_available()",
-                   "step-0-zero_shot", "legend", "can be negative", "--validate_data"):
-        assert needle in text, needle
-    assert "\nmodel.push_to_hub(" not in text  # `model` was undefined in that snippet
+                   "builtin_dataset_path", "bf16=torch.cuda.is_available()", "step-0-zero_shot", "can be negative",
+                   "--validate_data", "(docs/first-hour.md)"):
+        assert needle in readme, needle
+    for needle in ("--mask_column mask", "metadata.jsonl", "train.csv", ".parquet", ".tar", "BUILTIN_MODEL_PATH",
+                   "builtin_dataset_path", "step-0-zero_shot", "legend", "can be negative", "--validate_data"):
+        assert needle in first_hour, needle
+    assert "trainer.model.push_to_hub" in deploy
+    for text in (readme, first_hour, deploy):
+        assert "\nmodel.push_to_hub(" not in text  # `model` was undefined in that snippet
 
 
 def test_overlay_grid_has_a_legend_of_its_colours(tmp_path):
