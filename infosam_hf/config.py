@@ -137,8 +137,8 @@ class InfoSAMConfig:
         default=None,
         metadata={
             "help": "A separate teacher SamModel (e.g. ViT-H teaching ViT-B). Default: the student's own weights "
-            "with the adapters disabled, so no second copy of SAM is held in memory. Saved with the adapter only when it is "
-            "a Hub id: a local path stays on the machine that trained."
+            "with the adapters disabled, so no second copy of SAM is held in memory. Saved with the adapter only "
+            "when it is a Hub id: a local path stays on the machine that trained."
         },
     )
     image_size: int | None = field(
@@ -321,7 +321,8 @@ class PeftArguments:
             raise ValueError(f"PeftArguments.lora_dropout must lie in [0, 1), got {self.lora_dropout}.")
         if self.peft_method not in PEFT_METHODS:
             raise ValueError(
-                f"PeftArguments.peft_method={self.peft_method!r} is not supported; use one of {', '.join(PEFT_METHODS)}."
+                f"PeftArguments.peft_method={self.peft_method!r} is not supported; use one of "
+                f"{', '.join(PEFT_METHODS)}."
             )
         if not 0.0 < self.adapter_ratio <= 1.0:
             raise ValueError(f"PeftArguments.adapter_ratio must lie in (0, 1], got {self.adapter_ratio}.")

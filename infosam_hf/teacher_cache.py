@@ -214,7 +214,7 @@ def decide_teacher_cache(
     data_collator=None,
     storage_device: str | torch.device = "cpu",
 ) -> TeacherCacheDecision:
-    """`InfoSAMTrainingArguments.cache_teacher_embeddings` resolved for one run of `model` (an `InfoSAMModel`) under `args`.
+    """`InfoSAMTrainingArguments.cache_teacher_embeddings` (of `args`) resolved for one run of `model`, an `InfoSAMModel`.
 
     The cache is keyed by the pixels' content, so it never returns an embedding for other pixels; what
     can make it wrong is a teacher whose image encoder changes during training, which is refused here

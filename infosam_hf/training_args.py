@@ -97,7 +97,8 @@ class InfoSAMTrainingArguments(TrainingArguments):
             )
         if self.teacher_store_max_gb is not None and self.teacher_store_max_gb <= 0:
             raise ValueError(
-                f"InfoSAMTrainingArguments.teacher_store_max_gb must be positive or None, got {self.teacher_store_max_gb}."
+                "InfoSAMTrainingArguments.teacher_store_max_gb must be positive or None, got "
+                f"{self.teacher_store_max_gb}."
             )
 
     def to_dict(self) -> dict[str, Any]:

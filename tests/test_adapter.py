@@ -150,14 +150,16 @@ def test_train_script_flags_reach_the_config():
 
 def test_lora_on_the_decoder_attention_and_the_clear_conflict_error():
     # the frequent request: LoRA on the mask decoder's attention, encoder frozen
-    student = build_student(base_model(), peft_config=PeftArguments(lora_target_modules="q_proj,v_proj", modules_to_save=""))
+    decoder_only = PeftArguments(lora_target_modules="q_proj,v_proj", modules_to_save="")
+    student = build_student(base_model(), peft_config=decoder_only)
     trainable = {n for n, p in student.named_parameters() if p.requires_grad}
     assert trainable and all("mask_decoder" in n and "lora_" in n for n in trainable)
     # the same targets with the decoder trained in full: a module cannot be both
     with pytest.raises(ValueError, match=r"mask_decoder\..*q_proj is both an adapter target.*inside modules_to_save"):
         build_student(base_model(), peft_config=PeftArguments(lora_target_modules="q_proj"))
     with pytest.raises(ValueError, match="both an adapter target"):
-        build_student(base_model(), peft_config=PeftArguments(peft_method="adapter", adapter_target_modules=r".*\.mlp"))
+        build_student(base_model(),
+                      peft_config=PeftArguments(peft_method="adapter", adapter_target_modules=r".*\.mlp"))
 
 
 def test_a_family_supplies_its_own_module_pattern_and_convolutions_are_refused():
@@ -292,7 +294,8 @@ def test_the_adapter_finds_the_mlps_of_sam2_and_the_sam3_tracker_by_default(mode
     with student.disable_adapter():
         torch.testing.assert_close(predict_family(student), expected, rtol=0, atol=0)
 
-    only_second = build_student(tiny_family_model(model_class), peft_config=PeftArguments(peft_method="adapter", adapter_layers="1"))
+    only_second = build_student(tiny_family_model(model_class),
+                                peft_config=PeftArguments(peft_method="adapter", adapter_layers="1"))
     assert [i for i, block in enumerate(encoder_blocks(only_second)) if isinstance(block.mlp, BottleneckAdapterMLP)] == [1]
 
 

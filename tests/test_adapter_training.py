@@ -115,7 +115,9 @@ def test_push_and_load_from_the_hub(fake_hub, base_folder, tmp_path):
     api.upload_folder(repo_id="tiny/sam-base", folder_path=base_folder)
     config = InfoSAMConfig()
     model = infosam_hf.InfoSAMModel(
-        infosam_hf.build_student(SamModel.from_pretrained("tiny/sam-base"), config, PeftArguments(peft_method="adapter")),
+        infosam_hf.build_student(
+            SamModel.from_pretrained("tiny/sam-base"), config, PeftArguments(peft_method="adapter")
+        ),
         config,
     ).eval()
     with torch.no_grad():

@@ -27,7 +27,8 @@ def fine_tuned(scale: float = 0.02):
     """The built-in SAM with a LoRA adapter (and trained decoder copy) moved away from their initial values."""
     torch.manual_seed(0)
     config = InfoSAMConfig()
-    model = InfoSAMModel(build_student(SamModel.from_pretrained(BUILTIN_MODEL_PATH), config, PeftArguments(lora_r=2)), config)
+    student = build_student(SamModel.from_pretrained(BUILTIN_MODEL_PATH), config, PeftArguments(lora_r=2))
+    model = InfoSAMModel(student, config)
     with torch.no_grad():
         for _, p in model.named_parameters():
             if p.requires_grad:
@@ -261,7 +262,8 @@ def test_every_family_exports_to_its_own_class_with_the_adapters_masks(model_cla
     tiny_family_model(model_class).save_pretrained(tmp_path / "base")
     torch.manual_seed(0)
     config = InfoSAMConfig(relation_dim=32)
-    model = InfoSAMModel(build_student(load_sam_model(str(tmp_path / "base")), config, PeftArguments(lora_r=2)), config)
+    student = build_student(load_sam_model(str(tmp_path / "base")), config, PeftArguments(lora_r=2))
+    model = InfoSAMModel(student, config)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:

@@ -126,7 +126,8 @@ def test_lora_presets_name_each_familys_modules_and_stay_in_their_part(model_cla
     expected = {name for name, module in base.named_modules()
                 if name.startswith("mask_decoder.transformer.") and name.endswith(attention)
                 and isinstance(module, torch.nn.Linear)}
-    decoder = build_student(base, peft_config=PeftArguments(lora_r=2, lora_target_modules="decoder", modules_to_save=""))
+    decoder_only = PeftArguments(lora_r=2, lora_target_modules="decoder", modules_to_save="")
+    decoder = build_student(base, peft_config=decoder_only)
     adapted = {name.removeprefix("base_model.model.").removesuffix(".lora_A")
                for name, _ in decoder.named_modules() if name.endswith(".lora_A")}
     assert adapted == expected and len(expected) >= 12

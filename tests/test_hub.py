@@ -407,7 +407,8 @@ def test_an_adapter_on_the_builtin_base_loads_on_another_install(tmp_path):
     assert builtin_model_path("/elsewhere/venv/lib/site-packages/infosam_hf/builtin/sam-tiny-general") == BUILTIN_MODEL_PATH
     assert builtin_model_path("/elsewhere/sam-tiny-general") is None and builtin_model_path(None) is None
     config = InfoSAMConfig()
-    model = InfoSAMModel(build_student(SamModel.from_pretrained(BUILTIN_MODEL_PATH), config, PeftArguments(lora_r=2)), config)
+    student = build_student(SamModel.from_pretrained(BUILTIN_MODEL_PATH), config, PeftArguments(lora_r=2))
+    model = InfoSAMModel(student, config)
     model.save_pretrained(tmp_path / "adapter")
     adapter_config = tmp_path / "adapter" / "adapter_config.json"
     recorded = json.loads(adapter_config.read_text())

@@ -37,7 +37,8 @@ def test_adapted_builtin_trains_saves_and_reloads_at_the_recorded_size(tmp_path,
     processor = adapt_processor(SamProcessor.from_pretrained(BUILTIN_MODEL_PATH), 64)
     config = InfoSAMConfig(image_size=64)
     with caplog.at_level(logging.WARNING, logger="infosam_hf.resolution"):
-        trainer = InfoSAMTrainer(model=builtin(), args=args(tmp_path), infosam_config=config, peft_config=PeftArguments(lora_r=2),
+        trainer = InfoSAMTrainer(model=builtin(), args=args(tmp_path), infosam_config=config,
+                                 peft_config=PeftArguments(lora_r=2),
                                  train_dataset=toy_segmentation_dataset(4, image_size=64), processing_class=processor)
     assert "from 128 px to 64 px" in caplog.text
     model = trainer.model

@@ -5,7 +5,14 @@ import pytest
 import torch
 from transformers import HfArgumentParser, SamModel, TrainingArguments
 
-from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, InfoSAMTrainingArguments, PeftArguments, build_student
+from infosam_hf import (
+    InfoSAMConfig,
+    InfoSAMModel,
+    InfoSAMTrainer,
+    InfoSAMTrainingArguments,
+    PeftArguments,
+    build_student,
+)
 from infosam_hf.data import SamSegmentationCollator
 from infosam_hf.teacher_cache import flatten_entry
 from infosam_hf.testing import tiny_sam_config, toy_segmentation_dataset
@@ -165,7 +172,8 @@ def test_auto_refuses_a_teacher_whose_encoder_trains_and_forced_on_raises(tmp_pa
     separate.student.get_base_model().vision_encoder.neck.conv1.weight.requires_grad_(True)
     assert make_trainer(tmp_path, separate).teacher_cache_decision.enabled
     # trained parts that disable_adapter() switches off for the teacher are fine: the Adapter's LayerNorm copies
-    adapter = make_model(InfoSAMConfig(), peft_args=PeftArguments(peft_method="adapter", adapter_train_layernorms=True))
+    adapter_args = PeftArguments(peft_method="adapter", adapter_train_layernorms=True)
+    adapter = make_model(InfoSAMConfig(), peft_args=adapter_args)
     assert any("bottleneck_norm" in n for n, p in adapter.student.named_parameters() if p.requires_grad)
     assert make_trainer(tmp_path, adapter).teacher_cache_decision.enabled
     # encoder layers trained in full through modules_to_save: for_model's refusal, as the reason

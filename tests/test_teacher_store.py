@@ -11,7 +11,14 @@ import pytest
 import torch
 from transformers import SamModel
 
-from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, InfoSAMTrainingArguments, PeftArguments, build_student
+from infosam_hf import (
+    InfoSAMConfig,
+    InfoSAMModel,
+    InfoSAMTrainer,
+    InfoSAMTrainingArguments,
+    PeftArguments,
+    build_student,
+)
 from infosam_hf.teacher_cache import content_key
 from infosam_hf.teacher_store import TeacherEmbeddingStore, check_store_root, estimate_bytes, teacher_fingerprint
 from infosam_hf.testing import tiny_sam_config, toy_batch, toy_segmentation_dataset

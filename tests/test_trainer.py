@@ -12,7 +12,14 @@ from safetensors.torch import load_file
 from transformers import SamModel, TrainingArguments
 
 import infosam_hf.trainer as trainer_module
-from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, InfoSAMTrainingArguments, PeftArguments, build_student
+from infosam_hf import (
+    InfoSAMConfig,
+    InfoSAMModel,
+    InfoSAMTrainer,
+    InfoSAMTrainingArguments,
+    PeftArguments,
+    build_student,
+)
 from infosam_hf.losses import InfoSAMLoss, relation_compression_loss, relation_distillation_loss, segmentation_loss
 from infosam_hf.modeling import upsample_masks
 from infosam_hf.testing import tiny_sam_config, toy_batch, toy_segmentation_dataset
@@ -342,7 +349,8 @@ def test_under_ddp_the_relation_terms_span_the_gathered_batch(tmp_path, monkeypa
     config = InfoSAMConfig()
     model = make_model(config).eval()
     # gathering is on by default: plain TrainingArguments keep it; InfoSAMTrainingArguments turn it off
-    args = make_args(tmp_path) if gather else make_args(tmp_path, InfoSAMTrainingArguments, gather_across_processes=False)
+    off = make_args(tmp_path, InfoSAMTrainingArguments, gather_across_processes=False) if not gather else None
+    args = off or make_args(tmp_path)
     trainer = InfoSAMTrainer(model=model, args=args, train_dataset=toy_segmentation_dataset(4))
     monkeypatch.setattr(trainer_module, "_distributed", lambda: True)  # as under DDP with 2 processes
     monkeypatch.setattr(trainer_module, "_gather_with_grad", fake_gather)
