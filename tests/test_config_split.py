@@ -172,3 +172,15 @@ def test_a_run_with_a_local_store_and_teacher_saves_and_pushes_no_path_of_the_ma
             leaks += [f"{name}: {needle}" for needle in (str(machine), "machine-local") if needle in text]
     assert not leaks, leaks
     assert (out / "checkpoint-2" / "infosam_config.json").is_file()
+
+
+def test_saved_files_record_a_hub_teacher_but_no_local_path(tmp_path):
+    local = tmp_path / "teacher"
+    local.mkdir()
+    for teacher, recorded in ((str(local), None), ("./teacher", None), ("facebook/sam-vit-huge", "facebook/sam-vit-huge")):
+        config = InfoSAMConfig(teacher_model_name_or_path=teacher)
+        saved = json.loads(open(config.save_pretrained(tmp_path / "saved")).read())
+        assert saved["teacher_model_name_or_path"] == recorded, teacher
+        assert config.teacher_model_name_or_path == teacher  # this run still loads it
+    args = InfoSAMTrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], teacher_store=str(tmp_path / "s"))
+    assert json.loads(args.to_json_string())["teacher_store"] == "<TEACHER_STORE>" and args.teacher_store.endswith("s")
