@@ -295,15 +295,15 @@ def run_cell(
     """Train one (method, size, seed) cell, or only evaluate the base (`method_flags=None`), and score it."""
     from transformers import HfArgumentParser, PrinterCallback
 
-    from infosam_hf import InfoSAMTrainer
+    from infosam_hf import InfoSAMConfig, InfoSAMTrainer, InfoSAMTrainingArguments, PeftArguments
     from infosam_hf.builtin import BUILTIN_MODEL_PATH
     from infosam_hf.data import PromptSampler, SamSegmentationCollator
     from infosam_hf.metrics import build_compute_metrics
     from infosam_hf.models import load_sam_model
 
     with tempfile.TemporaryDirectory() as out:
-        parser = HfArgumentParser((train.InfoSAMConfig, train.TrainingArguments))
-        infosam_config, args = parser.parse_args_into_dataclasses(
+        parser = HfArgumentParser((InfoSAMConfig, PeftArguments, InfoSAMTrainingArguments))
+        infosam_config, peft_args, args = parser.parse_args_into_dataclasses(
             args=train.BUILTIN_DEFAULTS + [
                 "--output_dir", out, "--seed", str(seed), *recipe_flags(settings),
                 "--disable_tqdm", "true", "--per_device_eval_batch_size", "16",
@@ -317,7 +317,7 @@ def run_cell(
         )
         subset = data.subset(size, seed) if method_flags is not None else None
         trainer = InfoSAMTrainer(
-            model=load_sam_model(BUILTIN_MODEL_PATH), args=args, infosam_config=infosam_config,
+            model=load_sam_model(BUILTIN_MODEL_PATH), args=args, infosam_config=infosam_config, peft_config=peft_args,
             train_dataset=subset,
             data_collator=SamSegmentationCollator(sampler), processing_class=processor,
             compute_metrics=build_compute_metrics(),

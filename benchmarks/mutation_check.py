@@ -119,7 +119,7 @@ MUTANTS = (
     ),
     Mutant(
         "no_gather_under_ddp", "infosam_hf/trainer.py",
-        (("gather = self.infosam_config.gather_across_processes and _distributed()", "gather = False"),),
+        (("gather = run_setting(self.args, \"gather_across_processes\") and _distributed()", "gather = False"),),
         (T + "test_under_ddp_the_relation_terms_span_the_gathered_batch",),
         "gathering off under DDP",
     ),

@@ -9,7 +9,7 @@ cleanly:
 - cached:      InfoSAM with the teacher-embedding cache, timed after one pass over the data;
 - two_copies:  InfoSAM with a separate teacher SamModel, as the reference implementation holds it;
 - stored:      InfoSAM reading the teacher's image embeddings from the on-disk teacher store
-               (`InfoSAMConfig.teacher_store`, filled in the warm-up, memory cache empty): what a
+               (`InfoSAMTrainingArguments.teacher_store`, filled in the warm-up, memory cache empty): what a
                second run of a sweep pays;
 - teacher_bf16: InfoSAM with the teacher under bf16 autocast (`teacher_dtype="bfloat16"`);
 - teacher:     the teacher's forward alone (no gradient, stopped after the two-way transformer), to
@@ -75,7 +75,7 @@ def run_worker(args: argparse.Namespace) -> dict:
     import torch
     from transformers import SamModel
 
-    from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, build_student
+    from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, PeftArguments, build_student
     from infosam_hf.teacher_cache import TeacherEmbeddingCache
     from infosam_hf.testing import builtin_sam_config, toy_batch, vit_b_sam_config
 
@@ -86,16 +86,16 @@ def run_worker(args: argparse.Namespace) -> dict:
     sam_config = vit_b_sam_config(args.image_size) if args.model == "vit-b" else builtin_sam_config()
     image_size = sam_config.vision_config.image_size
     mode = args.worker
-    method = {"peft_method": "adapter"} if mode.startswith("adapter") else {}
+    peft_args = PeftArguments(peft_method="adapter" if mode.startswith("adapter") else "lora")
     plain = mode in ("peft", "adapter")
-    if plain:
-        config = InfoSAMConfig(lambda_1=0.0, lambda_2=0.0, **method)
-    else:
-        config = InfoSAMConfig(teacher_dtype="bfloat16" if mode == "teacher_bf16" else None, **method)
+    config = InfoSAMConfig(lambda_1=0.0, lambda_2=0.0) if plain else InfoSAMConfig()
+    teacher_dtype = "bfloat16" if mode == "teacher_bf16" else None
     if args.attn_implementation:
         sam_config._attn_implementation = args.attn_implementation
     teacher = SamModel(sam_config) if mode == "two_copies" else None
-    model = InfoSAMModel(build_student(SamModel(sam_config), config), config, teacher=teacher).to(device)
+    model = InfoSAMModel(
+        build_student(SamModel(sam_config), config, peft_args), config, teacher=teacher, teacher_dtype=teacher_dtype
+    ).to(device)
     if args.compile:
         for sam in (model.student.get_base_model(), teacher):
             if sam is not None:

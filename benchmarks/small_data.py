@@ -58,7 +58,7 @@ def worker(args) -> None:
     import torch
     from transformers import SamModel, SamProcessor, TrainerCallback
 
-    from infosam_hf import InfoSAMTrainer
+    from infosam_hf import InfoSAMConfig, InfoSAMTrainer, InfoSAMTrainingArguments
     from infosam_hf.builtin import BUILTIN_MODEL_PATH
     from infosam_hf.data import PromptSampler, SamSegmentationCollator, SamSegmentationPreprocessor
 
@@ -67,7 +67,7 @@ def worker(args) -> None:
     if args.mode == "library":  # the pre-fix stream: datasets' default shuffle, which sleeps at every epoch's end
         train.shuffle_stream = lambda dataset, seed, buffer_size: dataset.shuffle(seed=seed, buffer_size=buffer_size)
     streaming = "true" if args.mode == "library" else args.mode
-    parser = train.ScriptArgumentParser((train.DataArguments, train.InfoSAMConfig, train.TrainingArguments))
+    parser = train.ScriptArgumentParser((train.DataArguments, InfoSAMConfig, InfoSAMTrainingArguments))
     data_args, infosam_config, training_args = parser.parse_args_into_dataclasses(
         args=train.BUILTIN_DEFAULTS
         + ["--dataset_name", dataset_path(args.data), "--streaming", streaming, "--max_steps", str(args.steps),

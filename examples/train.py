@@ -15,8 +15,9 @@ before and after.
         --per_device_train_batch_size 4 --learning_rate 2e-4 --lr_scheduler_type cosine_with_min_lr \\
         --lr_scheduler_kwargs '{"min_lr_rate": 0.1}' --bf16 --push_to_hub
 
-Every `TrainingArguments` flag works; `InfoSAMConfig` flags (`--lambda_1`, `--lambda_2`,
-`--lora_r`, `--seg_loss`, ...) set the method.
+Every `TrainingArguments` flag works; `InfoSAMConfig` flags (`--lambda_1`, `--lambda_2`, `--seg_loss`, ...) set
+the method, `PeftArguments` flags (`--peft_method`, `--lora_r`, ...) the adapter, and `InfoSAMTrainingArguments`
+flags (`--teacher_store`, `--teacher_dtype`, ...) where and how this run computes the teacher's side.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import transformers
-from transformers import TrainingArguments, set_seed
+from transformers import set_seed
 
-from infosam_hf import InfoSAMConfig, InfoSAMTrainer
+from infosam_hf import InfoSAMConfig, InfoSAMTrainer, InfoSAMTrainingArguments, PeftArguments
 from infosam_hf.builtin import BUILTIN_MODEL_PATH, BUILTIN_MODELS, builtin_dataset_path
 from infosam_hf.callbacks import EvalOverlayCallback
 from infosam_hf.cli import ScriptArgumentParser
@@ -334,12 +335,9 @@ def instance_format(data_args) -> str | None:
     return data_args.instance_format
 
 
-# What a trained adapter's weights are built from: fixed once trained, so --resume_adapter refuses another value.
-ADAPTER_ARCHITECTURE_FIELDS = (
-    "relation_dim", "train_relation_module", "peft_method", "lora_r", "lora_alpha", "lora_dropout",
-    "lora_target_modules", "modules_to_save", "adapter_ratio", "adapter_placement", "adapter_scaling",
-    "adapter_layers", "adapter_train_layernorms", "adapter_target_modules",
-)
+# What a trained adapter's weights are built from: fixed once trained, so --resume_adapter refuses another value
+# (with every PeftArguments field, checked against the adapter's own PEFT config).
+ADAPTER_ARCHITECTURE_FIELDS = ("relation_dim", "train_relation_module")
 
 
 def flags_on_command_line(argv: list[str]) -> set[str]:
@@ -347,19 +345,27 @@ def flags_on_command_line(argv: list[str]) -> set[str]:
     return {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
 
 
-def apply_resume_overrides(model, adapter: str, parsed: InfoSAMConfig, explicit: set[str]) -> None:
+def apply_resume_overrides(model, adapter: str, parsed: InfoSAMConfig, explicit: set[str],
+                           peft_args: PeftArguments | None = None) -> None:
     """--resume_adapter: the adapter's saved InfoSAMConfig, with the method flags the user passed on top.
 
-    Run-time settings (lambdas, losses, prompts, teacher store/cache/dtype) follow the command line, and each
-    replaced value is printed; flags that shape the saved weights cannot change and fail with the saved value.
-    `--image_size` goes through `load_for_training` (and --allow_image_size_change).
+    Run-time settings (lambdas, losses, prompts) follow the command line, and each replaced value is printed; flags
+    that shape the saved weights (the relation module's, every PeftArguments flag) cannot change and fail with the
+    saved value. `--image_size` goes through `load_for_training` (and --allow_image_size_change).
     """
+    from infosam_hf.models import family_of
+
     saved = model.infosam_config
     names = {f.name for f in dataclasses.fields(InfoSAMConfig)} & explicit - {"image_size", "allow_image_upscaling"}
     changed = {n: getattr(parsed, n) for n in sorted(names) if getattr(parsed, n) != getattr(saved, n)}
-    fixed = [n for n in changed if n in ADAPTER_ARCHITECTURE_FIELDS]
+    fixed = {n: (changed[n], getattr(saved, n)) for n in changed if n in ADAPTER_ARCHITECTURE_FIELDS}
+    if peft_args is not None:
+        peft_names = sorted({f.name for f in dataclasses.fields(PeftArguments)} & explicit)
+        student = model.student
+        fixed.update(peft_args.differences(student.peft_config[student.active_adapter], peft_names,
+                                           family_of(student)))
     if fixed:
-        detail = ", ".join(f"--{n} {changed[n]!r} (the adapter has {getattr(saved, n)!r})" for n in fixed)
+        detail = ", ".join(f"--{n} {value!r} (the adapter has {had!r})" for n, (value, had) in fixed.items())
         raise ValueError(
             f"--resume_adapter {adapter}: {detail}. These shape the adapter's saved weights and cannot change when "
             "training continues; drop the flag(s), or start a new adapter without --resume_adapter."
@@ -373,18 +379,20 @@ def apply_resume_overrides(model, adapter: str, parsed: InfoSAMConfig, explicit:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     use_cpu_under_a_launcher_without_gpu()
-    parser = ScriptArgumentParser((ModelArguments, DataArguments, InfoSAMConfig, OutputArguments, TrainingArguments))
+    parser = ScriptArgumentParser(
+        (ModelArguments, DataArguments, InfoSAMConfig, PeftArguments, OutputArguments, InfoSAMTrainingArguments)
+    )
     if len(argv) == 1 and argv[0].endswith(".json"):
-        model_args, data_args, infosam_config, output_args, training_args = parser.parse_json_file(
+        model_args, data_args, infosam_config, peft_args, output_args, training_args = parser.parse_json_file(
             os.path.abspath(argv[0])
         )
     else:
-        model_args, data_args, infosam_config, output_args, training_args = parser.parse_args_into_dataclasses(
-            args=BUILTIN_DEFAULTS + argv
+        model_args, data_args, infosam_config, peft_args, output_args, training_args = (
+            parser.parse_args_into_dataclasses(args=BUILTIN_DEFAULTS + argv)
         )
         if model_args.builtin_model != "sam":
-            model_args, data_args, infosam_config, output_args, training_args = parser.parse_args_into_dataclasses(
-                args=builtin_defaults(model_args.builtin_model) + argv
+            model_args, data_args, infosam_config, peft_args, output_args, training_args = (
+                parser.parse_args_into_dataclasses(args=builtin_defaults(model_args.builtin_model) + argv)
             )
     if model_args.builtin_model != "sam":
         use_builtin_model(model_args)
@@ -399,10 +407,10 @@ def main(argv: list[str] | None = None) -> dict:
         if name:
             check_local_path(name, flag)
             check_hub_source(name, flag, repo_type, token=training_args.hub_token)
-    if infosam_config.teacher_store:  # a store that can be neither written nor read: said before anything loads
+    if training_args.teacher_store:  # a store that can be neither written nor read: said before anything loads
         from infosam_hf.teacher_store import check_store_root
 
-        check_store_root(infosam_config.teacher_store)
+        check_store_root(training_args.teacher_store)
     if data_args.validate_data:
         validate_data(data_args)
     claim_output_dir(training_args, output_args.overwrite_output_dir)
@@ -422,7 +430,7 @@ def main(argv: list[str] | None = None) -> dict:
                                   if "teacher_model_name_or_path" in explicit else None,
                                   image_size=infosam_config.image_size,
                                   allow_image_size_change=model_args.allow_image_size_change)
-        apply_resume_overrides(model, model_args.resume_adapter, infosam_config, explicit)
+        apply_resume_overrides(model, model_args.resume_adapter, infosam_config, explicit, peft_args)
         processor = load_processor(adapter_folder, explicit_base or base_model_id_of(adapter_folder), model.student)
         processor = adapt_processor(processor, model.infosam_config.image_size)
     else:
@@ -465,6 +473,7 @@ def main(argv: list[str] | None = None) -> dict:
         model=model,
         args=training_args,
         infosam_config=None if model_args.resume_adapter else infosam_config,
+        peft_config=None if model_args.resume_adapter else peft_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=train_collator,

@@ -1,6 +1,6 @@
 """infosam-hf: InfoSAM relation distillation for fine-tuning Segment Anything, the Hugging Face way."""
 
-from .config import InfoSAMConfig
+from .config import InfoSAMConfig, PeftArguments
 from .features import CapturedFeatures, capture_sam_features
 from .losses import (
     InfoSAMLoss,
@@ -13,6 +13,7 @@ from .modeling import InfoSAMModelOutput, build_student, default_peft_config
 from .relation import RelationModule
 from .tuners import BottleneckAdapterConfig  # registers the bottleneck adapter with PEFT
 from .trainer import InfoSAMTrainer
+from .training_args import InfoSAMTrainingArguments
 
 from .hub import InfoSAMModel, load, load_for_training  # modeling.InfoSAMModel with the Hub and the card
 from .export import export, mask_generation_pipeline  # noqa: E402  (the function shadows the submodule name, as intended)
@@ -27,6 +28,8 @@ __all__ = [
     "InfoSAMModel",
     "InfoSAMModelOutput",
     "InfoSAMTrainer",
+    "InfoSAMTrainingArguments",
+    "PeftArguments",
     "RelationModule",
     "CapturedFeatures",
     "build_student",

@@ -31,7 +31,8 @@ def _warn_single_image_once(batch_size: int) -> None:
         warnings.warn(
             "InfoSAM's relation losses are computed over the images of a batch (B x B Gram matrices); with "
             f"B={batch_size} they are exactly 0 and only the segmentation loss trains. Use a per-device batch of "
-            "at least 2 images (or keep InfoSAMConfig.gather_across_processes on under multi-GPU training).",
+            "at least 2 images (or keep InfoSAMTrainingArguments.gather_across_processes on under multi-GPU "
+            "training).",
             stacklevel=3,
         )
 

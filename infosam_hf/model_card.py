@@ -284,8 +284,8 @@ def _infosam_summary(
         seg = f"structure loss (BCE {bce} + edge-weighted IoU)"
     else:
         seg = "20 x focal + dice + MSE on the predicted IoU"
-    if config.teacher_model_name_or_path:
-        teacher = f"`{config.teacher_model_name_or_path}`, frozen"
+    if config.recorded_teacher:  # a Hub id; a local path stays on the machine that trained
+        teacher = f"`{config.recorded_teacher}`, frozen"
     elif separate_teacher:
         teacher = "a separate frozen SamModel"
     else:

@@ -26,17 +26,16 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
+from peft import PeftConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .config import INFOSAM_CONFIG_NAME, InfoSAMConfig
+from .config import INFOSAM_CONFIG_NAME, InfoSAMConfig, PeftArguments, check_teacher_dtype
 from .features import capture_sam_features, check_is_sam_model
 from .models import (
     LORA_PRESETS,
     MODEL_PARTS,
-    SAM,
     SamFamily,
     enable_checkpointing,
     family_of,
@@ -54,45 +53,28 @@ ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 PROMPT_KEYS = ("input_boxes", "input_points", "input_labels")
 
 
-def default_peft_config(config: InfoSAMConfig, family: SamFamily | None = None) -> PeftConfig:
-    """The student's adapter from `config.peft_method`, with the mask decoder trained in full, as in the paper.
-
-    'lora': LoRA on `lora_target_modules`: a preset resolved in the `family`'s module names (SAM's without one),
-    'encoder' (the default: the image encoder's attention projections) or 'decoder' (the mask decoder's), or names.
-    'adapter': the bottleneck Adapter on the image encoder's MLP blocks (`infosam_hf.tuners`).
-    """
-    if config.peft_method == "adapter":
-        from .tuners import BottleneckAdapterConfig
-
-        return BottleneckAdapterConfig(
-            target_modules=config.adapter_target_modules or None,
-            layers_to_transform=config.adapter_layer_indices(),
-            ratio=config.adapter_ratio,
-            placement=config.adapter_placement,
-            scaling=config.adapter_scaling,
-            train_layernorms=config.adapter_train_layernorms,
-            modules_to_save=config.split_names(config.modules_to_save) or None,
-        )
-    return LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=(family or SAM).lora_targets(config.lora_target_modules),
-        modules_to_save=config.split_names(config.modules_to_save) or None,
-        bias="none",
-    )
+def default_peft_config(peft_args: PeftArguments | None = None, family: SamFamily | None = None) -> PeftConfig:
+    """`PeftArguments.get_peft_config` (kept under its older name): the student's adapter, LoRA by default."""
+    return (peft_args or PeftArguments()).get_peft_config(family)
 
 
-def build_student(base_model: nn.Module, config: InfoSAMConfig, peft_config: PeftConfig | None = None) -> PeftModel:
-    """Wrap a SAM model of any supported family with PEFT (LoRA by default; any `PeftConfig` is accepted)."""
+def build_student(
+    base_model: nn.Module,
+    config: InfoSAMConfig | None = None,
+    peft_config: PeftConfig | PeftArguments | None = None,
+) -> PeftModel:
+    """Wrap a SAM model of any supported family with PEFT: any `PeftConfig`, or `PeftArguments` resolved for the
+    model's family (default: `PeftArguments()`, LoRA on the image encoder). `config` (the method) shapes no adapter;
+    it stays in the signature so `build_student(model, config)` calls keep working."""
     family = family_of(base_model, "base model")
     if isinstance(base_model, PeftModel):
         return base_model
     prepare_for_peft(base_model)
-    if peft_config is None:
-        peft_config = default_peft_config(config, family)
-        if config.peft_method == "lora":
-            check_lora_targets(base_model, peft_config, family, config.lora_target_modules)
+    if peft_config is None or isinstance(peft_config, PeftArguments):
+        peft_args = peft_config or PeftArguments()
+        peft_config = peft_args.get_peft_config(family)
+        if peft_args.peft_method == "lora":
+            check_lora_targets(base_model, peft_config, family, peft_args.lora_target_modules)
     check_targets_not_saved(base_model, peft_config)
     with quiet_peft_wrapping():
         return get_peft_model(base_model, peft_config)
@@ -123,7 +105,7 @@ def check_lora_targets(model: nn.Module, peft_config: PeftConfig, family: SamFam
     missing = [target for target, names in found.items() if not names]
     if missing:
         raise ValueError(
-            f"InfoSAMConfig.lora_target_modules={requested!r} (--lora_target_modules): "
+            f"PeftArguments.lora_target_modules={requested!r} (--lora_target_modules): "
             f"{', '.join(map(repr, missing))} match(es) no module of this {family.name} model. Use a preset, "
             f"'encoder' or 'decoder', or its names: {_linear_names(model)}."
         )
@@ -215,6 +197,8 @@ class InfoSAMModel(nn.Module):
         teacher: optional separate, frozen `SamModel`. `None` uses the student with
             its adapters disabled.
         relation_module: optional pre-trained relation module (e.g. from a checkpoint).
+        teacher_dtype: run the frozen teacher under autocast in 'bfloat16' or 'float16' (a run-local choice,
+            `InfoSAMTrainingArguments.teacher_dtype`, which `InfoSAMTrainer` sets here). None: the student's precision.
     """
 
     def __init__(
@@ -223,6 +207,7 @@ class InfoSAMModel(nn.Module):
         config: InfoSAMConfig | None = None,
         teacher: nn.Module | None = None,
         relation_module: RelationModule | None = None,
+        teacher_dtype: str | None = None,
     ):
         super().__init__()
         check_is_sam_model(student, "student")
@@ -245,6 +230,8 @@ class InfoSAMModel(nn.Module):
         self.relation_module.requires_grad_(self.infosam_config.train_relation_module)
         self._check_dims()
         self.teacher_cache = None  # set by the Trainer when `cache_teacher_embeddings` is on
+        check_teacher_dtype(teacher_dtype, "InfoSAMModel")
+        self.teacher_dtype = teacher_dtype
 
     def _check_dims(self) -> None:
         if self.infosam_config.image_size is not None:
@@ -348,7 +335,7 @@ class InfoSAMModel(nn.Module):
         return self.student.disable_adapter()
 
     def _teacher_autocast(self, device: torch.device):
-        dtype = self.infosam_config.teacher_dtype
+        dtype = self.teacher_dtype
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=getattr(torch, dtype))
@@ -371,7 +358,7 @@ class InfoSAMModel(nn.Module):
             self.teacher_cache.store(keys, family_of(model).cache_inputs(feats.decoder_inputs))
         tokens = feats.mask_token if per_prompt is None else feats.prompt_mask_tokens
         image_feats, tokens = feats.image_feats.detach(), tokens.detach()
-        if self.infosam_config.teacher_dtype is not None:  # the relation module's LayerNorms run in float32
+        if self.teacher_dtype is not None:  # the relation module's LayerNorms run in float32
             image_feats, tokens = image_feats.float(), tokens.float()
         return image_feats, tokens
 

@@ -12,7 +12,7 @@ teacher, or the shared-weights teacher when the student trains the encoder throu
 adapters only (LoRA etc., which `disable_adapter()` switches off). `for_model` refuses
 the configuration where the student's `modules_to_save` would copy encoder layers.
 
-`decide_teacher_cache` resolves `InfoSAMConfig.cache_teacher_embeddings` (default "auto") for a
+`decide_teacher_cache` resolves `InfoSAMTrainingArguments.cache_teacher_embeddings` (default "auto") for a
 run: on where the data comes back unchanged (a known size, more than one epoch, a collator and
 dataset known to keep the pixels) and the entries fit the memory bound; it refuses, in every mode,
 a teacher whose image encoder trains or applies dropout, where the cache could serve a stale entry.
@@ -214,7 +214,7 @@ def decide_teacher_cache(
     data_collator=None,
     storage_device: str | torch.device = "cpu",
 ) -> TeacherCacheDecision:
-    """`InfoSAMConfig.cache_teacher_embeddings` resolved for one run of `model` (an `InfoSAMModel`) under `args`.
+    """`InfoSAMTrainingArguments.cache_teacher_embeddings` (of `args`) resolved for one run of `model`, an `InfoSAMModel`.
 
     The cache is keyed by the pixels' content, so it never returns an embedding for other pixels; what
     can make it wrong is a teacher whose image encoder changes during training, which is refused here
@@ -223,17 +223,20 @@ def decide_teacher_cache(
     embeddings that do not fit the memory bound. Where it cannot know whether the collator or the
     dataset augments, it stays off and says how to declare it (`augments_pixels = False`).
     """
+    from .training_args import run_setting
+
     config = model.infosam_config
-    choice = config.cache_teacher_embeddings
-    storage_dtype = config.teacher_cache_dtype
+    choice = run_setting(args, "cache_teacher_embeddings")
+    storage_dtype = run_setting(args, "teacher_cache_dtype")
+    store, max_gb = run_setting(args, "teacher_store"), run_setting(args, "teacher_cache_max_gb")
     stale = _changing_teacher(model)
-    if stale and (choice is True or config.teacher_store):
-        asked = f"--teacher_store {config.teacher_store}" if config.teacher_store else "--cache_teacher_embeddings true"
+    if stale and (choice is True or store):
+        asked = f"--teacher_store {store}" if store else "--cache_teacher_embeddings true"
         raise ValueError(f"{asked} cannot be exact here: {stale}.")
-    if config.teacher_store:
-        return TeacherCacheDecision(True, f"--teacher_store {config.teacher_store} implies it.", None, storage_dtype)
+    if store:
+        return TeacherCacheDecision(True, f"--teacher_store {store} implies it.", None, storage_dtype)
     if choice is True:
-        return _forced(model, config, storage_dtype)
+        return _forced(model, max_gb, storage_dtype)
     if choice is False:
         return TeacherCacheDecision(False, "--cache_teacher_embeddings false was passed.")
     if not config.uses_distillation:
@@ -267,7 +270,7 @@ def decide_teacher_cache(
         return TeacherCacheDecision(False, str(err))
     per_image = teacher_entry_bytes(model, storage_dtype)
     needed = per_image * num_images
-    bound, bound_text = _memory_bound(config, storage_device)
+    bound, bound_text = _memory_bound(max_gb, storage_device)
     precision = " in bfloat16" if storage_dtype else ""
     size = f"{_mb(per_image)} per image{precision}, {_mb(needed)} for {num_images} images"
     if needed > bound:
@@ -288,14 +291,14 @@ def decide_teacher_cache(
     )
 
 
-def _forced(model, config, storage_dtype) -> TeacherCacheDecision:
-    if config.teacher_cache_max_gb is None:
+def _forced(model, max_gb, storage_dtype) -> TeacherCacheDecision:
+    if max_gb is None:
         return TeacherCacheDecision(True, "--cache_teacher_embeddings true was passed (no memory bound).", None,
                                     storage_dtype)
-    max_items = int(config.teacher_cache_max_gb * 2**30 // max(teacher_entry_bytes(model, storage_dtype), 1))
+    max_items = int(max_gb * 2**30 // max(teacher_entry_bytes(model, storage_dtype), 1))
     return TeacherCacheDecision(
         True, f"--cache_teacher_embeddings true was passed; the {max_items} most recently used images are kept "
-        f"(--teacher_cache_max_gb {config.teacher_cache_max_gb:g}).", max_items, storage_dtype
+        f"(--teacher_cache_max_gb {max_gb:g}).", max_items, storage_dtype
     )
 
 
@@ -398,9 +401,9 @@ def _augments(obj) -> str | None:
     )
 
 
-def _memory_bound(config, storage_device) -> tuple[float, str]:
-    if config.teacher_cache_max_gb is not None:
-        return config.teacher_cache_max_gb * 2**30, f"--teacher_cache_max_gb {config.teacher_cache_max_gb:g}"
+def _memory_bound(max_gb: float | None, storage_device) -> tuple[float, str]:
+    if max_gb is not None:
+        return max_gb * 2**30, f"--teacher_cache_max_gb {max_gb:g}"
     device = torch.device(storage_device)
     available = available_memory_bytes(device)
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))

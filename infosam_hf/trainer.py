@@ -20,7 +20,7 @@ from transformers import SamModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR  # noqa: F401  (re-exported for users' scripts)
 from transformers.utils import logging
 
-from .config import InfoSAMConfig
+from .config import InfoSAMConfig, PeftArguments
 from .data.collator import ORIGINAL_MASKS_KEY
 from .losses import InfoSAMLoss, segmentation_loss
 from .metrics import original_size_predictions, pack_maps, pack_maps_per_image, unpack_maps
@@ -33,6 +33,7 @@ from .modeling import (
     build_student,
     upsample_masks,
 )
+from .training_args import InfoSAMTrainingArguments, run_setting
 from .training_state import SafetensorsTrainingStateMixin
 
 logger = logging.get_logger(__name__)
@@ -110,7 +111,7 @@ def check_batch_of_one(args: TrainingArguments, config: InfoSAMConfig) -> None:
     """InfoSAM's relation terms compare the images of a batch: with one image they are exactly 0."""
     if not config.uses_distillation:
         return
-    gathered = config.gather_across_processes and args.world_size > 1
+    gathered = run_setting(args, "gather_across_processes") and args.world_size > 1
     if args.per_device_train_batch_size < 2 and not gathered:
         raise ValueError(
             f"per_device_train_batch_size={args.per_device_train_batch_size} with InfoSAM's relation terms on "
@@ -119,6 +120,19 @@ def check_batch_of_one(args: TrainingArguments, config: InfoSAMConfig) -> None:
             "batch of at least 2 (--per_device_train_batch_size 2), gather across processes "
             "(gather_across_processes=True under DDP), or set --lambda_1 0 --lambda_2 0 to train without them."
         )
+
+
+def apply_teacher_dtype(model: InfoSAMModel, teacher_dtype: str | None) -> None:
+    """`InfoSAMTrainingArguments.teacher_dtype` onto the model, whose forward runs the teacher; a model built with
+    another `teacher_dtype` is refused rather than silently changed."""
+    if teacher_dtype is None:
+        return
+    if model.teacher_dtype not in (None, teacher_dtype):
+        raise ValueError(
+            f"The InfoSAMModel was built with teacher_dtype={model.teacher_dtype!r} but the training arguments ask "
+            f"for --teacher_dtype {teacher_dtype}; set it in one place."
+        )
+    model.teacher_dtype = teacher_dtype
 
 
 def _gather_image_index(image_index: torch.Tensor, num_images: int) -> torch.Tensor:
@@ -173,11 +187,12 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
             model id/path (the student's base; the default teacher is the same weights
             with the adapters disabled). Any family in `infosam_hf.models` (SAM-HQ,
             SAM 2, SAM 3 tracker, EdgeTAM) goes wherever `SamModel` is named here.
-        args: the usual `TrainingArguments`. `remove_unused_columns` is forced off (the
+        args: `InfoSAMTrainingArguments` (the run-local teacher store, cache, dtype and gathering), or plain
+            `TrainingArguments`, which leave those at their defaults. `remove_unused_columns` is forced off (the
             batch carries prompts and `gt_masks`), `label_names` defaults to `["gt_masks"]`.
         infosam_config: the method's knobs; defaults to `InfoSAMConfig()`.
-        peft_config: used when `model` is a bare `SamModel` or id (default: LoRA on `qkv`,
-            or the family's image-encoder projections where it has no `qkv`).
+        peft_config: a `PeftConfig` or `PeftArguments`, used when `model` is a bare `SamModel` or id (default:
+            `PeftArguments()`, LoRA on `qkv`, or the family's image-encoder projections where it has no `qkv`).
         teacher_model: optional separate teacher, a `SamModel` or id.
         eval_data_collator: a collator for evaluation (e.g. fixed box prompts), where
             `data_collator` samples training prompts at random.
@@ -194,7 +209,7 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         model: InfoSAMModel | PeftModel | SamModel | str | None = None,
         args: TrainingArguments | None = None,
         infosam_config: InfoSAMConfig | None = None,
-        peft_config: PeftConfig | None = None,
+        peft_config: PeftConfig | PeftArguments | None = None,
         teacher_model: nn.Module | str | None = None,
         eval_data_collator=None,
         drop_last_batch_of_one: bool = True,
@@ -202,9 +217,10 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
     ):
         if model is None:
             raise ValueError("InfoSAMTrainer needs a model: an InfoSAMModel, a PeftModel/SamModel, or a model id.")
-        args = args or TrainingArguments(output_dir="infosam-output")
+        args = args or InfoSAMTrainingArguments(output_dir="infosam-output")
         seed_model_building(args)  # the LoRA matrices and the relation module are drawn under args.seed
         model = self._as_infosam_model(model, infosam_config, peft_config, teacher_model)
+        apply_teacher_dtype(model, run_setting(args, "teacher_dtype"))
         self.infosam_config = model.infosam_config
         check_process_group(args)
         if kwargs.get("train_dataset") is not None:  # an evaluation-only Trainer trains no batch
@@ -237,17 +253,19 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
             model.teacher_cache = self.teacher_cache_decision.make_cache(model, disk_store=self._teacher_store(model))
 
     def _teacher_store(self, model: InfoSAMModel):
-        """The on-disk teacher store of `InfoSAMConfig.teacher_store`, fingerprinted with this run's precision."""
-        if not self.infosam_config.teacher_store:
+        """The on-disk teacher store of `InfoSAMTrainingArguments.teacher_store`, fingerprinted with this run's
+        precision."""
+        store = run_setting(self.args, "teacher_store")
+        if not store:
             return None
         from .teacher_store import TeacherEmbeddingStore
 
-        precision = self.infosam_config.teacher_dtype or (
+        precision = model.teacher_dtype or (
             "bfloat16" if self.args.bf16 else "float16" if self.args.fp16 else "float32"
         )
-        max_gb = self.infosam_config.teacher_store_max_gb
+        max_gb = run_setting(self.args, "teacher_store_max_gb")
         return TeacherEmbeddingStore.for_teacher(
-            self.infosam_config.teacher_store,
+            store,
             model.teacher_image_encoder,
             model.sam_config if model.teacher is None else model.teacher.config,
             precision=precision,
@@ -322,7 +340,7 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
-        gather = self.infosam_config.gather_across_processes and _distributed()
+        gather = run_setting(self.args, "gather_across_processes") and _distributed()
         parts = self.compute_infosam_loss(
             outputs, inputs.get("gt_masks"), self.infosam_config, self.infosam_loss, gather=gather
         )

@@ -13,7 +13,7 @@ under `accelerate launch` / torchrun (one copy per rank). Every rank writes, int
 - `weights_rank{R}.safetensors`: its trainable weights (adapter + relation module)
   after training, and `initial_rank{R}.safetensors` before.
 
-Flags: `--gather/--no-gather` sets `InfoSAMConfig.gather_across_processes`.
+Flags: `--gather/--no-gather` sets `InfoSAMTrainingArguments.gather_across_processes`.
 """
 
 from __future__ import annotations
@@ -99,9 +99,9 @@ def main(argv=None) -> None:
     recorder.install()
 
     from safetensors.torch import save_file
-    from transformers import SamModel, TrainingArguments
+    from transformers import SamModel
 
-    from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, build_student
+    from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, InfoSAMTrainingArguments, build_student
     from infosam_hf.testing import tiny_sam_config, toy_segmentation_dataset
     from infosam_hf.trainer import LOSS_PARTS
 
@@ -120,12 +120,13 @@ def main(argv=None) -> None:
             return result
 
     torch.manual_seed(0)
-    config = InfoSAMConfig(gather_across_processes=args.gather)
+    config = InfoSAMConfig()
     model = InfoSAMModel(build_student(SamModel(tiny_sam_config()), config), config)
     data = toy_segmentation_dataset(args.num_samples)
     data = data.add_column("index", list(range(len(data))))  # ignored by the model (**_unused)
 
-    training_args = TrainingArguments(
+    training_args = InfoSAMTrainingArguments(
+        gather_across_processes=args.gather,
         output_dir=args.output_dir,
         use_cpu=True,
         # gloo whenever launched as several processes; in a plain single process accelerate 1.15 fails on

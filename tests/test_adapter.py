@@ -10,7 +10,7 @@ from torch import nn
 from transformers import HfArgumentParser, SamModel
 
 import infosam_hf
-from infosam_hf import InfoSAMConfig, InfoSAMModel, build_student, default_peft_config
+from infosam_hf import InfoSAMConfig, InfoSAMModel, PeftArguments, build_student, default_peft_config
 from infosam_hf.model_card import model_card_info, render_model_card
 from infosam_hf.testing import tiny_sam_config, toy_batch
 from infosam_hf.tuners import BottleneckAdapterConfig
@@ -36,7 +36,7 @@ def perturb_adapter(model, scale=0.05):
 
 
 def adapter_student(**config):
-    return build_student(base_model(), InfoSAMConfig(peft_method="adapter", **config))
+    return build_student(base_model(), peft_config=PeftArguments(peft_method="adapter", **config))
 
 
 def test_starts_equal_to_the_base_and_disable_adapter_is_exact():
@@ -117,7 +117,7 @@ def test_save_load_round_trip_merge_refused_and_unload_gives_the_base(tmp_path):
 
 
 def test_infosam_model_with_the_adapter_uses_the_base_as_teacher():
-    model = InfoSAMModel(adapter_student(), InfoSAMConfig(peft_method="adapter"))
+    model = InfoSAMModel(adapter_student(), InfoSAMConfig())
     perturb_adapter(model.student)
     batch = toy_batch(2)
     out = model(**batch)
@@ -131,7 +131,7 @@ def test_infosam_model_with_the_adapter_uses_the_base_as_teacher():
 
 
 def test_train_script_flags_reach_the_config():
-    (config,) = HfArgumentParser(InfoSAMConfig).parse_args_into_dataclasses(
+    (config,) = HfArgumentParser(PeftArguments).parse_args_into_dataclasses(
         ["--peft_method", "adapter", "--adapter_ratio", "0.5", "--adapter_placement", "parallel", "--adapter_layers",
          "2-4,7", "--adapter_train_layernorms", "--adapter_scaling", "0.1"]
     )
@@ -139,25 +139,27 @@ def test_train_script_flags_reach_the_config():
     assert isinstance(peft_config, BottleneckAdapterConfig)
     assert peft_config.layers_to_transform == [2, 3, 4, 7] and peft_config.ratio == 0.5
     assert peft_config.placement == "parallel" and peft_config.train_layernorms and peft_config.scaling == 0.1
-    assert InfoSAMConfig().adapter_layer_indices() is None
+    assert PeftArguments().adapter_layer_indices() is None
     with pytest.raises(ValueError, match=r"adapter_layers='2-x'.*'2-x' is not an index or a range"):
-        InfoSAMConfig(adapter_layers="2-x")
+        PeftArguments(adapter_layers="2-x")
     with pytest.raises(ValueError, match="peft_method='prefix'.*lora, adapter"):
-        InfoSAMConfig(peft_method="prefix")
+        PeftArguments(peft_method="prefix")
     with pytest.raises(ValueError, match="placement must be one of"):
         BottleneckAdapterConfig(placement="inside")
 
 
 def test_lora_on_the_decoder_attention_and_the_clear_conflict_error():
     # the frequent request: LoRA on the mask decoder's attention, encoder frozen
-    student = build_student(base_model(), InfoSAMConfig(lora_target_modules="q_proj,v_proj", modules_to_save=""))
+    decoder_only = PeftArguments(lora_target_modules="q_proj,v_proj", modules_to_save="")
+    student = build_student(base_model(), peft_config=decoder_only)
     trainable = {n for n, p in student.named_parameters() if p.requires_grad}
     assert trainable and all("mask_decoder" in n and "lora_" in n for n in trainable)
     # the same targets with the decoder trained in full: a module cannot be both
     with pytest.raises(ValueError, match=r"mask_decoder\..*q_proj is both an adapter target.*inside modules_to_save"):
-        build_student(base_model(), InfoSAMConfig(lora_target_modules="q_proj"))
+        build_student(base_model(), peft_config=PeftArguments(lora_target_modules="q_proj"))
     with pytest.raises(ValueError, match="both an adapter target"):
-        build_student(base_model(), InfoSAMConfig(peft_method="adapter", adapter_target_modules=r".*\.mlp"))
+        build_student(base_model(),
+                      peft_config=PeftArguments(peft_method="adapter", adapter_target_modules=r".*\.mlp"))
 
 
 def test_a_family_supplies_its_own_module_pattern_and_convolutions_are_refused():
@@ -204,7 +206,7 @@ def test_a_family_supplies_its_own_module_pattern_and_convolutions_are_refused()
 
 
 def test_the_model_card_shows_the_adapter(tmp_path):
-    model = InfoSAMModel(adapter_student(adapter_layers="1"), InfoSAMConfig(peft_method="adapter", adapter_layers="1"))
+    model = InfoSAMModel(adapter_student(adapter_layers="1"), InfoSAMConfig())
     info = model_card_info(model)
     peft = info["peft"]
     assert peft["method"] == "Bottleneck Adapter" and not peft["mergeable"] and peft["needs_import"]
@@ -245,7 +247,7 @@ def test_paper_script_prints_the_adapter_recipe(tmp_path, capsys, monkeypatch):
     from infosam_hf.tuners import BottleneckAdapterConfig
 
     flags = paper.ADAPTER_RECIPE
-    (config,) = HfArgumentParser(InfoSAMConfig).parse_args_into_dataclasses(flags)
+    (config,) = HfArgumentParser(PeftArguments).parse_args_into_dataclasses(flags)
     peft_config = default_peft_config(config)
     assert isinstance(peft_config, BottleneckAdapterConfig) and peft_config.layers_to_transform == list(range(2, 12))
     assert peft_config.train_layernorms and peft_config.modules_to_save == ["mask_decoder"]
@@ -281,7 +283,7 @@ def test_the_adapter_finds_the_mlps_of_sam2_and_the_sam3_tracker_by_default(mode
         return getattr(student.get_base_model().vision_encoder.backbone, blocks)
 
     expected = predict_family(base)
-    student = build_student(tiny_family_model(model_class), InfoSAMConfig(peft_method="adapter",
+    student = build_student(tiny_family_model(model_class), peft_config=PeftArguments(peft_method="adapter",
                                                                           adapter_train_layernorms=True)).eval()
     assert all(isinstance(block.mlp, BottleneckAdapterMLP) for block in encoder_blocks(student))
     assert isinstance(encoder_blocks(student)[0].layer_norm2, BottleneckAdaptedLayerNorm)
@@ -292,7 +294,8 @@ def test_the_adapter_finds_the_mlps_of_sam2_and_the_sam3_tracker_by_default(mode
     with student.disable_adapter():
         torch.testing.assert_close(predict_family(student), expected, rtol=0, atol=0)
 
-    only_second = build_student(tiny_family_model(model_class), InfoSAMConfig(peft_method="adapter", adapter_layers="1"))
+    only_second = build_student(tiny_family_model(model_class),
+                                peft_config=PeftArguments(peft_method="adapter", adapter_layers="1"))
     assert [i for i, block in enumerate(encoder_blocks(only_second)) if isinstance(block.mlp, BottleneckAdapterMLP)] == [1]
 
 
@@ -300,4 +303,4 @@ def test_edgetam_has_no_default_adapter_targets_and_says_so():
     from infosam_hf.testing import tiny_family_model
 
     with pytest.raises(ValueError, match=r"cannot adapt EdgeTAM.*use LoRA instead \(--peft_method lora"):
-        build_student(tiny_family_model("EdgeTamModel"), InfoSAMConfig(peft_method="adapter"))
+        build_student(tiny_family_model("EdgeTamModel"), peft_config=PeftArguments(peft_method="adapter"))

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from transformers import SamModel, TrainingArguments
 
 import infosam_hf
-from infosam_hf import InfoSAMConfig, InfoSAMTrainer
+from infosam_hf import InfoSAMConfig, InfoSAMTrainer, PeftArguments
 from infosam_hf.testing import tiny_sam_config, toy_batch, toy_segmentation_dataset
 from infosam_hf.tuners.bottleneck_adapter import PEFT_TYPE
 
@@ -36,13 +36,13 @@ def base_folder(tmp_path):
 @pytest.fixture
 def trained(base_folder, tmp_path):
     """3 InfoSAM steps with the adapter (LayerNorm copies on), shared-weights teacher; the trainer after saving."""
-    config = InfoSAMConfig(peft_method="adapter", adapter_layers="1", adapter_train_layernorms=True)
+    peft_args = PeftArguments(peft_method="adapter", adapter_layers="1", adapter_train_layernorms=True)
     args = TrainingArguments(
         output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, learning_rate=1e-3, max_steps=3,
         logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0, dataloader_num_workers=0,
     )
     trainer = InfoSAMTrainer(
-        model=SamModel.from_pretrained(base_folder), args=args, infosam_config=config,
+        model=SamModel.from_pretrained(base_folder), args=args, infosam_config=InfoSAMConfig(), peft_config=peft_args,
         train_dataset=toy_segmentation_dataset(8),
     )
     trainer.train()
@@ -113,9 +113,12 @@ def test_push_and_load_from_the_hub(fake_hub, base_folder, tmp_path):
     api = HfApi()
     api.create_repo("tiny/sam-base")
     api.upload_folder(repo_id="tiny/sam-base", folder_path=base_folder)
-    config = InfoSAMConfig(peft_method="adapter")
+    config = InfoSAMConfig()
     model = infosam_hf.InfoSAMModel(
-        infosam_hf.build_student(SamModel.from_pretrained("tiny/sam-base"), config), config
+        infosam_hf.build_student(
+            SamModel.from_pretrained("tiny/sam-base"), config, PeftArguments(peft_method="adapter")
+        ),
+        config,
     ).eval()
     with torch.no_grad():
         for name, p in model.student.named_parameters():

@@ -426,7 +426,7 @@ def test_adapter_dropout_acts_on_the_adapter_input_in_training_only_and_trains()
 
     torch.manual_seed(0)
     config = BottleneckAdapterConfig(adapter_dropout=0.5, scaling=0.7)
-    student = build_student(SamModel(tiny_sam_config()), InfoSAMConfig(peft_method="adapter"), config)
+    student = build_student(SamModel(tiny_sam_config()), InfoSAMConfig(), config)
     layer = next(m for m in student.modules() if isinstance(m, BottleneckAdapterMLP))
     with torch.no_grad():
         layer.bottleneck_up["default"].weight.normal_(0, 0.1)  # a trained adapter: its output is not zero

@@ -7,7 +7,7 @@ compared:
 
 - `single`:    `python tests/distributed_worker.py`, per-device batch 4 (the global batch);
 - `gather`:    `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2`,
-               per-device batch 2, `InfoSAMConfig.gather_across_processes=True` (default);
+               per-device batch 2, `InfoSAMTrainingArguments.gather_across_processes=True` (default);
 - `no_gather`: the same with the option off.
 
 Like with like: `loss_seg` is a per-sample mean, so the single-process value is the mean

@@ -14,7 +14,7 @@ from peft.tuners.lora import LoraLayer, LoraModel
 from safetensors.torch import load_file, save_file
 from transformers import SamModel, SamProcessor
 
-from infosam_hf import InfoSAMConfig, InfoSAMModel, build_student
+from infosam_hf import InfoSAMConfig, InfoSAMModel, PeftArguments, build_student
 from infosam_hf.builtin import BUILTIN_MODEL_PATH
 from infosam_hf.export import CannotMergeError, batched_nms, export, mask_generation_pipeline
 from infosam_hf.synthetic import make_synthetic_sample
@@ -26,8 +26,9 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
 def fine_tuned(scale: float = 0.02):
     """The built-in SAM with a LoRA adapter (and trained decoder copy) moved away from their initial values."""
     torch.manual_seed(0)
-    config = InfoSAMConfig(lora_r=2)
-    model = InfoSAMModel(build_student(SamModel.from_pretrained(BUILTIN_MODEL_PATH), config), config)
+    config = InfoSAMConfig()
+    student = build_student(SamModel.from_pretrained(BUILTIN_MODEL_PATH), config, PeftArguments(lora_r=2))
+    model = InfoSAMModel(student, config)
     with torch.no_grad():
         for _, p in model.named_parameters():
             if p.requires_grad:
@@ -260,8 +261,9 @@ def test_every_family_exports_to_its_own_class_with_the_adapters_masks(model_cla
 
     tiny_family_model(model_class).save_pretrained(tmp_path / "base")
     torch.manual_seed(0)
-    config = InfoSAMConfig(relation_dim=32, lora_r=2)
-    model = InfoSAMModel(build_student(load_sam_model(str(tmp_path / "base")), config), config)
+    config = InfoSAMConfig(relation_dim=32)
+    student = build_student(load_sam_model(str(tmp_path / "base")), config, PeftArguments(lora_r=2))
+    model = InfoSAMModel(student, config)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:

@@ -7,7 +7,7 @@ import torch
 from transformers import TrainingArguments
 
 import infosam_hf
-from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, build_student, capture_sam_features
+from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, PeftArguments, build_student, capture_sam_features
 from infosam_hf.data.preprocessing import SamSegmentationPreprocessor
 from infosam_hf.models import SQUARE, family_of
 from infosam_hf.teacher_cache import TeacherEmbeddingCache
@@ -15,7 +15,8 @@ from infosam_hf.testing import tiny_family_model, toy_segmentation_dataset, toy_
 
 # EdgeTAM runs with a stand-in for its timm RepViT encoder (timm needs torchvision): see tiny_edgetam_config.
 FAMILIES = ["SamModel", "SamHQModel", "Sam2Model", "Sam3TrackerModel", "EdgeTamModel"]
-CONFIG = dict(relation_dim=32, lora_r=2)
+CONFIG = dict(relation_dim=32)
+PEFT = PeftArguments(lora_r=2)
 
 
 def _size(model):
@@ -57,7 +58,7 @@ def test_z_m_is_the_token_the_decoder_feeds_its_first_mask_hypernetwork(model_cl
 def test_teacher_cache_replays_the_family_encoding_exactly(model_class):
     torch.manual_seed(0)
     config = InfoSAMConfig(**CONFIG)
-    model = InfoSAMModel(build_student(tiny_family_model(model_class), config), config)
+    model = InfoSAMModel(build_student(tiny_family_model(model_class), config, PEFT), config)
     model.eval()
     batch = _batch(model.student.get_base_model(), n=3)
     prompts = {"input_boxes": batch["input_boxes"]}
@@ -89,7 +90,7 @@ def test_the_distillation_terms_are_live_on_every_tiny_family(model_class):
 
     torch.manual_seed(0)
     config = InfoSAMConfig(**CONFIG)
-    model = InfoSAMModel(build_student(tiny_family_model(model_class), config), config).eval()
+    model = InfoSAMModel(build_student(tiny_family_model(model_class), config, PEFT), config).eval()
     batch = _batch(model.student.get_base_model(), n=4)
 
     def losses():
@@ -125,11 +126,12 @@ def test_lora_presets_name_each_familys_modules_and_stay_in_their_part(model_cla
     expected = {name for name, module in base.named_modules()
                 if name.startswith("mask_decoder.transformer.") and name.endswith(attention)
                 and isinstance(module, torch.nn.Linear)}
-    decoder = build_student(base, InfoSAMConfig(**CONFIG, lora_target_modules="decoder", modules_to_save=""))
+    decoder_only = PeftArguments(lora_r=2, lora_target_modules="decoder", modules_to_save="")
+    decoder = build_student(base, peft_config=decoder_only)
     adapted = {name.removeprefix("base_model.model.").removesuffix(".lora_A")
                for name, _ in decoder.named_modules() if name.endswith(".lora_A")}
     assert adapted == expected and len(expected) >= 12
-    encoder = build_student(tiny_family_model(model_class), InfoSAMConfig(**CONFIG))
+    encoder = build_student(tiny_family_model(model_class), peft_config=PEFT)
     parts = {name.split(".")[2] for name, _ in encoder.named_modules() if name.endswith(".lora_A")}
     assert parts == {"vision_encoder"}
 
@@ -137,16 +139,16 @@ def test_lora_presets_name_each_familys_modules_and_stay_in_their_part(model_cla
 def test_lora_targets_that_match_nothing_or_several_parts_are_reported(caplog):
     """The README's old decoder recipe on SAM 2 (`out_proj` is `o_proj` there) and on the SAM 3 tracker (its ViT also
     has q_proj/k_proj/v_proj)."""
-    recipe = dict(CONFIG, lora_target_modules="q_proj,k_proj,v_proj,out_proj", modules_to_save="")
+    recipe = dict(lora_r=2, lora_target_modules="q_proj,k_proj,v_proj,out_proj", modules_to_save="")
     with pytest.raises(ValueError, match=r"'out_proj' match\(es\) no module of this SAM 2 model.*'decoder'.*o_proj"):
-        build_student(tiny_family_model("Sam2Model"), InfoSAMConfig(**recipe))
+        build_student(tiny_family_model("Sam2Model"), peft_config=PeftArguments(**recipe))
     with caplog.at_level("WARNING", logger="infosam_hf.modeling"):
         build_student(tiny_family_model("Sam3TrackerModel"),
-                      InfoSAMConfig(**dict(recipe, lora_target_modules="q_proj,k_proj,v_proj")))
+                      peft_config=PeftArguments(**dict(recipe, lora_target_modules="q_proj,k_proj,v_proj")))
     assert "6 in the image encoder, 21 in the mask decoder" in caplog.text and "decoder" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="infosam_hf.modeling"):  # one part: nothing to report
-        build_student(tiny_family_model("SamModel"), InfoSAMConfig(**recipe))
+        build_student(tiny_family_model("SamModel"), peft_config=PeftArguments(**recipe))
     assert "more than one part" not in caplog.text
 
 
@@ -158,7 +160,7 @@ def test_trains_saves_and_loads_with_identical_predictions(model_class, separate
     teacher = tiny_family_model(model_class, seed=1) if separate_teacher else None
     base = tiny_family_model(model_class)
     trainer = InfoSAMTrainer(
-        model=base, infosam_config=config, teacher_model=teacher, args=_args(tmp_path),
+        model=base, infosam_config=config, peft_config=PEFT, teacher_model=teacher, args=_args(tmp_path),
         train_dataset=toy_segmentation_dataset(4, _size(base)),
         processing_class=SamSegmentationPreprocessor.for_model(base),  # what load reads the geometry back from
     )
@@ -205,7 +207,7 @@ def test_sam2_family_gradient_checkpointing_gives_the_same_gradients(model_class
     config = InfoSAMConfig(**CONFIG)
     grads = []
     for checkpointing in (False, True):
-        model = InfoSAMModel(build_student(tiny_family_model(model_class), config), config)
+        model = InfoSAMModel(build_student(tiny_family_model(model_class), config, PEFT), config)
         if checkpointing:
             model.activation_checkpointing_enable()
             assert model.is_activation_checkpointing
@@ -243,7 +245,7 @@ def test_square_geometry_resizes_without_padding():
 
 def test_a_teacher_that_reads_images_differently_is_refused():
     config = InfoSAMConfig(**CONFIG)
-    student = build_student(tiny_family_model("SamModel"), config)
+    student = build_student(tiny_family_model("SamModel"), config, PEFT)
     with pytest.raises(ValueError, match="teacher \\(SAM 2\\) takes 64 px inputs in the square geometry"):
         InfoSAMModel(student, config, teacher=tiny_family_model("Sam2Model"))
     InfoSAMModel(student, config, teacher=tiny_family_model("SamHQModel"))  # same geometry and size: allowed

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from transformers import SamImageProcessor, SamModel, SamProcessor, TrainingArguments
 
 import infosam_hf
-from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, build_student
+from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, PeftArguments, build_student
 from infosam_hf.builtin import BUILTIN_MODEL_PATH, builtin_model_path
 from infosam_hf.hub import load_for_training
 from infosam_hf.model_card import CARD_MARKER, render_model_card
@@ -66,8 +66,8 @@ def base_on_hub(fake_hub, tmp_path):
 @pytest.fixture
 def trained(base_on_hub):
     """An InfoSAMModel over the Hub base whose adapter and relation module differ from their initial values."""
-    config = InfoSAMConfig(lora_r=2)
-    model = InfoSAMModel(build_student(SamModel.from_pretrained(BASE_ID), config), config)
+    config = InfoSAMConfig()
+    model = InfoSAMModel(build_student(SamModel.from_pretrained(BASE_ID), config, PeftArguments(lora_r=2)), config)
     with torch.no_grad():
         for _, p in model.named_parameters():
             if p.requires_grad:
@@ -110,7 +110,8 @@ def test_push_sends_exactly_the_safe_files_and_a_card_with_real_values(fake_hub,
     assert not any(PICKLE.search(name) for name in files)
     assert commit.oid == fake_hub.repo("tiny/infosam-polyp").commits[-1].oid
     assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == BASE_ID
-    assert json.loads(files["infosam_config.json"])["lora_r"] == 2
+    assert json.loads(files["adapter_config.json"])["r"] == 2  # PEFT facts live in the adapter's own config
+    assert "lora_r" not in json.loads(files["infosam_config.json"])
 
     text = files["README.md"].decode()
     card = ModelCard(text)
@@ -250,7 +251,7 @@ def test_trainer_push_to_hub_sends_adapter_relation_config_and_card(fake_hub, ba
     trainer = InfoSAMTrainer(
         model=BASE_ID,
         args=trainer_args(tmp_path),
-        infosam_config=InfoSAMConfig(lora_r=2),
+        peft_config=PeftArguments(lora_r=2),
         train_dataset=toy_segmentation_dataset(4),
         eval_dataset=toy_segmentation_dataset(2, seed=1),
         compute_metrics=build_compute_metrics(),
@@ -286,7 +287,7 @@ def test_checkpoint_pushes_carry_no_pickles(fake_hub, base_on_hub, tmp_path):
     trainer = InfoSAMTrainer(
         model=BASE_ID,
         args=trainer_args(tmp_path, max_steps=1, save_strategy="steps", save_steps=1, hub_strategy="checkpoint"),
-        infosam_config=InfoSAMConfig(lora_r=2),
+        peft_config=PeftArguments(lora_r=2),
         train_dataset=toy_segmentation_dataset(2),
         processing_class=tiny_processor(),
     )
@@ -304,11 +305,11 @@ def test_checkpoint_pushes_carry_no_pickles(fake_hub, base_on_hub, tmp_path):
     assert {"last-checkpoint/optimizer.safetensors", "last-checkpoint/rng_state.safetensors"} <= set(files)
     snapshot = HfApi().snapshot_download("tiny/infosam-trainer") + "/last-checkpoint"
     again = load_for_training(snapshot)
-    assert again.infosam_config.lora_r == 2
+    assert again.student.peft_config["default"].r == 2
     resumed = InfoSAMTrainer(
         model=BASE_ID,
         args=trainer_args(tmp_path / "resumed", max_steps=2, push_to_hub=False),
-        infosam_config=InfoSAMConfig(lora_r=2),
+        peft_config=PeftArguments(lora_r=2),
         train_dataset=toy_segmentation_dataset(2),
     )
     resumed.train(resume_from_checkpoint=snapshot)
@@ -405,8 +406,9 @@ def test_save_pretrained_writes_our_card_but_keeps_a_hand_written_one(trained, t
 def test_an_adapter_on_the_builtin_base_loads_on_another_install(tmp_path):
     assert builtin_model_path("/elsewhere/venv/lib/site-packages/infosam_hf/builtin/sam-tiny-general") == BUILTIN_MODEL_PATH
     assert builtin_model_path("/elsewhere/sam-tiny-general") is None and builtin_model_path(None) is None
-    config = InfoSAMConfig(lora_r=2)
-    model = InfoSAMModel(build_student(SamModel.from_pretrained(BUILTIN_MODEL_PATH), config), config)
+    config = InfoSAMConfig()
+    student = build_student(SamModel.from_pretrained(BUILTIN_MODEL_PATH), config, PeftArguments(lora_r=2))
+    model = InfoSAMModel(student, config)
     model.save_pretrained(tmp_path / "adapter")
     adapter_config = tmp_path / "adapter" / "adapter_config.json"
     recorded = json.loads(adapter_config.read_text())

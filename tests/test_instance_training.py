@@ -139,7 +139,7 @@ def test_trainer_evaluate_and_evaluate_script_give_the_same_per_object_scores(tm
     preprocessor = SamSegmentationPreprocessor(image_size=64)
     model, _ = load(adapter)
     trainer = InfoSAMTrainer(
-        model=InfoSAMModel(model, InfoSAMConfig(lora_r=2)),
+        model=InfoSAMModel(model, InfoSAMConfig()),
         args=TrainingArguments(output_dir=str(tmp_path / "run"), per_device_eval_batch_size=2, report_to="none",
                                use_cpu=True, disable_tqdm=True),
         eval_dataset=prepare_instance_dataset(raw, preprocessor, "masks", keep_original_mask=True),

@@ -6,7 +6,7 @@ from peft import PeftModel
 from transformers import SamImageProcessor, SamModel, SamProcessor
 
 import infosam_hf
-from infosam_hf import InfoSAMConfig, InfoSAMModel, build_student
+from infosam_hf import InfoSAMConfig, InfoSAMModel, PeftArguments, build_student
 from infosam_hf.hub import load_for_training
 from infosam_hf.testing import tiny_sam_config, toy_batch
 
@@ -17,8 +17,8 @@ def saved(tmp_path):
     base_dir = tmp_path / "base"
     SamModel(tiny_sam_config()).save_pretrained(base_dir)
     base = SamModel.from_pretrained(base_dir)
-    config = InfoSAMConfig(lora_r=2)
-    model = InfoSAMModel(build_student(base, config), config)
+    config = InfoSAMConfig()
+    model = InfoSAMModel(build_student(base, config, PeftArguments(lora_r=2)), config)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.requires_grad:

@@ -232,7 +232,7 @@ def test_bad_inputs_have_clear_errors(base):
 
 
 def test_config_validation_and_json_round_trip(tmp_path):
-    config = InfoSAMConfig(lambda_1=0.3, seg_loss="focal_dice_iou", lora_r=4)
+    config = InfoSAMConfig(lambda_1=0.3, seg_loss="focal_dice_iou", num_points=3)
     config.save_pretrained(tmp_path)
     assert InfoSAMConfig.from_pretrained(tmp_path) == config
     for bad, match in [

@@ -9,7 +9,7 @@ import torch
 from transformers import SamModel, SamProcessor, TrainingArguments
 
 import infosam_hf
-from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, build_student
+from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, PeftArguments, build_student
 from infosam_hf.builtin import BUILTIN_MODEL_PATH
 from infosam_hf.models import load_sam_model
 from infosam_hf.modeling import sam_low_res_logits
@@ -35,9 +35,10 @@ def batch(size, n=2, seed=3):
 
 def test_adapted_builtin_trains_saves_and_reloads_at_the_recorded_size(tmp_path, caplog):
     processor = adapt_processor(SamProcessor.from_pretrained(BUILTIN_MODEL_PATH), 64)
-    config = InfoSAMConfig(image_size=64, lora_r=2)
+    config = InfoSAMConfig(image_size=64)
     with caplog.at_level(logging.WARNING, logger="infosam_hf.resolution"):
         trainer = InfoSAMTrainer(model=builtin(), args=args(tmp_path), infosam_config=config,
+                                 peft_config=PeftArguments(lora_r=2),
                                  train_dataset=toy_segmentation_dataset(4, image_size=64), processing_class=processor)
     assert "from 128 px to 64 px" in caplog.text
     model = trainer.model

@@ -18,7 +18,7 @@ import pytest
 import torch
 from transformers import SamImageProcessor, SamModel, SamProcessor, TrainingArguments
 
-from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, build_student
+from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, PeftArguments, build_student
 from infosam_hf.builtin import BUILTIN_MODEL_PATH
 from infosam_hf.callbacks import EvalOverlayCallback
 from infosam_hf.synthetic import make_synthetic_sample
@@ -60,8 +60,8 @@ def tiny_processor(size=64):
 
 def save_adapter(base_dir, folder, processor, perturb=False):
     base = SamModel.from_pretrained(base_dir)  # its name_or_path (base_dir) becomes the adapter's base
-    config = InfoSAMConfig(lora_r=2)
-    student = build_student(base, config)
+    config = InfoSAMConfig()
+    student = build_student(base, config, PeftArguments(lora_r=2))
     if perturb:  # a "trained" adapter: LoRA B away from its zero init
         generator = torch.Generator().manual_seed(1)
         for name, param in student.named_parameters():
@@ -381,7 +381,7 @@ def test_eval_overlay_callback_writes_overlays_at_each_evaluation(assets, tmp_pa
     trainer = InfoSAMTrainer(
         model=SamModel.from_pretrained(assets["base"]),
         args=args,
-        infosam_config=InfoSAMConfig(lora_r=2),
+        peft_config=PeftArguments(lora_r=2),
         train_dataset=prepared,
         eval_dataset=prepared,
         data_collator=SamSegmentationCollator(PromptSampler(seed=0)),

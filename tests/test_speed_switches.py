@@ -4,14 +4,14 @@ import pytest
 import torch
 from transformers import SamModel
 
-from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, build_student
+from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, InfoSAMTrainingArguments, build_student
 from infosam_hf.testing import tiny_sam_config, toy_batch
 
 
-def make_model(**config_kwargs):
+def make_model(teacher_dtype=None, **config_kwargs):
     config = InfoSAMConfig(**config_kwargs)
     torch.manual_seed(0)
-    return InfoSAMModel(build_student(SamModel(tiny_sam_config()), config), config)
+    return InfoSAMModel(build_student(SamModel(tiny_sam_config()), config), config, teacher_dtype=teacher_dtype)
 
 
 def loss_parts(model, batch):
@@ -44,9 +44,11 @@ def test_bf16_teacher_runs_in_bf16_and_keeps_the_loss_parts_close_to_float32():
     assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
 
 
-def test_teacher_dtype_is_validated():
-    with pytest.raises(ValueError, match="teacher_dtype"):
-        InfoSAMConfig(teacher_dtype="half")
+def test_teacher_dtype_is_validated(tmp_path):
+    with pytest.raises(ValueError, match="InfoSAMTrainingArguments.teacher_dtype must be None, 'bfloat16'"):
+        InfoSAMTrainingArguments(output_dir=str(tmp_path), report_to=[], teacher_dtype="half")
+    with pytest.raises(ValueError, match="InfoSAMModel.teacher_dtype must be None, 'bfloat16'"):
+        make_model(teacher_dtype="half")
 
 
 def test_sam_attention_is_sdpa_by_default_for_student_and_teacher():

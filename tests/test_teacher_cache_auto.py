@@ -5,7 +5,14 @@ import pytest
 import torch
 from transformers import HfArgumentParser, SamModel, TrainingArguments
 
-from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, build_student
+from infosam_hf import (
+    InfoSAMConfig,
+    InfoSAMModel,
+    InfoSAMTrainer,
+    InfoSAMTrainingArguments,
+    PeftArguments,
+    build_student,
+)
 from infosam_hf.data import SamSegmentationCollator
 from infosam_hf.teacher_cache import flatten_entry
 from infosam_hf.testing import tiny_sam_config, toy_segmentation_dataset
@@ -13,21 +20,22 @@ from infosam_hf.testing import tiny_sam_config, toy_segmentation_dataset
 IMAGES = 8  # two batches of 4 per epoch
 
 
-def make_model(config, sam_config=None, separate_teacher=False):
+def make_model(config, sam_config=None, separate_teacher=False, peft_args=None):
     torch.manual_seed(0)
-    model = InfoSAMModel(build_student(SamModel(sam_config or tiny_sam_config()), config), config)
+    model = InfoSAMModel(build_student(SamModel(sam_config or tiny_sam_config()), config, peft_args), config)
     if separate_teacher:
         torch.manual_seed(0)
         model = InfoSAMModel(model.student, config, teacher=SamModel(sam_config or tiny_sam_config()))
     return model
 
 
-def make_trainer(tmp_path, model=None, dataset=None, epochs=3, max_steps=-1, **kwargs):
+def make_trainer(tmp_path, model=None, dataset=None, epochs=3, max_steps=-1, run=None, **kwargs):
+    """`run`: InfoSAMTrainingArguments' own settings; without them plain TrainingArguments (their defaults)."""
     model = model or make_model(InfoSAMConfig())
-    args = TrainingArguments(
+    args = (InfoSAMTrainingArguments if run else TrainingArguments)(
         output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, num_train_epochs=epochs, max_steps=max_steps,
         learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0,
-        dataloader_num_workers=0,
+        dataloader_num_workers=0, **(run or {}),
     )
     dataset = toy_segmentation_dataset(IMAGES) if dataset is None else dataset
     return InfoSAMTrainer(model=model, args=args, train_dataset=dataset, **kwargs)
@@ -51,7 +59,7 @@ def train_counting_encoder_images(trainer):
 
 
 def test_auto_caches_a_small_local_set_over_epochs_exactly_and_runs_the_teacher_once_per_image(tmp_path):
-    uncached = make_trainer(tmp_path, make_model(InfoSAMConfig(cache_teacher_embeddings=False)))
+    uncached = make_trainer(tmp_path, run=dict(cache_teacher_embeddings=False))
     assert not uncached.teacher_cache_decision.enabled and uncached.model.teacher_cache is None
     uncached_images = train_counting_encoder_images(uncached)
     assert uncached_images == 2 * 3 * IMAGES  # student and teacher, every image, every epoch
@@ -71,7 +79,7 @@ def test_auto_caches_a_small_local_set_over_epochs_exactly_and_runs_the_teacher_
 def test_bfloat16_storage_halves_the_cache_and_keeps_the_loss_parts_within_the_teacher_dtype_tolerance(tmp_path):
     exact = make_trainer(tmp_path)
     exact.train()
-    compact = make_trainer(tmp_path, make_model(InfoSAMConfig(teacher_cache_dtype="bfloat16")))
+    compact = make_trainer(tmp_path, run=dict(teacher_cache_dtype="bfloat16"))
     assert compact.teacher_cache_decision.enabled and "in bfloat16" in compact.teacher_cache_decision.reason
     compact.train()
     entries = [flatten_entry(e) for e in compact.model.teacher_cache._entries.values()]
@@ -136,8 +144,7 @@ def test_auto_is_off_for_an_augmenting_or_unknown_collator_and_dataset_transform
 
 
 def test_auto_is_off_above_the_memory_bound(tmp_path, monkeypatch):
-    model = make_model(InfoSAMConfig(teacher_cache_max_gb=1e-6))  # ~1 KB; one tiny entry is 64 KB
-    decision = make_trainer(tmp_path, model).teacher_cache_decision
+    decision = make_trainer(tmp_path, run=dict(teacher_cache_max_gb=1e-6)).teacher_cache_decision  # ~1 KB; 64 KB each
     assert not decision.enabled and "exceed --teacher_cache_max_gb 1e-06" in decision.reason
     assert "--teacher_cache_dtype bfloat16 halves it" in decision.reason
     # the default bound: a quarter of the available memory
@@ -154,20 +161,19 @@ def test_auto_refuses_a_teacher_whose_encoder_trains_and_forced_on_raises(tmp_pa
     neck.requires_grad_(True)  # trained in place: the shared teacher would see it change
     decision = make_trainer(tmp_path, model).teacher_cache_decision
     assert not decision.enabled and "neck.conv1.weight" in decision.reason
-    forced = make_model(InfoSAMConfig(cache_teacher_embeddings=True))
+    forced = make_model(InfoSAMConfig())
     forced.student.get_base_model().vision_encoder.neck.conv1.weight.requires_grad_(True)
     with pytest.raises(ValueError, match="--cache_teacher_embeddings true cannot be exact here: 1 image-encoder"):
-        make_trainer(tmp_path, forced)
-    stored = make_model(InfoSAMConfig(teacher_store=str(tmp_path / "store")))  # says what the user passed
-    stored.student.get_base_model().vision_encoder.neck.conv1.weight.requires_grad_(True)
+        make_trainer(tmp_path, forced, run=dict(cache_teacher_embeddings=True))
     with pytest.raises(ValueError, match=r"^--teacher_store \S+store cannot be exact here: 1 image-encoder"):
-        make_trainer(tmp_path, stored)
+        make_trainer(tmp_path, forced, run=dict(teacher_store=str(tmp_path / "store")))  # says what the user passed
     # a separate frozen teacher is unaffected by what the student trains
     separate = make_model(InfoSAMConfig(), separate_teacher=True)
     separate.student.get_base_model().vision_encoder.neck.conv1.weight.requires_grad_(True)
     assert make_trainer(tmp_path, separate).teacher_cache_decision.enabled
     # trained parts that disable_adapter() switches off for the teacher are fine: the Adapter's LayerNorm copies
-    adapter = make_model(InfoSAMConfig(peft_method="adapter", adapter_train_layernorms=True))
+    adapter_args = PeftArguments(peft_method="adapter", adapter_train_layernorms=True)
+    adapter = make_model(InfoSAMConfig(), peft_args=adapter_args)
     assert any("bottleneck_norm" in n for n, p in adapter.student.named_parameters() if p.requires_grad)
     assert make_trainer(tmp_path, adapter).teacher_cache_decision.enabled
     # encoder layers trained in full through modules_to_save: for_model's refusal, as the reason
@@ -191,24 +197,26 @@ def test_auto_is_off_when_the_shared_teacher_applies_dropout(tmp_path):
 def test_no_teacher_no_cache_and_the_store_implies_it(tmp_path):
     decision = make_trainer(tmp_path, make_model(InfoSAMConfig(lambda_1=0, lambda_2=0))).teacher_cache_decision
     assert not decision.enabled and "no teacher runs" in decision.reason
-    stored = make_trainer(tmp_path, make_model(InfoSAMConfig(teacher_store=str(tmp_path / "store"))), epochs=1)
+    stored = make_trainer(tmp_path, epochs=1, run=dict(teacher_store=str(tmp_path / "store")))
     assert stored.teacher_cache_decision.enabled and "implies it" in stored.teacher_cache_decision.reason
     assert stored.model.teacher_cache.disk_store is not None
 
 
-def test_cache_flags_parse_from_the_command_line_and_saved_configs():
-    parser = HfArgumentParser(InfoSAMConfig)
-    assert parser.parse_args_into_dataclasses(args=[])[0].cache_teacher_embeddings == "auto"
-    (config,) = parser.parse_args_into_dataclasses(args=["--cache_teacher_embeddings", "false"])
-    assert config.cache_teacher_embeddings is False
-    assert InfoSAMConfig(cache_teacher_embeddings="True").cache_teacher_embeddings is True
-    assert InfoSAMConfig.from_dict({"cache_teacher_embeddings": False}).cache_teacher_embeddings is False
+def test_cache_flags_parse_from_the_command_line_and_saved_arguments(tmp_path):
+    parser = HfArgumentParser(InfoSAMTrainingArguments)
+    out = ["--output_dir", str(tmp_path), "--report_to", "none"]
+    assert parser.parse_args_into_dataclasses(args=out)[0].cache_teacher_embeddings == "auto"
+    (args,) = parser.parse_args_into_dataclasses(args=[*out, "--cache_teacher_embeddings", "false"])
+    assert args.cache_teacher_embeddings is False
+    make = lambda **kw: InfoSAMTrainingArguments(output_dir=str(tmp_path), report_to=[], **kw)  # noqa: E731
+    assert make(cache_teacher_embeddings="True").cache_teacher_embeddings is True
+    assert make(cache_teacher_embeddings=False).cache_teacher_embeddings is False  # training_args.json: a bool
     with pytest.raises(ValueError, match="cache_teacher_embeddings must be 'auto', true or false"):
-        InfoSAMConfig(cache_teacher_embeddings="sometimes")
+        make(cache_teacher_embeddings="sometimes")
     with pytest.raises(ValueError, match="teacher_cache_dtype"):
-        InfoSAMConfig(teacher_cache_dtype="float16")
+        make(teacher_cache_dtype="float16")
     with pytest.raises(ValueError, match="teacher_cache_max_gb must be positive"):
-        InfoSAMConfig(teacher_cache_max_gb=0)
+        make(teacher_cache_max_gb=0)
 
 
 @pytest.mark.slow

@@ -9,9 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import SamModel, TrainingArguments
+from transformers import SamModel
 
-from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, build_student
+from infosam_hf import (
+    InfoSAMConfig,
+    InfoSAMModel,
+    InfoSAMTrainer,
+    InfoSAMTrainingArguments,
+    PeftArguments,
+    build_student,
+)
 from infosam_hf.teacher_cache import content_key
 from infosam_hf.teacher_store import TeacherEmbeddingStore, check_store_root, estimate_bytes, teacher_fingerprint
 from infosam_hf.testing import tiny_sam_config, toy_batch, toy_segmentation_dataset
@@ -25,16 +32,17 @@ def make_model(config):
 
 
 def run(tmp_path, name, store, separate_teacher=False):
-    config = InfoSAMConfig(teacher_store=str(store))
+    config = InfoSAMConfig()
     model = make_model(config)
     if separate_teacher:
         torch.manual_seed(0)
         model = InfoSAMModel(model.student, config, teacher=SamModel(tiny_sam_config()))
     calls = []
     model.teacher_image_encoder.register_forward_hook(lambda *_: calls.append(1))
-    args = TrainingArguments(
+    args = InfoSAMTrainingArguments(
         output_dir=str(tmp_path / name), per_device_train_batch_size=4, learning_rate=1e-3, max_steps=STEPS,
         logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0, dataloader_num_workers=0,
+        teacher_store=str(store),
     )
     trainer = InfoSAMTrainer(model=model, args=args, train_dataset=toy_segmentation_dataset(12))
     trainer.train()
@@ -78,7 +86,8 @@ def test_bottleneck_adapter_runs_of_any_seed_share_the_base_models_store(tmp_pat
     """The Adapter's weights (`bottleneck_down/up`, LayerNorm copies `bottleneck_norm`) are adapter state as PEFT
     declares it: two seeds (different adapter draws, trained further) and a precompute over the bare base meet
     in one folder."""
-    config = InfoSAMConfig(peft_method="adapter", adapter_train_layernorms=train_layernorms)
+    config = InfoSAMConfig()
+    peft_args = PeftArguments(peft_method="adapter", adapter_train_layernorms=train_layernorms)
     torch.manual_seed(0)
     plain = SamModel(tiny_sam_config())
     folders = set()
@@ -86,7 +95,7 @@ def test_bottleneck_adapter_runs_of_any_seed_share_the_base_models_store(tmp_pat
         torch.manual_seed(0)
         base = SamModel(tiny_sam_config())
         torch.manual_seed(seed)
-        model = InfoSAMModel(build_student(base, config), config)
+        model = InfoSAMModel(build_student(base, config, peft_args), config)
         with torch.no_grad():
             for name, param in model.student.named_parameters():
                 if "bottleneck" in name:
@@ -256,9 +265,9 @@ def test_a_separate_teacher_is_stored_too(tmp_path):
     assert calls == 0 and store.hits == 12
 
 
-def test_config_validates_the_bound():
+def test_config_validates_the_bound(tmp_path):
     with pytest.raises(ValueError, match="teacher_store_max_gb"):
-        InfoSAMConfig(teacher_store="x", teacher_store_max_gb=0)
+        InfoSAMTrainingArguments(output_dir=str(tmp_path), report_to=[], teacher_store="x", teacher_store_max_gb=0)
 
 
 @pytest.mark.slow
@@ -295,7 +304,7 @@ def test_precompute_script_fills_the_store_train_py_reads(tmp_path):
         script.main(["--teacher_store", str(tmp_path / "small"), "--dataset_name", str(data), "--max_gb", "1e-6"])
 
     # What the Trainer would look up: a LoRA student over the same base, batches from the training collator.
-    config = InfoSAMConfig(teacher_store=str(store_dir))
+    config = InfoSAMConfig()
     model = InfoSAMModel(build_student(SamModel.from_pretrained(BUILTIN_MODEL_PATH), config), config)
     store = TeacherEmbeddingStore.for_teacher(store_dir, model.teacher_image_encoder, model.sam_config)
     assert store.folder == type(store)(store_dir, store.fingerprint).folder and len(store) == 6
@@ -335,7 +344,7 @@ def test_precompute_at_another_image_size_fills_the_folder_training_at_that_size
     summary = script.main(["--teacher_store", str(store_dir), "--dataset_name", str(data), "--image_size", "64"])
     assert (summary["computed"], summary["entries"]) == (3, 3)
 
-    config = InfoSAMConfig(teacher_store=str(store_dir), image_size=64)
+    config = InfoSAMConfig(image_size=64)
     base = adapt_model(SamModel.from_pretrained(BUILTIN_MODEL_PATH), 64)  # as train.py does for --image_size 64
     model = InfoSAMModel(build_student(base, config), config)
     store = TeacherEmbeddingStore.for_teacher(store_dir, model.teacher_image_encoder, model.sam_config)
@@ -356,14 +365,14 @@ def test_precompute_at_another_image_size_fills_the_folder_training_at_that_size
 @pytest.mark.parametrize("model_class", ["SamModel", "SamHQModel", "Sam2Model", "Sam3TrackerModel", "EdgeTamModel"])
 def test_every_family_replays_its_encoding_from_disk_exactly(tmp_path, model_class):
     """SAM 2's feature levels and SAM-HQ's intermediate embeddings survive the flat safetensors entries."""
-    from test_families import CONFIG, _batch
+    from test_families import CONFIG, PEFT, _batch
 
     from infosam_hf.teacher_cache import TeacherEmbeddingCache
     from infosam_hf.testing import tiny_family_model
 
     torch.manual_seed(0)
     config = InfoSAMConfig(**CONFIG)
-    model = InfoSAMModel(build_student(tiny_family_model(model_class), config), config).eval()
+    model = InfoSAMModel(build_student(tiny_family_model(model_class), config, PEFT), config).eval()
     batch = _batch(model.student.get_base_model(), n=3)
     prompts = {"input_boxes": batch["input_boxes"]}
     expected = model._run_teacher(batch["pixel_values"], prompts, False)

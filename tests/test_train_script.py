@@ -48,7 +48,7 @@ def test_train_script_runs_streams_and_saves_the_adapter(tmp_path):
     assert {"adapter_model.safetensors", "adapter_config.json", "relation_module.safetensors",
             "infosam_config.json", "processor_config.json"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl")) for f in files)
-    assert json.loads((out / "infosam_config.json").read_text())["lora_r"] == 4
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 4  # --lora_r, in the adapter's PEFT config
     assert json.loads((out / "iou_before_after.json").read_text())["iou"] == summary["iou"]
 
     # overlays of the same 4 evaluation images, zero-shot and after training
@@ -98,10 +98,11 @@ def test_paper_recipe_command(tmp_path, capsys, monkeypatch):
 def saved_builtin_adapter(folder):
     from transformers import SamModel, SamProcessor
 
-    from infosam_hf import InfoSAMConfig, InfoSAMModel, build_student
+    from infosam_hf import InfoSAMConfig, InfoSAMModel, PeftArguments, build_student
 
-    config = InfoSAMConfig(lora_r=4)
-    model = InfoSAMModel(build_student(SamModel.from_pretrained(BUILTIN_MODEL_PATH), config), config)
+    config = InfoSAMConfig()
+    model = InfoSAMModel(build_student(SamModel.from_pretrained(BUILTIN_MODEL_PATH), config, PeftArguments(lora_r=4)),
+                         config)
     model.save_pretrained(folder, processor=SamProcessor.from_pretrained(BUILTIN_MODEL_PATH))
     return folder
 
@@ -116,11 +117,15 @@ def test_resume_adapter_takes_the_method_flags_of_the_command_line(tmp_path, cap
         load_script("train").main([*common, "--output_dir", str(tmp_path / "run"), "--lambda-2", "0.7",
                                    "--teacher_dtype", "bfloat16", "--lora_r", "4"])  # --lora_r as saved: allowed
     saved = json.loads((tmp_path / "run" / "infosam_config.json").read_text())
-    assert (saved["lambda_2"], saved["teacher_dtype"], saved["lora_r"], saved["lambda_1"]) == (0.7, "bfloat16", 4, 1.0)
-    assert "--lambda_2 0.5 -> 0.7, --teacher_dtype None -> 'bfloat16'" in caplog.text
+    assert (saved["lambda_2"], saved["lambda_1"]) == (0.7, 1.0)
+    assert "teacher_dtype" not in saved and "lora_r" not in saved  # run-local / the adapter's PEFT config
+    assert json.loads((tmp_path / "run" / "adapter_config.json").read_text())["r"] == 4
+    assert "the command line replaces the adapter's saved --lambda_2 0.5 -> 0.7." in caplog.text
 
     with pytest.raises(ValueError, match=r"--lora_r 16 \(the adapter has 4\).*cannot change"):
         load_script("train").main([*common, "--output_dir", str(tmp_path / "bad"), "--lora_r", "16"])
+    with pytest.raises(ValueError, match=r"--peft_method 'adapter' \(the adapter has 'lora'\).*cannot change"):
+        load_script("train").main([*common, "--output_dir", str(tmp_path / "bad"), "--peft_method", "adapter"])
 
 
 def test_an_output_dir_holding_a_run_is_refused_and_kept(tmp_path):

@@ -12,7 +12,14 @@ from safetensors.torch import load_file
 from transformers import SamModel, TrainingArguments
 
 import infosam_hf.trainer as trainer_module
-from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, build_student
+from infosam_hf import (
+    InfoSAMConfig,
+    InfoSAMModel,
+    InfoSAMTrainer,
+    InfoSAMTrainingArguments,
+    PeftArguments,
+    build_student,
+)
 from infosam_hf.losses import InfoSAMLoss, relation_compression_loss, relation_distillation_loss, segmentation_loss
 from infosam_hf.modeling import upsample_masks
 from infosam_hf.testing import tiny_sam_config, toy_batch, toy_segmentation_dataset
@@ -31,7 +38,7 @@ def make_model(config=None, relation_seed=None):
     return model
 
 
-def make_args(tmp_path, **overrides):
+def make_args(tmp_path, args_class=TrainingArguments, **overrides):
     values = dict(
         output_dir=str(tmp_path / "run"),
         per_device_train_batch_size=4,
@@ -45,7 +52,7 @@ def make_args(tmp_path, **overrides):
         dataloader_num_workers=0,
     )
     values.update(overrides)
-    return TrainingArguments(**values)
+    return args_class(**values)
 
 
 def trainable_state(model):
@@ -245,7 +252,7 @@ def test_nan_loss_raises_a_clear_error(tmp_path):
 def test_trainer_builds_the_pair_from_a_bare_sam_model(tmp_path):
     torch.manual_seed(0)
     trainer = InfoSAMTrainer(model=SamModel(tiny_sam_config()), args=make_args(tmp_path),
-                             infosam_config=InfoSAMConfig(lora_r=2), train_dataset=toy_segmentation_dataset(4))
+                             peft_config=PeftArguments(lora_r=2), train_dataset=toy_segmentation_dataset(4))
     assert isinstance(trainer.model, InfoSAMModel)
     assert trainer.model.student.peft_config["default"].r == 2
     assert trainer.args.remove_unused_columns is False and trainer.args.label_names == ["gt_masks"]
@@ -339,9 +346,12 @@ def fake_gather(tensor):
 
 @pytest.mark.parametrize("gather", [True, False])
 def test_under_ddp_the_relation_terms_span_the_gathered_batch(tmp_path, monkeypatch, gather):
-    config = InfoSAMConfig(gather_across_processes=gather)
+    config = InfoSAMConfig()
     model = make_model(config).eval()
-    trainer = InfoSAMTrainer(model=model, args=make_args(tmp_path), train_dataset=toy_segmentation_dataset(4))
+    # gathering is on by default: plain TrainingArguments keep it; InfoSAMTrainingArguments turn it off
+    off = make_args(tmp_path, InfoSAMTrainingArguments, gather_across_processes=False) if not gather else None
+    args = off or make_args(tmp_path)
+    trainer = InfoSAMTrainer(model=model, args=args, train_dataset=toy_segmentation_dataset(4))
     monkeypatch.setattr(trainer_module, "_distributed", lambda: True)  # as under DDP with 2 processes
     monkeypatch.setattr(trainer_module, "_gather_with_grad", fake_gather)
     # pair -> image over the gathered batch: one prompt per image, rank 1's images after rank 0's

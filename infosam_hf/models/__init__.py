@@ -133,7 +133,7 @@ class SamFamily:
     """The input side must be a multiple of this (patch size, or the coarsest feature stride)."""
 
     def lora_targets(self, value: str | list[str]) -> str | list[str]:
-        """`InfoSAMConfig.lora_target_modules` as PEFT `target_modules`: a preset ('encoder', 'decoder') in this
+        """`PeftArguments.lora_target_modules` as PEFT `target_modules`: a preset ('encoder', 'decoder') in this
         family's module names, else the comma-separated names (or a regex) as given."""
         if value == "encoder":
             return self.lora_target_modules

@@ -101,7 +101,7 @@ class BottleneckAdapterModel(BaseTuner):
         if missing and model_type in NO_MLP_IMAGE_ENCODERS:
             raise ValueError(
                 f"The bottleneck Adapter cannot adapt {NO_MLP_IMAGE_ENCODERS[model_type]}: use LoRA instead "
-                "(--peft_method lora, InfoSAMConfig(peft_method='lora')), which targets its attention projections."
+                "(--peft_method lora, PeftArguments(peft_method='lora')), which targets its attention projections."
             )
         if missing and defaults is None:
             raise ValueError(
