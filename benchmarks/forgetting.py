@@ -188,12 +188,6 @@ def load_results(results: str) -> dict[tuple[str, int, int], dict]:
 
 
 # ---------------------------------------------------------------------------------------------------- one run
-def load_train_module():
-    from infosam_hf.testing import load_script
-
-    return load_script(os.path.join(ROOT, "examples", "train.py"), "infosam_train_example")
-
-
 def recipe_flags(settings: dict) -> list[str]:
     """examples/train.py flags of the run's recipe, over its built-in defaults (batch 8, lr 1e-3, cosine)."""
     if settings.get("recipe", "steps") == "steps":
@@ -235,7 +229,7 @@ class Data:
 
         self._train, self._load_train = None, lambda: prepare_cached_dataset(builtin_dataset_path(domain),
                                                                             preprocessor, split="train")
-        # scored at each image's own size, as examples/train.py and examples/evaluate.py score
+        # scored at each image's own size, as examples/train.py and examples/evaluate_adapter.py score
         self.spec = prepare_dataset(test_split(domain, eval_images), preprocessor, keep_original_mask=True)
         self.val = None
         if validation:
@@ -289,9 +283,7 @@ def evaluate_run(trainer, data: Data) -> dict[str, float]:
     return metrics
 
 
-def run_cell(
-    train, data: Data, processor, method_flags: list[str] | None, size: int, seed: int, settings: dict
-) -> dict:
+def run_cell(data: Data, processor, method_flags: list[str] | None, size: int, seed: int, settings: dict) -> dict:
     """Train one (method, size, seed) cell, or only evaluate the base (`method_flags=None`), and score it."""
     from transformers import HfArgumentParser, PrinterCallback
 
@@ -300,11 +292,12 @@ def run_cell(
     from infosam_hf.data import PromptSampler, SamSegmentationCollator
     from infosam_hf.metrics import build_compute_metrics
     from infosam_hf.models import load_sam_model
+    from infosam_hf.script_arguments import BUILTIN_DEFAULTS
 
     with tempfile.TemporaryDirectory() as out:
         parser = HfArgumentParser((InfoSAMConfig, PeftArguments, InfoSAMTrainingArguments))
         infosam_config, peft_args, args = parser.parse_args_into_dataclasses(
-            args=train.BUILTIN_DEFAULTS + [
+            args=BUILTIN_DEFAULTS + [
                 "--output_dir", out, "--seed", str(seed), *recipe_flags(settings),
                 "--disable_tqdm", "true", "--per_device_eval_batch_size", "16",
                 *(METHODS["LoRA"] if method_flags is None else method_flags),  # the base alone: LoRA, untrained
@@ -605,7 +598,6 @@ def run_grid(args, results: str) -> None:
     print(f"{len(todo)} run(s) to do in {results} (finished ones are kept and skipped)", flush=True)
     if not todo:
         return
-    train = load_train_module()
     processor = load_processor(None, BUILTIN_MODEL_PATH, load_sam_model(BUILTIN_MODEL_PATH))
     from infosam_hf.data import SamSegmentationPreprocessor
 
@@ -614,7 +606,7 @@ def run_grid(args, results: str) -> None:
     start = time.time()
     for i, (method, size, seed) in enumerate(todo):
         flags = None if method == ZERO_SHOT else methods[method]
-        result = run_cell(train, data, processor, flags, size, seed, settings)
+        result = run_cell(data, processor, flags, size, seed, settings)
         epochs = args.epochs if args.recipe == "paper" else args.steps * 8 / size if size else 0
         cell = {"method": method, "size": size, "seed": seed, "flags": flags, "settings": settings,
                 "epochs": epochs if flags is not None else 0, "commit": git_commit(), **result}

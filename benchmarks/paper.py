@@ -17,7 +17,7 @@ polyp and camouflage add S-measure, E-measure and weighted F.
 
 Prints the command it runs; results land in `<output_dir>/iou_before_after.json` and the
 Trainer's `all_results.json`. Evaluation here is at the model's input resolution; for
-metrics at the original image size run `examples/evaluate.py` on the saved adapter.
+metrics at the original image size run `examples/evaluate_adapter.py` on the saved adapter.
 
 Where forgetting happens (the comparison of `benchmarks/forgetting.py` on real data, GPU):
 training-set sizes x paired seeds for one dataset and one method per command, each run
@@ -122,11 +122,15 @@ def write_subset(data_root: str, size: int, seed: int, folder: str) -> str:
 
 def run_grid(args, extra: list[str], bf16: bool) -> None:
     """--train_images / --seeds / --retention_root: one JSON file per run in benchmarks/forgetting.py's format."""
+    import torch
+    from train_script import run_train_script  # benchmarks/train_script.py: examples/train.py, one process a run
+
+    from infosam_hf.data import load_segmentation_dataset
+    from infosam_hf.evaluation import evaluate_segmentation
+    from infosam_hf.hub import load_model_or_base
     from infosam_hf.testing import load_script
 
     forgetting = load_script(os.path.join(HERE, "forgetting.py"), "forgetting_benchmark")
-    train = load_script(os.path.join(HERE, "..", "examples", "train.py"), "train")
-    evaluate = load_script(os.path.join(HERE, "..", "examples", "evaluate.py"), "infosam_evaluate_example")
     method = {("lora", True): "LoRA", ("lora", False): "LoRA + InfoSAM", ("adapter", True): "Adapter",
               ("adapter", False): "Adapter + InfoSAM"}[(args.peft, args.baseline)]
     results = args.results or f"outputs/paper-{args.dataset}-grid"
@@ -134,9 +138,12 @@ def run_grid(args, extra: list[str], bf16: bool) -> None:
                 "retention": os.path.basename(os.path.normpath(args.retention_root or "")) or None}
 
     def scores(adapter: str, data: str, prefix: str, rows: dict) -> None:
-        for prompt, flags in (("box", ["--prompt", "box"]), ("point", ["--prompt", "points", "--num_points", "1"])):
-            out = evaluate.main(["--adapter", adapter, "--dataset_name", data, "--split", "test", "--batch_size", "8",
-                                 "--disable_tqdm", "true", *flags])
+        """The adapter and its base at the original image size (examples/evaluate_adapter.py's protocol)."""
+        model, processor = load_model_or_base(adapter, device="cuda" if torch.cuda.is_available() else "cpu")
+        dataset = load_segmentation_dataset(data, split="test", streaming=False)
+        for prompt, kind in (("box", "box"), ("point", "points")):
+            out = evaluate_segmentation(model, processor, dataset, prompt=kind, num_points=1, batch_size=8,
+                                        disable_tqdm=True)
             for row, values in out["metrics"].items():  # "zero_shot" and "adapter"
                 rows.setdefault(row, {}).update({f"{prefix}/{prompt}/{k}": values[k] for k in ("iou", "dice")})
 
@@ -156,7 +163,7 @@ def run_grid(args, extra: list[str], bf16: bool) -> None:
             if args.epochs:
                 train_args += ["--num_train_epochs", str(args.epochs)]
             print("examples/train.py " + " ".join(train_args + extra), flush=True)
-            train.main(train_args + extra)
+            run_train_script(train_args + extra)
             rows: dict = {}
             scores(os.path.join(run_dir, "adapter"), data, "spec", rows)
             if args.retention_root:
@@ -196,8 +203,6 @@ def main() -> None:
             raise SystemExit(f"{args.data_root} has no {split}.csv: point --data_root at a reference benchmark folder.")
     import torch
 
-    from infosam_hf.testing import load_script
-
     if args.train_images or args.seeds or args.retention_root:
         args.train_images, args.seeds = args.train_images or [0], args.seeds or [0]
         if args.retention_root and not os.path.isfile(os.path.join(args.retention_root, "test.csv")):
@@ -210,8 +215,9 @@ def main() -> None:
     print("examples/train.py " + " ".join(train_args), flush=True)
     if args.print_only:
         return
-    train = load_script(os.path.join(HERE, "..", "examples", "train.py"), "train")
-    train.main(train_args)
+    from train_script import run_train_script  # benchmarks/train_script.py: examples/train.py, one process a run
+
+    run_train_script(train_args)
 
 
 if __name__ == "__main__":

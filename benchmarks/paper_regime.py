@@ -57,7 +57,6 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()
     forgetting = load_script(os.path.join(HERE, "forgetting.py"), "forgetting_benchmark")
-    train = forgetting.load_train_module()
     processor = load_processor(None, BUILTIN_MODEL_PATH, load_sam_model(BUILTIN_MODEL_PATH))
     preprocessor = SamSegmentationPreprocessor.from_processor(processor)
     settings = {"steps": 1}
@@ -68,7 +67,7 @@ def main(argv=None) -> dict:
     for domain in args.domains:
         start = time.perf_counter()
         data = forgetting.Data(preprocessor, args.images, 1, domain=domain)
-        zero = forgetting.run_cell(train, data, processor, None, 0, 0, settings)["metrics"]
+        zero = forgetting.run_cell(data, processor, None, 0, 0, settings)["metrics"]
         rows = [data.spec[i] for i in range(len(data.spec))]
         stats = mask_statistics(rows, low_resolution_mask_size())
         results[domain] = {"zero_shot_box_iou": zero["spec/box/iou"], "zero_shot_point_iou": zero["spec/point/iou"],

@@ -15,8 +15,6 @@ built-in SAM escapes at 8e-4 (BENCHMARKS.md, "The built-in tiny SAM 2").
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import torch
@@ -24,18 +22,16 @@ import torch.nn.functional as F
 
 from infosam_hf.losses import dice_loss, mask_iou
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
 
 
 def fresh_model(family: str):
     """The built-in architecture of `family`, initialised as its pre-training script does."""
-    sys.path.insert(0, EXAMPLES)  # the pre-training scripts import each other as scripts
-    from infosam_hf.testing import load_script
+    from infosam_hf.builtin.fresh import fresh_builtin_sam, fresh_builtin_sam2
 
     if family == "sam":
-        return load_script(os.path.join(EXAMPLES, "pretrain_builtin_sam.py"), "pretrain_builtin_sam").fresh_builtin_sam()
+        return fresh_builtin_sam()
     if family == "sam2":
-        return load_script(os.path.join(EXAMPLES, "pretrain_builtin_sam2.py"), "pretrain_builtin_sam2").fresh_builtin_sam2()
+        return fresh_builtin_sam2()
     raise ValueError(f"family must be 'sam' or 'sam2', got {family!r}.")
 
 

@@ -23,7 +23,6 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TRAIN_SCRIPT = os.path.join(HERE, "..", "examples", "train.py")
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 
 MAIN_VARIANTS = {
@@ -40,12 +39,6 @@ ABLATIONS = {
     "InfoSAM λ1=1, λ2=1": ["--lambda_2", "1.0"],
     "InfoSAM λ1=2, λ2=1": ["--lambda_1", "2.0", "--lambda_2", "1.0"],
 }
-
-
-def load_train_module():
-    from infosam_hf.testing import load_script
-
-    return load_script(TRAIN_SCRIPT, "infosam_train_example")
 
 
 def mean_std(values: list[float]) -> str:
@@ -74,7 +67,8 @@ def main() -> None:
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more flags for examples/train.py")
     args = parser.parse_args()
 
-    train = load_train_module()
+    from train_script import run_train_script  # benchmarks/train_script.py: examples/train.py, one process a run
+
     variants = dict(MAIN_VARIANTS)
     if args.ablations:
         variants.update(ABLATIONS)
@@ -88,7 +82,7 @@ def main() -> None:
             results[name] = {"iou": [], "dice": []}
             for seed in seeds:
                 out = os.path.join(tmp, f"{len(results)}-{seed}")
-                summary = train.main(
+                summary = run_train_script(
                     ["--output_dir", out, "--seed", str(seed), "--max_steps", str(args.max_steps),
                      "--disable_tqdm", "true", *flags, *args.extra]
                 )

@@ -11,7 +11,7 @@ Two parts, each printed as a table:
 - quality: `examples/train.py` fine-tunes the built-in 128 px model on the built-in data at its
   native size and at `--low_size` for the same budget (`--quality_steps` steps, same seed and
   data); each run's IoU/Dice before and after is measured at each image's original size (what
-  train.py and examples/evaluate.py report), with the model at its own input size.
+  train.py and examples/evaluate_adapter.py report), with the model at its own input size.
 
     python benchmarks/resolution.py                                   # CPU: 512/256/128 px + quality
     python benchmarks/resolution.py --sizes 1024,512,256 --batch_size 4 --skip_quality   # on a GPU
@@ -101,14 +101,13 @@ def speed(args: argparse.Namespace) -> None:
 
 
 def quality(args: argparse.Namespace) -> None:
-    sys.path.insert(0, os.path.join(ROOT, "examples"))
-    import train  # examples/train.py
+    from train_script import run_train_script  # benchmarks/train_script.py: examples/train.py, one process a run
 
     rows = {}
     with tempfile.TemporaryDirectory(prefix="infosam-resolution-") as folder:
         for label, extra in (("native 128 px", []), (f"{args.low_size} px", ["--image_size", str(args.low_size)])):
             start = time.perf_counter()
-            summary = train.main(
+            summary = run_train_script(
                 ["--output_dir", os.path.join(folder, label.split()[0]), "--max_steps", str(args.quality_steps),
                  "--per_device_train_batch_size", str(args.quality_batch_size), "--disable_tqdm", "true",
                  "--eval_overlays", "0", "--max_eval_samples", str(args.max_eval_samples)] + extra

@@ -4,7 +4,7 @@ Many epochs over a small set must cost no more per step than one pass over a lar
 no per-epoch pause in the data pipeline, no image decoded twice. Both sets are the
 built-in synthetic "specialised" domain (parquet shards, 128 px): the full 2000-image
 training set and a 32-image one (4 steps per epoch at batch 8). Each run is
-`examples/train.py`'s own data path (`build_datasets`) and hyper-parameters, in its own
+`examples/train.py`'s own data path (`infosam_hf.data.training_data.build_datasets`) and hyper-parameters, in its own
 subprocess, without the evaluations; the two sets alternate, `--repeats` times, and the
 median is kept.
 
@@ -31,14 +31,7 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SMALL_SET_SIZE = 32
-
-
-def load_train_module():
-    from infosam_hf.testing import load_script
-
-    return load_script(os.path.join(HERE, "..", "examples", "train.py"), "train")
 
 
 def dataset_path(which: str) -> str:
@@ -60,23 +53,26 @@ def worker(args) -> None:
 
     from infosam_hf import InfoSAMConfig, InfoSAMTrainer, InfoSAMTrainingArguments
     from infosam_hf.builtin import BUILTIN_MODEL_PATH
-    from infosam_hf.data import PromptSampler, SamSegmentationCollator, SamSegmentationPreprocessor
+    from infosam_hf.cli import ScriptArgumentParser
+    from infosam_hf.data import PromptSampler, SamSegmentationCollator, SamSegmentationPreprocessor, training_data
+    from infosam_hf.data.arguments import DataArguments
+    from infosam_hf.script_arguments import BUILTIN_DEFAULTS
 
     torch.set_num_threads(args.threads)
-    train = load_train_module()
     if args.mode == "library":  # the pre-fix stream: datasets' default shuffle, which sleeps at every epoch's end
-        train.shuffle_stream = lambda dataset, seed, buffer_size: dataset.shuffle(seed=seed, buffer_size=buffer_size)
+        training_data.shuffle_stream = lambda dataset, seed, buffer_size: dataset.shuffle(seed=seed,
+                                                                                          buffer_size=buffer_size)
     streaming = "true" if args.mode == "library" else args.mode
-    parser = train.ScriptArgumentParser((train.DataArguments, InfoSAMConfig, InfoSAMTrainingArguments))
+    parser = ScriptArgumentParser((DataArguments, InfoSAMConfig, InfoSAMTrainingArguments))
     data_args, infosam_config, training_args = parser.parse_args_into_dataclasses(
-        args=train.BUILTIN_DEFAULTS
+        args=BUILTIN_DEFAULTS
         + ["--dataset_name", dataset_path(args.data), "--streaming", streaming, "--max_steps", str(args.steps),
            "--output_dir", args.output_dir, "--disable_tqdm", "true", "--logging_steps", str(10 * args.steps)]
     )
     processor = SamProcessor.from_pretrained(BUILTIN_MODEL_PATH)
     preprocessor = SamSegmentationPreprocessor.from_processor(processor)
     start = time.perf_counter()
-    train_dataset, _, _ = train.build_datasets(data_args, preprocessor, training_args)
+    train_dataset, _, _ = training_data.build_datasets(data_args, preprocessor, training_args)
     prepare_s = time.perf_counter() - start
 
     stamps: list[float] = []

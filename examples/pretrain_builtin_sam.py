@@ -36,6 +36,7 @@ from transformers import SamImageProcessor, SamModel, SamProcessor, Trainer, Tra
 
 from infosam_hf.synthetic import MAX_OBJECTS
 from infosam_hf.builtin import BUILTIN_IMAGE_SIZE, BUILTIN_MODEL_PATH, builtin_dataset_path
+from infosam_hf.builtin.fresh import fresh_builtin_sam
 from infosam_hf.data import (
     PromptSampler,
     SamSegmentationCollator,
@@ -46,7 +47,6 @@ from infosam_hf.data import (
 from infosam_hf.losses import focal_dice_iou_loss
 from infosam_hf.modeling import upsample_masks
 from infosam_hf.prompt_following import evaluate_prompt_following
-from infosam_hf.testing import builtin_sam_config
 
 
 class SamWithLoss(nn.Module):
@@ -90,24 +90,6 @@ class _SaveEvery(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every == 0:
             self.sam.save_pretrained(os.path.join(self.output_dir, f"step-{state.global_step}"))
-
-
-def fresh_builtin_sam() -> SamModel:
-    """A randomly initialised built-in SAM whose prompt positions are readable.
-
-    transformers initialises the random Fourier matrix of SAM's positional encoding (shared by the
-    prompt encoder and the image-embedding grid) with std `vision_config.hidden_size // 2` (48
-    here); the original SAM draws it with std 1 and never trains it (a buffer), and pre-trained
-    checkpoints ship that matrix. At std 48 the encoding of a box corner is a hash of its exact
-    coordinate, uncorrelated with the 16x16 grid cells around it, so a model trained from there
-    cannot relate a prompt to a place and learns to ignore its prompts. Draw it as SAM does.
-    """
-    sam = SamModel(builtin_sam_config())
-    embedding = sam.shared_image_embedding.positional_embedding
-    with torch.no_grad():
-        embedding.normal_(0.0, 1.0)
-    embedding.requires_grad_(False)
-    return sam
 
 
 def sam_to_pretrain(init_from: str | None = None) -> SamModel:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 
 import torch
-from transformers import Sam2Model
 
 from pretrain_builtin_sam import (  # same directory: run as a script
     SamWithLoss,
@@ -26,24 +25,8 @@ from pretrain_builtin_sam import (  # same directory: run as a script
 )
 
 from infosam_hf.builtin import BUILTIN_IMAGE_SIZE, BUILTIN_SAM2_PATH
+from infosam_hf.builtin.fresh import fresh_builtin_sam2
 from infosam_hf.data import SamSegmentationPreprocessor
-from infosam_hf.testing import builtin_sam2_config
-
-
-def fresh_builtin_sam2() -> Sam2Model:
-    """A randomly initialised built-in SAM 2 whose prompt positions match its image positions.
-
-    Sam2Model draws its random-Fourier positional matrix with std `scale` = 1, as SAM 2 does, but
-    it keeps two of them, drawn independently: the prompt encoder's (points, box corners) and the
-    image-embedding grid's (`shared_image_embedding`). SAM 2 has one (`pe_layer`, used for both),
-    and converted checkpoints carry the same matrix twice; two unrelated draws give a prompt an
-    encoding unrelated to the grid cells at its place, so the model cannot learn where a prompt
-    points. Share one draw, as SAM 2 does (both are buffers, never trained).
-    """
-    sam = Sam2Model(builtin_sam2_config())
-    with torch.no_grad():
-        sam.prompt_encoder.shared_embedding.positional_embedding.copy_(sam.shared_image_embedding.positional_embedding)
-    return sam
 
 
 def builtin_sam2_preprocessor() -> SamSegmentationPreprocessor:

@@ -24,14 +24,17 @@ def grid_and_prompt_encodings(sam: Sam2Model) -> tuple[torch.Tensor, torch.Tenso
 
 
 def test_fresh_builtin_sam2_encodes_a_prompt_like_the_grid_cell_it_points_at(monkeypatch):
+    from infosam_hf.builtin.fresh import fresh_builtin_sam2
+    from infosam_hf.testing import builtin_sam2_config
+
     monkeypatch.syspath_prepend(os.path.join(ROOT, "examples"))
-    script = load_script("pretrain_builtin_sam2")
+    assert load_script("pretrain_builtin_sam2").fresh_builtin_sam2 is fresh_builtin_sam2  # what pre-training starts from
     torch.manual_seed(0)
     with torch.no_grad():
-        grid, prompts = grid_and_prompt_encodings(script.fresh_builtin_sam2())
+        grid, prompts = grid_and_prompt_encodings(fresh_builtin_sam2())
         assert torch.allclose(grid, prompts, atol=1e-5)
         torch.manual_seed(0)
-        grid, prompts = grid_and_prompt_encodings(Sam2Model(script.builtin_sam2_config()))  # transformers' own init
+        grid, prompts = grid_and_prompt_encodings(Sam2Model(builtin_sam2_config()))  # transformers' own init
     assert not torch.allclose(grid, prompts, atol=0.1)  # two independent draws: the reason for fresh_builtin_sam2
 
 
@@ -61,7 +64,9 @@ def test_train_script_builtin_model_flag(tmp_path, monkeypatch):
     import infosam_hf.builtin
 
     train = load_script("train")
-    assert train.builtin_defaults("sam2")[:2] == ["--output_dir", os.path.join("outputs", "infosam-builtin-sam2")]
+    from infosam_hf.script_arguments import builtin_defaults
+
+    assert builtin_defaults("sam2")[:2] == ["--output_dir", os.path.join("outputs", "infosam-builtin-sam2")]
     with pytest.raises(SystemExit, match="both name the model"):
         train.main(["--builtin_model", "sam2", "--model_name_or_path", str(tmp_path), "--output_dir", str(tmp_path)])
     monkeypatch.setitem(infosam_hf.builtin.BUILTIN_MODELS, "sam2", str(tmp_path / "absent"))

@@ -110,7 +110,7 @@ def test_instance_data_does_not_claim_streaming_true_was_passed(tmp_path):
 
 @pytest.mark.parametrize(
     "script, flag",
-    [("train", "--max_steps"), ("evaluate", "--batch_size"), ("predict", "--threshold")],
+    [("train", "--max_steps"), ("evaluate_adapter", "--batch_size"), ("predict", "--threshold")],
 )
 def test_a_non_numeric_flag_is_one_error_line_naming_flag_value_and_type(script, flag, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -119,6 +119,30 @@ def test_a_non_numeric_flag_is_one_error_line_naming_flag_value_and_type(script,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert err[0].startswith("error: argument " + flag) and "'ten'" in err[0] and "invalid" in err[0], err[0]
+
+
+@pytest.mark.parametrize("script", ["train", "evaluate_adapter"])
+def test_an_unknown_instance_format_is_the_same_error_in_both_scripts_before_anything_loads(script, monkeypatch):
+    """One check reads --instance_format for both scripts (train.py had its own, raising SystemExit only once the
+    model had loaded): a ValueError naming the flag and the choices, at parse time."""
+    import infosam_hf.hub
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model loaded before the flag was checked")
+
+    monkeypatch.setattr(infosam_hf.hub, "load_processor", no_loading)
+    monkeypatch.setattr(infosam_hf.hub, "load_model_or_base", no_loading)
+    with pytest.raises(ValueError, match=r"--instance_format must be one of \('ids', 'masks', 'coco'\) or 'none', "
+                                         r"got 'polygons'"):
+        load_script(script).main(["--instance_format", "polygons"])
+
+
+def test_instance_format_none_means_one_mask_per_image():
+    from infosam_hf.data.arguments import DataArguments, DatasetArguments
+
+    for value in (None, "", "none", "None"):
+        assert DataArguments(instance_format=value).instance_format is None
+    assert DatasetArguments(instance_format="coco").instance_format == "coco"
 
 
 def test_object_colours_differ_from_the_prompt_and_ground_truth_colours():

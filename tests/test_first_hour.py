@@ -178,13 +178,14 @@ def test_a_process_group_the_trainer_does_not_use_is_refused(tmp_path, monkeypat
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU launch path")
 def test_train_script_asks_for_cpu_ddp_under_a_launcher(monkeypatch):
-    train = load_script("train")
+    from infosam_hf.run_setup import use_cpu_under_a_launcher_without_gpu
+
     monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
     monkeypatch.setenv("WORLD_SIZE", "1")
-    train.use_cpu_under_a_launcher_without_gpu()
+    use_cpu_under_a_launcher_without_gpu()
     assert "ACCELERATE_USE_CPU" not in os.environ  # a plain single-process run is left alone
     monkeypatch.setenv("WORLD_SIZE", "2")
-    train.use_cpu_under_a_launcher_without_gpu()
+    use_cpu_under_a_launcher_without_gpu()
     assert os.environ["ACCELERATE_USE_CPU"] == "true"
 
 
@@ -234,7 +235,7 @@ def test_trainer_evaluation_equals_evaluate_script_on_non_square_images(tmp_path
     )
     trainer.save_model(str(tmp_path / "adapter"))
     ours = trainer.evaluate()
-    reference = load_script("evaluate").main(
+    reference = load_script("evaluate_adapter").main(
         ["--adapter", str(tmp_path / "adapter"), "--dataset_name", str(data), "--split", "test",
          "--compare_base", "false", "--disable_tqdm", "true", "--batch_size", "4"]
     )["metrics"]["adapter"]
@@ -277,8 +278,9 @@ def test_overlay_callback_skips_a_corrupt_image_and_names_it(tmp_path):
 
 def test_evaluate_script_skips_and_reports_a_corrupt_image(tmp_path, capsys):
     data = write_csv_layout(tmp_path / "data", [(64, 64)] * 2, [(64, 80)] * 3, corrupt={"test-1"})
-    result = load_script("evaluate").main(["--model_name_or_path", BUILTIN_MODEL_PATH, "--dataset_name", str(data),
-                                           "--disable_tqdm", "true"])
+    result = load_script("evaluate_adapter").main(
+        ["--model_name_or_path", BUILTIN_MODEL_PATH, "--dataset_name", str(data),
+         "--disable_tqdm", "true"])
     assert result["num_images"] == 2
     assert [Path(p).name for p in result["skipped_samples"]] == ["test-1.png"]
     assert "Skipped 1 corrupt sample(s)" in capsys.readouterr().out
@@ -379,19 +381,21 @@ def test_train_script_prints_one_error_line_and_the_traceback_on_request(tmp_pat
 def test_builtin_schedule_scales_with_a_short_custom_run():
     from transformers import HfArgumentParser
 
-    train = load_script("train")
-    parser = HfArgumentParser((train.ModelArguments, train.DataArguments, InfoSAMConfig, TrainingArguments))
-    args = parser.parse_args_into_dataclasses(args=train.BUILTIN_DEFAULTS + ["--max_steps", "4", "--use_cpu"])[-1]
+    from infosam_hf.data.arguments import DataArguments
+    from infosam_hf.script_arguments import BUILTIN_DEFAULTS, ModelArguments
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, InfoSAMConfig, TrainingArguments))
+    args = parser.parse_args_into_dataclasses(args=BUILTIN_DEFAULTS + ["--max_steps", "4", "--use_cpu"])[-1]
     assert 1 <= args.get_warmup_steps(4) < 4  # the learning rate reaches its value
     assert args.logging_steps < 1 and np.ceil(4 * args.logging_steps) <= 4  # a loss line within the run
-    builtin = parser.parse_args_into_dataclasses(args=train.BUILTIN_DEFAULTS + ["--use_cpu"])[-1]
+    builtin = parser.parse_args_into_dataclasses(args=BUILTIN_DEFAULTS + ["--use_cpu"])[-1]
     assert builtin.get_warmup_steps(300) == 10 and np.ceil(300 * builtin.logging_steps) == 25  # as before
 
 
 def test_replicas_stay_quiet():
     import logging
 
-    train = load_script("train")
+    from infosam_hf.run_setup import quiet_replicas
 
     class Replica:
         process_index = 1
@@ -401,7 +405,7 @@ def test_replicas_stay_quiet():
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            train.quiet_replicas(Replica())
+            quiet_replicas(Replica())
             warnings.warn("printed by every rank", UserWarning)
         assert not caught and logger.level == logging.ERROR
     finally:

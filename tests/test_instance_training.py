@@ -1,4 +1,4 @@
-"""examples/train.py and examples/evaluate.py on instance data in each layout (ids, masks, coco), tiny parquet sets."""
+"""examples/train.py and examples/evaluate_adapter.py on instance data in each layout (ids, masks, coco), tiny sets."""
 
 from __future__ import annotations
 
@@ -79,9 +79,11 @@ def test_train_script_on_every_instance_layout_draws_each_object_and_scores_as_e
     assert sorted(os.listdir(out / "eval_overlays" / "step-2")) == ["grid.png", "sample-00.png", "sample-01.png",
                                                                       "sample-02.png", "scores.json"]
 
-    # the run's per-object numbers (and so the card's) are examples/evaluate.py's on the saved adapter, same split
-    evaluated = load_script("evaluate").main(["--adapter", str(out), "--dataset_name", str(data), "--disable_tqdm",
-                                              "true", "--batch_size", "2", "--instance_format", instance_format])
+    # the run's per-object numbers (and so the card's) are examples/evaluate_adapter.py's on the saved adapter,
+    # same split
+    evaluated = load_script("evaluate_adapter").main(
+        ["--adapter", str(out), "--dataset_name", str(data), "--disable_tqdm",
+         "true", "--batch_size", "2", "--instance_format", instance_format])
     assert evaluated["num_objects"] == sum(objects)
     for prefix, row in (("zero_shot_", "zero_shot"), ("", "adapter")):
         for key in ("iou", "dice"):
@@ -112,8 +114,9 @@ def test_overlay_callback_prompts_draws_and_scores_every_object(tmp_path, instan
 
 
 def test_trainer_evaluate_and_evaluate_script_give_the_same_per_object_scores(tmp_path):
-    """The Trainer's per-object metrics (train.py's summary, the card) scored the padded model frame, evaluate.py the
-    original image: with padding (48 x 64 images) they disagreed. Both now score each object at its image's size."""
+    """The Trainer's per-object metrics (train.py's summary, the card) scored the padded model frame,
+    evaluate_adapter.py the original image: with padding (48 x 64 images) they disagreed. Both now score each object
+    at its image's size."""
     import torch
     from transformers import SamModel, TrainingArguments
 
@@ -148,9 +151,10 @@ def test_trainer_evaluate_and_evaluate_script_give_the_same_per_object_scores(tm
         compute_metrics=build_compute_metrics(),
     )
     from_trainer = trainer.evaluate()
-    evaluated = load_script("evaluate").main(["--adapter", adapter, "--dataset_name", str(data), "--disable_tqdm",
-                                              "true", "--batch_size", "3", "--instance_format", "masks",
-                                              "--compare_base", "false"])
+    evaluated = load_script("evaluate_adapter").main(
+        ["--adapter", adapter, "--dataset_name", str(data), "--disable_tqdm",
+         "true", "--batch_size", "3", "--instance_format", "masks",
+         "--compare_base", "false"])
     assert evaluated["num_objects"] > evaluated["num_images"]  # several objects per image were scored
     for key in ("iou", "dice", "iou@0.5", "dice@0.5"):
         assert from_trainer[f"eval_{key}"] == pytest.approx(evaluated["metrics"]["adapter"][key], abs=1e-6), key

@@ -229,7 +229,7 @@ def test_scripts_train_evaluate_and_predict_at_image_size(tmp_path):
     assert json.loads((out / "infosam_config.json").read_text())["image_size"] == 64
     processor_config = json.loads((out / "processor_config.json").read_text())["image_processor"]
     assert processor_config["size"] == {"longest_edge": 64} and processor_config["pad_size"]["height"] == 64
-    evaluate = script("evaluate")
+    evaluate = script("evaluate_adapter")
     evaluated = evaluate.main(["--adapter", str(out), "--dataset_name", str(data), "--disable_tqdm", "true"])
     assert summary["iou"] == pytest.approx(evaluated["metrics"]["adapter"]["iou"], abs=1e-6)  # scored at 64 px too
     with pytest.raises(ValueError, match="allow_image_size_change"):

@@ -1,4 +1,4 @@
-"""examples/evaluate.py, examples/predict.py and the evaluation-overlay callback, on tiny models.
+"""examples/evaluate_adapter.py, examples/predict.py and the evaluation-overlay callback, on tiny models.
 
 Everything runs in-process (`main(argv)`) on a tiny SamConfig (64 px) saved with a matching
 SamProcessor, a fresh InfoSAM adapter on it, and a five-image CSV-layout dataset whose
@@ -18,6 +18,7 @@ import pytest
 import torch
 from transformers import SamImageProcessor, SamModel, SamProcessor, TrainingArguments
 
+import infosam_hf.builtin
 from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, PeftArguments, build_student
 from infosam_hf.builtin import BUILTIN_MODEL_PATH
 from infosam_hf.callbacks import EvalOverlayCallback
@@ -39,7 +40,7 @@ def load_script(name):
 
 @pytest.fixture(scope="module")
 def evaluate_script():
-    return load_script("evaluate")
+    return load_script("evaluate_adapter")
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,7 @@ def assets(tmp_path_factory):
     }
 
 
-# ----------------------------------------------------------------------------------- evaluate.py
+# ----------------------------------------------------------------------------------- evaluate_adapter.py
 
 
 def run_evaluate(script, assets, tmp_path, *extra):
@@ -188,6 +189,24 @@ def test_evaluate_streamed_with_workers_sees_every_image(evaluate_script, assets
         assert streamed["metrics"]["zero_shot"][key] == pytest.approx(value, abs=1e-12)
 
 
+def test_evaluate_segmentation_in_python_scores_as_the_script(evaluate_script, assets, tmp_path):
+    """The library call a Python user makes gives the script's rows; a plain model gives the zero-shot row only."""
+    from infosam_hf import load
+    from infosam_hf.data import load_segmentation_dataset
+    from infosam_hf.evaluation import evaluate_segmentation
+
+    model, processor = load(assets["trained_adapter"])
+    dataset = load_segmentation_dataset(assets["data"], split="test", streaming=False)
+    result = evaluate_segmentation(model, processor, dataset, batch_size=2, disable_tqdm=True)
+    script = run_evaluate(evaluate_script, assets, tmp_path, "--adapter", assets["trained_adapter"])
+    assert result["metrics"] == script["metrics"] and result["improvement"] == script["improvement"]
+    assert result["num_images"] == len(SIZES) and result["metrics"]["adapter"] != result["metrics"]["zero_shot"]
+    adapter_only = evaluate_segmentation(model, processor, dataset, compare_base=False, max_samples=2)
+    assert set(adapter_only["metrics"]) == {"adapter"} and adapter_only["num_images"] == 2
+    base = evaluate_segmentation(SamModel.from_pretrained(assets["base"]).eval(), processor, dataset, batch_size=2)
+    assert base["metrics"] == {"zero_shot": result["metrics"]["zero_shot"]} and "improvement" not in base
+
+
 def write_dataset(folder, pairs):
     (folder / "images").mkdir(parents=True)
     rows = ["image,label"]
@@ -238,7 +257,7 @@ def test_evaluate_mask_of_another_size_is_a_clear_error(evaluate_script, assets,
 
 def test_evaluate_defaults_to_the_builtin_model(evaluate_script, assets, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no outputs/infosam-builtin here: zero-shot only
-    monkeypatch.setattr(evaluate_script, "builtin_dataset_path", lambda domain: assets["data"])
+    monkeypatch.setattr(infosam_hf.builtin, "builtin_dataset_path", lambda domain: assets["data"])
     result = evaluate_script.main(["--disable_tqdm", "true"])
     assert result["models"] == {"zero_shot": BUILTIN_MODEL_PATH} and result["split"] == "test"
     check_scores(result["metrics"]["zero_shot"])

@@ -21,9 +21,7 @@ from infosam_hf.data import (
     shuffle_stream,
 )
 from infosam_hf.synthetic import write_synthetic_dataset
-from infosam_hf.testing import load_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -194,22 +192,20 @@ def test_choose_data_mode(small_set, tmp_path):
         choose_data_mode(small_set, "sometimes")
 
 
-def load_train_script():
-    return load_script(os.path.join(ROOT, "examples", "train.py"), "train")
-
-
 def test_train_script_picks_and_prints_the_mode(small_set, tmp_path, monkeypatch, capsys):
     from transformers import TrainingArguments
 
+    from infosam_hf.data.arguments import DataArguments
+    from infosam_hf.data.training_data import build_datasets
+
     monkeypatch.setenv("INFOSAM_HF_CACHE", str(tmp_path / "cache-root"))
-    train = load_train_script()
     args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=4, report_to=[], use_cpu=True)
     preprocessor = SamSegmentationPreprocessor(64)
-    dataset, _, _ = train.build_datasets(train.DataArguments(dataset_name=small_set), preprocessor, args)
+    dataset, _, _ = build_datasets(DataArguments(dataset_name=small_set), preprocessor, args)
     assert isinstance(dataset, datasets.Dataset) and len(dataset) == 8
     assert "Training data preprocessed once into a cache" in capsys.readouterr().out
     assert os.listdir(tmp_path / "cache-root" / "preprocessed")
 
-    stream, _, _ = train.build_datasets(train.DataArguments(dataset_name=small_set, streaming="true"), preprocessor, args)
+    stream, _, _ = build_datasets(DataArguments(dataset_name=small_set, streaming="true"), preprocessor, args)
     assert isinstance(stream, datasets.IterableDataset)
     assert "Training data streamed: --streaming true" in capsys.readouterr().out

@@ -35,10 +35,11 @@ def test_train_script_runs_streams_and_saves_the_adapter(tmp_path):
     )
     for key in ("zero_shot_iou", "iou", "zero_shot_dice", "dice"):
         assert 0.0 <= summary[key] <= 1.0
-    # The scores the run reports are what examples/evaluate.py measures on the saved adapter, same split
+    # The scores the run reports are what examples/evaluate_adapter.py measures on the saved adapter, same split
     # and box prompts (two code paths: the Trainer's compute_metrics on batches, the script at the original size).
-    evaluated = load_script("evaluate").main(["--adapter", str(out), "--dataset_name", str(data), "--disable_tqdm",
-                                              "true", "--batch_size", "3"])
+    evaluated = load_script("evaluate_adapter").main(
+        ["--adapter", str(out), "--dataset_name", str(data), "--disable_tqdm",
+         "true", "--batch_size", "3"])
     assert evaluated["num_images"] == 8
     for prefix, row in (("zero_shot_", "zero_shot"), ("", "adapter")):
         for key in ("iou", "dice"):
@@ -131,7 +132,8 @@ def test_resume_adapter_takes_the_method_flags_of_the_command_line(tmp_path, cap
 def test_an_output_dir_holding_a_run_is_refused_and_kept(tmp_path):
     from transformers import TrainingArguments
 
-    train = load_script("train")
+    from infosam_hf.run_setup import claim_output_dir
+
     out = tmp_path / "run"
     (out / "eval_overlays" / "step-300").mkdir(parents=True)
     (out / "adapter_model.safetensors").write_bytes(b"the main job's adapter")
@@ -139,17 +141,17 @@ def test_an_output_dir_holding_a_run_is_refused_and_kept(tmp_path):
     args = TrainingArguments(output_dir=str(out), report_to=[])
     with pytest.raises(FileExistsError, match=r"already holds a run \(adapter_model.safetensors, eval_overlays\)"
                                               r".*--overwrite_output_dir"):
-        train.claim_output_dir(args, overwrite=False)
+        claim_output_dir(args, overwrite=False)
     assert (out / "adapter_model.safetensors").read_bytes() == b"the main job's adapter"
     assert (out / "eval_overlays" / "step-300").is_dir()
-    train.claim_output_dir(TrainingArguments(output_dir=str(out), report_to=[],
-                                             resume_from_checkpoint=str(out / "checkpoint-2")), overwrite=False)
-    train.claim_output_dir(args, overwrite=True)  # the old run's overlays go; what is not a run's stays
+    claim_output_dir(TrainingArguments(output_dir=str(out), report_to=[],
+                                       resume_from_checkpoint=str(out / "checkpoint-2")), overwrite=False)
+    claim_output_dir(args, overwrite=True)  # the old run's overlays go; what is not a run's stays
     assert not (out / "eval_overlays").exists() and (out / "notes.txt").read_text() == "mine"
     only_mine = tmp_path / "mine"
     only_mine.mkdir()
     (only_mine / "notes.txt").write_text("mine")
-    train.claim_output_dir(TrainingArguments(output_dir=str(only_mine), report_to=[]), overwrite=False)
+    claim_output_dir(TrainingArguments(output_dir=str(only_mine), report_to=[]), overwrite=False)
 
 
 @pytest.mark.slow
