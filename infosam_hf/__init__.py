@@ -2,6 +2,7 @@
 
 from .config import InfoSAMConfig
 from .features import CapturedFeatures, capture_sam_features
+from .inference import Predictor
 from .losses import (
     InfoSAMLoss,
     focal_dice_iou_loss,
@@ -27,6 +28,7 @@ __all__ = [
     "InfoSAMModel",
     "InfoSAMModelOutput",
     "InfoSAMTrainer",
+    "Predictor",
     "RelationModule",
     "CapturedFeatures",
     "build_student",
