@@ -271,7 +271,8 @@ class Predictor:
 
     `set_image` runs the image encoder and keeps its output; each `predict` runs only the prompt encoder and
     the mask decoder, so several prompts on one image cost one encoder pass. An adapter's state (enabled or
-    `disable_adapter()`) is read when `set_image` runs: call it again after switching.
+    `disable_adapter()`) applies to the encoder when `set_image` runs and to the decoder when `predict` runs:
+    after switching, call both again.
 
     Args:
         model: a SAM model of any family, a `PeftModel` over one, a merged adapter, or an `InfoSAMModel`.
