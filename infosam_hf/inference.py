@@ -1,4 +1,4 @@
-"""Masks from any supported SAM, with or without an adapter: a `SamPredictor`-shaped API and the batched helpers under it.
+"""Masks from any supported SAM, adapter or not: a `SamPredictor`-shaped API and the batched helpers under it.
 
     from infosam_hf import Predictor
 
@@ -80,7 +80,7 @@ def encode_image(model: torch.nn.Module, pixel_values: torch.Tensor) -> dict[str
 
 @torch.no_grad()
 def _decode(model: torch.nn.Module, image: dict[str, Any], prompts: dict, multimask_output: bool = False):
-    """One forward from `image` (`{"pixel_values": ...}` or an `encode_image` result) and prompts in the model frame."""
+    """One forward from `image` (`{"pixel_values": ...}` or an `encode_image` result), prompts in the model frame."""
     sam = unwrap_sam_model(model)
     param = next(sam.parameters())
     prompts = {k: v.to(param.device) for k, v in prompts.items() if v is not None}
@@ -203,9 +203,9 @@ def sizes_per_image(size: Any, batch: int, name: str) -> list[tuple[int, int]] |
     """One (h, w) per image from one size for the batch, a list of sizes, or a (B, 2) tensor/array."""
     if size is None:
         return None
-    if isinstance(size, Mapping) or isinstance(size, (int, np.integer)) or hasattr(size, "height"):
+    if isinstance(size, (Mapping, int, np.integer)) or hasattr(size, "height"):
         return [_hw(size, name)] * batch
-    if isinstance(size, torch.Tensor) or isinstance(size, np.ndarray):
+    if isinstance(size, (torch.Tensor, np.ndarray)):
         arr = to_numpy(size)
         if arr.ndim == 1:
             return [_hw(arr, name)] * batch

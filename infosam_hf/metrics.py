@@ -1,5 +1,9 @@
 """Evaluation metrics for binary segmentation with SAM: IoU/Dice, S-measure, E-measure, weighted F.
 
+(Metrics only, ~690 lines: the published definitions with their degenerate-input conventions, one input
+handling, the accumulator and its Trainer adapter. Post-processing lives in `infosam_hf.inference`, the
+ragged rows of the Trainer's gather in `infosam_hf.packing`.)
+
 Two families, because the InfoSAM paper reports two families:
 
 * IoU and Dice "as the reference evaluation computes them" (``val.py`` / ``util/metrics.py``
@@ -49,16 +53,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .inference import postprocess_logits, sizes_per_image
+# Post-processing moved to infosam_hf.inference and the Trainer's ragged rows to infosam_hf.packing: the old
+# names (original_size_predictions, postprocess_logits, PACKED_PAD_VALUE, is_packed, pack_maps*, unpack_maps)
+# stay importable from here for one release.
+from .inference import original_size_predictions, postprocess_logits, sizes_per_image  # noqa: F401
+from .packing import PACKED_PAD_VALUE, is_packed, pack_maps, pack_maps_per_image, unpack_maps  # noqa: F401
 from .packing import as_batch as _as_batch
 from .packing import binarize as _binarize
-from .packing import is_packed, unpack_maps
 from .packing import to_numpy as _to_numpy
-
-# Post-processing moved to infosam_hf.inference and the Trainer's ragged rows to infosam_hf.packing; these old
-# names (and postprocess_logits, is_packed, unpack_maps above) stay importable from here for one release.
-from .inference import original_size_predictions  # noqa: F401
-from .packing import PACKED_PAD_VALUE, pack_maps, pack_maps_per_image  # noqa: F401
 
 __all__ = [
     "REFERENCE_THRESHOLDS",

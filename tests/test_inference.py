@@ -87,9 +87,8 @@ def test_every_family_gives_the_full_forwards_masks(model_class):
     boxes = [[5, 5, 50, 35], [30, 0, 69, 39]]
     assert_same(predictor.predict(boxes=boxes), full_forward(model, preprocessor, img, boxes=boxes))
     points, labels = [[20, 20], [60, 30]], [1, 0]
-    assert_same(
-        predictor.predict(points=points, labels=labels), full_forward(model, preprocessor, img, points=points, labels=labels)
-    )
+    expected = full_forward(model, preprocessor, img, points=points, labels=labels)
+    assert_same(predictor.predict(points=points, labels=labels), expected)
     several = predictor.predict(points=[[10, 10]], multimask_output=True)
     assert several.masks.shape == (1, 3, 40, 70) and several.scores.shape == (1, 3)
 
@@ -164,7 +163,8 @@ def test_from_pretrained_takes_a_plain_sam_folder(builtin):
     model, processor = builtin
     predictor = Predictor.from_pretrained(BUILTIN_MODEL_PATH)
     predictor.set_image(image())
-    expected = full_forward(model, SamSegmentationPreprocessor.from_processor(processor), image(), boxes=[6, 4, 60, 40])
+    preprocessor = SamSegmentationPreprocessor.from_processor(processor)
+    expected = full_forward(model, preprocessor, image(), boxes=[6, 4, 60, 40])
     assert_same(predictor.predict(boxes=[6, 4, 60, 40]), expected)
 
 
