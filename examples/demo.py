@@ -53,8 +53,7 @@ class Segmenter:
     """Both models behind one call: (mask, predicted IoU) for the base and for the adapter."""
 
     def __init__(self, adapter: str | None = None, base_model: str | None = None, device: str | None = None):
-        from infosam_hf import builtin
-        from infosam_hf.data import SamSegmentationPreprocessor
+        from infosam_hf import Predictor, builtin
         from infosam_hf.hub import load_model_or_base
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -62,7 +61,7 @@ class Segmenter:
         self.adapter, self.base = builtin.resolve_models(adapter, base_model)
         self.note = "" if self.adapter or explicit else NO_ADAPTER.format(path=builtin.DEFAULT_ADAPTER_DIR)
         self.model, processor = load_model_or_base(self.adapter, self.base, device=self.device)
-        self.preprocessor = SamSegmentationPreprocessor.from_processor(processor)
+        self.predictor = Predictor(self.model, processor)
         self.examples = example_images()
         if self.base is None:
             self.base = self.model.peft_config["default"].base_model_name_or_path
@@ -71,39 +70,22 @@ class Segmenter:
     def has_adapter(self) -> bool:
         return self.adapter is not None
 
-    @torch.no_grad()
-    def _run(self, features, prompts) -> tuple[np.ndarray, float]:
-        from infosam_hf.metrics import postprocess_logits
-        from infosam_hf.modeling import unwrap_sam_model
-
-        sam = unwrap_sam_model(self.model)
-        out = sam(pixel_values=features["pixel_values"].to(self.device), multimask_output=False, **prompts)
-        logits = out.pred_masks[:, 0, 0].float().cpu()
-        original = tuple(int(v) for v in features["original_sizes"])
-        reshaped = tuple(int(v) for v in features["reshaped_input_sizes"])
-        mask = postprocess_logits(logits, original, reshaped, pad_size=self.preprocessor.image_size)[0] > 0
-        return np.asarray(mask), float(out.iou_scores[0, 0, 0])
+    def _run(self, image, prompt: dict) -> tuple[np.ndarray, float]:
+        """(mask, SAM's predicted IoU) with the adapter as currently enabled: the image is encoded in that state."""
+        self.predictor.set_image(image)
+        points = prompt.get("points") or None
+        result = self.predictor.predict(
+            boxes=prompt.get("box") or None, points=points, labels=prompt["labels"] if points else None
+        )
+        return result.masks[0], float(result.scores[0])
 
     def segment(self, image, prompt: dict) -> dict:
         """{"base": (mask, iou), "adapter": (mask, iou) or None}; prompt in original image pixels."""
-        features = self.preprocessor(image)
-        features = dict(features, pixel_values=torch.from_numpy(features["pixel_values"])[None])
-        original = tuple(int(v) for v in features["original_sizes"])
-        reshaped = tuple(int(v) for v in features["reshaped_input_sizes"])
-        scale = torch.tensor([reshaped[1] / original[1], reshaped[0] / original[0]])
-        prompts = {}
-        if prompt.get("box"):
-            prompts["input_boxes"] = (torch.tensor(prompt["box"], dtype=torch.float32).reshape(2, 2) * scale).reshape(1, 1, 4)
-        if prompt.get("points"):
-            points = torch.tensor(prompt["points"], dtype=torch.float32).reshape(-1, 2) * scale
-            prompts["input_points"] = points.reshape(1, 1, -1, 2)
-            prompts["input_labels"] = torch.tensor(prompt["labels"], dtype=torch.int64).reshape(1, 1, -1)
-        prompts = {k: v.to(self.device) for k, v in prompts.items()}
         if not self.has_adapter:
-            return {"base": self._run(features, prompts), "adapter": None}
-        adapter = self._run(features, prompts)
+            return {"base": self._run(image, prompt), "adapter": None}
+        adapter = self._run(image, prompt)
         with self.model.disable_adapter():
-            base = self._run(features, prompts)
+            base = self._run(image, prompt)
         return {"base": base, "adapter": adapter}
 
 

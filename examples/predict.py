@@ -20,7 +20,7 @@ of prompts for several objects of one image:
 
 Several prompts on one image (a list there, or `--box` with 4k numbers for k boxes) give one
 mask per prompt, `<name>_mask_1.png`, `<name>_mask_2.png`, ..., and one combined overlay
-(a colour per object); the image is encoded once for all its box prompts.
+(a colour per object); the image is encoded once for all its prompts (`infosam_hf.Predictor`).
 
 (a list of `{"image": "a.png", "box": ...}` objects works too; with no `--images`, the
 images listed there are read, relative to the JSON file). A prompt may combine a box and
@@ -42,11 +42,10 @@ import torch
 
 from infosam_hf import builtin
 from infosam_hf.cli import ScriptArgumentParser
-from infosam_hf.modeling import sam_low_res_logits
-from infosam_hf.data import CorruptImageError, CorruptSampleLog, SamSegmentationPreprocessor, decode_image, to_rgb_pil
+from infosam_hf.data import CorruptImageError, CorruptSampleLog, decode_image, to_rgb_pil
 from infosam_hf.hub import load_model_or_base
+from infosam_hf.inference import Predictor
 from infosam_hf.resolution import allow_image_size_change_argument, image_size_argument
-from infosam_hf.metrics import postprocess_logits
 from infosam_hf.visualization import OBJECT_COLORS, mask_to_image, render_overlay
 
 logger = logging.getLogger("infosam_hf.predict")
@@ -279,42 +278,18 @@ def base_named_by(adapter: str) -> str:
         return "the base model its adapter_config.json names"
 
 
-def to_model_frame(coords, original: tuple[int, int], reshaped: tuple[int, int]) -> torch.Tensor:
-    """Original pixels -> the resized model input, as `SamProcessor` scales prompt coordinates."""
-    xy = torch.tensor(coords, dtype=torch.float32).reshape(-1, 2)
-    return xy * torch.tensor([reshaped[1] / original[1], reshaped[0] / original[0]])
+def predict_masks(predictor: Predictor, image, prompts: list[Prompt]) -> list[np.ndarray]:
+    """One boolean mask per prompt, at the image's original size; the image is encoded once.
 
-
-def predict_one(model, preprocessor, image, prompt: Prompt, threshold: float) -> np.ndarray:
-    """Boolean mask at the image's original size."""
-    features = preprocessor(image)
-    original = tuple(int(v) for v in features["original_sizes"])
-    reshaped = tuple(int(v) for v in features["reshaped_input_sizes"])
-    inputs = {"pixel_values": torch.from_numpy(features["pixel_values"])[None]}
-    if prompt.box is not None:
-        inputs["input_boxes"] = to_model_frame(prompt.box, original, reshaped).reshape(1, 1, 4)
-    if prompt.points:
-        inputs["input_points"] = to_model_frame(prompt.points, original, reshaped).reshape(1, 1, -1, 2)
-        inputs["input_labels"] = torch.tensor(prompt.labels, dtype=torch.int64).reshape(1, 1, -1)
-    logits = sam_low_res_logits(model, **inputs).cpu()
-    full = postprocess_logits(logits, original, reshaped, pad_size=preprocessor.image_size)[0]
-    return full > threshold
-
-
-
-def predict_several(model, preprocessor, image, prompts: list[Prompt], threshold: float) -> list[np.ndarray]:
-    """One boolean mask per prompt; box-only prompts share one encoder pass (SAM's point batch)."""
-    if not all(p.box is not None and not p.points for p in prompts):
-        return [predict_one(model, preprocessor, image, p, threshold) for p in prompts]
-    from infosam_hf.prompt_following import prompt_logits
-
-    features = preprocessor(image)
-    original = tuple(int(v) for v in features["original_sizes"])
-    reshaped = tuple(int(v) for v in features["reshaped_input_sizes"])
-    boxes = torch.stack([to_model_frame(p.box, original, reshaped).reshape(4) for p in prompts])[None]
-    logits = prompt_logits(model, torch.from_numpy(features["pixel_values"])[None], input_boxes=boxes).cpu()[0]
-    full = postprocess_logits(logits, original, reshaped, pad_size=preprocessor.image_size)
-    return [m > threshold for m in full]
+    Several box-only prompts are decoded together, as SAM's point batch; any other prompt on its own.
+    """
+    predictor.set_image(image)
+    if len(prompts) > 1 and all(p.box is not None and not p.points for p in prompts):
+        return list(predictor.predict(boxes=[p.box for p in prompts]).masks)
+    return [
+        predictor.predict(boxes=p.box, points=p.points or None, labels=p.labels if p.points else None).masks[0]
+        for p in prompts
+    ]
 
 
 def save_several(image, masks, prompts, mask_paths, overlay_path, alpha: float) -> None:
@@ -376,20 +351,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     images, outputs = [images[i] for i in kept], [outputs[i] for i in kept]
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, processor = load_model(args, device)
-    preprocessor = SamSegmentationPreprocessor.from_processor(processor)
+    predictor = Predictor(*load_model(args, device), mask_threshold=args.threshold)
     os.makedirs(args.output_dir, exist_ok=True)
     results = []
     for path, image, prompt, (mask_path, overlay_path) in zip(images, decoded, checked, outputs):
         if isinstance(prompt, list):
-            masks = predict_several(model, preprocessor, image, prompt, args.threshold)
+            masks = predict_masks(predictor, image, prompt)
             paths = mask_path if isinstance(mask_path, list) else [mask_path]
             save_several(image, masks, prompt, paths, overlay_path, args.alpha)
             areas = [int(m.sum()) for m in masks]
             print(f"{path}: {len(masks)} masks ({', '.join(f'{a} px' for a in areas)}) -> {', '.join(paths)}, {overlay_path}")
             results.append({"image": path, "masks": paths, "overlay": overlay_path, "mask_pixels": areas})
             continue
-        mask = predict_one(model, preprocessor, image, prompt, args.threshold)
+        (mask,) = predict_masks(predictor, image, [prompt])
         mask_to_image(mask).save(mask_path)
         render_overlay(image, mask, box=prompt.box, points=prompt.points, labels=prompt.labels, alpha=args.alpha).save(
             overlay_path

@@ -2,6 +2,7 @@
 
 from .config import InfoSAMConfig, PeftArguments
 from .features import CapturedFeatures, capture_sam_features
+from .inference import Predictor
 from .losses import (
     InfoSAMLoss,
     focal_dice_iou_loss,
@@ -30,6 +31,7 @@ __all__ = [
     "InfoSAMTrainer",
     "InfoSAMTrainingArguments",
     "PeftArguments",
+    "Predictor",
     "RelationModule",
     "CapturedFeatures",
     "build_student",

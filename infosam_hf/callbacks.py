@@ -34,9 +34,8 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from .metrics import binary_iou_dice, postprocess_logits
-from .modeling import sam_low_res_logits, unwrap_sam_model
-from .prompt_following import prompt_logits
+from .inference import postprocess_logits, prompt_logits, sam_low_res_logits, unwrap_sam_model
+from .metrics import binary_iou_dice
 from .visualization import image_grid, render_objects
 
 __all__ = ["EvalOverlayCallback", "sam_low_res_logits", "unwrap_sam_model"]

@@ -67,7 +67,7 @@ def _peft_student(adapter, base_model, revision, token):
     from peft import PeftModel
 
     from .hub import load
-    from .modeling import unwrap_sam_model
+    from .inference import unwrap_sam_model
 
     if isinstance(adapter, torch.nn.Module):
         student = unwrap_sam_model(adapter)

@@ -1,5 +1,9 @@
 """Evaluation metrics for binary segmentation with SAM: IoU/Dice, S-measure, E-measure, weighted F.
 
+(Metrics only, ~690 lines: the published definitions with their degenerate-input conventions, one input
+handling, the accumulator and its Trainer adapter. Post-processing lives in `infosam_hf.inference`, the
+ragged rows of the Trainer's gather in `infosam_hf.packing`.)
+
 Two families, because the InfoSAM paper reports two families:
 
 * IoU and Dice "as the reference evaluation computes them" (``val.py`` / ``util/metrics.py``
@@ -42,12 +46,21 @@ bool and 0/255 masks all work).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+# Post-processing moved to infosam_hf.inference and the Trainer's ragged rows to infosam_hf.packing: the old
+# names (original_size_predictions, postprocess_logits, PACKED_PAD_VALUE, is_packed, pack_maps*, unpack_maps)
+# stay importable from here for one release.
+from .inference import original_size_predictions, postprocess_logits, sizes_per_image  # noqa: F401
+from .packing import PACKED_PAD_VALUE, is_packed, pack_maps, pack_maps_per_image, unpack_maps  # noqa: F401
+from .packing import as_batch as _as_batch
+from .packing import binarize as _binarize
+from .packing import to_numpy as _to_numpy
 
 __all__ = [
     "REFERENCE_THRESHOLDS",
@@ -57,7 +70,6 @@ __all__ = [
     "e_measure",
     "e_measure_curve",
     "weighted_f_measure",
-    "postprocess_logits",
     "SegmentationMetrics",
     "SamComputeMetrics",
     "build_compute_metrics",
@@ -75,7 +87,7 @@ EMeasureMode = Literal["mean", "adaptive"]
 
 _SHAPE_HELP = (
     "resize the predictions to the label size (e.g. SamProcessor.post_process_masks or "
-    "infosam_hf.metrics.postprocess_logits), or pass original_size= (and reshaped_input_size=) "
+    "infosam_hf.inference.postprocess_logits), or pass original_size= (and reshaped_input_size=) "
     "to SegmentationMetrics.update so that the logits are cropped and resized for you"
 )
 
@@ -83,37 +95,6 @@ _SHAPE_HELP = (
 # --------------------------------------------------------------------------------------
 # input handling
 # --------------------------------------------------------------------------------------
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach()
-        if x.dtype in (torch.bfloat16, torch.float16):
-            x = x.float()
-        return x.cpu().numpy()
-    return np.asarray(x)
-
-
-def _as_batch(x: Any, name: str) -> np.ndarray:
-    """Bring one image or a batch to ``(B, H, W)`` so that every metric is written once, batched."""
-    a = _to_numpy(x)
-    if a.ndim == 2:
-        return a[None]
-    if a.ndim == 3:
-        return a
-    if a.ndim == 4 and a.shape[1] == 1:
-        return a[:, 0]
-    if a.ndim == 5 and a.shape[1] == 1 and a.shape[2] == 1:
-        return a[:, 0, 0]
-    raise ValueError(
-        f"{name} must be shaped (H, W), (B, H, W), (B, 1, H, W) or (B, 1, 1, H, W); got {tuple(a.shape)}. "
-        "With several masks per image (multimask output or several prompts) select one per image "
-        "first, e.g. the one with the highest iou_scores."
-    )
-
-
-def _binarize(gt: np.ndarray) -> np.ndarray:
-    return gt if gt.dtype == np.bool_ else gt > 0.5
 
 
 def _check_same_shape(pred: np.ndarray, gt: np.ndarray, pred_name: str = "prediction") -> None:
@@ -480,177 +461,6 @@ def weighted_f_measure(
 
 
 # --------------------------------------------------------------------------------------
-# resizing to the original image
-# --------------------------------------------------------------------------------------
-
-
-def _hw(size: Any, name: str) -> tuple[int, int]:
-    if isinstance(size, Mapping):
-        return int(size["height"]), int(size["width"])
-    if getattr(size, "height", None) is not None and getattr(size, "width", None) is not None:
-        return int(size.height), int(size.width)  # the processor's SizeDict
-    if isinstance(size, (int, np.integer)):
-        return int(size), int(size)
-    v = _to_numpy(size).reshape(-1)
-    if v.size != 2:
-        raise ValueError(f"{name} must be (height, width), got {size!r}")
-    return int(v[0]), int(v[1])
-
-
-def _longest_edge_shape(original: tuple[int, int], longest_edge: int) -> tuple[int, int]:
-    # Same rounding as SamImageProcessor._get_preprocess_shape and the reference postprocess_masks.
-    scale = longest_edge * 1.0 / max(original)
-    return int(original[0] * scale + 0.5), int(original[1] * scale + 0.5)
-
-
-def postprocess_logits(
-    logits: Any,
-    original_size: Any,
-    reshaped_input_size: Any | None = None,
-    pad_size: Any | None = None,
-) -> np.ndarray:
-    """Crop the valid region of padded-square mask logits and resize them to the original image.
-
-    Metrics must be measured where the labels live: SAM's logits cover the padded, resized
-    square, so padding would count as background and the image is at the wrong scale.
-    Mirrors ``SamImageProcessor.post_process_masks(binarize=False)`` (bilinear,
-    ``align_corners=False``): upsample to ``pad_size`` if given (e.g. 1024 for 256 x 256
-    ``pred_masks``), crop ``reshaped_input_size`` (default: SAM's longest-edge resize of
-    ``original_size`` to the square's side), resize to ``original_size``.
-    Returns float32 logits of shape (B, h, w).
-    """
-    x = torch.from_numpy(np.ascontiguousarray(_as_batch(logits, "logits"), dtype=np.float32))[:, None]
-    if pad_size is not None:
-        pad = _hw(pad_size, "pad_size")
-        if tuple(x.shape[-2:]) != pad:
-            x = F.interpolate(x, pad, mode="bilinear", align_corners=False)
-    original = _hw(original_size, "original_size")
-    if reshaped_input_size is None:
-        side_h, side_w = x.shape[-2:]
-        if side_h != side_w:
-            raise ValueError(
-                f"logits of shape {tuple(x.shape[-2:])} are not square: pass reshaped_input_size= "
-                "(the valid region inside the padded input) explicitly"
-            )
-        reshaped = _longest_edge_shape(original, side_h)
-    else:
-        reshaped = _hw(reshaped_input_size, "reshaped_input_size")
-    if reshaped[0] > x.shape[-2] or reshaped[1] > x.shape[-1]:
-        raise ValueError(
-            f"reshaped_input_size {reshaped} is larger than the logits {tuple(x.shape[-2:])}; "
-            "pass pad_size= when the logits are at a lower resolution than the model input"
-        )
-    x = x[..., : reshaped[0], : reshaped[1]]
-    x = F.interpolate(x, original, mode="bilinear", align_corners=False)
-    return x[:, 0].numpy()
-
-
-def _sizes_per_image(size: Any, batch: int, name: str) -> list[tuple[int, int]] | None:
-    if size is None:
-        return None
-    if isinstance(size, Mapping) or isinstance(size, (int, np.integer)) or hasattr(size, "height"):
-        return [_hw(size, name)] * batch
-    if isinstance(size, torch.Tensor) or isinstance(size, np.ndarray):
-        arr = _to_numpy(size)
-        if arr.ndim == 1:
-            return [_hw(arr, name)] * batch
-        rows = [_hw(r, name) for r in arr]
-    elif len(size) == 2 and all(isinstance(v, (int, np.integer)) for v in size):
-        return [_hw(size, name)] * batch
-    else:
-        rows = [_hw(r, name) for r in size]
-    if len(rows) != batch:
-        raise ValueError(f"{name} gives {len(rows)} sizes for a batch of {batch} images")
-    return rows
-
-
-# Per-image maps of different sizes travel through the Trainer's gathering (which pads and
-# concatenates along dimension 1 only) as rows: [height, width, h*w values, padding...].
-PACKED_PAD_VALUE = -100.0
-
-
-def pack_maps(maps: Sequence[Any]) -> torch.Tensor:
-    """2-D maps of any sizes -> one float32 (B, 2 + max h*w) tensor (see `unpack_maps`)."""
-    flat = [torch.as_tensor(np.asarray(m, dtype=np.float32)) for m in maps]
-    length = max(m.numel() for m in flat)
-    out = torch.full((len(flat), 2 + length), PACKED_PAD_VALUE, dtype=torch.float32)
-    for row, m in zip(out, flat):
-        row[0], row[1] = m.shape[-2], m.shape[-1]
-        row[2 : 2 + m.numel()] = m.reshape(-1)
-    return out
-
-
-def pack_maps_per_image(maps: Sequence[Any], counts: Sequence[int]) -> torch.Tensor:
-    """Maps of several objects per image -> one row per image: [-(k+1), h1, w1, values1, ..., hk, wk, valuesk, pad].
-
-    The Trainer gathers and trims evaluation outputs across processes by rows, one row per sample (image): rows
-    per object would differ in number between ranks (a collective mismatch under DDP) and be trimmed wrongly at
-    the end of the set. The negative first value (-1 for an image without objects) tells these rows from
-    `pack_maps` rows, which start with a height.
-    """
-    flat = [torch.as_tensor(np.asarray(m, dtype=np.float32)) for m in maps]
-    if sum(counts) != len(flat):
-        raise ValueError(f"{len(flat)} maps for {sum(counts)} objects ({list(counts)} per image)")
-    rows, start = [], 0
-    for count in counts:
-        parts = [torch.tensor([-float(count + 1)])]
-        for m in flat[start : start + count]:
-            parts += [torch.tensor([float(m.shape[-2]), float(m.shape[-1])]), m.reshape(-1)]
-        rows.append(torch.cat(parts))
-        start += count
-    out = torch.full((len(rows), max(r.numel() for r in rows)), PACKED_PAD_VALUE, dtype=torch.float32)
-    for row, values in zip(out, rows):
-        row[: values.numel()] = values
-    return out
-
-
-def unpack_maps(packed: Any) -> list[np.ndarray]:
-    """The inverse of `pack_maps` and `pack_maps_per_image`: the (h, w) maps in order, padding dropped."""
-    maps = []
-    for row in _to_numpy(packed):
-        if row[0] >= 0:
-            maps.append(row[2 : 2 + int(row[0]) * int(row[1])].reshape(int(row[0]), int(row[1])))
-            continue
-        at = 1
-        for _ in range(int(-row[0]) - 1):
-            h, w = int(row[at]), int(row[at + 1])
-            maps.append(row[at + 2 : at + 2 + h * w].reshape(h, w))
-            at += 2 + h * w
-    return maps
-
-
-def is_packed(array: Any) -> bool:
-    return getattr(array, "ndim", None) == 2
-
-
-def original_size_predictions(
-    logits: torch.Tensor,
-    original_masks: Sequence[Any],
-    original_sizes: Any,
-    reshaped_input_sizes: Any,
-    prompt_mask: Any = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Model-frame logits (B, 1, S, S) -> packed logits and masks at each image's own size.
-
-    The one definition of the evaluation frame, shared by `InfoSAMTrainer` evaluation (and
-    so train.py and the model card) and examples/evaluate.py: the padding is cropped and
-    the valid region resized to the original image, as `postprocess_logits` does.
-    With several prompts per image, `logits` hold one row per valid prompt and `prompt_mask`
-    (images, prompts) says which image each row belongs to (the sizes are per image).
-    """
-    if prompt_mask is not None:
-        image = torch.as_tensor(prompt_mask).nonzero()[:, 0].cpu()
-        original_sizes = torch.as_tensor(original_sizes).cpu()[image]
-        reshaped_input_sizes = torch.as_tensor(reshaped_input_sizes).cpu()[image]
-    originals = _sizes_per_image(original_sizes, logits.shape[0], "original_sizes")
-    reshaped = _sizes_per_image(reshaped_input_sizes, logits.shape[0], "reshaped_input_sizes")
-    lg = logits.detach().float().cpu()
-    maps = [postprocess_logits(lg[i : i + 1, 0], originals[i], reshaped[i])[0] for i in range(lg.shape[0])]
-    masks = [_binarize(_to_numpy(m)).astype(np.float32) for m in original_masks]
-    return pack_maps(maps), pack_maps(masks)
-
-
-# --------------------------------------------------------------------------------------
 # accumulator
 # --------------------------------------------------------------------------------------
 
@@ -750,8 +560,8 @@ class SegmentationMetrics:
             return
         lg = _as_batch(logits, "logits")
         batch = lg.shape[0]
-        originals = _sizes_per_image(original_size, batch, "original_size")
-        reshaped = _sizes_per_image(reshaped_input_size, batch, "reshaped_input_size") or [None] * batch
+        originals = sizes_per_image(original_size, batch, "original_size")
+        reshaped = sizes_per_image(reshaped_input_size, batch, "reshaped_input_size") or [None] * batch
         gts = list(gt) if isinstance(gt, (list, tuple)) else None
         if gts is not None and len(gts) != batch:
             raise ValueError(f"got {len(gts)} ground-truth masks for {batch} predictions")

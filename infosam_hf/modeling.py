@@ -45,6 +45,9 @@ from .models import (
 )
 from .relation import RelationModule
 
+# Moved to infosam_hf.inference; importable from here for one release.
+from .inference import sam_low_res_logits, unwrap_sam_model  # noqa: F401
+
 logger = logging.getLogger(__name__)
 
 RELATION_WEIGHTS_NAME = "relation_module.safetensors"
@@ -534,39 +537,6 @@ def keep_frozen_batchnorm_in_eval(module: nn.Module) -> int:
             child.eval()
             frozen += 1
     return frozen
-
-
-def unwrap_sam_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The module whose forward is SamModel's: the student of an InfoSAMModel, else the model itself."""
-    model = getattr(model, "module", model)  # DDP / DataParallel
-    student = getattr(model, "student", None)
-    return student if student is not None and hasattr(model, "relation_module") else model
-
-
-@torch.no_grad()
-def sam_low_res_logits(
-    model: torch.nn.Module,
-    pixel_values: torch.Tensor,
-    input_boxes: torch.Tensor | None = None,
-    input_points: torch.Tensor | None = None,
-    input_labels: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Mask logits ``(B, h, w)`` (float32, decoder resolution) for one prompt and one mask per image.
-
-    ``model`` is a ``SamModel``, a ``PeftModel`` over one (adapters as currently enabled) or an
-    ``InfoSAMModel`` (its student). Prompts are in the padded model-input frame, as
-    ``SamProcessor`` and ``SamSegmentationCollator`` give them. Bring the logits to the
-    original image with ``infosam_hf.metrics.postprocess_logits(..., pad_size=image_size)``.
-    """
-    sam = unwrap_sam_model(model)
-    param = next(sam.parameters())
-    given = {"input_boxes": input_boxes, "input_points": input_points, "input_labels": input_labels}
-    prompts = {name: value.to(param.device) for name, value in given.items() if value is not None}
-    if "input_boxes" not in prompts and "input_points" not in prompts:
-        raise ValueError("SAM needs a prompt: pass input_boxes (B, 1, 4) or input_points (B, 1, N, 2).")
-    pixel_values = pixel_values.to(param.device, dtype=param.dtype if param.is_floating_point() else None)
-    outputs = sam(pixel_values=pixel_values, multimask_output=False, **prompts)
-    return outputs.pred_masks[:, 0, 0].float()
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from scipy.ndimage import distance_transform_edt
 
 from .data.collator import SamSegmentationCollator
 from .data.prompts import PromptSampler
+from .inference import prompt_logits  # noqa: F401  (the batched decoder call; also imported from here)
 
 # "point": one foreground pixel drawn uniformly (as in training: it may sit on the edge next to
 # another object); "center_point": the SAM paper's 1-point protocol, the pixel deepest inside the object.
@@ -52,29 +53,6 @@ def _prompt_sampler(prompt: str, seed: int) -> tuple[PromptSampler, str]:
     if prompt == "center_point":
         return CenterPointSampler(seed=seed), "points"
     raise ValueError(f"prompt must be one of {PROMPTS}, got {prompt!r}.")
-
-
-@torch.no_grad()
-def prompt_logits(model, pixel_values: torch.Tensor, **prompts) -> torch.Tensor:
-    """Low-resolution mask logits (B, N, h, w), float32, one per prompt: N prompts per image, one encoder pass.
-
-    `model`: a SamModel, a PeftModel over one (adapters as enabled) or an InfoSAMModel (its student).
-    """
-    from .modeling import unwrap_sam_model
-
-    sam = unwrap_sam_model(model)
-    param = next(sam.parameters())
-    prompts = {k: v.to(param.device) for k, v in prompts.items() if v is not None}
-    pixel_values = pixel_values.to(param.device, dtype=param.dtype)
-    try:
-        outputs = sam(pixel_values=pixel_values, multimask_output=False, **prompts)
-    except torch.OutOfMemoryError as err:
-        count = next(iter(prompts.values())).shape[1]
-        raise torch.OutOfMemoryError(
-            f"Out of memory decoding {count} prompts per image for {pixel_values.shape[0]} images: lower "
-            "max_objects_per_image or the batch size."
-        ) from err
-    return outputs.pred_masks[:, :, 0].float()
 
 
 @torch.no_grad()

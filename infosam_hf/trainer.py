@@ -23,7 +23,8 @@ from transformers.utils import logging
 from .config import InfoSAMConfig, PeftArguments
 from .data.collator import ORIGINAL_MASKS_KEY
 from .losses import InfoSAMLoss, segmentation_loss
-from .metrics import original_size_predictions, pack_maps, pack_maps_per_image, unpack_maps
+from .inference import original_size_predictions
+from .packing import pack_maps, pack_maps_per_image, unpack_maps
 from .models import load_sam_model
 from .modeling import (
     ADAPTER_WEIGHTS_NAME,

@@ -100,7 +100,7 @@ def _as_mask(mask: Any, size_hw: tuple[int, int] | None = None, what: str = "mas
         raise ValueError(
             f"The {what} is {array.shape[1]}x{array.shape[0]} (WxH) but the image is {size_hw[1]}x{size_hw[0]}: "
             "resize the mask to the image first (e.g. SamProcessor.post_process_masks or "
-            "infosam_hf.metrics.postprocess_logits for mask logits)."
+            "infosam_hf.inference.postprocess_logits for mask logits)."
         )
     return array
 

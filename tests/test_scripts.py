@@ -362,17 +362,19 @@ def test_predict_prompt_file_and_adapter(predict_script, assets, tmp_path):
         predict_script.main(["--prompts", prompt_file, "--box", "1", "1", "2", "2"])
 
 
-def test_predict_maps_coordinates_as_sam_processor_does(predict_script, assets):
+def test_predict_maps_coordinates_as_sam_processor_does(assets):
+    from infosam_hf.inference import to_model_frame
+
     image = PIL.Image.open(image_path(assets, 2)).convert("RGB")  # 80x80 -> 64x64
     processor = assets["processor"]
     box = [10.0, 20.0, 70.0, 75.0]
     expected = processor(images=image, input_boxes=[[box]], return_tensors="pt")["input_boxes"]
-    ours = predict_script.to_model_frame(box, (80, 80), (64, 64)).reshape(1, 1, 4)
+    ours = to_model_frame(box, (80, 80), (64, 64)).reshape(1, 1, 4)
     torch.testing.assert_close(ours, expected.float())
     image = PIL.Image.open(image_path(assets, 4)).convert("RGB")  # 30x50 (WxH) -> 38x64
     points = [[3.0, 7.0], [29.0, 49.0]]
     expected = processor(images=image, input_points=[[points]], return_tensors="pt")["input_points"]
-    ours = predict_script.to_model_frame(points, (50, 30), (64, 38)).reshape(1, 1, 2, 2)
+    ours = to_model_frame(points, (50, 30), (64, 38)).reshape(1, 1, 2, 2)
     torch.testing.assert_close(ours, expected.float())
 
 
@@ -430,6 +432,7 @@ def test_eval_overlay_callback_rejects_preprocessed_rows(assets):
 
 def test_predict_matches_sam_processor_end_to_end(predict_script, assets):
     """Our preprocessing + crop/resize gives exactly the mask of SamProcessor + post_process_masks."""
+    from infosam_hf import Predictor
     from infosam_hf.data import SamSegmentationPreprocessor
 
     model = SamModel.from_pretrained(BUILTIN_MODEL_PATH).eval()
@@ -442,9 +445,8 @@ def test_predict_matches_sam_processor_end_to_end(predict_script, assets):
     expected = processor.post_process_masks(
         outputs.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"], binarize=False
     )[0][0, 0].numpy() > 0
-    ours = predict_script.predict_one(
-        model, SamSegmentationPreprocessor.from_processor(processor), image, predict_script.Prompt(box=box), 0.0
-    )
+    predictor = Predictor(model, SamSegmentationPreprocessor.from_processor(processor))
+    (ours,) = predict_script.predict_masks(predictor, image, [predict_script.Prompt(box=box)])
     assert ours.shape == (48, 64) and expected.any()
     assert (ours == expected).mean() > 0.999  # float32 vs float64 normalisation may flip a boundary pixel
 
