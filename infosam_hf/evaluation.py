@@ -39,8 +39,7 @@ from .data.images import image_size_hw
 from .data.instances import decode_instances
 from .data.sources import _without_decoding
 from .metrics import SegmentationMetrics
-from .modeling import sam_low_res_logits
-from .prompt_following import prompt_logits
+from .inference import prompt_logits, sam_low_res_logits
 
 logger = logging.getLogger("infosam_hf.evaluate")
 

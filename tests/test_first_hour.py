@@ -253,7 +253,7 @@ def test_trainer_evaluation_equals_evaluate_script_on_non_square_images(tmp_path
 def test_packed_maps_survive_padding_and_concatenation():
     from transformers.trainer_pt_utils import nested_concat
 
-    from infosam_hf.metrics import pack_maps, unpack_maps
+    from infosam_hf.packing import pack_maps, unpack_maps
 
     a = [np.arange(6, dtype=np.float32).reshape(2, 3)]
     b = [np.ones((4, 5), np.float32), np.zeros((1, 1), np.float32)]

@@ -606,7 +606,7 @@ def test_evaluate_module_loads_offline_and_matches(tmp_path):
 
 def test_objects_packed_per_image_survive_padding_gathering_and_trimming():
     """Several objects per image travel as one row per image (what DDP gathering and end trimming count)."""
-    from infosam_hf.metrics import PACKED_PAD_VALUE, pack_maps_per_image, unpack_maps
+    from infosam_hf.packing import PACKED_PAD_VALUE, pack_maps_per_image, unpack_maps
 
     rng = np.random.default_rng(0)
     maps = [rng.standard_normal(shape).astype(np.float32) for shape in [(3, 5), (4, 2), (2, 2), (6, 1)]]
