@@ -68,7 +68,7 @@ from infosam_hf.data import (
 )
 from infosam_hf.data.images import image_size_hw
 from infosam_hf.data.instances import INSTANCE_FORMATS, decode_instances
-from infosam_hf.hub import load_model_or_base
+from infosam_hf.loading import load_model_or_base
 from infosam_hf.resolution import allow_image_size_change_argument, image_size_argument
 from infosam_hf.prompt_following import prompt_logits
 from infosam_hf.metrics import SegmentationMetrics

@@ -410,8 +410,7 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(training_args.seed)
 
     if model_args.resume_adapter:
-        from infosam_hf.hub import load_for_training, load_processor, resolve_folder
-        from infosam_hf.modeling import base_model_id_of
+        from infosam_hf.loading import base_model_id_of, load_for_training, load_processor, resolve_folder
 
         # The adapter names its base; only an explicit --model_name_or_path overrides it.
         adapter_folder = resolve_folder(model_args.resume_adapter)
@@ -426,7 +425,7 @@ def main(argv: list[str] | None = None) -> dict:
         processor = load_processor(adapter_folder, explicit_base or base_model_id_of(adapter_folder), model.student)
         processor = adapt_processor(processor, model.infosam_config.image_size)
     else:
-        from infosam_hf.hub import load_processor
+        from infosam_hf.loading import load_processor
         from infosam_hf.models import load_sam_model
 
         # Any supported family (SamModel, SamHQModel, Sam2Model, Sam3TrackerModel, EdgeTamModel).
