@@ -579,7 +579,7 @@ def run_grid(args, results: str) -> None:
     from transformers.utils import logging as hf_logging
 
     from infosam_hf.builtin import BUILTIN_MODEL_PATH
-    from infosam_hf.hub import load_processor
+    from infosam_hf.loading import load_processor
     from infosam_hf.models import load_sam_model
 
     if args.threads:

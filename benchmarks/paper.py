@@ -127,7 +127,7 @@ def run_grid(args, extra: list[str], bf16: bool) -> None:
 
     from infosam_hf.data import load_segmentation_dataset
     from infosam_hf.evaluation import evaluate_segmentation
-    from infosam_hf.hub import load_model_or_base
+    from infosam_hf.loading import load_model_or_base
     from infosam_hf.testing import load_script
 
     forgetting = load_script(os.path.join(HERE, "forgetting.py"), "forgetting_benchmark")

@@ -50,7 +50,7 @@ def main(argv=None) -> dict:
 
     from infosam_hf.builtin import BUILTIN_MODEL_PATH
     from infosam_hf.data import SamSegmentationPreprocessor
-    from infosam_hf.hub import load_processor
+    from infosam_hf.loading import load_processor
     from infosam_hf.models import load_sam_model
 
     if args.threads:

@@ -54,7 +54,7 @@ class Segmenter:
 
     def __init__(self, adapter: str | None = None, base_model: str | None = None, device: str | None = None):
         from infosam_hf import Predictor, builtin
-        from infosam_hf.hub import load_model_or_base
+        from infosam_hf.loading import load_model_or_base
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         explicit = adapter is not None or base_model is not None

@@ -49,7 +49,7 @@ from infosam_hf.cli import ScriptArgumentParser
 from infosam_hf.data import CorruptSampleLog, load_segmentation_dataset
 from infosam_hf.data.arguments import DatasetArguments
 from infosam_hf.evaluation import base_name, describe_prompt, evaluate_segmentation, format_table
-from infosam_hf.hub import load_model_or_base
+from infosam_hf.loading import load_model_or_base
 from infosam_hf.resolution import allow_image_size_change_argument, image_size_argument
 
 logger = logging.getLogger("infosam_hf.evaluate")

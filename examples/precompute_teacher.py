@@ -59,7 +59,7 @@ def main(argv=None) -> dict:
     from accelerate import PartialState
 
     from infosam_hf.features import capture_sam_features
-    from infosam_hf.hub import load_processor
+    from infosam_hf.loading import load_processor
     from infosam_hf.models import family_of, load_sam_model
     from infosam_hf.resolution import adapt_model, adapt_processor
     from infosam_hf.teacher_cache import flatten_entry

@@ -43,7 +43,7 @@ import torch
 from infosam_hf import builtin
 from infosam_hf.cli import ScriptArgumentParser
 from infosam_hf.data import CorruptImageError, CorruptSampleLog, decode_image, to_rgb_pil
-from infosam_hf.hub import load_model_or_base
+from infosam_hf.loading import load_model_or_base
 from infosam_hf.inference import Predictor
 from infosam_hf.resolution import allow_image_size_change_argument, image_size_argument
 from infosam_hf.visualization import OBJECT_COLORS, mask_to_image, render_overlay
@@ -270,7 +270,7 @@ def load_model(args: PredictionArguments, device: torch.device):
 
 def base_named_by(adapter: str) -> str:
     """The base model an adapter names in its adapter_config.json (read when loading), for the log line."""
-    from infosam_hf.modeling import base_model_id_of
+    from infosam_hf.loading import base_model_id_of
 
     try:
         return base_model_id_of(adapter)

@@ -10,13 +10,13 @@ from .losses import (
     relation_distillation_loss,
     structure_loss,
 )
-from .modeling import InfoSAMModelOutput, build_student, default_peft_config
+from .modeling import InfoSAMModel, InfoSAMModelOutput, build_student, default_peft_config
 from .relation import RelationModule
 from .tuners import BottleneckAdapterConfig  # registers the bottleneck adapter with PEFT
 from .trainer import InfoSAMTrainer
 from .training_args import InfoSAMTrainingArguments
 
-from .hub import InfoSAMModel, load, load_for_training  # modeling.InfoSAMModel with the Hub and the card
+from .loading import load, load_for_training
 from .export import export, mask_generation_pipeline  # noqa: E402  (the function shadows the submodule name, as intended)
 
 __version__ = "0.1.0"

@@ -66,8 +66,8 @@ def _peft_student(adapter, base_model, revision, token):
     """(PeftModel to merge, processor or None, source text for messages); in-memory models are copied, never merged in place."""
     from peft import PeftModel
 
-    from .hub import load
     from .inference import unwrap_sam_model
+    from .loading import load
 
     if isinstance(adapter, torch.nn.Module):
         student = unwrap_sam_model(adapter)
@@ -173,7 +173,7 @@ def export(
     base = getattr(student.active_peft_config, "base_model_name_or_path", None)
     processor = processor if processor is not None else loaded_processor
     if processor is None:
-        from .hub import load_processor
+        from .loading import load_processor
 
         with tempfile.TemporaryDirectory() as empty:
             processor = load_processor(empty, base, student, token)

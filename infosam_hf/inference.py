@@ -296,7 +296,7 @@ class Predictor:
         `device=`, `base_model=` ... go there), or over a local folder holding a plain SAM checkpoint."""
         path = os.fspath(adapter_or_base)
         if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "adapter_config.json")):
-            from .hub import load_model_or_base
+            from .loading import load_model_or_base
 
             model, processor = load_model_or_base(None, path, **load_kwargs)
         else:

@@ -8,17 +8,17 @@ the PEFT student, the relation module and (if given) a separate teacher all live
 By default the teacher is the student's own base weights with the adapters disabled
 (`PeftModel.disable_adapter()`), so only one copy of SAM is held in memory.
 
-This module knows nothing of the Hub or the model card: `InfoSAMModel` here saves to and loads
-from a local folder. The public `infosam_hf.InfoSAMModel` (`infosam_hf.hub`) is this class plus
-`push_to_hub`, Hub ids in `from_pretrained` and the README.md card on `save_pretrained`;
-hub and model_card import this module, never the reverse (tests/test_modeling.py checks it).
+`InfoSAMModel` is the one public class: forward, `save_pretrained` (with the model card),
+`from_pretrained` (a folder or a Hub repo) and `push_to_hub`. Those three reach `model_card`,
+`loading` and `hub` through imports inside the methods: those modules import this one, so
+this module imports none of them when it is loaded (tests/test_modeling.py checks it).
+Over 500 lines because the PEFT wrapping checks (`build_student`) sit beside the pair they build.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import os
 import warnings
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from peft import PeftConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers.utils import ModelOutput
 
@@ -448,12 +448,15 @@ class InfoSAMModel(nn.Module):
         )[valid]
         return result
 
-    # ------------------------------------------------------------------ save / load
-    def save_pretrained(self, save_directory: str | os.PathLike, processor=None, **peft_kwargs) -> None:
+    # ------------------------------------------------------------------ save / load / push
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, processor=None, model_card: bool = True, **peft_kwargs
+    ) -> None:
         """Adapter (PEFT format, safetensors) + relation module + infosam_config.json (+ processor) in one folder.
 
-        No README.md: PEFT's generic stub is never written, and the InfoSAM card is
-        `infosam_hf.InfoSAMModel.save_pretrained`'s (model_card=True) or the Trainer's.
+        With `model_card=True` the folder gets the InfoSAM README.md (model-level values; a
+        Trainer's `create_model_card`/`push_to_hub` adds the run's). PEFT's generic stub is
+        never written, and a README.md that infosam_hf did not write is left exactly as it was.
         """
         os.makedirs(save_directory, exist_ok=True)
         peft_kwargs.setdefault("safe_serialization", True)
@@ -464,6 +467,16 @@ class InfoSAMModel(nn.Module):
         self.infosam_config.save_pretrained(save_directory)
         if processor is not None:
             processor.save_pretrained(save_directory)
+        if model_card:
+            from .model_card import model_card_info, render_model_card, save_model_card  # it imports this module
+
+            save_model_card(save_directory, render_model_card(model_card_info(self, folder=save_directory)))
+
+    def push_to_hub(self, repo_id: str, processor=None, **kwargs):
+        """Adapter, relation module, config, processor and model card in one commit (`infosam_hf.hub.push_to_hub`)."""
+        from .hub import push_to_hub  # the Hub layer imports this module, not the reverse at import time
+
+        return push_to_hub(self, repo_id, processor=processor, **kwargs)
 
     @classmethod
     def from_pretrained(
@@ -473,22 +486,22 @@ class InfoSAMModel(nn.Module):
         teacher: nn.Module | str | None = None,
         is_trainable: bool = True,
         require_relation_module: bool = True,
+        revision: str | None = None,
+        token: str | bool | None = None,
         image_size: int | None = None,
         **base_kwargs,
     ) -> "InfoSAMModel":
-        """Rebuild the pair from a folder written by `save_pretrained` (`infosam_hf.InfoSAMModel.from_pretrained`
-        also takes a Hub repo it was pushed to).
+        """Rebuild the pair from a folder written by `save_pretrained`, or a Hub repo it was pushed to.
 
         For inference only, `infosam_hf.load` is lighter (no relation module, optional merge).
         The base is built at the recorded training resolution (`InfoSAMConfig.image_size`);
         `image_size` replaces it (`infosam_hf.load_for_training` checks that this was asked for).
         """
+        from .loading import base_model_id_of, load_relation_module, resolve_folder  # it imports this module
+
         adapter_path = os.fspath(adapter_path)
         if not os.path.isdir(adapter_path):
-            raise FileNotFoundError(
-                f"{adapter_path} is not a folder. Repository ids load with infosam_hf.InfoSAMModel.from_pretrained "
-                "or infosam_hf.load_for_training."
-            )
+            adapter_path = resolve_folder(adapter_path, revision=revision, token=token)
         if not os.path.isfile(os.path.join(adapter_path, ADAPTER_CONFIG_NAME)):
             raise FileNotFoundError(
                 f"{adapter_path} has no {ADAPTER_CONFIG_NAME}: it is not a PEFT adapter folder. Point at the folder "
@@ -547,40 +560,3 @@ def _without_peft_model_card(peft_model):
         yield
     finally:
         del peft_model.create_or_update_model_card
-
-
-def base_model_id_of(adapter_path: str | os.PathLike) -> str:
-    with open(os.path.join(adapter_path, ADAPTER_CONFIG_NAME), encoding="utf-8") as f:
-        base = json.load(f).get("base_model_name_or_path")
-    if not base:
-        raise ValueError(
-            f"{os.path.join(adapter_path, ADAPTER_CONFIG_NAME)} does not name its base model "
-            "(base_model_name_or_path); pass base_model=... explicitly."
-        )
-    return loadable_base(base)
-
-
-def loadable_base(recorded: str | None) -> str | None:
-    """A recorded base as this machine can load it: a built-in model recorded under another install's path
-    is this install's copy; anything else is returned as recorded."""
-    if recorded and not os.path.exists(recorded):
-        from .builtin import builtin_model_path
-
-        return builtin_model_path(recorded) or recorded
-    return recorded
-
-
-def load_relation_module(folder: str | os.PathLike, dim: int, required: bool = True) -> RelationModule | None:
-    """The relation module saved beside an adapter; `None` if absent and not `required`."""
-    path = os.path.join(folder, RELATION_WEIGHTS_NAME)
-    if not os.path.isfile(path):
-        if required:
-            raise FileNotFoundError(
-                f"{folder} has no {RELATION_WEIGHTS_NAME}: continuing InfoSAM training needs the trained relation "
-                "module. Use a folder saved by InfoSAMTrainer, or pass require_relation_module=False to start a "
-                "fresh relation module."
-            )
-        return None
-    module = RelationModule(dim)
-    module.load_state_dict(load_file(path))
-    return module

@@ -102,7 +102,7 @@ def load_model_and_processor(model_args: ModelArguments, infosam_config: InfoSAM
                              explicit: set[str], peft_args: PeftArguments | None = None):
     """(model, processor) to train: a new adapter on --model_name_or_path, or --resume_adapter's adapter (its saved
     InfoSAMConfig with the method flags of the command line, `explicit`, on top); both at --image_size."""
-    from .hub import load_processor
+    from .loading import load_processor
     from .resolution import adapt_model, adapt_processor
 
     if not model_args.resume_adapter:
@@ -116,8 +116,7 @@ def load_model_and_processor(model_args: ModelArguments, infosam_config: InfoSAM
         return model, adapt_processor(processor, infosam_config.image_size)
 
     from .builtin import BUILTIN_MODEL_PATH
-    from .hub import load_for_training, resolve_folder
-    from .modeling import base_model_id_of
+    from .loading import base_model_id_of, load_for_training, resolve_folder
 
     # The adapter names its base; only an explicit --model_name_or_path overrides it.
     adapter_folder = resolve_folder(model_args.resume_adapter)

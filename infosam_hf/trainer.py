@@ -292,9 +292,7 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         teacher_model = teacher_model or config.teacher_model_name_or_path
         if isinstance(teacher_model, str):
             teacher_model = load_sam_model(teacher_model)
-        from .hub import InfoSAMModel as PublicInfoSAMModel  # with push_to_hub and the card, as users get it
-
-        return PublicInfoSAMModel(student, config, teacher=teacher_model)
+        return InfoSAMModel(student, config, teacher=teacher_model)
 
     # ------------------------------------------------------------------ the loss
     @staticmethod
@@ -541,8 +539,8 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         with open(os.path.join(output_dir, TRAINING_ARGS_JSON), "w", encoding="utf-8") as f:
             f.write(self.args.to_json_string())  # to_json_string redacts hub_token & co.
-        # modeling's save_pretrained writes the files only (any InfoSAMModel); the card is the run's, below.
-        InfoSAMModel.save_pretrained(model, output_dir, processor=self.processing_class)
+        # The files only (any InfoSAMModel); the card is the run's, below.
+        InfoSAMModel.save_pretrained(model, output_dir, processor=self.processing_class, model_card=False)
         self.create_model_card(output_dir=output_dir)  # the card with the run's values
 
     def _load_infosam_weights(self, folder: str) -> None:

@@ -255,7 +255,7 @@ def test_every_family_exports_to_its_own_class_with_the_adapters_masks(model_cla
 
     from infosam_hf import load
     from infosam_hf.export import CannotExportOnnxError, export_onnx
-    from infosam_hf.hub import load_processor
+    from infosam_hf.loading import load_processor
     from infosam_hf.models import family_of, load_sam_model
     from infosam_hf.testing import tiny_family_model, toy_segmentation_rows
 

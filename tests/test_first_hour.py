@@ -123,7 +123,7 @@ def test_same_seed_builds_the_same_adapter_and_relation_module(tmp_path):
 
 
 def test_load_for_training_builds_under_the_seed(tmp_path):
-    from infosam_hf.hub import load_for_training
+    from infosam_hf.loading import load_for_training
 
     trainer = InfoSAMTrainer(model=SamModel(tiny_sam_config()), args=tiny_args(tmp_path),
                              train_dataset=toy_segmentation_dataset(2))

@@ -20,7 +20,7 @@ from transformers import SamImageProcessor, SamModel, SamProcessor, TrainingArgu
 import infosam_hf
 from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, PeftArguments, build_student
 from infosam_hf.builtin import BUILTIN_MODEL_PATH, builtin_model_path
-from infosam_hf.hub import load_for_training
+from infosam_hf.loading import load_for_training
 from infosam_hf.model_card import CARD_MARKER, render_model_card
 from infosam_hf.metrics import build_compute_metrics
 from infosam_hf.testing import tiny_sam_config, toy_batch, toy_segmentation_dataset
@@ -133,6 +133,26 @@ def test_push_sends_exactly_the_safe_files_and_a_card_with_real_values(fake_hub,
     out, err = capfd.readouterr()
     assert_no_token(text, *[f.decode("utf-8", "replace") for f in files.values() if f[:1] == b"{"], out, err,
                     hub_debug_logs.text)
+
+
+def test_the_one_infosam_model_pushes_and_loads_back_and_old_hub_imports_still_work(fake_hub, trained):
+    """`infosam_hf.InfoSAMModel` is modeling's class itself (no Hub subclass): its push_to_hub reaches the Hub layer
+    and what it pushed loads back as the same class. hub.py keeps the moved loading names for one release."""
+    import infosam_hf.hub
+    import infosam_hf.loading
+    import infosam_hf.modeling
+
+    assert type(trained) is infosam_hf.modeling.InfoSAMModel
+    assert "push_to_hub" in vars(infosam_hf.modeling.InfoSAMModel)
+    commit = trained.push_to_hub("tiny/infosam-one", processor=tiny_processor())
+    assert set(fake_hub.files("tiny/infosam-one")) == ADAPTER_FILES
+    assert commit.oid == fake_hub.repo("tiny/infosam-one").commits[-1].oid
+    again = infosam_hf.modeling.InfoSAMModel.from_pretrained("tiny/infosam-one")
+    assert type(again) is infosam_hf.modeling.InfoSAMModel
+    torch.testing.assert_close(predict(again.student.eval(), toy_batch(2)), predict(trained.student, toy_batch(2)))
+    for name in ("load", "load_for_training", "load_model_or_base", "resolve_folder", "check_adapter_fits",
+                 "load_processor"):
+        assert getattr(infosam_hf.hub, name) is getattr(infosam_hf.loading, name), name
 
 
 def test_push_records_the_given_base_model_id_in_the_adapter_config(fake_hub, trained, tmp_path):
@@ -257,6 +277,7 @@ def test_trainer_push_to_hub_sends_adapter_relation_config_and_card(fake_hub, ba
         compute_metrics=build_compute_metrics(),
         processing_class=tiny_processor(),
     )
+    assert type(trainer.model) is InfoSAMModel  # the one class, with push_to_hub and the card
     trainer.train()
     final = trainer.evaluate()
     trainer.push_to_hub(dataset="tiny/polyp-set")

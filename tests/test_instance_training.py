@@ -128,7 +128,7 @@ def test_trainer_evaluate_and_evaluate_script_give_the_same_per_object_scores(tm
         load_segmentation_dataset,
         prepare_instance_dataset,
     )
-    from infosam_hf.hub import load
+    from infosam_hf.loading import load
     from infosam_hf.metrics import build_compute_metrics
     from infosam_hf.testing import tiny_sam_config
     from test_scripts import save_adapter, tiny_processor

@@ -7,7 +7,7 @@ from transformers import SamImageProcessor, SamModel, SamProcessor
 
 import infosam_hf
 from infosam_hf import InfoSAMConfig, InfoSAMModel, PeftArguments, build_student
-from infosam_hf.hub import load_for_training
+from infosam_hf.loading import load_for_training
 from infosam_hf.testing import tiny_sam_config, toy_batch
 
 

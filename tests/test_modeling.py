@@ -292,35 +292,100 @@ def _module_file(name: str) -> str | None:
     return None  # `from .data.preprocessing import X`: X is a name, not a module
 
 
-def _imported_package_modules(name: str) -> set[str]:
-    """infosam_hf modules that module `name` imports anywhere in its source (inside functions too)."""
+def _package_modules() -> list[str]:
+    """Every module of infosam_hf, by name, found on disk (nothing imported)."""
+    import importlib.util
+    import os
+
+    root = importlib.util.find_spec("infosam_hf").submodule_search_locations[0]
+    names = []
+    for folder, _, files in os.walk(root):
+        for file in files:
+            if file.endswith(".py"):
+                parts = os.path.relpath(os.path.join(folder, file), os.path.dirname(root))[:-3].split(os.sep)
+                names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return sorted(names)
+
+
+def _package_imports(name: str) -> dict[str, set[str]]:
+    """{infosam_hf module that module `name` imports: the functions it is imported in ("" = at import time)}.
+
+    Importing a submodule imports its parent packages first; those are not counted."""
     import ast
 
     origin = _module_file(name)
     package = name if origin.endswith("__init__.py") else name.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(open(origin, encoding="utf-8").read())):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                base = f"{parent}.{base}" if base else parent
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from . import hub`
-    return {m for m in found if m.startswith("infosam_hf.") and _module_file(m)}
+    found: dict[str, set[str]] = {}
 
-def test_modeling_knows_nothing_of_the_hub():
-    """modeling is imported by hub and model_card; the reverse (even a lazy import in a method) makes a cycle."""
-    seen, todo = set(), ["infosam_hf.modeling"]
-    while todo:
-        name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo.extend(_imported_package_modules(name))
-    assert "infosam_hf.config" in seen  # the scan sees modeling's own imports
-    assert not seen & {"infosam_hf.hub", "infosam_hf.model_card"}, sorted(seen)
-    import infosam_hf.hub
+    def visit(node, scope: tuple[str, ...], in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                visit(child, (*scope, child.name), in_function or not isinstance(child, ast.ClassDef))
+                continue
+            names = []
+            if isinstance(child, ast.Import):
+                names = [alias.name for alias in child.names]
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    parent = package.rsplit(".", child.level - 1)[0] if child.level > 1 else package
+                    base = f"{parent}.{base}" if base else parent
+                names = [base, *(f"{base}.{alias.name}" for alias in child.names)]  # `from . import hub`
+            for module in names:
+                if module.startswith("infosam_hf.") and module != name and not name.startswith(module + "."):
+                    if _module_file(module):
+                        found.setdefault(module, set()).add(".".join(scope) if in_function else "")
+            visit(child, scope, in_function)
 
-    assert issubclass(InfoSAMModel, infosam_hf.modeling.InfoSAMModel) and InfoSAMModel is infosam_hf.hub.InfoSAMModel
+    visit(ast.parse(open(origin, encoding="utf-8").read()), (), False)
+    return found
+
+
+def test_the_import_graph_has_no_circle_and_the_model_imports_its_io_layers_only_inside_its_methods():
+    """At import time no module imports itself back (loading/hub/model_card import modeling); modeling reaches
+    model_card, loading and hub only from inside the three InfoSAMModel methods that need them."""
+    graph = {name: {m for m, where in _package_imports(name).items() if "" in where} for name in _package_modules()}
+    assert "infosam_hf.config" in graph["infosam_hf.modeling"]  # the scan sees modeling's own imports
+    assert {"infosam_hf.modeling", "infosam_hf.model_card"} <= graph["infosam_hf.loading"]
+    done, active = set(), []
+
+    def walk(name):
+        active.append(name)
+        for module in sorted(graph.get(name, ())):
+            assert module not in active, "import circle: " + " -> ".join(active[active.index(module):] + [module])
+            if module not in done:
+                walk(module)
+        active.pop()
+        done.add(name)
+
+    for name in graph:
+        if name not in done:
+            walk(name)
+    io_layers = {"infosam_hf.model_card", "infosam_hf.loading", "infosam_hf.hub"}
+    lazy = {m: where for m, where in _package_imports("infosam_hf.modeling").items() if m in io_layers}
+    assert lazy == {
+        "infosam_hf.model_card": {"InfoSAMModel.save_pretrained"},
+        "infosam_hf.loading": {"InfoSAMModel.from_pretrained"},
+        "infosam_hf.hub": {"InfoSAMModel.push_to_hub"},
+    }
+
+
+def test_there_is_one_infosam_model_class_with_save_load_and_push():
+    """One class named InfoSAMModel in the whole package (no Hub subclass), and every public path leads to it."""
+    import ast
+    import importlib
+
+    import infosam_hf
+    import infosam_hf.modeling
+
+    defined = [
+        name
+        for name in _package_modules()
+        for node in ast.walk(ast.parse(open(_module_file(name), encoding="utf-8").read()))
+        if isinstance(node, ast.ClassDef) and node.name == "InfoSAMModel"
+    ]
+    assert defined == ["infosam_hf.modeling"]
+    assert InfoSAMModel is infosam_hf.InfoSAMModel is infosam_hf.modeling.InfoSAMModel
+    for name in ("infosam_hf.hub", "infosam_hf.loading", "infosam_hf.model_card", "infosam_hf.trainer"):
+        assert getattr(importlib.import_module(name), "InfoSAMModel") is InfoSAMModel, name
+    assert {"forward", "save_pretrained", "from_pretrained", "push_to_hub"} <= set(vars(InfoSAMModel))
