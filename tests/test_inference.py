@@ -7,7 +7,7 @@ import torch
 from transformers import SamModel, SamProcessor
 
 import infosam_hf
-from infosam_hf import InfoSAMConfig, InfoSAMModel, Predictor, build_student
+from infosam_hf import InfoSAMConfig, InfoSAMModel, PeftArguments, Predictor, build_student
 from infosam_hf.builtin import BUILTIN_MODEL_PATH
 from infosam_hf.data import SamSegmentationPreprocessor
 from infosam_hf.inference import postprocess_logits, to_model_frame, unwrap_sam_model
@@ -112,8 +112,9 @@ def test_set_image_encodes_once_for_several_predictions(builtin):
 
 def lora_student():
     torch.manual_seed(0)
-    config = InfoSAMConfig(lora_r=2)
-    model = InfoSAMModel(build_student(SamModel.from_pretrained(BUILTIN_MODEL_PATH), config), config)
+    config = InfoSAMConfig()
+    student = build_student(SamModel.from_pretrained(BUILTIN_MODEL_PATH), config, PeftArguments(lora_r=2))
+    model = InfoSAMModel(student, config)
     with torch.no_grad():
         for _, p in model.named_parameters():
             if p.requires_grad:
