@@ -1,7 +1,7 @@
 """Reproduce the built-in tiny SAM (`infosam_hf/builtin/sam-tiny-general`).
 
 It stands in for `facebook/sam-vit-base` where real weights cannot be downloaded: a
-small SAM (architecture `infosam_hf.testing.builtin_sam_config`) trained from scratch,
+small SAM (architecture `infosam_hf.builtin.builtin_sam_config`) trained from scratch,
 all weights, with BCE + dice + the IoU head's MSE (`--loss sam`: SAM's 20 x focal + dice
 + IoU, which collapsed to empty masks here) on the synthetic "general" domain (1-6
 objects per image), every image prompted once per object (up to
@@ -35,7 +35,7 @@ from torch import nn
 from transformers import SamImageProcessor, SamModel, SamProcessor, Trainer, TrainerCallback, TrainingArguments
 
 from infosam_hf.synthetic import MAX_OBJECTS
-from infosam_hf.builtin import BUILTIN_IMAGE_SIZE, BUILTIN_MODEL_PATH, builtin_dataset_path
+from infosam_hf.builtin import BUILTIN_IMAGE_SIZE, BUILTIN_MODEL_PATH, builtin_dataset_path, builtin_sam_config
 from infosam_hf.data import (
     PromptSampler,
     SamSegmentationCollator,
@@ -46,7 +46,6 @@ from infosam_hf.data import (
 from infosam_hf.losses import focal_dice_iou_loss
 from infosam_hf.modeling import upsample_masks
 from infosam_hf.prompt_following import evaluate_prompt_following
-from infosam_hf.testing import builtin_sam_config
 
 
 class SamWithLoss(nn.Module):

@@ -1,7 +1,7 @@
 """Reproduce the built-in tiny SAM 2 (`infosam_hf/builtin/sam2-tiny-general`).
 
 The SAM 2 counterpart of examples/pretrain_builtin_sam.py (same data, prompts, loss, schedule
-and Trainer): a small Sam2Model (architecture `infosam_hf.testing.builtin_sam2_config`, 128 px,
+and Trainer): a small Sam2Model (architecture `infosam_hf.builtin.builtin_sam2_config`, 128 px,
 a 6-block Hiera) trained from scratch on the synthetic "general" domain, so that
 `python examples/train.py --builtin_model sam2` runs the SAM 2 path offline. Images go
 through SAM 2's geometry (resize to a square, no padding) with infosam_hf's own
@@ -25,9 +25,8 @@ from pretrain_builtin_sam import (  # same directory: run as a script
     train_and_check,
 )
 
-from infosam_hf.builtin import BUILTIN_IMAGE_SIZE, BUILTIN_SAM2_PATH
+from infosam_hf.builtin import BUILTIN_IMAGE_SIZE, BUILTIN_SAM2_PATH, builtin_sam2_config
 from infosam_hf.data import SamSegmentationPreprocessor
-from infosam_hf.testing import builtin_sam2_config
 
 
 def fresh_builtin_sam2() -> Sam2Model:
