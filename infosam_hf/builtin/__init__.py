@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from .configs import builtin_sam2_config, builtin_sam_config  # the shipped models' architectures
+from .configs import builtin_sam2_config, builtin_sam_config  # noqa: F401  (the shipped models' architectures)
 
 BUILTIN_MODEL_PATH = os.path.join(os.path.dirname(__file__), "sam-tiny-general")
 # The same stand-in for SAM 2 (examples/pretrain_builtin_sam2.py): `examples/train.py --builtin_model sam2`.
