@@ -82,7 +82,8 @@ def load_sam_model(name_or_path: str, **kwargs) -> nn.Module:
 
 
 def prepare_for_peft(model: nn.Module) -> nn.Module:
-    """The base model, fixed up (in place) for `get_peft_model` / `PeftModel.from_pretrained` where its family needs it."""
+    """The base model, fixed up (in place) for `get_peft_model` / `PeftModel.from_pretrained` where its family
+    needs it."""
     family = family_of(model, "base model")
     if family.prepare_for_peft is not None:
         family.prepare_for_peft(model)
