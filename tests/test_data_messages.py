@@ -123,6 +123,15 @@ def test_the_trainer_ends_evaluate_and_train_with_the_skipped_samples_once(tmp_p
     assert "Skipped 1 corrupt sample(s)" not in caplog.text and train_log.count > 1
 
 
+def test_precompute_teacher_ends_with_the_samples_it_skipped(tmp_path, capsys):
+    data = write_csv(tmp_path / "data", {"train": [square(), square((20, 30))]})
+    summary = load_script("precompute_teacher").main(
+        ["--teacher_store", str(tmp_path / "store"), "--dataset_name", str(data), "--image_size", "64"]
+    )
+    assert summary["computed"] == 1
+    assert "Skipped 1 corrupt sample(s): " in capsys.readouterr().out
+
+
 def test_instance_data_does_not_claim_streaming_true_was_passed(tmp_path):
     mode = choose_data_mode(tmp_path, "auto", instance_format="ids")
     assert mode.streaming and "--streaming true was passed" not in str(mode) and "--instance_format ids" in str(mode)
