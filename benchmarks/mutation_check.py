@@ -161,7 +161,7 @@ MUTANTS = (
         "only z_i of the student detached (L_d still reaches the encoder through z_m)",
     ),
     Mutant(
-        "z_m_is_the_iou_token", "infosam_hf/models/__init__.py",
+        "z_m_is_the_iou_token", "infosam_hf/models/sam.py",
         (('two_way_transformer_class="SamTwoWayTransformer",\n    first_mask_token=1,',
           'two_way_transformer_class="SamTwoWayTransformer",\n    first_mask_token=0,'),),
         (M + "test_z_m_is_the_token_the_decoder_turns_into_its_first_mask",),
@@ -323,7 +323,7 @@ MUTANTS = (
     ),
     # 8. family geometry between valid sizes
     Mutant(
-        "sam2_size_multiple_one_stride", "infosam_hf/models/__init__.py",
+        "sam2_size_multiple_one_stride", "infosam_hf/models/sam2.py",
         (("return 2 * (SamFamily.image_size(config) // coarsest)",
           "return SamFamily.image_size(config) // coarsest"),),
         (B + "test_every_sam2_size_the_check_accepts_runs_and_every_size_it_refuses_fails",),

@@ -161,6 +161,8 @@ def main(argv=None) -> dict:
     if state.is_main_process:
         print(f"teacher store {store.folder}: {summary['entries']} entries, {format_bytes(summary['bytes'])} "
               f"(this run computed {computed} on process 0)")
+    if data.corrupt_log.count:  # this process's skips (each was also logged as it happened)
+        print(data.corrupt_log.report())
     return summary
 
 

@@ -1,7 +1,7 @@
 """Reproduce the built-in tiny SAM (`infosam_hf/builtin/sam-tiny-general`).
 
 It stands in for `facebook/sam-vit-base` where real weights cannot be downloaded: a
-small SAM (architecture `infosam_hf.testing.builtin_sam_config`) trained from scratch,
+small SAM (architecture `infosam_hf.builtin.builtin_sam_config`) trained from scratch,
 all weights, with BCE + dice + the IoU head's MSE (`--loss sam`: SAM's 20 x focal + dice
 + IoU, which collapsed to empty masks here) on the synthetic "general" domain (1-6
 objects per image), every image prompted once per object (up to

@@ -1,7 +1,7 @@
 """Reproduce the built-in tiny SAM 2 (`infosam_hf/builtin/sam2-tiny-general`).
 
 The SAM 2 counterpart of examples/pretrain_builtin_sam.py (same data, prompts, loss, schedule
-and Trainer): a small Sam2Model (architecture `infosam_hf.testing.builtin_sam2_config`, 128 px,
+and Trainer): a small Sam2Model (architecture `infosam_hf.builtin.builtin_sam2_config`, 128 px,
 a 6-block Hiera) trained from scratch on the synthetic "general" domain, so that
 `python examples/train.py --builtin_model sam2` runs the SAM 2 path offline. Images go
 through SAM 2's geometry (resize to a square, no padding) with infosam_hf's own

@@ -33,6 +33,8 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFilter
 
+from .cache_dirs import cache_home, staged_folder
+
 PAPER_DOMAINS = ("lesions", "roads", "camouflage")
 DOMAINS = ("general", "specialised", *PAPER_DOMAINS)  # order matters: the index seeds each domain's generator
 GENERATOR_VERSION = 3  # part of the cache folder name: a changed generator never reuses old data
@@ -460,7 +462,7 @@ def write_synthetic_dataset(
 
 def cache_root() -> Path:
     """Where synthetic data sets are cached: `$INFOSAM_HF_CACHE/synthetic` (default `~/.cache/infosam_hf`)."""
-    return Path(os.environ.get("INFOSAM_HF_CACHE") or Path.home() / ".cache" / "infosam_hf") / "synthetic"
+    return cache_home() / "synthetic"
 
 
 def default_dataset_dir(
@@ -516,8 +518,6 @@ def ensure_synthetic_dataset(
                 f"{folder} exists but was not completed by ensure_synthetic_dataset; it is left untouched. "
                 "Move it away, or point INFOSAM_HF_CACHE at another folder."
             )
-        from .data.cache import staged_folder
-
         with staged_folder(folder, _MARKER) as staging:
             write_synthetic_dataset(staging, **{k: v for k, v in params.items()})
             (staging / _MARKER).write_text(json.dumps(params, sort_keys=True) + "\n")

@@ -1,4 +1,4 @@
-"""Tiny SAM configurations for tests, benchmarks and the built-in default.
+"""Tiny SAM configurations for tests and benchmarks (the built-in models' own: `infosam_hf.builtin.configs`).
 
 Real checkpoints cannot be fetched in CI, so everything that exercises the
 pipeline builds a `SamModel` from one of these configs. They keep SAM's
@@ -10,6 +10,9 @@ two-way mask decoder with 256 channels) so that code paths match
 from __future__ import annotations
 
 from transformers import SamConfig
+
+from .builtin.configs import builtin_sam2_config, builtin_sam_config  # noqa: F401  (moved; re-exported)
+from .builtin.configs import feature_sizes as _feature_sizes
 
 
 def load_script(path, name: str):
@@ -106,48 +109,6 @@ def toy_batch(batch_size: int, image_size: int = 64, seed: int = 0) -> dict:
     return {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
 
 
-def builtin_sam_config() -> SamConfig:
-    """The built-in default model's architecture: 128 px images, 16x16 embeddings, 4 ViT layers.
-
-    Small enough to pre-train and fine-tune on 2 CPU cores in minutes, big enough that
-    the image encoder dominates the step as it does in real SAM.
-    """
-    return tiny_sam_config(
-        image_size=128, vision_hidden_size=96, vision_layers=4, decoder_mlp_dim=256, patch_size=8
-    )
-
-
-def builtin_sam2_config():
-    """The built-in SAM 2's architecture: 128 px, a 6-block Hiera (strides 4-32), a SAM-sized 256-wide decoder.
-
-    The decoder reads the stride-16 level (8x8) plus the stride-4/8 high-resolution features, as
-    SAM 2 does; 256 channels like the built-in SAM, so InfoSAM's default relation_dim fits both.
-    `dynamic_multimask_via_stability` is off: in eval mode SAM 2 swaps an unstable single mask for
-    its best multimask output, and this model is trained (like the built-in SAM) on single masks
-    only, so those outputs are untrained.
-    """
-    from transformers import Sam2Config, Sam2HieraDetConfig
-
-    size, dims = 128, [24, 48, 96, 192]
-    backbone = Sam2HieraDetConfig(
-        hidden_size=dims[0], num_attention_heads=1, image_size=[size, size],
-        blocks_per_stage=[1, 1, 3, 1], embed_dim_per_stage=dims, num_attention_heads_per_stage=[1, 1, 2, 4],
-        window_size_per_stage=[4, 4, 4, 2], global_attention_blocks=[4],
-        window_positional_embedding_background_size=[4, 4],
-    )
-    return Sam2Config(
-        vision_config=dict(
-            backbone_config=backbone, backbone_channel_list=list(reversed(dims)),
-            backbone_feature_sizes=_feature_sizes(size, 16), fpn_hidden_size=256,
-        ),
-        prompt_encoder_config=dict(hidden_size=256, image_size=size, patch_size=16),
-        mask_decoder_config=dict(
-            hidden_size=256, mlp_dim=256, num_hidden_layers=2, num_attention_heads=4, iou_head_hidden_dim=256,
-            dynamic_multimask_via_stability=False,
-        ),
-    )
-
-
 def vit_b_sam_config(image_size: int = 1024) -> SamConfig:
     """SAM ViT-B's architecture (`facebook/sam-vit-base`'s config) at `image_size`, for random-weight benchmarks.
 
@@ -179,11 +140,6 @@ def tiny_sam_hq_config(image_size: int = 64):
         prompt_encoder_config=dict(hidden_size=32, image_size=image_size, patch_size=8),
         mask_decoder_config=dict(TINY_DECODER, vit_dim=32),
     )
-
-
-def _feature_sizes(image_size: int, stride: int) -> list[list[int]]:
-    """SAM 2's three feature levels (strides 4, 8, 16 of a Hiera; 4x, 2x, 1x the ViT grid in SAM 3)."""
-    return [[image_size // stride * 4] * 2, [image_size // stride * 2] * 2, [image_size // stride] * 2]
 
 
 def tiny_sam2_config(image_size: int = 64):

@@ -483,10 +483,29 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         return {n: float(total / count) for n, (total, count) in zip(LOSS_PARTS, local.cpu().tolist()) if count}
 
     def train(self, *args, **kwargs):
-        """The stock training, then a check that several processes really trained one model (`data_parallel`)."""
+        """The stock training, then a check that several processes really trained one model (`data_parallel`), and
+        the summary of samples skipped as corrupt."""
         output = super().train(*args, **kwargs)
         self.data_parallel = self._check_data_parallel()
+        self._report_corrupt_samples()
         return output
+
+    def evaluate(self, eval_dataset=None, *args, **kwargs):
+        """The stock evaluation, then the summary of samples skipped as corrupt that no report has named yet."""
+        metrics = super().evaluate(eval_dataset, *args, **kwargs)
+        self._report_corrupt_samples(eval_dataset)
+        return metrics
+
+    def _report_corrupt_samples(self, *more_datasets) -> None:
+        """Lists the samples skipped from this trainer's data sets and overlays (their `corrupt_log`) since the
+        last report, once each: the end-of-run summary, printed here because importing infosam_hf installs no
+        exit hook."""
+        evaluation = self.eval_dataset.values() if isinstance(self.eval_dataset, dict) else [self.eval_dataset]
+        holders = [self.train_dataset, *evaluation, *more_datasets, *self.callback_handler.callbacks]
+        logs = {id(log): log for log in (getattr(h, "corrupt_log", None) for h in holders) if log is not None}
+        for log in logs.values():
+            if log.unreported():
+                logger.warning(log.report())
 
     def _check_data_parallel(self) -> dict | None:
         """Under several processes: the wrapper that synchronised the gradients and whether every rank ends with the

@@ -19,7 +19,6 @@ from infosam_hf.data import (
     load_segmentation_dataset,
     prepare_dataset,
 )
-from infosam_hf.data import sources
 from infosam_hf.visualization import BOX_COLOR, GT_COLOR, NEGATIVE_POINT_COLOR, OBJECT_COLORS, POSITIVE_POINT_COLOR
 from test_train_script import load_script
 
@@ -75,7 +74,7 @@ def test_nearly_all_empty_is_refused_and_a_few_empty_masks_are_fine():
 # ------------------------------------------------------------------------------------------- skip reports
 
 
-def test_a_mis_sized_eval_mask_is_listed_once_and_its_report_not_repeated_at_exit(tmp_path, caplog):
+def test_a_mis_sized_eval_mask_is_listed_once_and_its_report_not_repeated_at_the_end(tmp_path):
     data = write_csv(tmp_path / "data", {"test": [square(), square((20, 30)), square()]})
     raw = load_segmentation_dataset(str(data), split="test", streaming=False)
     log = CorruptSampleLog()
@@ -86,14 +85,51 @@ def test_a_mis_sized_eval_mask_is_listed_once_and_its_report_not_repeated_at_exi
     report = log.report()
     assert report.startswith("Skipped 1 corrupt sample(s): ") and report.count("test-1.png") == 1, report
     assert "skip_corrupt" not in report and "--validate_data" in report  # a flag a CLI user can pass
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="infosam_hf"):
-        sources._report_corrupt_samples_at_exit()  # train.py printed the report: the exit hook adds nothing
-    assert "test-1.png" not in caplog.text
+    assert log.unreported() == []  # train.py printed the report: the trainer's end-of-run summary adds nothing
     log.add("another.png", "unreadable")
-    with caplog.at_level(logging.WARNING, logger="infosam_hf"):
-        sources._report_corrupt_samples_at_exit()  # a skip after the last report is reported
-    assert "another.png" in caplog.text
+    assert log.unreported() == ["another.png"]  # a skip after the last report is reported
+
+
+def test_the_trainer_ends_evaluate_and_train_with_the_skipped_samples_once(tmp_path, caplog):
+    """What an exit hook used to print (`import infosam_hf` installs none): the trainer's own summary."""
+    from transformers import SamModel, TrainingArguments
+
+    from infosam_hf import InfoSAMTrainer
+    from infosam_hf.data import PromptSampler, SamSegmentationCollator
+    from infosam_hf.testing import tiny_sam_config
+
+    data = write_csv(tmp_path / "data", {"train": [square()] * 3 + [square((20, 30))], "test": [square()] * 2})
+    preprocessor = SamSegmentationPreprocessor(image_size=32)
+    train_log = CorruptSampleLog()
+    train = prepare_dataset(load_segmentation_dataset(str(data), split="train", streaming=False), preprocessor,
+                            corrupt_log=train_log)
+    evaluation = prepare_dataset(load_segmentation_dataset(str(data), split="test", streaming=False), preprocessor,
+                                 keep_original_mask=True)
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=2,
+                             report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=True)
+    trainer = InfoSAMTrainer(model=SamModel(tiny_sam_config(image_size=32)), args=args, train_dataset=train,
+                             eval_dataset=evaluation, data_collator=SamSegmentationCollator(PromptSampler(seed=0)))
+    with caplog.at_level(logging.WARNING):
+        trainer.evaluate()
+    assert "Skipped" not in caplog.text  # nothing skipped yet: no summary
+    with caplog.at_level(logging.WARNING):
+        trainer.train()
+    summaries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Skipped 1 corrupt sample(s)")]
+    assert len(summaries) == 1 and "train-3.png" in summaries[0], caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        trainer.evaluate()
+        trainer.train()  # meets train-3.png again: already named, not summarised again
+    assert "Skipped 1 corrupt sample(s)" not in caplog.text and train_log.count > 1
+
+
+def test_precompute_teacher_ends_with_the_samples_it_skipped(tmp_path, capsys):
+    data = write_csv(tmp_path / "data", {"train": [square(), square((20, 30))]})
+    summary = load_script("precompute_teacher").main(
+        ["--teacher_store", str(tmp_path / "store"), "--dataset_name", str(data), "--image_size", "64"]
+    )
+    assert summary["computed"] == 1
+    assert "Skipped 1 corrupt sample(s): " in capsys.readouterr().out
 
 
 def test_instance_data_does_not_claim_streaming_true_was_passed(tmp_path):

@@ -279,3 +279,51 @@ def test_train_script_takes_a_sam2_checkpoint(tmp_path):
     loaded, processor = infosam_hf.load(str(out))
     assert type(loaded.get_base_model()).__name__ == "Sam2Model"
     assert SamSegmentationPreprocessor.from_processor(processor).geometry == SQUARE
+
+
+def test_a_family_registered_in_one_place_gives_both_its_lora_preset_and_its_adapter_targets(monkeypatch):
+    """The spec is the one place a family is written: LoRA presets and the Adapter's defaults both read it."""
+    import dataclasses
+
+    from transformers import SamConfig, SamModel
+    from transformers.models.sam.modeling_sam import SamMaskDecoder
+
+    from infosam_hf import models
+    from infosam_hf.testing import tiny_sam_config
+    from infosam_hf.tuners.bottleneck_adapter import DEFAULT_TARGETS
+
+    class FakeSamConfig(SamConfig):
+        model_type = "infosam_fake_sam"
+
+    fake_decoder = type("FakeMaskDecoder", (SamMaskDecoder,), {})
+    fake = dataclasses.replace(
+        models.SAM, name="Fake SAM", model_class="FakeSamModel", model_type="infosam_fake_sam",
+        mask_decoder_class="FakeMaskDecoder", lora_target_modules=r".*vision_encoder\.layers\.0\.attn\.proj",
+        adapter_targets=(r"(?:.*\.)?vision_encoder\.layers\.1\.mlp", r".*vision_encoder\.layers\.1\.layer_norm1"),
+    )
+
+    def base():
+        torch.manual_seed(0)
+        model = SamModel(FakeSamConfig(**tiny_sam_config(output_channels=32).to_dict()))
+        model.mask_decoder.__class__ = fake_decoder  # what `find_family` recognises the family by
+        return model
+
+    def wrapped(student, marker):
+        return sorted({name.split(f".{marker}")[0] for name, _ in student.named_parameters() if f".{marker}" in name})
+
+    monkeypatch.setattr(models, "FAMILIES", models.FAMILIES)  # monkeypatch puts the registry back: the teardown
+    models.register_family(fake)
+    assert family_of(base()) is fake and DEFAULT_TARGETS["infosam_fake_sam"] == fake.adapter_targets
+    lora = build_student(base(), InfoSAMConfig(peft_method="lora", lora_r=2))
+    assert wrapped(lora, "lora_A") == ["base_model.model.vision_encoder.layers.0.attn.proj"]
+    adapter = build_student(base(), InfoSAMConfig(peft_method="adapter", adapter_train_layernorms=True))
+    assert wrapped(adapter, "bottleneck_") == [
+        "base_model.model.vision_encoder.layers.1.layer_norm1", "base_model.model.vision_encoder.layers.1.mlp"
+    ]
+    with pytest.raises(ValueError, match="'Twin': its model_class 'FakeSamModel' is already the Fake SAM's"):
+        models.register_family(dataclasses.replace(fake, name="Twin"))
+
+    monkeypatch.undo()
+    assert "infosam_fake_sam" not in DEFAULT_TARGETS and models.find_family(base()) is None
+    with pytest.raises(TypeError, match="must be one of transformers' image SAM models"):
+        build_student(base(), InfoSAMConfig(peft_method="lora"))

@@ -26,3 +26,23 @@ def pretrain(script: str, output_dir) -> str:
 def test_same_flags_and_seed_give_the_same_weights_file(script, tmp_path):
     first = pretrain(script, tmp_path / "first")
     assert pretrain(script, tmp_path / "second") == first
+
+
+@pytest.mark.parametrize("which", ["sam", "sam2"])
+def test_the_builtin_configs_are_the_architectures_of_the_shipped_models(which):
+    """`infosam_hf.builtin.configs` is what built the committed weights: same config, field by field."""
+    from transformers import AutoConfig
+
+    from infosam_hf.builtin import BUILTIN_MODELS, builtin_sam2_config, builtin_sam_config
+
+    def fields(config, prefix=""):
+        out = {}
+        for key, value in config.items():
+            if key in ("_name_or_path", "architectures", "dtype", "transformers_version"):  # written at saving
+                continue
+            out.update(fields(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+
+    built = {"sam": builtin_sam_config, "sam2": builtin_sam2_config}[which]().to_dict()
+    shipped = AutoConfig.from_pretrained(BUILTIN_MODELS[which]).to_dict()
+    assert fields(built) == fields(shipped)

@@ -4,12 +4,14 @@ Real SAM weights and the benchmark sets cannot be downloaded everywhere (CI, air
 machines), so infosam-hf ships a small, honest stand-in that exercises the same code:
 `sam-tiny-general` (made by examples/pretrain_builtin_sam.py, committed) segments the
 synthetic "general" domain from box prompts; fine-tuning adapts it to the shifted
-"specialised" domain.
+"specialised" domain. `configs.py` holds the two models' architectures.
 """
 
 from __future__ import annotations
 
 import os
+
+from .configs import builtin_sam2_config, builtin_sam_config  # noqa: F401  (the shipped models' architectures)
 
 BUILTIN_MODEL_PATH = os.path.join(os.path.dirname(__file__), "sam-tiny-general")
 # The same stand-in for SAM 2 (examples/pretrain_builtin_sam2.py): `examples/train.py --builtin_model sam2`.

@@ -19,7 +19,7 @@ def fresh_builtin_sam():
     import torch
     from transformers import SamModel
 
-    from ..testing import builtin_sam_config
+    from .configs import builtin_sam_config
 
     sam = SamModel(builtin_sam_config())
     embedding = sam.shared_image_embedding.positional_embedding
@@ -42,7 +42,7 @@ def fresh_builtin_sam2():
     import torch
     from transformers import Sam2Model
 
-    from ..testing import builtin_sam2_config
+    from .configs import builtin_sam2_config
 
     sam = Sam2Model(builtin_sam2_config())
     with torch.no_grad():

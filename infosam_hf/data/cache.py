@@ -25,9 +25,7 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ import numpy as np
 import datasets
 from datasets import Dataset, IterableDataset
 
+from ..cache_dirs import cache_home, staged_folder
 from . import images as _images_module
 from .sources import CorruptSampleLog, _Preprocess, _find_csv_layout, _without_decoding, load_segmentation_dataset
 
@@ -54,9 +53,7 @@ _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 def preprocessed_cache_dir() -> Path:
     """`$INFOSAM_HF_CACHE/preprocessed` (default `~/.cache/infosam_hf/preprocessed`)."""
-    from ..synthetic import cache_root
-
-    return cache_root().parent / "preprocessed"
+    return cache_home() / "preprocessed"
 
 
 # --------------------------------------------------------------------------- choosing the mode
@@ -360,27 +357,6 @@ def _build(dataset, preprocessor, folder: Path, skip_corrupt: bool, log: Corrupt
         (staging / _INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
         (staging / _MARKER).write_text("")
     logger.info("Cached %d preprocessed samples of %s in %.1f s", rows, description, time.perf_counter() - start)
-
-
-@contextmanager
-def staged_folder(folder: Path, marker: str):
-    """A temporary sibling of `folder` to write into, renamed to `folder` when the block ends without error.
-
-    Readers only ever see a complete folder (one holding `marker`); when processes starting
-    together (one per rank) build the same folder, the first finished copy wins and the
-    others are dropped. Whatever happens, the temporary folder does not outlive the block.
-    """
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
-        yield staging
-        try:
-            staging.rename(folder)
-        except OSError:
-            if not (folder / marker).exists():  # not a finished copy from a concurrent process
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _open(folder: Path, log: CorruptSampleLog) -> Dataset:

@@ -7,13 +7,11 @@ columns, `image` and `mask`, both `datasets.Image`, so that the rest of the pipe
 
 from __future__ import annotations
 
-import atexit
 import csv
 import inspect
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -418,18 +416,18 @@ class PicklableWithLock:
 class CorruptSampleLog(PicklableWithLock):
     """Counts and names the samples skipped because their image or mask could not be decoded.
 
-    Each skip is logged as it happens (file and fix), `report()` summarises, and every
-    log with skips that no `report()` has summarised yet reports them when the process
-    exits, so a long run ends with the list, once. Data-loader workers hold their own copies: with
-    `num_workers > 0` the per-skip warnings (emitted in the workers) are the record.
+    Each skip is logged as it happens (file and fix), `report()` summarises. `InfoSAMTrainer`
+    summarises the skips of its data sets that no `report()` has named yet at the end of `train()`
+    and `evaluate()`, and the example scripts print the report at their end (no exit hook:
+    importing infosam_hf changes nothing in the process). Data-loader workers hold their own copies:
+    with `num_workers > 0` the per-skip warnings (emitted in the workers) are the record.
     """
 
     def __init__(self):
         self.skipped: list[str] = []
         self.reasons: list[str] = []  # why each one was skipped, in the same order
-        self.reported = 0  # how many skips a report() has summarised (the exit report repeats none of them)
+        self.reported = 0  # how many skips a report() has summarised
         self._lock = threading.Lock()
-        _LOGS.add(self)
 
     @property
     def count(self) -> int:
@@ -440,6 +438,12 @@ class CorruptSampleLog(PicklableWithLock):
             self.skipped.append(source)
             self.reasons.append(str(error))
         logger.warning("Skipping corrupt sample %s (%d skipped so far): %s", source, self.count, error)
+
+    def unreported(self) -> list[str]:
+        """The samples skipped since the last `report()` that it did not name (one met at every evaluation is new
+        once): what a summary at the end of a run still has to say."""
+        named = set(self.skipped[: self.reported])
+        return [name for name in dict.fromkeys(self.skipped[self.reported :]) if name not in named]
 
     def report(self) -> str:
         self.reported = self.count
@@ -457,14 +461,6 @@ class CorruptSampleLog(PicklableWithLock):
 
 
 CorruptSampleCounter = CorruptSampleLog  # the name used in the design notes
-_LOGS: weakref.WeakSet[CorruptSampleLog] = weakref.WeakSet()
-
-
-@atexit.register
-def _report_corrupt_samples_at_exit() -> None:  # pragma: no cover - runs at interpreter exit
-    for log in list(_LOGS):
-        if log.count > getattr(log, "reported", 0):
-            logger.warning(log.report())
 
 
 def describe_sample(image_value: Any, mask_value: Any, fallback: str) -> tuple[str, str, str]:

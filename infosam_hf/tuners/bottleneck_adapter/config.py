@@ -8,7 +8,7 @@ equal to the base. It is nonlinear, hence never merged into the base weights.
 
 Which modules are adapted is data, not code, so a SAM family only has to supply its
 MLP (and LayerNorm) module patterns: ``target_modules``/``layernorm_modules`` here, or a
-default per ``model_type`` in `infosam_hf.tuners.bottleneck_adapter.DEFAULT_TARGETS`.
+default per ``model_type`` in its family's spec (`infosam_hf.models`, `SamFamily.adapter_targets`).
 """
 
 from __future__ import annotations

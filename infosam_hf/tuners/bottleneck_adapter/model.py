@@ -1,45 +1,41 @@
 """`BottleneckAdapterModel`: the PEFT tuner that places bottleneck adapters (and LayerNorm copies).
 
-Matching is by module name only, so a new SAM family needs no code here: add its
-`model_type` to `DEFAULT_TARGETS` (MLP pattern, LayerNorm pattern) or pass
-`target_modules`/`layernorm_modules` in the config.
+Matching is by module name only, so a new SAM family needs no code here: its spec in
+`infosam_hf.models` names its `adapter_targets` (MLP pattern, LayerNorm pattern), or the
+config passes `target_modules`/`layernorm_modules`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
+from ...models import adapter_default_targets, family_for_model_type
 from .config import PREFIX, BottleneckAdapterConfig
 from .layer import NOT_MERGEABLE, BottleneckAdaptedLayerNorm, BottleneckAdapterLayer, BottleneckAdapterMLP
 
-_SAM_VIT = (
-    r"(?:.*\.)?vision_encoder\.layers\.\d+\.mlp",
-    r"(?:.*\.)?vision_encoder\.(?:layers\.\d+\.layer_norm[12]|neck\.layer_norm[12])",
-)
-# SAM 2's Hiera (`Sam2MultiScaleBlock`: layer_norm1, attn, layer_norm2, mlp). A block that changes width does so in
-# its attention; its MLP keeps the width, so both placements fit every block.
-_SAM2_HIERA = (
-    r"(?:.*\.)?vision_encoder\.backbone\.blocks\.\d+\.mlp",
-    r"(?:.*\.)?vision_encoder\.backbone\.blocks\.\d+\.layer_norm[12]",
-)
-# SAM 3's ViT (`Sam3ViTLayer`: layer_norm1, attention, layer_norm2, mlp), anchored to the image encoder.
-_SAM3_VIT = (
-    r"(?:.*\.)?vision_encoder\.backbone\.layers\.\d+\.mlp",
-    r"(?:.*\.)?vision_encoder\.backbone\.(?:layers\.\d+\.layer_norm[12]|layer_norm)",
-)
-# model_type -> (MLP modules, LayerNorm modules), each one regex over the full module name.
-# SAM and SAM-HQ share the ViT image encoder (`SamVisionLayer`: layer_norm1, attn, layer_norm2, mlp).
-# EdgeTAM has none: its RepViT image encoder has no MLP made of Linear layers.
-NO_MLP_IMAGE_ENCODERS = {"edgetam": "EdgeTAM, whose RepViT image encoder is convolutional (no MLP of Linear layers)"}
-DEFAULT_TARGETS: dict[str, tuple[str, str]] = {
-    "sam": _SAM_VIT,
-    "sam_hq": _SAM_VIT,
-    "sam2": _SAM2_HIERA,
-    "sam3_tracker": _SAM3_VIT,
-}
+
+class _DefaultTargets(Mapping):
+    """model_type -> (MLP modules, LayerNorm modules): a read-only view of the family registry
+    (`infosam_hf.models`, each spec's `adapter_targets`), read at every lookup; kept under its old name."""
+
+    def __getitem__(self, model_type: str) -> tuple[str, str]:
+        return adapter_default_targets()[model_type]
+
+    def __iter__(self):
+        return iter(adapter_default_targets())
+
+    def __len__(self) -> int:
+        return len(adapter_default_targets())
+
+    def __repr__(self) -> str:
+        return f"DEFAULT_TARGETS({adapter_default_targets()!r})"
+
+
+DEFAULT_TARGETS: Mapping[str, tuple[str, str]] = _DefaultTargets()
 
 
 def _matches(patterns, key: str) -> bool:
@@ -88,19 +84,23 @@ class BottleneckAdapterModel(BaseTuner):
 
     prefix: str = PREFIX
     tuner_layer_cls = BottleneckAdapterLayer
-    target_module_mapping = {model_type: mlp for model_type, (mlp, _) in DEFAULT_TARGETS.items()}
+
+    @property
+    def target_module_mapping(self) -> dict[str, str]:  # PEFT's name for the defaults; ours also hold LayerNorms
+        return {model_type: mlp for model_type, (mlp, _) in DEFAULT_TARGETS.items()}
 
     def _prepare_adapter_config(self, peft_config: BottleneckAdapterConfig, model_config: dict):
         model_type = model_config.get("model_type")
-        defaults = DEFAULT_TARGETS.get(model_type)
+        family = family_for_model_type(model_type)
+        defaults = family.adapter_targets if family is not None else None
         missing = [
             field
             for field, needed in (("target_modules", True), ("layernorm_modules", peft_config.train_layernorms))
             if needed and getattr(peft_config, field) is None
         ]
-        if missing and model_type in NO_MLP_IMAGE_ENCODERS:
+        if missing and family is not None and family.adapter_unsupported:
             raise ValueError(
-                f"The bottleneck Adapter cannot adapt {NO_MLP_IMAGE_ENCODERS[model_type]}: use LoRA instead "
+                f"The bottleneck Adapter cannot adapt {family.adapter_unsupported}: use LoRA instead "
                 "(--peft_method lora, PeftArguments(peft_method='lora')), which targets its attention projections."
             )
         if missing and defaults is None:

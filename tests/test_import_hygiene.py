@@ -1,0 +1,155 @@
+"""What `import infosam_hf` does to a process (registers the Adapter with PEFT, nothing else), and the shape of the
+package's import graph (no circles)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+
+import infosam_hf
+
+PACKAGE = os.path.dirname(infosam_hf.__file__)
+ROOT = os.path.dirname(PACKAGE)
+
+# Function-level imports that close a circle in the full import graph, each with its reason (module, imported).
+DEFERRED_ON_PURPOSE: dict[tuple[str, str], str] = {}
+
+
+def run_python(code: str) -> dict:
+    """`code` in a fresh interpreter importing this checkout; it prints one JSON line, returned parsed."""
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_import_loads_only_the_adapter_registration_and_every_public_name_resolves():
+    result = run_python(
+        "import json, sys\n"
+        "import infosam_hf\n"
+        "heavy = ['infosam_hf.trainer', 'infosam_hf.hub', 'infosam_hf.export', 'infosam_hf.modeling',\n"
+        "         'infosam_hf.data', 'transformers.trainer']\n"
+        "loaded = [m for m in heavy if m in sys.modules]\n"
+        "from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING\n"
+        "adapter = PEFT_TYPE_TO_CONFIG_MAPPING.get('INFOSAM_BOTTLENECK_ADAPTER')\n"
+        "registered = adapter is infosam_hf.BottleneckAdapterConfig\n"
+        "missing = [n for n in infosam_hf.__all__ if getattr(infosam_hf, n, None) is None]\n"
+        "missing += [] if callable(infosam_hf.hub.push_to_hub) else ['hub']  # a submodule, as before: loaded on use\n"
+        "namespace = {}\n"
+        "exec('from infosam_hf import *', namespace)\n"
+        "print(json.dumps(dict(loaded=loaded, registered=registered, missing=missing,\n"
+        "                      star=sorted(set(infosam_hf.__all__) - set(namespace)))))\n"
+    )
+    assert result == {"loaded": [], "registered": True, "missing": [], "star": []}
+
+
+def test_the_names_type_checkers_see_are_the_public_names():
+    tree = ast.parse(open(os.path.join(PACKAGE, "__init__.py")).read())
+    checked = next(n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING")
+    assert set(infosam_hf.__all__) == {"BottleneckAdapterConfig", *infosam_hf._LAZY_NAMES}
+    typed = {alias.asname or alias.name for node in ast.walk(checked) if isinstance(node, ast.ImportFrom)
+             for alias in node.names}
+    assert typed | {"BottleneckAdapterConfig"} == set(infosam_hf.__all__)
+    lazy = {node.names[0].name: node.module for node in ast.walk(checked) if isinstance(node, ast.ImportFrom)}
+    assert all(infosam_hf._LAZY_NAMES[name] == module for name, module in lazy.items())
+
+
+def test_importing_any_module_of_infosam_hf_registers_no_exit_hook_and_export_stays_the_function():
+    result = run_python(
+        "import atexit, importlib, json, pkgutil\n"
+        "hooks, register = [], atexit.register\n"
+        "def recording(function, *args, **kwargs):\n"
+        "    hooks.append(f'{getattr(function, \"__module__\", \"\")}.{getattr(function, \"__qualname__\", \"\")}')\n"
+        "    return register(function, *args, **kwargs)\n"
+        "atexit.register = recording\n"
+        "from infosam_hf.export import export as function  # the submodule first: Python sets it on the package\n"
+        "import infosam_hf\n"
+        "from infosam_hf import export\n"
+        "for module in pkgutil.walk_packages(infosam_hf.__path__, 'infosam_hf.'):\n"
+        "    importlib.import_module(module.name)\n"
+        "print(json.dumps(dict(hooks=[hook for hook in hooks if hook.startswith('infosam_hf')],\n"
+        "                      export=[export is function, infosam_hf.export is function])))\n"
+    )
+    assert result == {"hooks": [], "export": [True, True]}
+
+
+# ------------------------------------------------------------------------------------------- import graph
+
+
+def _modules() -> dict[str, str]:
+    found = {}
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                parts = os.path.relpath(os.path.join(folder, name[:-3]), ROOT).split(os.sep)
+                found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = os.path.join(folder, name)
+    return found
+
+
+def _imports(module: str, path: str, known: set[str], inside_functions: bool) -> set[str]:
+    """The infosam_hf modules `module` imports: at module level (class bodies included, `if TYPE_CHECKING:` not),
+    and with `inside_functions` also those imported in function bodies."""
+    package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
+    found = set()
+
+    def visit(node):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and not inside_functions:
+            return
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name in known)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for alias in node.names:  # `from pkg import submodule` imports the submodule, else a name of pkg
+                found.add(f"{target}.{alias.name}" if f"{target}.{alias.name}" in known else target)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(open(path, encoding="utf-8").read()))
+    return (found & known) - {module}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    cycles, state, stack = [], {}, []
+
+    def walk(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                walk(nxt)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            walk(node)
+    return cycles
+
+
+def _graph(inside_functions: bool) -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, set(modules), inside_functions) for name, path in modules.items()}
+
+
+def test_the_module_level_import_graph_has_no_cycles():
+    graph = _graph(inside_functions=False)
+    assert {"infosam_hf.tuners", "infosam_hf.models"} <= set(graph) and graph["infosam_hf"] == {"infosam_hf.tuners"}
+    assert _cycles(graph) == []
+
+
+def test_imports_inside_functions_close_no_cycle_unless_listed_with_a_reason():
+    graph = _graph(inside_functions=True)
+    for edge in DEFERRED_ON_PURPOSE:
+        graph[edge[0]].discard(edge[1])
+    assert _cycles(graph) == [], "break the cycle, or list its deferred import in DEFERRED_ON_PURPOSE with why"
