@@ -45,8 +45,6 @@ from .models import (
 )
 from .relation import RelationModule
 
-# Moved to infosam_hf.inference; importable from here for one release.
-from .inference import sam_low_res_logits, unwrap_sam_model  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
