@@ -126,8 +126,8 @@ def main(argv=None) -> dict:
     print("command: python benchmarks/multi_object.py " + " ".join(sys.argv[1:] if argv is None else argv))
     print(f"{'arm':<34} {'objects/s':>10} {'peak MB':>9}")
     labels = {
-        "multi": "%d images x %d prompts" % (args["images"], args["objects"]),
-        "separate": "%d one-prompt samples" % (args["images"] * args["objects"]),
+        "multi": f"{args['images']} images x {args['objects']} prompts",
+        "separate": f"{args['images'] * args['objects']} one-prompt samples",
     }
     for arm, label in labels.items():
         print(f"{label:<34} {summary[arm]['objects_per_s']:>10.2f} {summary[arm]['peak_mb']:>9.0f}")

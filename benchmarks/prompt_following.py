@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from infosam_hf.builtin import BUILTIN_MODEL_PATH, builtin_dataset_path
-from infosam_hf.synthetic import MAX_OBJECTS
 from infosam_hf.data import SamSegmentationPreprocessor, load_segmentation_dataset, prepare_instance_dataset
 from infosam_hf.models import load_sam_model
 from infosam_hf.prompt_following import PROMPTS, evaluate_prompt_following, mask_resolution_ceiling, prompt_logits
+from infosam_hf.synthetic import MAX_OBJECTS
 
 
 def main(argv=None) -> dict:

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from infosam_hf.losses import dice_loss, mask_iou
 
 
-
 def fresh_model(family: str):
     """The built-in architecture of `family`, initialised as its pre-training script does."""
     from infosam_hf.builtin.fresh import fresh_builtin_sam, fresh_builtin_sam2

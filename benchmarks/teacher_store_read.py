@@ -20,7 +20,6 @@ import argparse
 import statistics
 import tempfile
 import time
-
 import zlib
 
 import torch

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> str:
         try:
             report = export_onnx(merged, os.path.join(output_dir, "onnx"))
         except CannotExportOnnxError as error:
-            raise SystemExit(f"error: {error} (the merged model is in {output_dir}; no ONNX files were written)")
+            raise SystemExit(f"error: {error} (the merged model is in {output_dir}; no ONNX files were written)") from None
         for name, values in report.items():
             print(f"ONNX {name}: max |onnxruntime - torch| = {values['max_abs_diff']:.3g} (values up to {values['max_abs']:.3g})")
     if args.push_to_hub:

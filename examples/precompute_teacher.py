@@ -58,12 +58,6 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     from accelerate import PartialState
 
-    from infosam_hf.features import capture_sam_features
-    from infosam_hf.loading import load_processor
-    from infosam_hf.models import family_of, load_sam_model
-    from infosam_hf.resolution import adapt_model, adapt_processor
-    from infosam_hf.teacher_cache import flatten_entry
-
     from infosam_hf.builtin import builtin_dataset_path
     from infosam_hf.data import (
         SamSegmentationPreprocessor,
@@ -71,7 +65,11 @@ def main(argv=None) -> dict:
         prepare_dataset,
         split_for_process,
     )
-    from infosam_hf.teacher_cache import content_key
+    from infosam_hf.features import capture_sam_features
+    from infosam_hf.loading import load_processor
+    from infosam_hf.models import family_of, load_sam_model
+    from infosam_hf.resolution import adapt_model, adapt_processor
+    from infosam_hf.teacher_cache import content_key, flatten_entry
     from infosam_hf.teacher_store import TeacherEmbeddingStore, check_store_root, estimate_bytes, format_bytes
 
     args = parse_args(argv)

@@ -43,8 +43,8 @@ import torch
 from infosam_hf import builtin
 from infosam_hf.cli import ScriptArgumentParser
 from infosam_hf.data import CorruptImageError, CorruptSampleLog, decode_image, to_rgb_pil
-from infosam_hf.loading import load_model_or_base
 from infosam_hf.inference import Predictor
+from infosam_hf.loading import load_model_or_base
 from infosam_hf.resolution import allow_image_size_change_argument, image_size_argument
 from infosam_hf.visualization import OBJECT_COLORS, mask_to_image, render_overlay
 
@@ -296,7 +296,7 @@ def save_several(image, masks, prompts, mask_paths, overlay_path, alpha: float) 
     from infosam_hf.visualization import overlay_mask
 
     overlay = image
-    for k, (mask, prompt, path) in enumerate(zip(masks, prompts, mask_paths)):
+    for k, (mask, _prompt, path) in enumerate(zip(masks, prompts, mask_paths)):
         mask_to_image(mask).save(path)
         overlay = overlay_mask(overlay, mask, color=OBJECT_COLORS[k % len(OBJECT_COLORS)], alpha=alpha)
     for prompt in prompts:

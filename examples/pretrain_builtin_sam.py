@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import SamImageProcessor, SamModel, SamProcessor, Trainer, TrainerCallback, TrainingArguments
 
-from infosam_hf.synthetic import MAX_OBJECTS
 from infosam_hf.builtin import BUILTIN_IMAGE_SIZE, BUILTIN_MODEL_PATH, builtin_dataset_path
 from infosam_hf.builtin.fresh import fresh_builtin_sam
 from infosam_hf.data import (
@@ -47,6 +46,7 @@ from infosam_hf.data import (
 from infosam_hf.losses import focal_dice_iou_loss
 from infosam_hf.modeling import upsample_masks
 from infosam_hf.prompt_following import evaluate_prompt_following
+from infosam_hf.synthetic import MAX_OBJECTS
 
 
 class SamWithLoss(nn.Module):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 
 import torch
-
 from pretrain_builtin_sam import (  # same directory: run as a script
     SamWithLoss,
     pretraining_data,

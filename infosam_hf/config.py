@@ -214,7 +214,7 @@ class InfoSAMConfig:
         return path
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "the given dict") -> "InfoSAMConfig":
+    def from_dict(cls, values: dict[str, Any], source: str = "the given dict") -> InfoSAMConfig:
         """Fields of `InfoSAMConfig`; those an older infosam-hf saved here that now live elsewhere (the PEFT choices,
         recorded by the adapter's own adapter_config.json, and run-local settings) are skipped."""
         known = {f.name for f in dataclasses.fields(cls)}
@@ -230,16 +230,16 @@ class InfoSAMConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
     @classmethod
-    def from_json_file(cls, path: str | os.PathLike) -> "InfoSAMConfig":
+    def from_json_file(cls, path: str | os.PathLike) -> InfoSAMConfig:
         try:
             with open(path, encoding="utf-8") as f:
                 values = json.load(f)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); re-save it with InfoSAMConfig.save_pretrained.")
+            raise ValueError(f"{path} is not valid JSON ({err}); re-save it with InfoSAMConfig.save_pretrained.") from err
         return cls.from_dict(values, source=str(path))
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike) -> "InfoSAMConfig":
+    def from_pretrained(cls, folder: str | os.PathLike) -> InfoSAMConfig:
         path = os.path.join(folder, INFOSAM_CONFIG_NAME)
         if not os.path.isfile(path):
             raise FileNotFoundError(
@@ -351,7 +351,7 @@ class PeftArguments:
             indices.update(range(first, last + 1))
         return sorted(indices) or None
 
-    def get_peft_config(self, family: "SamFamily | None" = None) -> "PeftConfig":
+    def get_peft_config(self, family: SamFamily | None = None) -> PeftConfig:
         """The student's `PeftConfig` from `peft_method`, with the mask decoder trained in full, as in the paper.
 
         'lora': LoRA on `lora_target_modules`: a preset resolved in the `family`'s module names (SAM's without one),
@@ -384,7 +384,7 @@ class PeftArguments:
             bias="none",
         )
 
-    def differences(self, saved: "PeftConfig", names, family: "SamFamily | None" = None) -> dict[str, tuple]:
+    def differences(self, saved: PeftConfig, names, family: SamFamily | None = None) -> dict[str, tuple]:
         """Among the fields `names`, those whose value here gives another adapter than `saved` (a trained adapter's
         `PeftConfig`): {name: (value here, the saved adapter's value)}. What `--resume_adapter` cannot change."""
         wanted = self.get_peft_config(family)

@@ -38,8 +38,8 @@ from .data import (
 from .data.images import image_size_hw
 from .data.instances import decode_instances
 from .data.sources import _without_decoding
-from .metrics import SegmentationMetrics
 from .inference import prompt_logits, sam_low_res_logits
+from .metrics import SegmentationMetrics
 
 logger = logging.getLogger("infosam_hf.evaluate")
 

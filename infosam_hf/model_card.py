@@ -22,8 +22,8 @@ from typing import Any
 
 from .builtin import BUILTIN_SAM2_PATH, builtin_model_path
 from .config import INFOSAM_CONFIG_NAME, InfoSAMConfig
-from .models import family_of
 from .modeling import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, RELATION_WEIGHTS_NAME, InfoSAMModel
+from .models import family_of
 
 MODEL_CARD_NAME = "README.md"
 CARD_TEMPLATE_NAME = "infosam_adapter_card.md"

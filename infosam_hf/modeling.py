@@ -45,7 +45,6 @@ from .models import (
 )
 from .relation import RelationModule
 
-
 logger = logging.getLogger(__name__)
 
 RELATION_WEIGHTS_NAME = "relation_module.safetensors"
@@ -488,7 +487,7 @@ class InfoSAMModel(nn.Module):
         token: str | bool | None = None,
         image_size: int | None = None,
         **base_kwargs,
-    ) -> "InfoSAMModel":
+    ) -> InfoSAMModel:
         """Rebuild the pair from a folder written by `save_pretrained`, or a Hub repo it was pushed to.
 
         For inference only, `infosam_hf.load` is lighter (no relation module, optional merge).

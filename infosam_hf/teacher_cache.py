@@ -112,7 +112,7 @@ class TeacherEmbeddingCache:
         return len(self._entries)
 
     @classmethod
-    def for_model(cls, model: nn.Module, **kwargs) -> "TeacherEmbeddingCache":
+    def for_model(cls, model: nn.Module, **kwargs) -> TeacherEmbeddingCache:
         if getattr(model, "teacher", None) is None:
             shadowed = [
                 name
@@ -152,7 +152,7 @@ class TeacherEmbeddingCache:
 
     def store(self, keys: list[str], embeddings) -> None:
         for i, key in enumerate(keys):
-            entry = _map(lambda t: t[i].detach(), embeddings)
+            entry = _map(lambda t, i=i: t[i].detach(), embeddings)
             self._remember(key, entry)
             if self.disk_store is not None:
                 self.disk_store.put(key, flatten_entry(entry))

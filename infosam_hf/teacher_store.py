@@ -130,7 +130,7 @@ def _writable(folder: Path) -> bool:
     except OSError as err:
         if err.errno in _NOT_WRITABLE:
             return False
-        raise ValueError(f"Teacher store {folder} cannot be used as a folder ({err.strerror}); point it at a folder.")
+        raise ValueError(f"Teacher store {folder} cannot be used as a folder ({err.strerror}); point it at a folder.") from err
 
 
 def _fix(flag: str) -> str:
@@ -186,7 +186,7 @@ class TeacherEmbeddingStore:
     @classmethod
     def for_teacher(
         cls, root: str | os.PathLike, encoder: nn.Module, model_config=None, precision: str = "float32", **kwargs
-    ) -> "TeacherEmbeddingStore":
+    ) -> TeacherEmbeddingStore:
         return cls(root, teacher_fingerprint(encoder, model_config, precision), **kwargs)
 
     def path_of(self, key: str) -> Path:

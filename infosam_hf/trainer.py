@@ -22,10 +22,8 @@ from transformers.utils import logging
 
 from .config import InfoSAMConfig, PeftArguments
 from .data.collator import ORIGINAL_MASKS_KEY
-from .losses import InfoSAMLoss, segmentation_loss
 from .inference import original_size_predictions
-from .packing import pack_maps, pack_maps_per_image, unpack_maps
-from .models import load_sam_model
+from .losses import InfoSAMLoss, segmentation_loss
 from .modeling import (
     ADAPTER_WEIGHTS_NAME,
     RELATION_WEIGHTS_NAME,
@@ -34,6 +32,8 @@ from .modeling import (
     build_student,
     upsample_masks,
 )
+from .models import load_sam_model
+from .packing import pack_maps, pack_maps_per_image, unpack_maps
 from .training_args import InfoSAMTrainingArguments, run_setting
 from .training_state import SafetensorsTrainingStateMixin
 

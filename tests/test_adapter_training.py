@@ -121,7 +121,7 @@ def test_push_and_load_from_the_hub(fake_hub, base_folder, tmp_path):
         config,
     ).eval()
     with torch.no_grad():
-        for name, p in model.student.named_parameters():
+        for _, p in model.student.named_parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
     batch = toy_batch(2)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_multi_object import _pair_outputs, instance_row  # tests/ is on sys.path (conftest.py)
 from transformers import SamModel
 
 from infosam_hf import (
@@ -31,7 +32,6 @@ from infosam_hf.losses import (
 )
 from infosam_hf.modeling import InfoSAMModelOutput
 from infosam_hf.testing import tiny_sam_config, toy_batch
-from test_multi_object import _pair_outputs, instance_row  # tests/ is on sys.path (conftest.py)
 
 SIZE = 64  # the size of test_multi_object.instance_row's samples
 

@@ -5,12 +5,11 @@ import os
 
 import pytest
 import torch
+from test_train_script import ROOT, load_script
 from transformers import Sam2Model
 
 from infosam_hf.builtin import BUILTIN_MODEL_PATH, BUILTIN_SAM2_PATH, builtin_model_path
 from infosam_hf.synthetic import write_synthetic_dataset
-
-from test_train_script import ROOT, load_script
 
 
 def grid_and_prompt_encodings(sam: Sam2Model) -> tuple[torch.Tensor, torch.Tensor]:

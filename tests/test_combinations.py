@@ -62,13 +62,13 @@ def pairwise_cells(factors: dict[str, list], allowed) -> list[dict]:
         for name in names:
             if name in cell:
                 continue
-            def gain(value):
+            def gain(value, cell=cell, name=name, uncovered=uncovered):
                 trial = {**cell, name: value}
                 if not allowed(trial):
                     return -1
                 return sum(((n, trial[n]), (name, value)) in uncovered or ((name, value), (n, trial[n])) in uncovered
                            for n in cell)
-            cell[name] = max(factors[name], key=lambda v: (gain(v), -factors[name].index(v)))
+            cell[name] = max(factors[name], key=lambda v, name=name: (gain(v), -factors[name].index(v)))
         assert allowed(cell), cell
         cells.append(cell)
         uncovered -= {((x, cell[x]), (y, cell[y])) for x, y in itertools.combinations(names, 2)}

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+from test_train_script import load_script
 
 from infosam_hf.callbacks import EvalOverlayCallback
 from infosam_hf.data import (
@@ -20,7 +21,6 @@ from infosam_hf.data import (
     prepare_dataset,
 )
 from infosam_hf.visualization import BOX_COLOR, GT_COLOR, NEGATIVE_POINT_COLOR, OBJECT_COLORS, POSITIVE_POINT_COLOR
-from test_train_script import load_script
 
 
 def write_csv(root: Path, masks: dict[str, list[np.ndarray]], size=(40, 48)) -> Path:

@@ -49,7 +49,7 @@ def test_geometry_matches_sam_processor_and_mask_lands_in_place():
         rect_mask(32, 32, (8, 8, 24, 24), value=1),
         rect_mask(32, 32, (8, 8, 24, 24), value=255),
         rect_mask(32, 32, (8, 8, 24, 24), value=3, mode="P"),
-        Image.fromarray((np.asarray(rect_mask(32, 32, (8, 8, 24, 24), value=1)).astype(np.uint16) * 40000)),
+        Image.fromarray(np.asarray(rect_mask(32, 32, (8, 8, 24, 24), value=1)).astype(np.uint16) * 40000),
     ],
     ids=["0-1", "0-255", "palette", "16-bit"],
 )

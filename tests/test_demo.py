@@ -177,7 +177,7 @@ def test_browser_upload_click_a_box_and_see_both_results(server):
         clicked = json.loads(prompt.get_attribute("value"))["box"]
         assert all(abs(a - b) <= 4 for a, b in zip(clicked, [box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2]))
         for elem in ("#base-out img", "#tuned-out img"):
-            _wait(lambda: browser.find_elements(By.CSS_SELECTOR, elem), what=f"the result image {elem}")
+            _wait(lambda elem=elem: browser.find_elements(By.CSS_SELECTOR, elem), what=f"the result image {elem}")
         scores = _wait(lambda: browser.find_element(By.CSS_SELECTOR, "#scores").text.strip(), what="the scores")
         assert "zero-shot base" in scores and "fine-tuned adapter" in scores
         os.makedirs(ARTIFACTS, exist_ok=True)
@@ -190,6 +190,7 @@ def test_browser_upload_click_a_box_and_see_both_results(server):
 
 def test_the_space_entry_builds_the_demo_and_its_requirements_match_the_package(monkeypatch, tmp_path):
     import runpy
+
     import tomllib
 
     monkeypatch.chdir(tmp_path)

@@ -20,7 +20,6 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from safetensors.torch import load_file
 from transformers import SamModel, TrainingArguments
 
 from infosam_hf import InfoSAMConfig, InfoSAMTrainer

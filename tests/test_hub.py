@@ -21,8 +21,8 @@ import infosam_hf
 from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, PeftArguments, build_student
 from infosam_hf.builtin import BUILTIN_MODEL_PATH, builtin_model_path
 from infosam_hf.loading import load_for_training
-from infosam_hf.model_card import CARD_MARKER, render_model_card
 from infosam_hf.metrics import build_compute_metrics
+from infosam_hf.model_card import CARD_MARKER, render_model_card
 from infosam_hf.testing import tiny_sam_config, toy_batch, toy_segmentation_dataset
 
 TOKEN = "hf_SECRETtoken123"

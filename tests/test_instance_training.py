@@ -9,10 +9,10 @@ import datasets
 import numpy as np
 import PIL.Image
 import pytest
+from test_train_script import load_script
 
 from infosam_hf.data import decode_instances
 from infosam_hf.synthetic import make_synthetic_instances
-from test_train_script import load_script
 
 FORMATS = ("ids", "masks", "coco")
 
@@ -118,6 +118,7 @@ def test_trainer_evaluate_and_evaluate_script_give_the_same_per_object_scores(tm
     evaluate_adapter.py the original image: with padding (48 x 64 images) they disagreed. Both now score each object
     at its image's size."""
     import torch
+    from test_scripts import save_adapter, tiny_processor
     from transformers import SamModel, TrainingArguments
 
     from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer
@@ -131,7 +132,6 @@ def test_trainer_evaluate_and_evaluate_script_give_the_same_per_object_scores(tm
     from infosam_hf.loading import load
     from infosam_hf.metrics import build_compute_metrics
     from infosam_hf.testing import tiny_sam_config
-    from test_scripts import save_adapter, tiny_processor
 
     data = write_instance_parquet(tmp_path / "data", "masks", num_train=1, num_test=4)
     torch.manual_seed(0)

@@ -20,7 +20,7 @@ def saved(tmp_path):
     config = InfoSAMConfig()
     model = InfoSAMModel(build_student(base, config, PeftArguments(lora_r=2)), config)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for _, p in model.named_parameters():
             if p.requires_grad:
                 p.add_(0.02 * torch.randn_like(p))  # a "trained" adapter that differs from the base
     adapter_dir = tmp_path / "adapter"

@@ -95,7 +95,7 @@ def test_shared_teacher_equals_frozen_pretrained_model(base):
     reference.load_state_dict(base.state_dict())
     model = InfoSAMModel(build_student(base, InfoSAMConfig()), InfoSAMConfig())
     with torch.no_grad():
-        for name, p in model.student.named_parameters():
+        for _, p in model.student.named_parameters():
             if p.requires_grad:
                 p.add_(0.05)  # the student has moved away from the pre-trained weights
     out = model(**batch)
@@ -387,5 +387,5 @@ def test_there_is_one_infosam_model_class_with_save_load_and_push():
     assert defined == ["infosam_hf.modeling"]
     assert InfoSAMModel is infosam_hf.InfoSAMModel is infosam_hf.modeling.InfoSAMModel
     for name in ("infosam_hf.hub", "infosam_hf.loading", "infosam_hf.model_card", "infosam_hf.trainer"):
-        assert getattr(importlib.import_module(name), "InfoSAMModel") is InfoSAMModel, name
+        assert importlib.import_module(name).InfoSAMModel is InfoSAMModel, name
     assert {"forward", "save_pretrained", "from_pretrained", "push_to_hub"} <= set(vars(InfoSAMModel))

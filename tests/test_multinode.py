@@ -17,10 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
-
 from test_distributed import (
     CONFIGS,
-    GLOBAL_BATCH,
     PER_DEVICE_BATCH,
     REPO,
     STEPS,

@@ -11,8 +11,8 @@ from transformers import SamModel, SamProcessor, TrainingArguments
 import infosam_hf
 from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, PeftArguments, build_student
 from infosam_hf.builtin import BUILTIN_MODEL_PATH
-from infosam_hf.models import load_sam_model
 from infosam_hf.inference import sam_low_res_logits
+from infosam_hf.models import load_sam_model
 from infosam_hf.resolution import adapt_model, adapt_processor, model_image_size, resize_rel_pos
 from infosam_hf.testing import load_script, tiny_family_model, tiny_sam_config, toy_batch, toy_segmentation_dataset
 

@@ -23,7 +23,6 @@ from infosam_hf.data import (
 from infosam_hf.synthetic import write_synthetic_dataset
 
 
-
 @pytest.fixture
 def sleeps(monkeypatch):
     """Every `time.sleep` call, recorded instead of slept."""

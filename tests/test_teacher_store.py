@@ -277,6 +277,8 @@ def test_precompute_script_fills_the_store_train_py_reads(tmp_path):
     import os
     import sys
 
+    from transformers import SamProcessor
+
     from infosam_hf.builtin import BUILTIN_MODEL_PATH
     from infosam_hf.data import (
         PromptSampler,
@@ -286,7 +288,6 @@ def test_precompute_script_fills_the_store_train_py_reads(tmp_path):
         prepare_dataset,
     )
     from infosam_hf.synthetic import write_synthetic_dataset
-    from transformers import SamProcessor
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     spec = importlib.util.spec_from_file_location("precompute_teacher", os.path.join(root, "examples", "precompute_teacher.py"))

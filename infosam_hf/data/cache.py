@@ -30,14 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import datasets
+import numpy as np
 from datasets import Dataset, IterableDataset
 
 from ..cache_dirs import cache_home, staged_folder
 from . import images as _images_module
-from .sources import CorruptSampleLog, _Preprocess, _find_csv_layout, _without_decoding, load_segmentation_dataset
+from .sources import CorruptSampleLog, _find_csv_layout, _Preprocess, _without_decoding, load_segmentation_dataset
 
 logger = logging.getLogger(__name__)
 

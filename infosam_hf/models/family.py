@@ -11,8 +11,8 @@ holds its spec; `infosam_hf.models` is the registry.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from torch import nn
 

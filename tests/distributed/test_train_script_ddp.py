@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_distributed import free_port  # tests/ is on sys.path (conftest.py)
 import torch
 from safetensors.torch import load_file
+from test_distributed import free_port  # tests/ is on sys.path (conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 RECORDER = REPO / "tests" / "fixtures" / "train_script_recorder.py"

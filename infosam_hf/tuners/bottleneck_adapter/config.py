@@ -14,7 +14,6 @@ default per ``model_type`` in its family's spec (`infosam_hf.models`, `SamFamily
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
 from peft.config import PeftConfig
 
@@ -53,28 +52,28 @@ class BottleneckAdapterConfig(PeftConfig):
         modules_to_save: modules trained in full and saved (InfoSAM: `mask_decoder`).
     """
 
-    target_modules: Optional[Union[list[str], str]] = field(
+    target_modules: list[str] | str | None = field(
         default=None, metadata={"help": "MLP modules to adapt (names or one regex); None: the model type's default."}
     )
-    layers_to_transform: Optional[Union[list[int], int]] = field(
+    layers_to_transform: list[int] | int | None = field(
         default=None, metadata={"help": "Block indices to adapt; None: every matched block."}
     )
-    layers_pattern: Optional[Union[list[str], str]] = field(
+    layers_pattern: list[str] | str | None = field(
         default=None,
         metadata={"help": "Name of the module list holding the blocks (SAM: layers, SAM 2: blocks); None: the first "
                   "numbered part of the module name."},
     )
     ratio: float = field(default=0.25, metadata={"help": "Bottleneck width / hidden size."})
-    bottleneck_dim: Optional[int] = field(default=None, metadata={"help": "Explicit bottleneck width (overrides ratio)."})
+    bottleneck_dim: int | None = field(default=None, metadata={"help": "Explicit bottleneck width (overrides ratio)."})
     activation: str = field(default="gelu", metadata={"help": "Activation between the projections (ACT2FN name)."})
     placement: str = field(default="sequential", metadata={"help": f"One of {PLACEMENTS}."})
     scaling: float = field(default=1.0, metadata={"help": "Factor on the adapter's output."})
     adapter_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter's input."})
     train_layernorms: bool = field(default=False, metadata={"help": "Also train the encoder's LayerNorms (as copies)."})
-    layernorm_modules: Optional[Union[list[str], str]] = field(
+    layernorm_modules: list[str] | str | None = field(
         default=None, metadata={"help": "LayerNorms trained with train_layernorms; None: the model type's default."}
     )
-    modules_to_save: Optional[list[str]] = field(
+    modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Modules trained in full and saved with the adapter (e.g. mask_decoder)."}
     )
 
