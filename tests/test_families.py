@@ -314,9 +314,9 @@ def test_a_family_registered_in_one_place_gives_both_its_lora_preset_and_its_ada
     monkeypatch.setattr(models, "FAMILIES", models.FAMILIES)  # monkeypatch puts the registry back: the teardown
     models.register_family(fake)
     assert family_of(base()) is fake and DEFAULT_TARGETS["infosam_fake_sam"] == fake.adapter_targets
-    lora = build_student(base(), InfoSAMConfig(peft_method="lora", lora_r=2))
+    lora = build_student(base(), InfoSAMConfig(), PeftArguments(peft_method="lora", lora_r=2))
     assert wrapped(lora, "lora_A") == ["base_model.model.vision_encoder.layers.0.attn.proj"]
-    adapter = build_student(base(), InfoSAMConfig(peft_method="adapter", adapter_train_layernorms=True))
+    adapter = build_student(base(), InfoSAMConfig(), PeftArguments(peft_method="adapter", adapter_train_layernorms=True))
     assert wrapped(adapter, "bottleneck_") == [
         "base_model.model.vision_encoder.layers.1.layer_norm1", "base_model.model.vision_encoder.layers.1.mlp"
     ]
@@ -326,4 +326,4 @@ def test_a_family_registered_in_one_place_gives_both_its_lora_preset_and_its_ada
     monkeypatch.undo()
     assert "infosam_fake_sam" not in DEFAULT_TARGETS and models.find_family(base()) is None
     with pytest.raises(TypeError, match="must be one of transformers' image SAM models"):
-        build_student(base(), InfoSAMConfig(peft_method="lora"))
+        build_student(base(), InfoSAMConfig(), PeftArguments(peft_method="lora"))
