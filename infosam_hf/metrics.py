@@ -1,6 +1,6 @@
 """Evaluation metrics for binary segmentation with SAM: IoU/Dice, S-measure, E-measure, weighted F.
 
-(Metrics only, ~690 lines: the published definitions with their degenerate-input conventions, one input
+(~690 lines: metrics only: the published definitions with their degenerate-input conventions, one input
 handling, the accumulator and its Trainer adapter. Post-processing lives in `infosam_hf.inference`, the
 ragged rows of the Trainer's gather in `infosam_hf.packing`.)
 

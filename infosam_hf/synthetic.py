@@ -1,5 +1,8 @@
 """Synthetic segmentation domains: the built-in stand-in for real data sets.
 
+(~520 lines: five versioned, byte-stable domain recipes sharing one drawing toolkit, plus their parquet writer;
+splitting the recipes from the toolkit would only spread one generator over several files.)
+
 "general": varied shapes (ellipses, polygons, rectangles) in clearly contrasting colours
 on smooth, natural-looking backgrounds, what a pre-trained SAM handles well.
 "specialised": a shifted domain in the spirit of camouflage and polyp images: objects

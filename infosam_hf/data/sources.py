@@ -1,5 +1,8 @@
 """Image/mask datasets from the Hub or disk, streamed through `datasets`, with errors that say what to fix.
 
+(~630 lines: one loader per layout (reference CSV, imagefolder, parquet, webdataset, Hub) with the errors each
+needs, and the corrupt-sample log they share; the layouts share column handling, so they stay together.)
+
 Every source ends up as a `datasets.IterableDataset` (or `Dataset`) with exactly two
 columns, `image` and `mask`, both `datasets.Image`, so that the rest of the pipeline
 (`prepare_dataset`, the collator, the Trainer) never has to know where data came from.
