@@ -3,7 +3,7 @@
 Set the Space's variables to choose the models: INFOSAM_ADAPTER (an adapter Hub id, e.g.
 you/sam-polyp-infosam) and optionally INFOSAM_BASE_MODEL. Without them the Space serves the
 built-in tiny SAM (and outputs/infosam-builtin if it was uploaded). Run locally with
-`python app.py` (after `pip install -e ".[demo]"`); README "Deploy" has the upload commands.
+`python app.py` (after `pip install -e ".[demo]"`); docs/deploy.md has the upload commands.
 """
 
 import os

@@ -6,7 +6,7 @@ nothing to offer and the only way below the all-background loss (BCE + dice ~1.0
 through the prompt path (prompt encoder -> two-way transformer -> mask tokens). A model that
 stays at IoU 0 here cannot follow prompts on real data either, whatever else is right.
 Found with it: the built-in SAM 2 escapes at lr 2e-4 and stays stuck at 8e-4 and 3e-3, the
-built-in SAM escapes at 8e-4 (BENCHMARKS.md, "The built-in tiny SAM 2").
+built-in SAM escapes at 8e-4 (BENCHMARKS.md and docs/history.md, "The built-in tiny SAM 2").
 
     python benchmarks/prompt_path_toy.py --family sam2 --learning_rate 2e-4 --steps 400
     python benchmarks/prompt_path_toy.py --family sam --learning_rate 8e-4 --steps 400
