@@ -1,9 +1,11 @@
 """The bottleneck Adapter (infosam_hf.tuners): placement, exactness, saving, merging, config and card."""
 
+
 import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 from torch import nn
@@ -304,3 +306,37 @@ def test_edgetam_has_no_default_adapter_targets_and_says_so():
 
     with pytest.raises(ValueError, match=r"cannot adapt EdgeTAM.*use LoRA instead \(--peft_method lora"):
         build_student(tiny_family_model("EdgeTamModel"), peft_config=PeftArguments(peft_method="adapter"))
+
+
+# ------------------------------------------------------------------------- the Adapter's dropout path (issue 32 audit)
+def test_adapter_dropout_acts_on_the_adapter_input_in_training_only_and_trains():
+    from infosam_hf.tuners import BottleneckAdapterConfig
+    from infosam_hf.tuners.bottleneck_adapter import BottleneckAdapterMLP
+
+    torch.manual_seed(0)
+    config = BottleneckAdapterConfig(adapter_dropout=0.5, scaling=0.7)
+    student = build_student(SamModel(tiny_sam_config()), InfoSAMConfig(), config)
+    layer = next(m for m in student.modules() if isinstance(m, BottleneckAdapterMLP))
+    with torch.no_grad():
+        layer.bottleneck_up["default"].weight.normal_(0, 0.1)  # a trained adapter: its output is not zero
+    down, up, act = layer.bottleneck_down["default"], layer.bottleneck_up["default"], layer.bottleneck_act["default"]
+    x = torch.randn(2, 5, layer.in_features)
+
+    def reference(training):
+        mlp = layer.base_layer(x)
+        return mlp + 0.7 * up(act(down(F.dropout(mlp, 0.5, training=training))))
+
+    layer.train()
+    torch.manual_seed(3)
+    out = layer(x)
+    torch.manual_seed(3)
+    expected = reference(True)
+    torch.testing.assert_close(out, expected)
+    assert not torch.allclose(out, reference(False))  # the dropout did drop something
+    # the gradient through the dropped input reaches the adapter, as the reference's does
+    (grad,) = torch.autograd.grad(out.square().sum(), down.weight)
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), down.weight)
+    torch.testing.assert_close(grad, expected_grad)
+    assert grad.abs().max() > 0
+    layer.eval()
+    torch.testing.assert_close(layer(x), reference(False), rtol=0, atol=0)

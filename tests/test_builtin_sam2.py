@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from test_train_script import ROOT, load_script
+from helpers import ROOT, load_example
 from transformers import Sam2Model
 
 from infosam_hf.builtin import BUILTIN_MODEL_PATH, BUILTIN_SAM2_PATH, builtin_model_path
@@ -27,7 +27,7 @@ def test_fresh_builtin_sam2_encodes_a_prompt_like_the_grid_cell_it_points_at(mon
     from infosam_hf.testing import builtin_sam2_config
 
     monkeypatch.syspath_prepend(os.path.join(ROOT, "examples"))
-    assert load_script("pretrain_builtin_sam2").fresh_builtin_sam2 is fresh_builtin_sam2  # what pre-training starts from
+    assert load_example("pretrain_builtin_sam2").fresh_builtin_sam2 is fresh_builtin_sam2  # what pre-training starts from
     torch.manual_seed(0)
     with torch.no_grad():
         grid, prompts = grid_and_prompt_encodings(fresh_builtin_sam2())
@@ -62,7 +62,7 @@ def test_builtin_sam2_recorded_under_another_install_is_this_one():
 def test_train_script_builtin_model_flag(tmp_path, monkeypatch):
     import infosam_hf.builtin
 
-    train = load_script("train")
+    train = load_example("train")
     from infosam_hf.script_arguments import builtin_defaults
 
     assert builtin_defaults("sam2")[:2] == ["--output_dir", os.path.join("outputs", "infosam-builtin-sam2")]
@@ -80,7 +80,7 @@ def test_train_script_runs_the_builtin_sam2_path(tmp_path):
 
     data = write_synthetic_dataset(tmp_path / "data", "specialised", num_train=8, num_test=4, image_size=128, seed=1)
     out = tmp_path / "run"
-    summary = load_script("train").main(
+    summary = load_example("train").main(
         ["--builtin_model", "sam2", "--dataset_name", str(data), "--output_dir", str(out), "--max_steps", "2",
          "--per_device_train_batch_size", "2", "--eval_overlays", "0", "--disable_tqdm", "true", "--lora_r", "2"]
     )

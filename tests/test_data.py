@@ -13,6 +13,8 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from helpers import instance_row
+from transformers import SamModel
 
 from infosam_hf.data import (
     PAD_LABEL,
@@ -25,6 +27,7 @@ from infosam_hf.data import (
     split_for_process,
 )
 from infosam_hf.synthetic import write_synthetic_dataset
+from infosam_hf.testing import tiny_sam_config
 
 S = 64
 BATCH_KEYS_BOX = {"pixel_values", "gt_masks", "original_sizes", "reshaped_input_sizes", "input_boxes"}
@@ -289,9 +292,7 @@ def test_collator_shapes_dtypes_and_exact_keys(pre):
 
 
 def test_collator_batch_runs_through_sam_model(pre):
-    from transformers import SamModel
 
-    from infosam_hf.testing import tiny_sam_config
 
     torch.manual_seed(0)
     model = SamModel(tiny_sam_config(image_size=S)).eval()
@@ -567,3 +568,24 @@ def test_ranks_see_disjoint_parts_covering_the_set(tmp_path, num_shards):
     halves = [split_for_process(map_style, rank=r, world_size=2) for r in range(2)]
     assert len(halves[0]) + len(halves[1]) == 8
     assert set(_names(halves[0])).isdisjoint(_names(halves[1]))
+
+
+# -------------------------------------------------------------------- prompts over epochs and workers (issue 32 audit)
+def test_every_epoch_and_every_worker_draws_new_prompts():
+    rows = [instance_row(1, 0) for _ in range(8)]  # identical samples: any difference comes from the generators
+    for row in rows:
+        row["gt_masks"] = row["gt_masks"][0]
+
+    torch.manual_seed(0)
+    loader = torch.utils.data.DataLoader(
+        rows, batch_size=2, num_workers=2, collate_fn=SamSegmentationCollator(PromptSampler(box_probability=0.0))
+    )
+    epochs = [[b["input_points"] for b in loader] for _ in range(2)]
+    first, second = epochs
+    assert not all(torch.equal(x, y) for x, y in zip(first, second))  # epoch 2 draws new prompts
+    assert not torch.equal(first[0], first[1])  # batch 0 and 1 come from workers 0 and 1
+    # in the main process too: the next epoch continues the generator
+    main = torch.utils.data.DataLoader(
+        rows, batch_size=2, collate_fn=SamSegmentationCollator(PromptSampler(box_probability=0.0))
+    )
+    assert not all(torch.equal(x["input_points"], y["input_points"]) for x, y in zip(main, main))

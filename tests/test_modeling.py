@@ -1,11 +1,14 @@
 """Feature capture and the student/teacher pair on a tiny SamModel."""
 
+
 import numpy as np
 import pytest
 import torch
+from helpers import instance_row, moved_student_model
 from transformers import SamModel
 
 from infosam_hf import InfoSAMConfig, InfoSAMModel, build_student, capture_sam_features
+from infosam_hf.data import PromptSampler, SamSegmentationCollator
 from infosam_hf.features import flatten_image_embeddings
 from infosam_hf.losses import relation_distillation_loss
 from infosam_hf.modeling import upsample_masks
@@ -389,3 +392,46 @@ def test_there_is_one_infosam_model_class_with_save_load_and_push():
     for name in ("infosam_hf.hub", "infosam_hf.loading", "infosam_hf.model_card", "infosam_hf.trainer"):
         assert importlib.import_module(name).InfoSAMModel is InfoSAMModel, name
     assert {"forward", "save_pretrained", "from_pretrained", "push_to_hub"} <= set(vars(InfoSAMModel))
+
+
+# --------------------------------------------------------------------------- a student that has moved (issue 32 audit)
+def _features(sam, batch, prompts):
+    with torch.no_grad(), capture_sam_features(sam) as feats:
+        sam(pixel_values=batch["pixel_values"], multimask_output=False, **prompts)
+    return feats
+
+
+def test_moved_student_one_prompt_relations_use_each_sides_own_features():
+    model, pretrained = moved_student_model()
+    batch = toy_batch(3)
+    out = model(**batch)
+    prompts = {"input_boxes": batch["input_boxes"]}
+    teacher, student = _features(pretrained, batch, prompts), _features(model.student, batch, prompts)
+    relation = model.relation_module
+    with torch.no_grad():
+        torch.testing.assert_close(out.relation_teacher, relation(teacher.image_feats, teacher.mask_token))
+        torch.testing.assert_close(out.relation_student, relation(student.image_feats, student.mask_token))
+    # the fixture is what makes the two checks above able to fail
+    assert (teacher.image_feats - student.image_feats).abs().max() > 1e-3
+    assert (teacher.mask_token - student.mask_token).abs().max() > 1e-3
+    assert (out.relation_teacher - out.relation_student).abs().max() > 1e-4
+
+
+def test_moved_student_several_prompts_relations_use_each_sides_own_features():
+    model, pretrained = moved_student_model()
+    batch = SamSegmentationCollator(PromptSampler(box_noise=0.0), "box", max_objects_per_image=3)(
+        [instance_row(3, 0), instance_row(1, 1), instance_row(2, 2)]
+    )
+    out = model(**batch)
+    valid = batch["prompt_mask"]
+    prompts = {"input_boxes": batch["input_boxes"]}
+    teacher, student = _features(pretrained, batch, prompts), _features(model.student, batch, prompts)
+    relation = model.relation_module
+    with torch.no_grad():
+        expected_teacher = relation.forward_prompts(teacher.image_feats, teacher.prompt_mask_tokens)[valid]
+        expected_student = relation.forward_prompts(student.image_feats, student.prompt_mask_tokens)[valid]
+    torch.testing.assert_close(out.relation_teacher, expected_teacher)
+    torch.testing.assert_close(out.relation_student, expected_student)
+    torch.testing.assert_close(out.teacher_image_feats, teacher.image_feats)
+    torch.testing.assert_close(out.teacher_mask_tokens, teacher.prompt_mask_tokens[valid].unsqueeze(1))
+    assert (out.relation_teacher - out.relation_student).abs().max() > 1e-4

@@ -1,5 +1,6 @@
 """The teacher-embedding cache is exact, counts its hits, and refuses configurations where it cannot be exact."""
 
+
 import pytest
 import torch
 from peft import LoraConfig
@@ -54,3 +55,31 @@ def test_cache_refuses_encoder_layers_trained_in_full_with_the_shared_teacher():
     # a separate frozen teacher makes it exact again
     model = InfoSAMModel(model.student, config, teacher=SamModel(tiny_sam_config()))
     assert isinstance(TeacherEmbeddingCache.for_model(model), TeacherEmbeddingCache)
+
+
+# --------------------------------------------------------------------------------- teacher cache keys (issue 32 audit)
+def test_cache_keys_tell_apart_the_same_bytes_under_another_dtype_or_shape():
+    from infosam_hf.teacher_cache import content_key
+
+    values = torch.arange(12, dtype=torch.float32)
+    assert content_key(values.reshape(3, 4)) != content_key(values.reshape(4, 3))
+    assert content_key(values) != content_key(values.view(torch.int32))
+    half = torch.randn(6).half()
+    assert content_key(half) != content_key(half.view(torch.bfloat16))
+
+
+def test_a_cache_hit_makes_its_entry_the_most_recent_and_each_image_gets_its_own_entry():
+    from infosam_hf.teacher_cache import TeacherEmbeddingCache, content_key
+
+    pixels = torch.randn(3, 3, 4, 4)
+    embeddings = torch.randn(3, 2, 5)
+    cache = TeacherEmbeddingCache(max_items=2)
+    cache.store([content_key(p) for p in pixels[:2]], embeddings[:2])
+    found, _ = cache.lookup(pixels[[1, 0]])  # another order than stored: each image its own entry
+    torch.testing.assert_close(found, embeddings[[1, 0]])
+    found, _ = cache.lookup(pixels[:1])  # a hit on image 0: now the most recent
+    torch.testing.assert_close(found, embeddings[:1])
+    cache.store([content_key(pixels[2])], embeddings[2:])  # evicts the least recent: image 1
+    assert cache.lookup(pixels[1:2])[0] is None
+    torch.testing.assert_close(cache.lookup(pixels[:1])[0], embeddings[:1])
+    torch.testing.assert_close(cache.lookup(pixels[2:])[0], embeddings[2:])

@@ -221,12 +221,12 @@ def test_cache_flags_parse_from_the_command_line_and_saved_arguments(tmp_path):
 
 @pytest.mark.slow
 def test_train_script_prints_the_decision_with_the_schedule(tmp_path, capsys):
-    from test_train_script import load_script
+    from helpers import load_example
 
     from infosam_hf.synthetic import write_synthetic_dataset
 
     data = write_synthetic_dataset(tmp_path / "data", "specialised", num_train=8, num_test=2, image_size=128, seed=1)
-    load_script("train").main(
+    load_example("train").main(
         ["--dataset_name", str(data), "--output_dir", str(tmp_path / "run"), "--max_steps", "4",
          "--per_device_train_batch_size", "4", "--disable_tqdm", "true", "--eval_overlays", "0"]
     )

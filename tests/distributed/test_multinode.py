@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
-from test_distributed import (
+from helpers import (  # tests/ is on sys.path (conftest.py)
     CONFIGS,
     PER_DEVICE_BATCH,
     REPO,
