@@ -1,4 +1,6 @@
-"""Issue 11: what a new user hit in the first hour, each point kept fixed.
+"""The scripts and the Trainer on a user's own data, end to end: seeds, CPU DDP, the metrics frame, corrupt images,
+mis-sized masks, a batch of one, paths and errors, defaults, warnings, and the docs for the first hour (the points
+of issue 11, each kept fixed).
 
 Data: a tiny reference CSV layout (train.csv / test.csv with image,label paths) of
 non-square images, written per test, with a corrupt file or a mis-sized mask where a
