@@ -91,7 +91,7 @@ def test_bfloat16_storage_halves_the_cache_and_keeps_the_loss_parts_within_the_t
     first_epoch = IMAGES // 4
     torch.testing.assert_close(got[:first_epoch], want[:first_epoch], rtol=0, atol=0)  # computed, not read back
     assert not torch.equal(got[first_epoch:], want[first_epoch:]), "read back in bf16, the embeddings must round"
-    # the tolerances of tests/test_speed_switches.py for --teacher_dtype bfloat16
+    # the tolerances of the bf16-teacher test in tests/test_modeling.py for --teacher_dtype bfloat16
     torch.testing.assert_close(got[:, 0], want[:, 0], rtol=2e-2, atol=0)
     torch.testing.assert_close(got[:, 1], want[:, 1], rtol=0, atol=1e-2)
     torch.testing.assert_close(got[:, 2], want[:, 2], rtol=1e-2, atol=0)

@@ -1,11 +1,11 @@
 """DDP on the CPU: 2 gloo processes against one process on the same global batch.
 
-The worker (`tests/distributed_worker.py`) trains a tiny SAM for 3 SGD steps and records,
+The worker (`tests/distributed/distributed_worker.py`) trains a tiny SAM for 3 SGD steps and records,
 per rank, the sample indices of each micro-batch, its local loss parts, the Trainer's
 logged loss, every file it wrote and its final trainable weights. Three runs are
 compared:
 
-- `single`:    `python tests/distributed_worker.py`, per-device batch 4 (the global batch);
+- `single`:    `python tests/distributed/distributed_worker.py`, per-device batch 4 (the global batch);
 - `gather`:    `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2`,
                per-device batch 2, `InfoSAMTrainingArguments.gather_across_processes=True` (default);
 - `no_gather`: the same with the option off.
