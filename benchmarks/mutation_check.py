@@ -50,7 +50,14 @@ T = "tests/test_trainer.py::"
 M = "tests/test_modeling.py::"
 L = "tests/test_losses.py::"
 H = "tests/test_hub.py::"
-B = "tests/test_blind_spots.py::"
+D = "tests/test_data.py::"
+O = "tests/test_multi_object.py::"
+F = "tests/test_families.py::"
+A = "tests/test_adapter.py::"
+C = "tests/test_teacher_cache.py::"
+S = "tests/test_teacher_store.py::"
+R = "tests/test_resolution.py::"
+E = "tests/test_export.py::"
 
 MUTANTS = (
     # ------------------------------------------------------------------ the eleven of issue 20
@@ -187,7 +194,7 @@ MUTANTS = (
     Mutant(
         "box_jitter_uncapped", "infosam_hf/data/prompts.py",
         (("np.minimum(self.box_noise * sides[:2], cap)", "(self.box_noise * sides[:2])"),),
-        ("tests/test_data_pipeline.py::test_box_prompt_contains_the_mask_within_the_jitter_and_points_are_foreground",),
+        (D + "test_box_prompt_contains_the_mask_within_the_jitter_and_points_are_foreground",),
         "the box jitter ignores its pixel cap",
     ),
     Mutant(
@@ -204,19 +211,19 @@ MUTANTS = (
         "Renyi entropy in nats instead of bits",
     ),
     # ------------------------------------------------------------------ issue 32: the audit's blind spots
-    # 1. teacher/student confusion, visible only with a student that has moved (tests/test_blind_spots.py)
+    # 1. teacher/student confusion, visible only with a student that has moved (tests/test_modeling.py)
     Mutant(
         "teacher_relation_on_student_z_i_multi", "infosam_hf/modeling.py",
         (("self.relation_module.forward_prompts(teacher_image_feats, teacher_tokens)[valid]",
           "self.relation_module.forward_prompts(result.student_image_feats, teacher_tokens)[valid]"),),
-        (B + "test_moved_student_several_prompts_relations_use_each_sides_own_features",),
+        (M + "test_moved_student_several_prompts_relations_use_each_sides_own_features",),
         "several prompts: the teacher relation computed on the student's z_i",
     ),
     Mutant(
         "teacher_relation_on_student_z_m", "infosam_hf/modeling.py",
         (("result.relation_teacher = self.relation_module(teacher_image_feats, teacher_mask_tokens)",
           "result.relation_teacher = self.relation_module(teacher_image_feats, student_mask_tokens.detach())"),),
-        (B + "test_moved_student_one_prompt_relations_use_each_sides_own_features",),
+        (M + "test_moved_student_one_prompt_relations_use_each_sides_own_features",),
         "one prompt: the teacher relation computed with the student's z_m",
     ),
     # 2. segmentation losses by value
@@ -224,57 +231,57 @@ MUTANTS = (
         "dice_unsmoothed_denominator", "infosam_hf/losses.py",
         (("(2 * inter + smooth) / (prob.sum(1) + target.sum(1) + smooth)",
           "(2 * inter + smooth) / (prob.sum(1) + target.sum(1) + 2 * smooth)"),),
-        (B + "test_dice_hand_values_and_the_empty_prediction_on_an_empty_target_is_zero",),
+        (L + "test_dice_hand_values_and_the_empty_prediction_on_an_empty_target_is_zero",),
         "dice smoothing doubled in the denominator (an empty prediction of an empty target costs 0.5)",
     ),
     Mutant(
         "focal_alpha_per_class_swapped", "infosam_hf/losses.py",
         (("alpha_t = alpha * target + (1 - alpha) * (1 - target)",
           "alpha_t = (1 - alpha) * target + alpha * (1 - target)"),),
-        (B + "test_focal_loss_weighs_foreground_by_alpha_and_background_by_one_minus_alpha",),
+        (L + "test_focal_loss_weighs_foreground_by_alpha_and_background_by_one_minus_alpha",),
         "focal alpha given to the background, 1 - alpha to the foreground",
     ),
     Mutant(
         "weighted_bce_mean_normalised", "infosam_hf/losses.py",
         (("bce = (weight * bce).sum(dim=(2, 3)) / weight.sum(dim=(2, 3))",
           "bce = (weight * bce).mean(dim=(2, 3))"),),
-        (B + "test_structure_loss_equals_its_definition",),
+        (L + "test_structure_loss_equals_its_definition",),
         "weighted BCE divided by the pixel count instead of the weight sum",
     ),
     # 3. the cross-rank gather with two real ranks (a forked gloo group, in the fast suite)
     Mutant(
         "gather_backward_rank0_slice", "infosam_hf/trainer.py",
         (("        return grad[dist.get_rank()]\n", "        return grad[0]\n"),),
-        (B + "test_two_ranks_get_the_gradient_of_their_own_slice_and_shifted_image_indices",),
+        (T + "test_two_ranks_get_the_gradient_of_their_own_slice_and_shifted_image_indices",),
         "the all-gather's backward hands every rank rank 0's slice",
     ),
     Mutant(
         "gather_backward_not_summed", "infosam_hf/trainer.py",
         (("        grad = grad.contiguous().clone()\n        dist.all_reduce(grad)\n",
           "        grad = grad.contiguous().clone()\n"),),
-        (B + "test_two_ranks_get_the_gradient_of_their_own_slice_and_shifted_image_indices",),
+        (T + "test_two_ranks_get_the_gradient_of_their_own_slice_and_shifted_image_indices",),
         "the all-gather's backward keeps the local gradient only (no sum over the ranks)",
     ),
     Mutant(
         "image_offset_counts_pairs", "infosam_hf/trainer.py",
         (("local = torch.tensor([num_images], device=image_index.device)",
           "local = torch.tensor([image_index.shape[0]], device=image_index.device)"),),
-        (B + "test_two_ranks_get_the_gradient_of_their_own_slice_and_shifted_image_indices",),
+        (T + "test_two_ranks_get_the_gradient_of_their_own_slice_and_shifted_image_indices",),
         "the image-index offset of a rank counts the pairs of lower ranks, not their images",
     ),
     # 4. multimask output: the best of the three masks is the one trained
     Mutant(
         "multimask_trains_the_first_mask", "infosam_hf/trainer.py",
         (("best = (inter / union.clamp_min(1)).argmax(dim=1)", "best = (inter / union.clamp_min(1)).argmax(dim=1) * 0"),),
-        (B + "test_multimask_output_trains_the_mask_closest_to_the_ground_truth_with_its_own_iou_score",
-         B + "test_with_multimask_output_only_the_best_masks_hypernetwork_is_trained"),
+        (T + "test_multimask_output_trains_the_mask_closest_to_the_ground_truth_with_its_own_iou_score",
+         T + "test_with_multimask_output_only_the_best_masks_hypernetwork_is_trained"),
         "multimask output trains the first mask, not the best",
     ),
     Mutant(
         "multimask_iou_score_of_the_first_mask", "infosam_hf/trainer.py",
         (("return logits[index, best].unsqueeze(1), iou_scores[index, best].unsqueeze(1)",
           "return logits[index, best].unsqueeze(1), iou_scores[:, :1]"),),
-        (B + "test_multimask_output_trains_the_mask_closest_to_the_ground_truth_with_its_own_iou_score",),
+        (T + "test_multimask_output_trains_the_mask_closest_to_the_ground_truth_with_its_own_iou_score",),
         "multimask output trains the best mask with the first mask's IoU score",
     ),
     # 5. prompt randomness over epochs and workers
@@ -282,7 +289,7 @@ MUTANTS = (
         "worker_reseed_by_worker_id", "infosam_hf/data/prompts.py",
         (("self._rng = np.random.default_rng([self.seed, info.seed % (2**63)])",
           "self._rng = np.random.default_rng([self.seed, info.id])"),),
-        (B + "test_every_epoch_and_every_worker_draws_new_prompts",),
+        (D + "test_every_epoch_and_every_worker_draws_new_prompts",),
         "workers re-seeded from their id: different per worker, the same every epoch",
     ),
     # 6. the object subset chosen per image
@@ -290,14 +297,14 @@ MUTANTS = (
         "object_subset_unsorted", "infosam_hf/data/collator.py",
         (("keep = np.sort(sampler.rng.choice(masks.shape[0], self.max_objects_per_image, replace=False))",
           "keep = sampler.rng.choice(masks.shape[0], self.max_objects_per_image, replace=False)"),),
-        (B + "test_the_object_subset_is_in_annotation_order_reproducible_and_varies_with_the_draws",),
+        (O + "test_the_object_subset_is_in_annotation_order_reproducible_and_varies_with_the_draws",),
         "the object subset in draw order, not annotation order",
     ),
     Mutant(
         "object_subset_global_numpy_rng", "infosam_hf/data/collator.py",
         (("keep = np.sort(sampler.rng.choice(masks.shape[0], self.max_objects_per_image, replace=False))",
           "keep = np.sort(np.random.choice(masks.shape[0], self.max_objects_per_image, replace=False))"),),
-        (B + "test_the_object_subset_is_in_annotation_order_reproducible_and_varies_with_the_draws",),
+        (O + "test_the_object_subset_is_in_annotation_order_reproducible_and_varies_with_the_draws",),
         "the object subset drawn from numpy's global generator, not the seeded sampler's",
     ),
     # 7. model card figures under several devices, accumulation and evaluations
@@ -305,20 +312,20 @@ MUTANTS = (
         "card_total_batch_without_devices", "infosam_hf/model_card.py",
         (('rows.append(("total_train_batch_size", per_device * accumulation * world))',
           'rows.append(("total_train_batch_size", per_device * accumulation))'),),
-        (B + "test_card_total_batch_size_counts_devices_and_accumulation_and_reports_the_last_evaluation",),
+        (H + "test_card_total_batch_size_counts_devices_and_accumulation_and_reports_the_last_evaluation",),
         "the card's total batch size leaves out the devices",
     ),
     Mutant(
         "card_reports_the_first_evaluation", "infosam_hf/model_card.py",
         (("for key, value in evaluations[-1].items()", "for key, value in evaluations[0].items()"),),
-        (B + "test_card_total_batch_size_counts_devices_and_accumulation_and_reports_the_last_evaluation",),
+        (H + "test_card_total_batch_size_counts_devices_and_accumulation_and_reports_the_last_evaluation",),
         "the card reports the first evaluation's metrics, not the last",
     ),
     Mutant(
         "card_stream_epochs_without_accumulation", "infosam_hf/model_card.py",
         (("seen = state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps",
           "seen = state.global_step * args.per_device_train_batch_size"),),
-        (B + "test_card_epochs_of_a_stream_count_every_device_and_accumulated_batch",),
+        (H + "test_card_epochs_of_a_stream_count_every_device_and_accumulated_batch",),
         "the epochs of a streamed run leave out the accumulated micro-batches",
     ),
     # 8. family geometry between valid sizes
@@ -326,14 +333,14 @@ MUTANTS = (
         "sam2_size_multiple_one_stride", "infosam_hf/models/sam2.py",
         (("return 2 * (SamFamily.image_size(config) // coarsest)",
           "return SamFamily.image_size(config) // coarsest"),),
-        (B + "test_every_sam2_size_the_check_accepts_runs_and_every_size_it_refuses_fails",),
+        (F + "test_every_sam2_size_the_check_accepts_runs_and_every_size_it_refuses_fails",),
         "SAM 2 sizes checked against the coarsest stride (16) instead of twice it: 48 px passes and fails inside",
     ),
     # 9. the Adapter's dropout path
     Mutant(
         "adapter_dropout_ignored", "infosam_hf/tuners/bottleneck_adapter/layer.py",
         (("nn.Dropout(config.adapter_dropout) if config.adapter_dropout > 0 else nn.Identity()", "nn.Identity()"),),
-        (B + "test_adapter_dropout_acts_on_the_adapter_input_in_training_only_and_trains",),
+        (A + "test_adapter_dropout_acts_on_the_adapter_input_in_training_only_and_trains",),
         "adapter_dropout is never applied",
     ),
     Mutant(
@@ -342,7 +349,7 @@ MUTANTS = (
            "            delta = self.bottleneck_up[name](self.bottleneck_act[name](down(hidden)))"),
           ("hidden = source.to(down.weight.dtype)\n            delta = self.bottleneck_dropout[name]("
            "self.bottleneck_up[name](self.bottleneck_act[name](down(hidden))))")),),
-        (B + "test_adapter_dropout_acts_on_the_adapter_input_in_training_only_and_trains",),
+        (A + "test_adapter_dropout_acts_on_the_adapter_input_in_training_only_and_trains",),
         "the adapter's dropout on its output instead of its input",
     ),
     # 10. teacher cache and store keys
@@ -351,21 +358,21 @@ MUTANTS = (
         ((('    digest = hashlib.blake2b(digest_size=16)\n'
            '    digest.update(f"{data.dtype}{tuple(data.shape)}".encode())\n'),
           "    digest = hashlib.blake2b(digest_size=16)\n"),),
-        (B + "test_cache_keys_tell_apart_the_same_bytes_under_another_dtype_or_shape",),
+        (C + "test_cache_keys_tell_apart_the_same_bytes_under_another_dtype_or_shape",),
         "the cache key hashes the bytes only: a reshaped or reinterpreted tensor shares its key",
     ),
     Mutant(
         "cache_hit_not_made_recent", "infosam_hf/teacher_cache.py",
         ((("        for key in keys:\n            if key in self._entries:\n"
            "                self._entries.move_to_end(key)\n"), ""),),
-        (B + "test_a_cache_hit_makes_its_entry_the_most_recent_and_each_image_gets_its_own_entry",),
+        (C + "test_a_cache_hit_makes_its_entry_the_most_recent_and_each_image_gets_its_own_entry",),
         "a cache hit does not refresh the entry's recency (LRU degrades to FIFO)",
     ),
     Mutant(
         "store_key_not_checked", "infosam_hf/teacher_store.py",
         (('if meta.get("key") != key or meta.get("fingerprint") != self.fingerprint:',
           'if meta.get("fingerprint") != self.fingerprint:'),),
-        (B + "test_a_store_entry_is_never_served_under_another_key",),
+        (S + "test_a_store_entry_is_never_served_under_another_key",),
         "the disk store serves an entry filed under another image's key",
     ),
     # 11. the position-embedding resize
@@ -373,20 +380,20 @@ MUTANTS = (
         "pos_embed_bilinear", "infosam_hf/resolution.py",
         (('resized = F.interpolate(image, size=grid, mode="bicubic", align_corners=False, antialias=shrink)',
           'resized = F.interpolate(image, size=grid, mode="bilinear", align_corners=False, antialias=shrink)'),),
-        (B + "test_position_embedding_resize_matches_a_bicubic_oracle_on_a_non_symmetric_grid",),
+        (R + "test_position_embedding_resize_matches_a_bicubic_oracle_on_a_non_symmetric_grid",),
         "the position embedding resized bilinearly, not bicubically",
     ),
     Mutant(
         "pos_embed_grid_transposed", "infosam_hf/resolution.py",
         (("image = pos_embed.float().permute(0, 3, 1, 2)", "image = pos_embed.float().permute(0, 3, 2, 1)"),),
-        (B + "test_an_adapted_model_carries_the_resized_position_embedding",),
+        (R + "test_an_adapted_model_carries_the_resized_position_embedding",),
         "the position-embedding grid transposed by the resize (shapes right on a square grid)",
     ),
     Mutant(
         "pos_embed_shrunk_without_antialias", "infosam_hf/resolution.py",
         (('mode="bicubic", align_corners=False, antialias=shrink)',
           'mode="bicubic", align_corners=False, antialias=False)'),),
-        (B + "test_position_embedding_resize_matches_a_bicubic_oracle_on_a_non_symmetric_grid",),
+        (R + "test_position_embedding_resize_matches_a_bicubic_oracle_on_a_non_symmetric_grid",),
         "the position embedding shrunk without antialiasing",
     ),
     # 12. export with a processor other than the saved one
@@ -394,7 +401,7 @@ MUTANTS = (
         "export_ignores_the_given_processor", "infosam_hf/export.py",
         (("processor = processor if processor is not None else loaded_processor",
           "processor = loaded_processor if loaded_processor is not None else processor"),),
-        (B + "test_export_saves_the_processor_it_is_given_not_the_adapters",),
+        (E + "test_export_saves_the_processor_it_is_given_not_the_adapters",),
         "export(processor=...) saves the adapter's processor instead of the given one",
     ),
 )

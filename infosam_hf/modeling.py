@@ -11,7 +11,7 @@ By default the teacher is the student's own base weights with the adapters disab
 `InfoSAMModel` is the one public class: forward, `save_pretrained` (with the model card),
 `from_pretrained` (a folder or a Hub repo) and `push_to_hub`. Those three reach `model_card`,
 `loading` and `hub` through imports inside the methods: those modules import this one, so
-this module imports none of them when it is loaded (tests/test_modeling.py checks it).
+this module imports none of them when it is loaded (tests/test_imports.py checks it).
 (~560 lines: the PEFT wrapping checks (`build_student`) sit beside the pair they build.)
 """
 

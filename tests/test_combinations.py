@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_distributed import free_port  # tests/ is on sys.path (conftest.py)
+from helpers import free_port  # tests/ is on sys.path (conftest.py)
 
 from infosam_hf.testing import load_script
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
-from test_train_script import load_script
+from helpers import load_example
 
 from infosam_hf.callbacks import EvalOverlayCallback
 from infosam_hf.data import (
@@ -53,7 +53,7 @@ def square(size=(40, 48), on=True) -> np.ndarray:
 def test_a_data_set_of_empty_masks_stops_train_py_before_training(tmp_path):
     data = write_csv(tmp_path / "data", {"train": [square(on=False)] * 4, "test": [square(on=False)] * 2})
     with pytest.raises(ValueError, match=r"all of the first 4 training masks are empty.*--allow_empty_masks true"):
-        load_script("train").main(["--dataset_name", str(data), "--output_dir", str(tmp_path / "run"),
+        load_example("train").main(["--dataset_name", str(data), "--output_dir", str(tmp_path / "run"),
                                    "--max_steps", "1"])
 
 
@@ -125,7 +125,7 @@ def test_the_trainer_ends_evaluate_and_train_with_the_skipped_samples_once(tmp_p
 
 def test_precompute_teacher_ends_with_the_samples_it_skipped(tmp_path, capsys):
     data = write_csv(tmp_path / "data", {"train": [square(), square((20, 30))]})
-    summary = load_script("precompute_teacher").main(
+    summary = load_example("precompute_teacher").main(
         ["--teacher_store", str(tmp_path / "store"), "--dataset_name", str(data), "--image_size", "64"]
     )
     assert summary["computed"] == 1
@@ -150,7 +150,7 @@ def test_instance_data_does_not_claim_streaming_true_was_passed(tmp_path):
 )
 def test_a_non_numeric_flag_is_one_error_line_naming_flag_value_and_type(script, flag, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        load_script(script).main([flag, "ten"])
+        load_example(script).main([flag, "ten"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
@@ -170,7 +170,7 @@ def test_an_unknown_instance_format_is_the_same_error_in_both_scripts_before_any
     monkeypatch.setattr(infosam_hf.hub, "load_model_or_base", no_loading)
     with pytest.raises(ValueError, match=r"--instance_format must be one of \('ids', 'masks', 'coco'\) or 'none', "
                                          r"got 'polygons'"):
-        load_script(script).main(["--instance_format", "polygons"])
+        load_example(script).main(["--instance_format", "polygons"])
 
 
 def test_instance_format_none_means_one_mask_per_image():
@@ -188,4 +188,4 @@ def test_object_colours_differ_from_the_prompt_and_ground_truth_colours():
     for k, colour in enumerate(OBJECT_COLORS):
         for taken in (BOX_COLOR, POSITIVE_POINT_COLOR, NEGATIVE_POINT_COLOR, GT_COLOR, *OBJECT_COLORS[:k]):
             assert distance(colour, taken) > 100, (colour, taken)  # RGB units: told apart at a glance
-    assert load_script("predict").OBJECT_COLORS is OBJECT_COLORS  # predict.py draws objects with the same palette
+    assert load_example("predict").OBJECT_COLORS is OBJECT_COLORS  # predict.py draws objects with the same palette

@@ -1,5 +1,6 @@
 """Standalone export: merged folder loads with transformers alone, same masks as the adapter, pipeline works."""
 
+
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from helpers import fine_tuned
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer, LoraModel
 from safetensors.torch import load_file, save_file
@@ -18,22 +20,10 @@ from infosam_hf import InfoSAMConfig, InfoSAMModel, PeftArguments, build_student
 from infosam_hf.builtin import BUILTIN_MODEL_PATH
 from infosam_hf.export import CannotMergeError, batched_nms, export, mask_generation_pipeline
 from infosam_hf.synthetic import make_synthetic_sample
+from infosam_hf.testing import tiny_sam_config
 
 EXPORTED_FILES = {"config.json", "model.safetensors", "processor_config.json", "README.md"}
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
-
-
-def fine_tuned(scale: float = 0.02):
-    """The built-in SAM with a LoRA adapter (and trained decoder copy) moved away from their initial values."""
-    torch.manual_seed(0)
-    config = InfoSAMConfig()
-    student = build_student(SamModel.from_pretrained(BUILTIN_MODEL_PATH), config, PeftArguments(lora_r=2))
-    model = InfoSAMModel(student, config)
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            if p.requires_grad:
-                p.add_(scale * torch.randn_like(p))
-    return model.eval()
 
 
 def inputs():
@@ -297,3 +287,24 @@ def test_every_family_exports_to_its_own_class_with_the_adapters_masks(model_cla
         with pytest.raises(SystemExit, match=r"^error: ONNX export covers SAM \(SamModel\) only.*no ONNX files"):
             script.main(["--adapter", str(tmp_path / "adapter"), "--output_dir", str(tmp_path / "cli"), "--onnx"])
         assert (tmp_path / "cli" / "model.safetensors").exists() and not (tmp_path / "cli" / "onnx").exists()
+
+
+# ---------------------------------------------------------------------- export with another processor (issue 32 audit)
+def test_export_saves_the_processor_it_is_given_not_the_adapters(tmp_path):
+    from transformers import SamProcessor
+
+    from infosam_hf.builtin import BUILTIN_MODEL_PATH
+    from infosam_hf.export import export
+    from infosam_hf.resolution import adapt_processor, processor_image_size
+
+    saved = SamProcessor.from_pretrained(BUILTIN_MODEL_PATH)
+    torch.manual_seed(0)
+    model = InfoSAMModel(build_student(SamModel(tiny_sam_config()), InfoSAMConfig()), InfoSAMConfig())
+    model.save_pretrained(tmp_path / "adapter", processor=saved)
+    other = adapt_processor(saved, 96)
+    assert processor_image_size(saved) != 96
+    export(str(tmp_path / "adapter"), tmp_path / "out", base_model=SamModel(tiny_sam_config()), processor=other)
+    assert processor_image_size(SamProcessor.from_pretrained(tmp_path / "out")) == 96
+    # without one, the adapter's own
+    export(str(tmp_path / "adapter"), tmp_path / "own", base_model=SamModel(tiny_sam_config()))
+    assert processor_image_size(SamProcessor.from_pretrained(tmp_path / "own")) == processor_image_size(saved)

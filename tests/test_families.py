@@ -1,17 +1,20 @@
 """Every SAM family in `infosam_hf.models` as student, teacher and base: features, training, save/load, cards."""
 
+import copy
 import math
 
+import numpy as np
 import pytest
 import torch
-from transformers import TrainingArguments
+from helpers import family_batch, family_image_size
+from transformers import SamModel, TrainingArguments
 
 import infosam_hf
 from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, PeftArguments, build_student, capture_sam_features
 from infosam_hf.data.preprocessing import SamSegmentationPreprocessor
 from infosam_hf.models import SQUARE, family_of
 from infosam_hf.teacher_cache import TeacherEmbeddingCache
-from infosam_hf.testing import tiny_family_model, toy_segmentation_dataset, toy_segmentation_rows
+from infosam_hf.testing import tiny_family_model, tiny_sam_config, toy_segmentation_dataset
 
 # EdgeTAM runs with a stand-in for its timm RepViT encoder (timm needs torchvision): see tiny_edgetam_config.
 FAMILIES = ["SamModel", "SamHQModel", "Sam2Model", "Sam3TrackerModel", "EdgeTamModel"]
@@ -19,19 +22,10 @@ CONFIG = dict(relation_dim=32)
 PEFT = PeftArguments(lora_r=2)
 
 
-def _size(model):
-    return family_of(model).image_size(model.config)
-
-
-def _batch(model, n=2, seed=0):
-    rows = toy_segmentation_rows(n, _size(model), seed)
-    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
-
-
 @pytest.mark.parametrize("model_class", FAMILIES)
 def test_z_m_is_the_token_the_decoder_feeds_its_first_mask_hypernetwork(model_class):
     model = tiny_family_model(model_class)
-    batch = _batch(model)
+    batch = family_batch(model)
     fed = {}
     hyper = model.mask_decoder.output_hypernetworks_mlps[0]
     handle = hyper.register_forward_pre_hook(lambda _m, args: fed.setdefault("token", args[0]))
@@ -60,7 +54,7 @@ def test_teacher_cache_replays_the_family_encoding_exactly(model_class):
     config = InfoSAMConfig(**CONFIG)
     model = InfoSAMModel(build_student(tiny_family_model(model_class), config, PEFT), config)
     model.eval()
-    batch = _batch(model.student.get_base_model(), n=3)
+    batch = family_batch(model.student.get_base_model(), n=3)
     prompts = {"input_boxes": batch["input_boxes"]}
     expected = model._run_teacher(batch["pixel_values"], prompts, False)
     model.teacher_cache = TeacherEmbeddingCache()
@@ -91,7 +85,7 @@ def test_the_distillation_terms_are_live_on_every_tiny_family(model_class):
     torch.manual_seed(0)
     config = InfoSAMConfig(**CONFIG)
     model = InfoSAMModel(build_student(tiny_family_model(model_class), config, PEFT), config).eval()
-    batch = _batch(model.student.get_base_model(), n=4)
+    batch = family_batch(model.student.get_base_model(), n=4)
 
     def losses():
         out = model(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"])
@@ -161,7 +155,7 @@ def test_trains_saves_and_loads_with_identical_predictions(model_class, separate
     base = tiny_family_model(model_class)
     trainer = InfoSAMTrainer(
         model=base, infosam_config=config, peft_config=PEFT, teacher_model=teacher, args=_args(tmp_path),
-        train_dataset=toy_segmentation_dataset(4, _size(base)),
+        train_dataset=toy_segmentation_dataset(4, family_image_size(base)),
         processing_class=SamSegmentationPreprocessor.for_model(base),  # what load reads the geometry back from
     )
     model = trainer.model
@@ -179,7 +173,7 @@ def test_trains_saves_and_loads_with_identical_predictions(model_class, separate
 
     folder = tmp_path / "adapter"
     trainer.save_model(str(folder))
-    batch = _batch(base, n=2, seed=3)
+    batch = family_batch(base, n=2, seed=3)
     model.eval()
     with torch.no_grad():
         expected = model.student(
@@ -194,7 +188,7 @@ def test_trains_saves_and_loads_with_identical_predictions(model_class, separate
     torch.testing.assert_close(got.pred_masks, expected, rtol=0, atol=0)
     assert type(loaded.get_base_model()).__name__ == model_class
     geometry = SamSegmentationPreprocessor.from_processor(processor)
-    assert (geometry.geometry, geometry.image_size) == (family_of(base).geometry, _size(base))
+    assert (geometry.geometry, geometry.image_size) == (family_of(base).geometry, family_image_size(base))
     card = (folder / "README.md").read_text()
     family = family_of(base)
     assert f"| Model family | {family.name} (`{model_class}`) |" in card
@@ -211,7 +205,7 @@ def test_sam2_family_gradient_checkpointing_gives_the_same_gradients(model_class
         if checkpointing:
             model.activation_checkpointing_enable()
             assert model.is_activation_checkpointing
-        batch = _batch(model.student.get_base_model())
+        batch = family_batch(model.student.get_base_model())
         out = model(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"])
         loss = InfoSAMTrainer.compute_infosam_loss(out, batch["gt_masks"], config)["loss"]
         loss.backward()
@@ -223,7 +217,6 @@ def test_sam2_family_gradient_checkpointing_gives_the_same_gradients(model_class
 
 
 def test_square_geometry_resizes_without_padding():
-    import numpy as np
 
     image = (np.arange(30 * 60 * 3) % 251).reshape(30, 60, 3).astype(np.uint8)
     mask = np.zeros((30, 60), dtype=np.uint8)
@@ -259,7 +252,7 @@ def test_unsupported_models_are_refused_with_the_supported_list():
 @pytest.mark.slow
 def test_train_script_takes_a_sam2_checkpoint(tmp_path):
     """examples/train.py --model_name_or_path <a SAM 2 folder>: trains, evaluates, saves a SAM 2 adapter that loads."""
-    from test_train_script import load_script
+    from helpers import load_example
 
     from infosam_hf.synthetic import write_synthetic_dataset
 
@@ -269,7 +262,7 @@ def test_train_script_takes_a_sam2_checkpoint(tmp_path):
     SamSegmentationPreprocessor.for_model(base).save_pretrained(base_dir)  # as Sam2Processor writes it
     data = write_synthetic_dataset(tmp_path / "data", "specialised", num_train=4, num_test=2, image_size=80, seed=1)
     out = tmp_path / "run"
-    summary = load_script("train").main(
+    summary = load_example("train").main(
         ["--model_name_or_path", str(base_dir), "--dataset_name", str(data), "--output_dir", str(out),
          "--max_steps", "2", "--per_device_train_batch_size", "2", "--logging_steps", "1", "--disable_tqdm", "true",
          "--lora_r", "2", "--relation_dim", "32", "--max_eval_samples", "2", "--eval_overlays", "0"]
@@ -285,11 +278,10 @@ def test_a_family_registered_in_one_place_gives_both_its_lora_preset_and_its_ada
     """The spec is the one place a family is written: LoRA presets and the Adapter's defaults both read it."""
     import dataclasses
 
-    from transformers import SamConfig, SamModel
+    from transformers import SamConfig
     from transformers.models.sam.modeling_sam import SamMaskDecoder
 
     from infosam_hf import models
-    from infosam_hf.testing import tiny_sam_config
     from infosam_hf.tuners.bottleneck_adapter import DEFAULT_TARGETS
 
     class FakeSamConfig(SamConfig):
@@ -327,3 +319,36 @@ def test_a_family_registered_in_one_place_gives_both_its_lora_preset_and_its_ada
     assert "infosam_fake_sam" not in DEFAULT_TARGETS and models.find_family(base()) is None
     with pytest.raises(TypeError, match="must be one of transformers' image SAM models"):
         build_student(base(), InfoSAMConfig(), PeftArguments(peft_method="lora"))
+
+
+# ---------------------------------------------------------------- family geometry between valid sizes (issue 32 audit)
+def test_every_sam2_size_the_check_accepts_runs_and_every_size_it_refuses_fails():
+    """Sizes that are multiples of 16 but not of 32 (the tiny SAM 2's coarsest stride is 16, with one more pooling
+    stage above it) pass a too-loose check and then fail inside the model: the check must be the model's truth."""
+    from infosam_hf.models import family_of
+    from infosam_hf.resolution import check_image_size
+    from infosam_hf.testing import tiny_family_model
+
+    model = tiny_family_model("Sam2Model")
+    family = family_of(model)
+    verdicts = {}
+    for size in (16, 32, 48, 80, 96):
+        try:
+            check_image_size(model, size, allow_upscaling=True)
+            accepted = True
+        except ValueError:
+            accepted = False
+        config = copy.deepcopy(model.config)
+        family.set_image_size(config, size)
+        torch.manual_seed(0)
+        sized = type(model)(config).eval()
+        try:
+            with torch.no_grad():
+                sized(pixel_values=torch.randn(1, 3, size, size),
+                      input_boxes=torch.tensor([[[1.0, 1.0, size - 2.0, size - 2.0]]]), multimask_output=False)
+            runs = True
+        except (RuntimeError, ValueError):
+            runs = False
+        verdicts[size] = (accepted, runs)
+    assert verdicts == {16: (False, False), 32: (True, True), 48: (False, False), 80: (False, False),
+                        96: (True, True)}

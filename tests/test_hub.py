@@ -1,5 +1,6 @@
 """Push, model card and loading against a loopback Hub (tests/hub_server.py), with the real client, offline."""
 
+
 import json
 import logging
 import re
@@ -448,12 +449,12 @@ def test_an_adapter_on_the_builtin_base_loads_on_another_install(tmp_path):
 
 @pytest.mark.slow
 def test_train_script_pushes_to_the_hub(fake_hub, tmp_path, hub_debug_logs, capfd):
-    from test_train_script import load_script
+    from helpers import load_example
 
     from infosam_hf.synthetic import write_synthetic_dataset
 
     data = write_synthetic_dataset(tmp_path / "data", "specialised", num_train=8, num_test=4, image_size=128, seed=1)
-    summary = load_script("train").main(
+    summary = load_example("train").main(
         ["--dataset_name", str(data), "--output_dir", str(tmp_path / "run"), "--max_steps", "2",
          "--per_device_train_batch_size", "4", "--disable_tqdm", "true", "--lora_r", "2",
          "--push_to_hub", "--hub_model_id", "tiny/infosam-script", "--hub_token", TOKEN]
@@ -468,7 +469,7 @@ def test_train_script_pushes_to_the_hub(fake_hub, tmp_path, hub_debug_logs, capf
     assert isinstance(model, PeftModel)
 
     # --resume_adapter continues from the pushed adapter: with lr 0 it saves the pushed weights back unchanged
-    load_script("train").main(
+    load_example("train").main(
         ["--dataset_name", str(data), "--output_dir", str(tmp_path / "again"), "--max_steps", "1",
          "--per_device_train_batch_size", "4", "--disable_tqdm", "true", "--learning_rate", "0",
          "--resume_adapter", "tiny/infosam-script"]
@@ -478,3 +479,40 @@ def test_train_script_pushes_to_the_hub(fake_hub, tmp_path, hub_debug_logs, capf
         assert pushed.keys() == saved.keys() and all(torch.equal(pushed[k], saved[k]) for k in pushed), name
     out, err = capfd.readouterr()
     assert_no_token(card.text, files["training_args.json"].decode(), out, err, hub_debug_logs.text)
+
+
+# --------------------------------------------------------------------------------- model card figures (issue 32 audit)
+def test_card_total_batch_size_counts_devices_and_accumulation_and_reports_the_last_evaluation():
+    from types import SimpleNamespace
+
+    from infosam_hf.model_card import eval_metrics_from_log_history, hyperparameters_of
+
+    args = SimpleNamespace(per_device_train_batch_size=3, gradient_accumulation_steps=4, world_size=2,
+                           learning_rate=1e-4, num_train_epochs=1, seed=0)
+    rows = dict(hyperparameters_of(args))
+    assert rows["total_train_batch_size"] == "24" and rows["devices"] == "2"
+    assert rows["gradient_accumulation_steps"] == "4"
+    history = [
+        {"loss": 0.9, "step": 5},
+        {"eval_iou": 0.41, "eval_dice": 0.5, "eval_runtime": 3.0, "step": 5},
+        {"loss": 0.7, "step": 10},
+        {"eval_iou": 0.62, "eval_dice": 0.7, "eval_runtime": 2.0, "step": 10},
+        {"train_runtime": 30.0, "step": 10},
+    ]
+    latest, evaluations = eval_metrics_from_log_history(history)
+    assert latest == {"iou": 0.62, "dice": 0.7}  # the last evaluation, its speed figures left out
+    assert [e["step"] for e in evaluations] == [5, 10]
+
+
+def test_card_epochs_of_a_stream_count_every_device_and_accumulated_batch():
+    from types import SimpleNamespace
+
+    from infosam_hf.model_card import epochs_trained
+
+    class Stream:  # no len(): the size comes from the split's metadata
+        split = "train"
+        info = SimpleNamespace(splits={"train": SimpleNamespace(num_examples=96)})
+
+    args = SimpleNamespace(per_device_train_batch_size=2, gradient_accumulation_steps=3, world_size=4)
+    trainer = SimpleNamespace(train_dataset=Stream(), state=SimpleNamespace(global_step=8, epoch=None), args=args)
+    assert epochs_trained(trainer) == pytest.approx(8 * 2 * 3 * 4 / 96)

@@ -64,7 +64,7 @@ def test_a_cached_model_passes_without_the_hub(monkeypatch, tmp_path):
 
 
 def test_train_script_fails_in_one_line_before_loading_anything(monkeypatch, tmp_path, capsys):
-    from test_train_script import load_script
+    from helpers import load_example
 
     import infosam_hf.models
 
@@ -72,7 +72,7 @@ def test_train_script_fails_in_one_line_before_loading_anything(monkeypatch, tmp
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(infosam_hf.models, "load_sam_model", lambda *a, **k: pytest.fail("loaded a model"))
     with pytest.raises(SystemExit) as exit_info:
-        load_script("train").run(["--model_name_or_path", "facebook/sam-vit-base", "--output_dir", str(tmp_path)])
+        load_example("train").run(["--model_name_or_path", "facebook/sam-vit-base", "--output_dir", str(tmp_path)])
     message = str(exit_info.value)
     assert message.startswith("error: --model_name_or_path 'facebook/sam-vit-base': not a local path") and \
         "\n" not in message, message

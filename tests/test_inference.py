@@ -4,10 +4,11 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from helpers import fine_tuned
 from transformers import SamModel, SamProcessor
 
 import infosam_hf
-from infosam_hf import InfoSAMConfig, InfoSAMModel, PeftArguments, Predictor, build_student
+from infosam_hf import Predictor
 from infosam_hf.builtin import BUILTIN_MODEL_PATH
 from infosam_hf.data import SamSegmentationPreprocessor
 from infosam_hf.inference import postprocess_logits, to_model_frame, unwrap_sam_model
@@ -110,21 +111,9 @@ def test_set_image_encodes_once_for_several_predictions(builtin):
         handle.remove()
 
 
-def lora_student():
-    torch.manual_seed(0)
-    config = InfoSAMConfig()
-    student = build_student(SamModel.from_pretrained(BUILTIN_MODEL_PATH), config, PeftArguments(lora_r=2))
-    model = InfoSAMModel(student, config)
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
-
-
 def test_peft_student_infosam_pair_and_disabled_adapter(builtin):
     _, processor = builtin
-    pair = lora_student()
+    pair = fine_tuned(0.05)
     img, box = image(), [6, 4, 60, 40]
     preprocessor = SamSegmentationPreprocessor.from_processor(processor)
     by_pair = Predictor(pair, processor)
@@ -143,7 +132,7 @@ def test_peft_student_infosam_pair_and_disabled_adapter(builtin):
 
 def test_merged_adapter_gives_the_unmerged_masks(builtin, tmp_path):
     _, processor = builtin
-    lora_student().save_pretrained(tmp_path / "adapter", processor=processor)
+    fine_tuned(0.05).save_pretrained(tmp_path / "adapter", processor=processor)
     img, boxes = image(), [[6, 4, 60, 40], [0, 0, 40, 47]]
     results = []
     for merge in (False, True):

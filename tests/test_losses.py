@@ -6,14 +6,18 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from infosam_hf import InfoSAMConfig, InfoSAMLoss, RelationModule
 from infosam_hf import losses as L
 from infosam_hf.losses import (
+    dice_loss,
     focal_dice_iou_loss,
     relation_compression_loss,
     relation_distillation_loss,
     renyi_entropy,
+    segmentation_loss,
+    sigmoid_focal_loss,
     structure_loss,
 )
 
@@ -207,3 +211,63 @@ def test_focal_dice_iou_loss_prefers_the_right_mask():
     assert focal_dice_iou_loss(good, target, iou) < 0.05 < focal_dice_iou_loss(bad, target, iou)
     # the IoU head is trained towards the actual IoU (1 for the good mask)
     assert focal_dice_iou_loss(good, target, torch.zeros(2, 1)) > focal_dice_iou_loss(good, target, iou)
+
+
+# ----------------------------------------------------------------------- segmentation losses by value (issue 32 audit)
+def test_dice_hand_values_and_the_empty_prediction_on_an_empty_target_is_zero():
+    # prob 0.5 everywhere on a 2x2 target with one pixel: inter 0.5, sums 2 and 1 -> 1 - (1 + 1) / (3 + 1)
+    target = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    assert dice_loss(torch.zeros(1, 1, 2, 2), target).item() == pytest.approx(0.5, abs=1e-7)
+    # an empty prediction of an empty target is right: loss 0 (the smoothing makes 0/0 = 1), not NaN and not 1
+    empty = dice_loss(torch.full((1, 1, 2, 2), -50.0), torch.zeros(1, 1, 2, 2))
+    assert empty.item() == pytest.approx(0.0, abs=1e-6)
+    # smooth=2: 1 - (2 * 0.5 + 2) / (3 + 2)
+    assert dice_loss(torch.zeros(1, 1, 2, 2), target, smooth=2.0).item() == pytest.approx(0.4, abs=1e-7)
+
+
+def test_focal_loss_weighs_foreground_by_alpha_and_background_by_one_minus_alpha():
+    # logit 0: p = 0.5, CE = ln 2, (1 - p_t)^2 = 0.25 for either class
+    ln2 = math.log(2.0)
+    fg = sigmoid_focal_loss(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1))
+    bg = sigmoid_focal_loss(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1))
+    assert fg.item() == pytest.approx(0.25 * 0.25 * ln2, rel=1e-6)
+    assert bg.item() == pytest.approx(0.75 * 0.25 * ln2, rel=1e-6)
+    # logit 2 on foreground: p = sigmoid(2), CE = -log p, weight (1 - p)^2 * alpha
+    p = torch.sigmoid(torch.tensor(2.0)).item()
+    value = sigmoid_focal_loss(torch.full((1, 1, 1, 1), 2.0), torch.ones(1, 1, 1, 1), alpha=0.4, gamma=3.0)
+    assert value.item() == pytest.approx(0.4 * (1 - p) ** 3 * -math.log(p), rel=1e-5)
+
+
+def _reference_structure_loss(logits, target, weighted_bce):
+    """PraNet's structure loss written out from its definition (avg_pool2d with kernel 31, one pass)."""
+    weight = 1 + 5 * torch.abs(F.avg_pool2d(target, kernel_size=31, stride=1, padding=15) - target)
+    bce_map = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if weighted_bce:
+        bce = (weight * bce_map).sum(dim=(2, 3)) / weight.sum(dim=(2, 3))
+    else:
+        bce = bce_map.mean()
+    prob = torch.sigmoid(logits)
+    inter = (prob * target * weight).sum(dim=(2, 3))
+    union = ((prob + target) * weight).sum(dim=(2, 3))
+    return (bce + 1 - (inter + 1) / (union - inter + 1)).mean()
+
+
+@pytest.mark.parametrize("weighted_bce", [True, False])
+def test_structure_loss_equals_its_definition(weighted_bce):
+    generator = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(2, 1, 40, 40, generator=generator)
+    target = torch.zeros(2, 1, 40, 40)
+    target[0, :, 5:20, 8:30] = 1
+    target[1, :, 25:38, 2:12] = 1
+    expected = _reference_structure_loss(logits, target, weighted_bce)
+    torch.testing.assert_close(structure_loss(logits, target, weighted_bce), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sam_recipe_equals_twenty_focal_plus_dice_plus_iou_mse():
+    logits = torch.tensor([[[[2.0, -1.0], [0.5, -3.0]]]])
+    target = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    iou_pred = torch.tensor([[0.3]])
+    # thresholded prediction {0, 2} vs target {0}: IoU 1/2
+    expected = 20 * sigmoid_focal_loss(logits, target) + dice_loss(logits, target) + (0.3 - 0.5) ** 2
+    actual = segmentation_loss(InfoSAMConfig(seg_loss="focal_dice_iou"), logits, target, iou_pred)
+    torch.testing.assert_close(actual, expected)

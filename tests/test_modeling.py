@@ -1,11 +1,23 @@
-"""Feature capture and the student/teacher pair on a tiny SamModel."""
+"""Feature capture and the student/teacher pair on a tiny SamModel: a student that has moved, a bf16 teacher, SDPA."""
+
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import instance_row, moved_student_model
 from transformers import SamModel
 
-from infosam_hf import InfoSAMConfig, InfoSAMModel, build_student, capture_sam_features
+from infosam_hf import (
+    InfoSAMConfig,
+    InfoSAMModel,
+    InfoSAMTrainer,
+    InfoSAMTrainingArguments,
+    build_student,
+    capture_sam_features,
+)
+from infosam_hf.data import PromptSampler, SamSegmentationCollator
 from infosam_hf.features import flatten_image_embeddings
 from infosam_hf.losses import relation_distillation_loss
 from infosam_hf.modeling import upsample_masks
@@ -279,97 +291,6 @@ def test_torch_compile_keeps_capture(base):
     torch.testing.assert_close(feats.mask_token, eager.mask_token, atol=1e-4, rtol=1e-4)
 
 
-def _module_file(name: str) -> str | None:
-    """The source file of infosam_hf module `name` (found on disk, nothing imported), or None if it is no module."""
-    import importlib.util
-    import os
-
-    root = importlib.util.find_spec("infosam_hf").submodule_search_locations[0]
-    path = os.path.join(root, *name.split(".")[1:])
-    for candidate in (path + ".py", os.path.join(path, "__init__.py")):
-        if os.path.isfile(candidate):
-            return candidate
-    return None  # `from .data.preprocessing import X`: X is a name, not a module
-
-
-def _package_modules() -> list[str]:
-    """Every module of infosam_hf, by name, found on disk (nothing imported)."""
-    import importlib.util
-    import os
-
-    root = importlib.util.find_spec("infosam_hf").submodule_search_locations[0]
-    names = []
-    for folder, _, files in os.walk(root):
-        for file in files:
-            if file.endswith(".py"):
-                parts = os.path.relpath(os.path.join(folder, file), os.path.dirname(root))[:-3].split(os.sep)
-                names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
-    return sorted(names)
-
-
-def _package_imports(name: str) -> dict[str, set[str]]:
-    """{infosam_hf module that module `name` imports: the functions it is imported in ("" = at import time)}.
-
-    Importing a submodule imports its parent packages first; those are not counted."""
-    import ast
-
-    origin = _module_file(name)
-    package = name if origin.endswith("__init__.py") else name.rpartition(".")[0]
-    found: dict[str, set[str]] = {}
-
-    def visit(node, scope: tuple[str, ...], in_function: bool) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                visit(child, (*scope, child.name), in_function or not isinstance(child, ast.ClassDef))
-                continue
-            names = []
-            if isinstance(child, ast.Import):
-                names = [alias.name for alias in child.names]
-            elif isinstance(child, ast.ImportFrom):
-                base = child.module or ""
-                if child.level:
-                    parent = package.rsplit(".", child.level - 1)[0] if child.level > 1 else package
-                    base = f"{parent}.{base}" if base else parent
-                names = [base, *(f"{base}.{alias.name}" for alias in child.names)]  # `from . import hub`
-            for module in names:
-                if module.startswith("infosam_hf.") and module != name and not name.startswith(module + "."):
-                    if _module_file(module):
-                        found.setdefault(module, set()).add(".".join(scope) if in_function else "")
-            visit(child, scope, in_function)
-
-    visit(ast.parse(open(origin, encoding="utf-8").read()), (), False)
-    return found
-
-
-def test_the_import_graph_has_no_circle_and_the_model_imports_its_io_layers_only_inside_its_methods():
-    """At import time no module imports itself back (loading/hub/model_card import modeling); modeling reaches
-    model_card, loading and hub only from inside the three InfoSAMModel methods that need them."""
-    graph = {name: {m for m, where in _package_imports(name).items() if "" in where} for name in _package_modules()}
-    assert "infosam_hf.config" in graph["infosam_hf.modeling"]  # the scan sees modeling's own imports
-    assert {"infosam_hf.modeling", "infosam_hf.model_card"} <= graph["infosam_hf.loading"]
-    done, active = set(), []
-
-    def walk(name):
-        active.append(name)
-        for module in sorted(graph.get(name, ())):
-            assert module not in active, "import circle: " + " -> ".join(active[active.index(module):] + [module])
-            if module not in done:
-                walk(module)
-        active.pop()
-        done.add(name)
-
-    for name in graph:
-        if name not in done:
-            walk(name)
-    io_layers = {"infosam_hf.model_card", "infosam_hf.loading", "infosam_hf.hub"}
-    lazy = {m: where for m, where in _package_imports("infosam_hf.modeling").items() if m in io_layers}
-    assert lazy == {
-        "infosam_hf.model_card": {"InfoSAMModel.save_pretrained"},
-        "infosam_hf.loading": {"InfoSAMModel.from_pretrained"},
-        "infosam_hf.hub": {"InfoSAMModel.push_to_hub"},
-    }
-
-
 def test_there_is_one_infosam_model_class_with_save_load_and_push():
     """One class named InfoSAMModel in the whole package (no Hub subclass), and every public path leads to it."""
     import ast
@@ -378,10 +299,11 @@ def test_there_is_one_infosam_model_class_with_save_load_and_push():
     import infosam_hf
     import infosam_hf.modeling
 
+    package = Path(infosam_hf.__file__).parent  # every module, found on disk
     defined = [
-        name
-        for name in _package_modules()
-        for node in ast.walk(ast.parse(open(_module_file(name), encoding="utf-8").read()))
+        path.relative_to(package.parent).with_suffix("").as_posix().replace("/", ".")
+        for path in sorted(package.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
         if isinstance(node, ast.ClassDef) and node.name == "InfoSAMModel"
     ]
     assert defined == ["infosam_hf.modeling"]
@@ -389,3 +311,100 @@ def test_there_is_one_infosam_model_class_with_save_load_and_push():
     for name in ("infosam_hf.hub", "infosam_hf.loading", "infosam_hf.model_card", "infosam_hf.trainer"):
         assert importlib.import_module(name).InfoSAMModel is InfoSAMModel, name
     assert {"forward", "save_pretrained", "from_pretrained", "push_to_hub"} <= set(vars(InfoSAMModel))
+
+
+# --------------------------------------------------------------------------- a student that has moved (issue 32 audit)
+def _features(sam, batch, prompts):
+    with torch.no_grad(), capture_sam_features(sam) as feats:
+        sam(pixel_values=batch["pixel_values"], multimask_output=False, **prompts)
+    return feats
+
+
+def test_moved_student_one_prompt_relations_use_each_sides_own_features():
+    model, pretrained = moved_student_model()
+    batch = toy_batch(3)
+    out = model(**batch)
+    prompts = {"input_boxes": batch["input_boxes"]}
+    teacher, student = _features(pretrained, batch, prompts), _features(model.student, batch, prompts)
+    relation = model.relation_module
+    with torch.no_grad():
+        torch.testing.assert_close(out.relation_teacher, relation(teacher.image_feats, teacher.mask_token))
+        torch.testing.assert_close(out.relation_student, relation(student.image_feats, student.mask_token))
+    # the fixture is what makes the two checks above able to fail
+    assert (teacher.image_feats - student.image_feats).abs().max() > 1e-3
+    assert (teacher.mask_token - student.mask_token).abs().max() > 1e-3
+    assert (out.relation_teacher - out.relation_student).abs().max() > 1e-4
+
+
+def test_moved_student_several_prompts_relations_use_each_sides_own_features():
+    model, pretrained = moved_student_model()
+    batch = SamSegmentationCollator(PromptSampler(box_noise=0.0), "box", max_objects_per_image=3)(
+        [instance_row(3, 0), instance_row(1, 1), instance_row(2, 2)]
+    )
+    out = model(**batch)
+    valid = batch["prompt_mask"]
+    prompts = {"input_boxes": batch["input_boxes"]}
+    teacher, student = _features(pretrained, batch, prompts), _features(model.student, batch, prompts)
+    relation = model.relation_module
+    with torch.no_grad():
+        expected_teacher = relation.forward_prompts(teacher.image_feats, teacher.prompt_mask_tokens)[valid]
+        expected_student = relation.forward_prompts(student.image_feats, student.prompt_mask_tokens)[valid]
+    torch.testing.assert_close(out.relation_teacher, expected_teacher)
+    torch.testing.assert_close(out.relation_student, expected_student)
+    torch.testing.assert_close(out.teacher_image_feats, teacher.image_feats)
+    torch.testing.assert_close(out.teacher_mask_tokens, teacher.prompt_mask_tokens[valid].unsqueeze(1))
+    assert (out.relation_teacher - out.relation_student).abs().max() > 1e-4
+
+
+# ---------------------------------------- speed switches: a half-precision teacher beside a float32 student, SDPA attention
+def make_model(teacher_dtype=None, **config_kwargs):
+    config = InfoSAMConfig(**config_kwargs)
+    torch.manual_seed(0)
+    return InfoSAMModel(build_student(SamModel(tiny_sam_config()), config), config, teacher_dtype=teacher_dtype)
+
+
+def loss_parts(model, batch):
+    outputs = model(**batch)
+    parts = InfoSAMTrainer.compute_infosam_loss(outputs, batch["gt_masks"], model.infosam_config)
+    return outputs, parts
+
+
+def test_bf16_teacher_runs_in_bf16_and_keeps_the_loss_parts_close_to_float32():
+    batch = toy_batch(4)
+    reference, reference_parts = loss_parts(make_model(), batch)
+    model = make_model(teacher_dtype="bfloat16")
+    dtypes = []
+    model.student.get_base_model().vision_encoder.register_forward_hook(
+        lambda _m, _i, out: dtypes.append(out.last_hidden_state.dtype)
+    )
+    outputs, parts = loss_parts(model, batch)
+    assert dtypes == [torch.float32, torch.bfloat16], "student in float32, then the teacher in bf16"
+    assert outputs.teacher_image_feats.dtype == torch.float32  # handed to the relation module in float32
+    assert not torch.equal(outputs.teacher_image_feats, reference.teacher_image_feats), "bf16 must round"
+    torch.testing.assert_close(outputs.student_image_feats, reference.student_image_feats, rtol=0, atol=0)
+    # Measured here: loss_d -1.8663 -> -1.8624, loss 0.4551 -> 0.4527, loss_r -0.0682 -> -0.0726. L_r is a
+    # difference of two nearly equal entropies, so bf16's rounding of z_i shows most there (absolute 4e-3).
+    torch.testing.assert_close(parts["loss_seg"], reference_parts["loss_seg"], rtol=0, atol=0)  # no teacher in it
+    torch.testing.assert_close(parts["loss_d"], reference_parts["loss_d"], rtol=1e-2, atol=0)
+    torch.testing.assert_close(parts["loss"], reference_parts["loss"], rtol=2e-2, atol=0)
+    torch.testing.assert_close(parts["loss_r"], reference_parts["loss_r"], rtol=0, atol=1e-2)
+    parts["loss"].backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
+def test_teacher_dtype_is_validated(tmp_path):
+    with pytest.raises(ValueError, match="InfoSAMTrainingArguments.teacher_dtype must be None, 'bfloat16'"):
+        InfoSAMTrainingArguments(output_dir=str(tmp_path), report_to=[], teacher_dtype="half")
+    with pytest.raises(ValueError, match="InfoSAMModel.teacher_dtype must be None, 'bfloat16'"):
+        make_model(teacher_dtype="half")
+
+
+def test_sam_attention_is_sdpa_by_default_for_student_and_teacher():
+    model = make_model()
+    separate = InfoSAMModel(model.student, model.infosam_config, teacher=SamModel(tiny_sam_config()))
+    for sam in (model.student.get_base_model(), separate.teacher):
+        config = sam.config
+        assert config._attn_implementation == "sdpa"
+        assert config.vision_config._attn_implementation == "sdpa"
+        assert config.mask_decoder_config._attn_implementation == "sdpa"

@@ -5,11 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import instance_row, pair_outputs
 from transformers import SamModel, TrainingArguments
 
 from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, build_student
 from infosam_hf.data import PromptSampler, SamSegmentationCollator
-from infosam_hf.losses import relation_compression_loss
+from infosam_hf.losses import (
+    relation_compression_loss,
+)
 from infosam_hf.testing import tiny_sam_config
 
 SIZE = 64
@@ -19,24 +22,6 @@ def make_model(config=None):
     torch.manual_seed(0)
     config = config or InfoSAMConfig()
     return InfoSAMModel(build_student(SamModel(tiny_sam_config()), config), config)
-
-
-def instance_row(num_objects: int, seed: int) -> dict:
-    """A preprocessed multi-object sample: `gt_masks` (K, S, S), one bright rectangle per object."""
-    rng = np.random.default_rng(seed)
-    masks = np.zeros((num_objects, SIZE, SIZE), dtype=np.uint8)
-    pixels = 0.3 * rng.standard_normal((3, SIZE, SIZE)).astype(np.float32)
-    for k in range(num_objects):
-        y, x = rng.integers(0, SIZE - 16, 2)
-        h, w = rng.integers(6, 16, 2)
-        masks[k, y : y + h, x : x + w] = 1
-        pixels[k % 3] += masks[k]
-    return {
-        "pixel_values": pixels,
-        "gt_masks": masks,
-        "original_sizes": np.array([SIZE, SIZE]),
-        "reshaped_input_sizes": np.array([SIZE, SIZE]),
-    }
 
 
 def collate(rows, n, kind="box", seed=0):
@@ -208,38 +193,12 @@ def test_training_two_steps_with_three_prompts_runs_the_encoder_once_per_image(t
 # --------------------------------------------------------------------------- gathering across ranks
 
 
-def _pair_outputs(rank: int, seed: int = 0, relations_require_grad: bool = False):
-    """Rank 0: 2 images with 3 and 1 valid prompts; rank 1: 3 images with 1, 2, 2 (different M and B per rank).
-
-    `relations_require_grad`: the relations are leaves with gradients (tests of the gather's backward)."""
-    from infosam_hf.modeling import InfoSAMModelOutput
-
-    generator = torch.Generator().manual_seed(seed + rank)
-    valid = [[True, True, True], [True, False, False]] if rank == 0 else [[True, False], [True, True], [True, True]]
-    valid = torch.tensor(valid)
-    images, pairs = valid.shape[0], int(valid.sum())
-    out = InfoSAMModelOutput(
-        pred_masks=torch.randn(pairs, 1, 4, 4, generator=generator),
-        iou_scores=torch.rand(pairs, 1, generator=generator),
-        teacher_image_feats=torch.randn(images, 16, 8, generator=generator),
-        teacher_mask_tokens=torch.randn(pairs, 1, 8, generator=generator),
-        relation_teacher=torch.nn.functional.normalize(torch.randn(pairs, 16, generator=generator), dim=1)
-        .requires_grad_(relations_require_grad),
-        relation_student=torch.nn.functional.normalize(torch.randn(pairs, 16, generator=generator), dim=1)
-        .requires_grad_(relations_require_grad),
-        image_index=valid.nonzero()[:, 0],
-        prompt_mask=valid,
-    )
-    gt = (torch.rand(images, valid.shape[1], 4, 4, generator=generator) > 0.5).float()
-    return out, gt
-
-
 def _gather_worker(rank: int, init_file: str, results) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
-        out, gt = _pair_outputs(rank)
+        out, gt = pair_outputs(rank)
         parts = InfoSAMTrainer.compute_infosam_loss(out, gt, InfoSAMConfig(), gather=True)
         results[rank] = (parts["loss_r"].item(), parts["loss_d"].item())
     finally:
@@ -255,7 +214,7 @@ def test_gathering_handles_different_numbers_of_valid_pairs_per_rank(tmp_path):
     manager = mp.get_context("spawn").Manager()
     results = manager.dict()
     mp.start_processes(_gather_worker, args=(str(tmp_path / "init"), results), nprocs=2, start_method="spawn")
-    (a, _), (b, _) = _pair_outputs(0), _pair_outputs(1)
+    (a, _), (b, _) = pair_outputs(0), pair_outputs(1)
     offset = a.teacher_image_feats.shape[0]
     expected = InfoSAMLoss(InfoSAMConfig()).from_relations(
         torch.cat([a.teacher_image_feats, b.teacher_image_feats]),
@@ -279,3 +238,26 @@ def test_too_many_prompts_for_memory_suggest_max_objects_per_image(monkeypatch):
     monkeypatch.setattr(model.student, "forward", out_of_memory)
     with pytest.raises(torch.OutOfMemoryError, match="3 prompts for each of 2 images.*max_objects_per_image"):
         model(**batch)
+
+
+# ------------------------------------------------------------------------ the object subset per image (issue 32 audit)
+def test_the_object_subset_is_in_annotation_order_reproducible_and_varies_with_the_draws():
+    row = instance_row(6, 3)
+    masks = [m.tobytes() for m in row["gt_masks"]]
+
+    def subsets(seed, draws=12):
+        collator = SamSegmentationCollator(PromptSampler(box_noise=0.0, seed=seed), "box", max_objects_per_image=3)
+        picked = []
+        for _ in range(draws):
+            batch = collator([row])
+            picked.append(tuple(masks.index(m.numpy().astype(np.uint8).tobytes()) for m in batch["gt_masks"][0]))
+        return picked
+
+    first, again, other = subsets(0), subsets(0), subsets(1)
+    assert first == again  # content and order for a seed
+    assert first != other
+    assert all(list(s) == sorted(s) and len(set(s)) == 3 for s in first)  # distinct objects, annotation order
+    assert len(set(first)) > 3  # the subset changes from batch to batch
+    # independent of numpy's global generator (a worker's or the user's)
+    np.random.seed(123)
+    assert subsets(0) == first

@@ -3,7 +3,9 @@
 import copy
 import json
 import logging
+import math
 
+import numpy as np
 import pytest
 import torch
 from transformers import SamModel, SamProcessor, TrainingArguments
@@ -243,3 +245,57 @@ def test_scripts_train_evaluate_and_predict_at_image_size(tmp_path):
     (mask,) = (tmp_path / "pred").glob("*_mask.png")
     assert PIL.Image.open(mask).size == PIL.Image.open(image).size
     assert set(np.unique(np.asarray(PIL.Image.open(mask)))) <= {0, 255}
+
+
+# ---------------------------------------------------------------------- the position-embedding resize (issue 32 audit)
+def _cubic_weights(size_in: int, size_out: int) -> np.ndarray:
+    """(out, in) matrix of PyTorch's bicubic upsampling: Keys' kernel (a = -0.75), half-pixel centres, edge clamp."""
+    a = -0.75
+
+    def kernel(d):
+        d = abs(d)
+        if d <= 1:
+            return (a + 2) * d**3 - (a + 3) * d**2 + 1
+        if d < 2:
+            return a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a
+        return 0.0
+
+    weights = np.zeros((size_out, size_in))
+    for i in range(size_out):
+        x = (i + 0.5) * size_in / size_out - 0.5
+        x0 = math.floor(x)
+        for j in range(x0 - 1, x0 + 3):
+            weights[i, min(max(j, 0), size_in - 1)] += kernel(x - j)
+    return weights
+
+
+def test_position_embedding_resize_matches_a_bicubic_oracle_on_a_non_symmetric_grid():
+    from infosam_hf.resolution import resize_abs_pos_embed
+
+    generator = torch.Generator().manual_seed(0)
+    pos = torch.randn(1, 3, 4, 5, generator=generator, dtype=torch.float64)  # rows != columns, random content
+    rows, cols = _cubic_weights(3, 5), _cubic_weights(4, 7)
+    expected = np.einsum("hi,wj,ijc->hwc", rows, cols, pos[0].numpy())[None]
+    actual = resize_abs_pos_embed(pos, (5, 7))
+    assert actual.shape == (1, 5, 7, 5)
+    np.testing.assert_allclose(actual.double().numpy(), expected, rtol=1e-5, atol=1e-6)
+    # shrinking is antialiased (timm's resample_abs_pos_embed): white noise loses most of its variance
+    noise = torch.randn(1, 16, 16, 8, generator=generator)
+    assert resize_abs_pos_embed(noise, (8, 8)).std() < 0.6 * noise.std()
+
+
+def test_an_adapted_model_carries_the_resized_position_embedding():
+    from infosam_hf.resolution import adapt_model
+
+    torch.manual_seed(0)
+    base = SamModel(tiny_sam_config())
+    with torch.no_grad():  # a pre-trained embedding's content (SAM initialises it to zeros): not symmetric
+        base.vision_encoder.pos_embed.normal_()
+    old = base.vision_encoder.pos_embed.detach().clone()
+    assert not torch.allclose(old, old.transpose(1, 2))
+    grid = old.shape[1]
+    adapted = adapt_model(base, 64 * 3 // 2, allow_upscaling=True)  # upscaled by 1.5: the oracle's case
+    new = adapted.vision_encoder.pos_embed.detach()
+    weights = _cubic_weights(grid, new.shape[1])
+    expected = np.einsum("hi,wj,ijc->hwc", weights, weights, old[0].double().numpy())[None]
+    np.testing.assert_allclose(new.double().numpy(), expected, rtol=1e-4, atol=1e-5)

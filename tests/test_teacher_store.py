@@ -1,5 +1,6 @@
 """The on-disk teacher store: a second run never runs the teacher's image encoder, and nothing stale is reused."""
 
+
 import contextlib
 import logging
 import os
@@ -19,6 +20,7 @@ from infosam_hf import (
     PeftArguments,
     build_student,
 )
+from infosam_hf.data import PromptSampler, SamSegmentationCollator
 from infosam_hf.teacher_cache import content_key
 from infosam_hf.teacher_store import TeacherEmbeddingStore, check_store_root, estimate_bytes, teacher_fingerprint
 from infosam_hf.testing import tiny_sam_config, toy_batch, toy_segmentation_dataset
@@ -281,8 +283,6 @@ def test_precompute_script_fills_the_store_train_py_reads(tmp_path):
 
     from infosam_hf.builtin import BUILTIN_MODEL_PATH
     from infosam_hf.data import (
-        PromptSampler,
-        SamSegmentationCollator,
         SamSegmentationPreprocessor,
         load_segmentation_dataset,
         prepare_dataset,
@@ -328,8 +328,6 @@ def test_precompute_at_another_image_size_fills_the_folder_training_at_that_size
 
     from infosam_hf.builtin import BUILTIN_MODEL_PATH
     from infosam_hf.data import (
-        PromptSampler,
-        SamSegmentationCollator,
         SamSegmentationPreprocessor,
         load_segmentation_dataset,
         prepare_dataset,
@@ -366,15 +364,15 @@ def test_precompute_at_another_image_size_fills_the_folder_training_at_that_size
 @pytest.mark.parametrize("model_class", ["SamModel", "SamHQModel", "Sam2Model", "Sam3TrackerModel", "EdgeTamModel"])
 def test_every_family_replays_its_encoding_from_disk_exactly(tmp_path, model_class):
     """SAM 2's feature levels and SAM-HQ's intermediate embeddings survive the flat safetensors entries."""
-    from test_families import CONFIG, PEFT, _batch
+    from helpers import family_batch
 
     from infosam_hf.teacher_cache import TeacherEmbeddingCache
     from infosam_hf.testing import tiny_family_model
 
     torch.manual_seed(0)
-    config = InfoSAMConfig(**CONFIG)
-    model = InfoSAMModel(build_student(tiny_family_model(model_class), config, PEFT), config).eval()
-    batch = _batch(model.student.get_base_model(), n=3)
+    config = InfoSAMConfig(relation_dim=32)
+    model = InfoSAMModel(build_student(tiny_family_model(model_class), config, PeftArguments(lora_r=2)), config).eval()
+    batch = family_batch(model.student.get_base_model(), n=3)
     prompts = {"input_boxes": batch["input_boxes"]}
     expected = model._run_teacher(batch["pixel_values"], prompts, False)
     store = TeacherEmbeddingStore.for_teacher(tmp_path, model.teacher_image_encoder, model.sam_config)
@@ -406,3 +404,21 @@ def test_checksum_benchmark_runs_and_its_ratio_is_the_quotient_of_its_figures():
     times = {row[0]: float(row[1]) for row in rows if row[0] in ("unverified", "verified")}
     ratio = float(lines[-1].removeprefix("verify_ratio="))
     assert ratio == pytest.approx(times["verified"] / times["unverified"], rel=0.02)
+
+
+# --------------------------------------------------------------------------------- teacher store keys (issue 32 audit)
+def test_a_store_entry_is_never_served_under_another_key(tmp_path, caplog):
+    import logging
+
+    from infosam_hf.teacher_cache import content_key
+    from infosam_hf.teacher_store import TeacherEmbeddingStore
+
+    store = TeacherEmbeddingStore(tmp_path, "f" * 32)
+    first, second = content_key(torch.zeros(3, 4, 4)), content_key(torch.ones(3, 4, 4))
+    assert store.put(first, {"image_embeddings": torch.arange(6.0).reshape(2, 3)})
+    path = store.path_of(second)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(store.path_of(first).read_bytes())  # an intact entry filed under another image's key
+    with caplog.at_level(logging.WARNING):
+        assert store.get(second) is None
+    assert store.get(first) is not None

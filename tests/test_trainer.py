@@ -1,5 +1,6 @@
 """InfoSAMTrainer: real optimisation steps on a tiny SamModel, checkpoints, accumulation, precision."""
 
+
 import json
 import os
 import random
@@ -8,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from helpers import make_args, make_model, moved_student_model, pair_outputs
 from safetensors.torch import load_file
-from transformers import SamModel, TrainingArguments
+from transformers import SamModel
 
 import infosam_hf.trainer as trainer_module
 from infosam_hf import (
@@ -18,41 +21,11 @@ from infosam_hf import (
     InfoSAMTrainer,
     InfoSAMTrainingArguments,
     PeftArguments,
-    build_student,
 )
+from infosam_hf.data import PromptSampler, SamSegmentationCollator
 from infosam_hf.losses import InfoSAMLoss, relation_compression_loss, relation_distillation_loss, segmentation_loss
-from infosam_hf.modeling import upsample_masks
+from infosam_hf.modeling import InfoSAMModelOutput, upsample_masks
 from infosam_hf.testing import tiny_sam_config, toy_batch, toy_segmentation_dataset
-
-
-def make_model(config=None, relation_seed=None):
-    """The same 'pre-trained' base every time (as from_pretrained gives); optionally another relation init."""
-    torch.manual_seed(0)
-    config = config or InfoSAMConfig()
-    model = InfoSAMModel(build_student(SamModel(tiny_sam_config()), config), config)
-    if relation_seed is not None:
-        torch.manual_seed(relation_seed)
-        for module in model.relation_module.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.reset_parameters()
-    return model
-
-
-def make_args(tmp_path, args_class=TrainingArguments, **overrides):
-    values = dict(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=4,
-        learning_rate=1e-3,
-        max_steps=4,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        dataloader_num_workers=0,
-    )
-    values.update(overrides)
-    return args_class(**values)
 
 
 def trainable_state(model):
@@ -135,7 +108,6 @@ def test_checkpoint_contents_and_bit_exact_resume(tmp_path):
 
 def test_resume_draws_the_prompts_the_uninterrupted_run_draws(tmp_path):
     """Random training prompts (box or points, jittered): the collator's sampler state is in the checkpoint."""
-    from infosam_hf.data import PromptSampler, SamSegmentationCollator
 
     data = toy_segmentation_dataset(8)  # resumed mid-epoch: the loader had collated the next batch at the save
 
@@ -387,3 +359,129 @@ def test_the_all_gather_keeps_the_autograd_graph(gloo_group):
     weights = torch.arange(12.0).reshape(3, 4)
     (gathered * weights).sum().backward()
     torch.testing.assert_close(local.grad, weights)
+
+
+# ------------------------------------------------------------------- the cross-rank gather, two ranks (issue 32 audit)
+def _rank_outputs(rank: int):
+    """helpers.pair_outputs' two ranks of pairs, other draws, relations as leaves with gradients."""
+    return pair_outputs(rank, seed=10, relations_require_grad=True)
+
+
+def _two_rank_worker(rank: int, init_file: str, queue) -> None:
+    import torch.distributed as dist
+
+    from infosam_hf import trainer as trainer_module
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        out, gt = _rank_outputs(rank)
+        index = trainer_module._gather_image_index(out.image_index, out.teacher_image_feats.shape[0])
+        parts = InfoSAMTrainer.compute_infosam_loss(out, gt, InfoSAMConfig(), gather=True)
+        (parts["loss_r"] + parts["loss_d"]).backward()
+        # plain lists: a tensor sent through the queue lives in this process's shared memory, gone once it exits
+        queue.put((rank, index.tolist(), out.relation_teacher.grad.tolist(), out.relation_student.grad.tolist()))
+    except Exception as err:  # reported at once: the other rank may be left waiting in a collective
+        queue.put((rank, f"{type(err).__name__}: {err}", None, None))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_get_the_gradient_of_their_own_slice_and_shifted_image_indices(tmp_path):
+    """Each rank's relations get exactly its slice of the global loss's gradient (times the world size, which
+    DDP's mean over ranks divides out), and rank 1's pair -> image indices follow rank 0's images.
+
+    With one process rank 0 is the only slice and the offset is 0: both are trivially right there.
+    """
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("fork")  # seconds: no re-import of the package in the children
+    queue = context.Queue()
+    processes = [context.Process(target=_two_rank_worker, args=(rank, str(tmp_path / "init"), queue))
+                 for rank in (0, 1)]
+    for process in processes:
+        process.start()
+    results = {}
+    try:
+        for _ in processes:
+            rank, index, grad_teacher, grad_student = queue.get(timeout=60)
+            assert grad_teacher is not None, f"rank {rank} failed: {index}"
+            results[rank] = (index, torch.tensor(grad_teacher), torch.tensor(grad_student))
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+    (a, _), (b, _) = _rank_outputs(0), _rank_outputs(1)
+    expected_index = torch.cat([a.image_index, b.image_index + a.teacher_image_feats.shape[0]])
+    relation_teacher = torch.cat([a.relation_teacher, b.relation_teacher]).detach().requires_grad_(True)
+    relation_student = torch.cat([a.relation_student, b.relation_student]).detach().requires_grad_(True)
+    from infosam_hf.losses import InfoSAMLoss
+
+    single = InfoSAMLoss(InfoSAMConfig()).from_relations(
+        torch.cat([a.teacher_image_feats, b.teacher_image_feats]),
+        torch.cat([a.teacher_mask_tokens, b.teacher_mask_tokens]),
+        relation_teacher, relation_student, image_index=expected_index,
+    )
+    (single.loss_r + single.loss_d).backward()
+    split = a.relation_student.shape[0]
+    for rank, rows in ((0, slice(0, split)), (1, slice(split, None))):
+        index, grad_teacher, grad_student = results[rank]
+        assert index == expected_index.tolist()
+        torch.testing.assert_close(grad_teacher, 2 * relation_teacher.grad[rows], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(grad_student, 2 * relation_student.grad[rows], rtol=1e-4, atol=1e-6)
+    assert relation_student.grad[:split].abs().max() > 1e-4 and relation_student.grad[split:].abs().max() > 1e-4
+
+
+# ---------------------------------------------------------------- multimask: the best mask is trained (issue 32 audit)
+def _multimask_outputs():
+    """Two images, three masks each: image 0's best mask is its third, image 1's its second."""
+    gt = torch.zeros(2, 1, 8, 8)
+    gt[0, 0, 0:4, 0:4] = 1
+    gt[1, 0, 4:8, 2:8] = 1
+    logits = torch.full((2, 3, 8, 8), -4.0)
+    logits[0, 0, 0:8, 0:8] = 4.0  # IoU 16/64
+    logits[0, 1, 6:8, 6:8] = 4.0  # IoU 0
+    logits[0, 2, 0:4, 0:3] = 4.0  # IoU 12/16: best
+    logits[1, 0, 0:2, 0:2] = 4.0  # IoU 0
+    logits[1, 1, 4:8, 3:8] = 4.0  # IoU 20/24: best
+    logits[1, 2, 2:8, 0:8] = 4.0  # IoU 24/48
+    iou_scores = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]])
+    return InfoSAMModelOutput(pred_masks=logits, iou_scores=iou_scores), gt
+
+
+def test_multimask_output_trains_the_mask_closest_to_the_ground_truth_with_its_own_iou_score():
+    from infosam_hf.trainer import select_best_mask
+
+    outputs, gt = _multimask_outputs()
+    logits, iou = select_best_mask(outputs, gt)
+    torch.testing.assert_close(logits, torch.stack([outputs.pred_masks[0, 2], outputs.pred_masks[1, 1]])[:, None])
+    torch.testing.assert_close(iou, torch.tensor([[0.3], [0.5]]))
+    # the loss the Trainer trains is the segmentation loss of exactly those masks (SAM's recipe reads the IoU head)
+    config = InfoSAMConfig(seg_loss="focal_dice_iou", lambda_1=0.0, lambda_2=0.0)
+    parts = InfoSAMTrainer.compute_infosam_loss(outputs, gt, config)
+    torch.testing.assert_close(parts["loss_seg"], segmentation_loss(config, logits, gt, iou))
+
+
+def test_with_multimask_output_only_the_best_masks_hypernetwork_is_trained():
+    """Mask k of SAM's three comes from hypernetwork k + 1 alone: the gradient shows which masks were trained."""
+    config = InfoSAMConfig(multimask_output=True, lambda_1=0.0, lambda_2=0.0)
+    model, _ = moved_student_model(config, seed=1)
+    batch = toy_batch(2)
+    out = model(**batch)
+    assert out.pred_masks.shape[1] == 3
+    logits = F.interpolate(out.pred_masks.detach(), size=batch["gt_masks"].shape[-2:], mode="bilinear")
+    pred, gt = (logits > 0).float(), batch["gt_masks"]
+    inter = (pred * gt).sum(dim=(2, 3))
+    iou = inter / (pred.sum(dim=(2, 3)) + gt.sum(dim=(2, 3)) - inter).clamp_min(1)
+    best = set(iou.argmax(dim=1).tolist())
+    assert best == {1}  # seed 1: the second mask for both images, neither the first nor every one
+    InfoSAMTrainer.compute_infosam_loss(out, gt, config)["loss"].backward()
+    trained = set()
+    for k in range(3):
+        grads = [p.grad for n, p in model.student.named_parameters()
+                 if f"modules_to_save.default.output_hypernetworks_mlps.{k + 1}." in n]
+        assert grads
+        if any(g is not None and g.abs().max() > 0 for g in grads):
+            trained.add(k)
+    assert trained == best

@@ -85,7 +85,7 @@ class StatefulWarmup:
 
 
 def test_a_state_that_cannot_be_stored_falls_back_to_the_stock_format_and_still_resumes(tmp_path):
-    from test_trainer import make_args, make_model
+    from helpers import make_args, make_model
 
     from infosam_hf import InfoSAMTrainer
     from infosam_hf.testing import toy_segmentation_dataset

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import free_port  # tests/ is on sys.path (conftest.py)
 from safetensors.torch import load_file
-from test_distributed import free_port  # tests/ is on sys.path (conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 RECORDER = REPO / "tests" / "fixtures" / "train_script_recorder.py"

@@ -7,7 +7,7 @@ itself reads a method only through three exported dicts keyed by `peft_type`
 round-trips through `adapter_config.json` (upstream made string types first-class in
 peft#2634/#2635). So: use `register_peft_method` if a PEFT release accepts the name,
 otherwise fill those dicts with the same uniqueness checks it makes.
-`tests/test_adapter_peft_registration.py` fails loudly if a PEFT upgrade breaks this.
+`tests/test_adapter.py` ("registration with PEFT") fails loudly if a PEFT upgrade breaks this.
 """
 
 from __future__ import annotations

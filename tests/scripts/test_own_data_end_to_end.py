@@ -1,4 +1,6 @@
-"""Issue 11: what a new user hit in the first hour, each point kept fixed.
+"""The scripts and the Trainer on a user's own data, end to end: seeds, CPU DDP, the metrics frame, corrupt images,
+mis-sized masks, a batch of one, paths and errors, defaults, warnings, and the docs for the first hour (the points
+of issue 11, each kept fixed).
 
 Data: a tiny reference CSV layout (train.csv / test.csv with image,label paths) of
 non-square images, written per test, with a corrupt file or a mis-sized mask where a
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import importlib.util
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from helpers import ROOT, load_example
 from transformers import SamModel, TrainingArguments
 
 from infosam_hf import InfoSAMConfig, InfoSAMTrainer
@@ -35,16 +37,7 @@ from infosam_hf.data import (
 )
 from infosam_hf.testing import tiny_sam_config, toy_segmentation_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 # ------------------------------------------------------------------------------------------ helpers
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _sample(rng, height, width):
@@ -234,7 +227,7 @@ def test_trainer_evaluation_equals_evaluate_script_on_non_square_images(tmp_path
     )
     trainer.save_model(str(tmp_path / "adapter"))
     ours = trainer.evaluate()
-    reference = load_script("evaluate_adapter").main(
+    reference = load_example("evaluate_adapter").main(
         ["--adapter", str(tmp_path / "adapter"), "--dataset_name", str(data), "--split", "test",
          "--compare_base", "false", "--disable_tqdm", "true", "--batch_size", "4"]
     )["metrics"]["adapter"]
@@ -277,7 +270,7 @@ def test_overlay_callback_skips_a_corrupt_image_and_names_it(tmp_path):
 
 def test_evaluate_script_skips_and_reports_a_corrupt_image(tmp_path, capsys):
     data = write_csv_layout(tmp_path / "data", [(64, 64)] * 2, [(64, 80)] * 3, corrupt={"test-1"})
-    result = load_script("evaluate_adapter").main(
+    result = load_example("evaluate_adapter").main(
         ["--model_name_or_path", BUILTIN_MODEL_PATH, "--dataset_name", str(data),
          "--disable_tqdm", "true"])
     assert result["num_images"] == 2
@@ -287,7 +280,7 @@ def test_evaluate_script_skips_and_reports_a_corrupt_image(tmp_path, capsys):
 
 def test_predict_script_skips_a_corrupt_image(tmp_path, capsys):
     data = write_csv_layout(tmp_path / "data", [], [(64, 80)] * 2, corrupt={"test-0"})
-    results = load_script("predict").main(["--model_name_or_path", BUILTIN_MODEL_PATH, "--images",
+    results = load_example("predict").main(["--model_name_or_path", BUILTIN_MODEL_PATH, "--images",
                                            str(data / "images"), "--box", "10", "10", "50", "40",
                                            "--output_dir", str(tmp_path / "pred")])
     assert [Path(r["image"]).name for r in results] == ["test-1.png"]
@@ -310,7 +303,7 @@ def test_validate_data_lists_every_bad_sample_and_exits_non_zero(tmp_path, capsy
     problems = find_bad_samples(load_segmentation_dataset(str(data), split="train", streaming=True))
     assert len(problems) == 1 and "train-0.png" in problems[0] and "96x64" in problems[0] and "103x67" in problems[0]
     with pytest.raises(SystemExit) as exit_info:
-        load_script("train").main(["--dataset_name", str(data), "--validate_data", "true",
+        load_example("train").main(["--dataset_name", str(data), "--validate_data", "true",
                                    "--output_dir", str(tmp_path / "out")])
     assert exit_info.value.code not in (0, None)
     out = capsys.readouterr().out
@@ -357,7 +350,7 @@ def test_a_streamed_batch_of_one_is_skipped_not_trained_without_the_infosam_term
 
 # ------------------------------------------------------------------------------------------ 7. paths and errors
 def test_missing_local_looking_paths_fail_at_once_naming_them(tmp_path, monkeypatch):
-    train = load_script("train")
+    train = load_example("train")
     (tmp_path / "data").mkdir()
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="--dataset_name 'data/polyp' not found"):

@@ -6,8 +6,7 @@ import subprocess
 import sys
 
 import pytest
-
-ROOT = os.path.join(os.path.dirname(__file__), "..")
+from helpers import ROOT  # tests/ is on sys.path (conftest.py)
 
 
 def pretrain(script: str, output_dir) -> str:

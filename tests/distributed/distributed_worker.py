@@ -1,6 +1,6 @@
-"""A few InfoSAMTrainer steps on a tiny SAM, recording what each process did (launched by test_distributed.py).
+"""A few InfoSAMTrainer steps on a tiny SAM, recording what each process did (launched by test_trainer_ddp.py).
 
-Runs alone (`python tests/distributed_worker.py ...`, the single-process reference) or
+Runs alone (`python tests/distributed/distributed_worker.py ...`, the single-process reference) or
 under `accelerate launch` / torchrun (one copy per rank). Every rank writes, into
 `--result-dir`:
 

@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 import pytest
+from helpers import ROOT, fine_tuned
 from PIL import Image
-from test_export import fine_tuned
 from transformers import SamProcessor
 
 from infosam_hf.builtin import BUILTIN_MODEL_PATH
@@ -19,7 +19,6 @@ from infosam_hf.builtin import BUILTIN_MODEL_PATH
 pytestmark = pytest.mark.extras  # .ci/run runs these again once every extra is installed
 gradio = pytest.importorskip("gradio", reason='the demo extra is not installed: pip install -e ".[demo]"')
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 ARTIFACTS = os.environ.get("INFOSAM_TEST_ARTIFACTS", os.path.join(ROOT, "test-artifacts"))
 sys.path.insert(0, EXAMPLES)
@@ -48,7 +47,7 @@ def server(adapter_dir, tmp_path_factory):
     """`python examples/demo.py --adapter ...` on a free loopback port; its URL."""
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "demo.log"
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with open(log, "w") as out:
         process = subprocess.Popen(
             [sys.executable, os.path.join(EXAMPLES, "demo.py"), "--adapter", adapter_dir, "--port", str(port)],

@@ -9,7 +9,7 @@ import datasets
 import numpy as np
 import PIL.Image
 import pytest
-from test_train_script import load_script
+from helpers import load_example
 
 from infosam_hf.data import decode_instances
 from infosam_hf.synthetic import make_synthetic_instances
@@ -65,7 +65,7 @@ TRAIN_FLAGS = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--per_
 def test_train_script_on_every_instance_layout_draws_each_object_and_scores_as_evaluate(tmp_path, instance_format):
     data = write_instance_parquet(tmp_path / "data", instance_format)
     out = tmp_path / "run"
-    summary = load_script("train").main(
+    summary = load_example("train").main(
         ["--dataset_name", str(data), "--output_dir", str(out), "--instance_format", instance_format, *TRAIN_FLAGS]
     )
     assert summary["metrics_per"] == "object"
@@ -81,7 +81,7 @@ def test_train_script_on_every_instance_layout_draws_each_object_and_scores_as_e
 
     # the run's per-object numbers (and so the card's) are examples/evaluate_adapter.py's on the saved adapter,
     # same split
-    evaluated = load_script("evaluate_adapter").main(
+    evaluated = load_example("evaluate_adapter").main(
         ["--adapter", str(out), "--dataset_name", str(data), "--disable_tqdm",
          "true", "--batch_size", "2", "--instance_format", instance_format])
     assert evaluated["num_objects"] == sum(objects)
@@ -118,7 +118,7 @@ def test_trainer_evaluate_and_evaluate_script_give_the_same_per_object_scores(tm
     evaluate_adapter.py the original image: with padding (48 x 64 images) they disagreed. Both now score each object
     at its image's size."""
     import torch
-    from test_scripts import save_adapter, tiny_processor
+    from helpers import save_adapter, tiny_processor
     from transformers import SamModel, TrainingArguments
 
     from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer
@@ -151,7 +151,7 @@ def test_trainer_evaluate_and_evaluate_script_give_the_same_per_object_scores(tm
         compute_metrics=build_compute_metrics(),
     )
     from_trainer = trainer.evaluate()
-    evaluated = load_script("evaluate_adapter").main(
+    evaluated = load_example("evaluate_adapter").main(
         ["--adapter", adapter, "--dataset_name", str(data), "--disable_tqdm",
          "true", "--batch_size", "3", "--instance_format", "masks",
          "--compare_base", "false"])

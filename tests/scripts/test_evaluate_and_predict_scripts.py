@@ -6,71 +6,36 @@ images have different sizes (one smaller than the model input, one larger, one w
 empty mask), so that the crop-and-resize to the original size is exercised.
 """
 
-import importlib.util
 import json
 import logging
 import os
-import sys
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-from transformers import SamImageProcessor, SamModel, SamProcessor, TrainingArguments
+from helpers import load_example, save_adapter, tiny_processor
+from transformers import SamModel, SamProcessor, TrainingArguments
 
 import infosam_hf.builtin
-from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, PeftArguments, build_student
+from infosam_hf import InfoSAMTrainer, PeftArguments
 from infosam_hf.builtin import BUILTIN_MODEL_PATH
 from infosam_hf.callbacks import EvalOverlayCallback
 from infosam_hf.synthetic import make_synthetic_sample
 from infosam_hf.testing import tiny_sam_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = [(64, 48), (40, 64), (80, 80), (64, 64), (30, 50)]  # (width, height); index 3 has an empty mask
 METRIC_KEYS = {"iou", "dice", "iou@0.5", "dice@0.5"}
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", os.path.join(ROOT, "examples", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def evaluate_script():
-    return load_script("evaluate_adapter")
+    return load_example("evaluate_adapter")
 
 
 @pytest.fixture(scope="module")
 def predict_script():
-    return load_script("predict")
-
-
-def tiny_processor(size=64):
-    return SamProcessor(
-        SamImageProcessor(
-            size={"longest_edge": size},
-            pad_size={"height": size, "width": size},
-            mask_size={"longest_edge": size // 4},
-            mask_pad_size={"height": size // 4, "width": size // 4},
-        )
-    )
-
-
-def save_adapter(base_dir, folder, processor, perturb=False):
-    base = SamModel.from_pretrained(base_dir)  # its name_or_path (base_dir) becomes the adapter's base
-    config = InfoSAMConfig()
-    student = build_student(base, config, PeftArguments(lora_r=2))
-    if perturb:  # a "trained" adapter: LoRA B away from its zero init
-        generator = torch.Generator().manual_seed(1)
-        for name, param in student.named_parameters():
-            if "lora_B" in name:
-                param.data = 0.5 * torch.randn(param.shape, generator=generator)
-    InfoSAMModel(student, config).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return str(folder)
+    return load_example("predict")
 
 
 @pytest.fixture(scope="module")

@@ -95,32 +95,42 @@ def _modules() -> dict[str, str]:
     return found
 
 
-def _imports(module: str, path: str, known: set[str], inside_functions: bool) -> set[str]:
-    """The infosam_hf modules `module` imports: at module level (class bodies included, `if TYPE_CHECKING:` not),
-    and with `inside_functions` also those imported in function bodies."""
+def _imports(module: str, path: str, known: set[str]) -> dict[str, set[str]]:
+    """{infosam_hf module that `module` imports: where}, where is "" for import time (module level and class bodies;
+    `if TYPE_CHECKING:` not) and the dotted name of each function that imports it in its body
+    ("InfoSAMModel.save_pretrained"). `from pkg import x` imports pkg and, where x is a submodule, pkg.x; the
+    importer's own parent packages are loaded before it and not counted."""
     package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
-    found = set()
+    found: dict[str, set[str]] = {}
 
-    def visit(node):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and not inside_functions:
-            return
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            return
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names if alias.name in known)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
-            for alias in node.names:  # `from pkg import submodule` imports the submodule, else a name of pkg
-                found.add(f"{target}.{alias.name}" if f"{target}.{alias.name}" in known else target)
+    def add(target: str, where: str) -> None:
+        if target in known and target != module and not module.startswith(target + "."):
+            found.setdefault(target, set()).add(where)
+
+    def visit(node, scope: tuple[str, ...], in_function: bool) -> None:
         for child in ast.iter_child_nodes(node):
-            visit(child)
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                visit(child, (*scope, child.name), in_function or not isinstance(child, ast.ClassDef))
+                continue
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            where = ".".join(scope) if in_function else ""
+            if isinstance(child, ast.Import):
+                for alias in child.names:
+                    add(alias.name, where)
+            elif isinstance(child, ast.ImportFrom):
+                if child.level:
+                    base = package.split(".")[: len(package.split(".")) - child.level + 1]
+                    target = ".".join(base + ([child.module] if child.module else []))
+                else:
+                    target = child.module or ""
+                add(target, where)
+                for alias in child.names:
+                    add(f"{target}.{alias.name}", where)
+            visit(child, scope, in_function)
 
-    visit(ast.parse(open(path, encoding="utf-8").read()))
-    return (found & known) - {module}
+    visit(ast.parse(open(path, encoding="utf-8").read()), (), False)
+    return found
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -145,12 +155,17 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def _graph(inside_functions: bool) -> dict[str, set[str]]:
     modules = _modules()
-    return {name: _imports(name, path, set(modules), inside_functions) for name, path in modules.items()}
+    return {
+        name: {m for m, where in _imports(name, path, set(modules)).items() if inside_functions or "" in where}
+        for name, path in modules.items()
+    }
 
 
 def test_the_module_level_import_graph_has_no_cycles():
     graph = _graph(inside_functions=False)
     assert {"infosam_hf.tuners", "infosam_hf.models"} <= set(graph) and graph["infosam_hf"] == {"infosam_hf.tuners"}
+    assert "infosam_hf.config" in graph["infosam_hf.modeling"]  # the scan sees modeling's own imports
+    assert {"infosam_hf.modeling", "infosam_hf.model_card"} <= graph["infosam_hf.loading"]
     assert _cycles(graph) == []
 
 
@@ -159,3 +174,16 @@ def test_imports_inside_functions_close_no_cycle_unless_listed_with_a_reason():
     for edge in DEFERRED_ON_PURPOSE:
         graph[edge[0]].discard(edge[1])
     assert _cycles(graph) == [], "break the cycle, or list its deferred import in DEFERRED_ON_PURPOSE with why"
+
+
+def test_the_model_imports_its_io_layers_only_inside_its_methods():
+    """modeling reaches model_card, loading and hub only from inside the three InfoSAMModel methods that need them
+    (they import modeling at import time: the other way round would be a circle)."""
+    modules = _modules()
+    io_layers = {"infosam_hf.model_card", "infosam_hf.loading", "infosam_hf.hub"}
+    found = _imports("infosam_hf.modeling", modules["infosam_hf.modeling"], set(modules))
+    assert {m: where for m, where in found.items() if m in io_layers} == {
+        "infosam_hf.model_card": {"InfoSAMModel.save_pretrained"},
+        "infosam_hf.loading": {"InfoSAMModel.from_pretrained"},
+        "infosam_hf.hub": {"InfoSAMModel.push_to_hub"},
+    }

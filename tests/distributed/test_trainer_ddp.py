@@ -1,11 +1,11 @@
 """DDP on the CPU: 2 gloo processes against one process on the same global batch.
 
-The worker (`tests/distributed_worker.py`) trains a tiny SAM for 3 SGD steps and records,
+The worker (`tests/distributed/distributed_worker.py`) trains a tiny SAM for 3 SGD steps and records,
 per rank, the sample indices of each micro-batch, its local loss parts, the Trainer's
 logged loss, every file it wrote and its final trainable weights. Three runs are
 compared:
 
-- `single`:    `python tests/distributed_worker.py`, per-device batch 4 (the global batch);
+- `single`:    `python tests/distributed/distributed_worker.py`, per-device batch 4 (the global batch);
 - `gather`:    `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2`,
                per-device batch 2, `InfoSAMTrainingArguments.gather_across_processes=True` (default);
 - `no_gather`: the same with the option off.
@@ -30,105 +30,21 @@ from __future__ import annotations
 import collections
 import json
 import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import (  # tests/ is on sys.path (conftest.py)
+    CONFIGS,
+    GLOBAL_BATCH,
+    PER_DEVICE_BATCH,
+    STEPS,
+    UPDATE_RTOL,
+    WORLD_SIZE,
+    launch,
+    rel_close,
+    update_mismatch,
+)
 from safetensors.torch import load_file
-
-REPO = Path(__file__).resolve().parents[1]
-WORKER = REPO / "tests" / "distributed_worker.py"
-CONFIGS = REPO / "examples" / "accelerate_configs"
-WORLD_SIZE = 2
-PER_DEVICE_BATCH = 2
-GLOBAL_BATCH = WORLD_SIZE * PER_DEVICE_BATCH
-STEPS = 3
-TIMEOUT_S = 600
-LOSS_RTOL = 1e-4
-# ||w_ddp - w_single|| / ||w_single - w_initial||; measured 2.5e-6 with gathering, 1.16 without
-UPDATE_RTOL = 1e-3
-
-
-# ---------------------------------------------------------------------------------- running the worker
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def subprocess_env(home: Path, use_cpu_env: bool) -> dict[str, str]:
-    env = dict(os.environ)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                "ACCELERATE_USE_CPU", "ACCELERATE_CONFIG_FILE"):
-        env.pop(key, None)
-    env.update(
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        HF_HOME=str(home),  # an empty HF_HOME: no default accelerate config of this machine is picked up
-        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
-    )
-    if use_cpu_env:
-        env["ACCELERATE_USE_CPU"] = "true"
-    return env
-
-
-def run_command(cmd: list[str], env: dict[str, str], what: str) -> None:
-    def tail(text, n=6000):
-        text = text.decode(errors="replace") if isinstance(text, bytes) else (text or "")
-        return text[-n:]
-
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"{what} timed out after {TIMEOUT_S}s: {' '.join(cmd)}\n"
-                    f"--- stdout\n{tail(err.stdout)}\n--- stderr\n{tail(err.stderr)}")
-    if proc.returncode != 0:
-        pytest.fail(f"{what} exited with {proc.returncode}: {' '.join(cmd)}\n"
-                    f"--- stdout\n{tail(proc.stdout)}\n--- stderr\n{tail(proc.stderr)}")
-
-
-class Run:
-    """What the worker's processes recorded, by rank."""
-
-    def __init__(self, output_dir: Path, result_dir: Path, expected_ranks: int):
-        self.output_dir = output_dir
-        found = sorted(p.name for p in result_dir.glob("rank*.json"))
-        assert found == [f"rank{r}.json" for r in range(expected_ranks)], (
-            f"expected {expected_ranks} process(es) to report, got {found}")
-        self.ranks = [json.loads((result_dir / f"rank{r}.json").read_text()) for r in range(expected_ranks)]
-        self.weights = [load_file(result_dir / f"weights_rank{r}.safetensors") for r in range(expected_ranks)]
-        self.initial = [load_file(result_dir / f"initial_rank{r}.safetensors") for r in range(expected_ranks)]
-
-    def records(self, rank: int) -> list[dict]:
-        records = self.ranks[rank]["records"]
-        assert [r["step"] for r in records] == list(range(STEPS)), records
-        return records
-
-
-def launch(root: Path, name: str, *, distributed: bool, gather: bool = True, config_file: Path | None = None) -> Run:
-    out, res = root / name / "out", root / name / "res"
-    worker_args = [
-        str(WORKER), "--output-dir", str(out), "--result-dir", str(res), "--gather" if gather else "--no-gather",
-        "--per-device-batch-size", str(PER_DEVICE_BATCH if distributed else GLOBAL_BATCH),
-        "--max-steps", str(STEPS),
-    ]
-    accelerate = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch"]  # = `accelerate launch`
-    if not distributed:
-        cmd, env = [sys.executable, *worker_args], subprocess_env(root / "hf_home", use_cpu_env=False)
-    elif config_file is None:
-        cmd = [*accelerate, "--multi_gpu", "--num_processes", str(WORLD_SIZE),
-               "--main_process_port", str(free_port()), *worker_args]
-        env = subprocess_env(root / "hf_home", use_cpu_env=True)
-    else:
-        # No ACCELERATE_USE_CPU: the config file plus the script's TrainingArguments(use_cpu=True) must suffice.
-        cmd = [*accelerate, "--config_file", str(config_file), "--main_process_port", str(free_port()), *worker_args]
-        env = subprocess_env(root / "hf_home", use_cpu_env=False)
-    run_command(cmd, env, f"the {name!r} run")
-    return Run(out, res, WORLD_SIZE if distributed else 1)
 
 
 @pytest.fixture(scope="module")
@@ -139,18 +55,6 @@ def runs(tmp_path_factory):
         "gather": launch(root, "gather", distributed=True, gather=True),
         "no_gather": launch(root, "no_gather", distributed=True, gather=False),
     }
-
-
-# ---------------------------------------------------------------------------------- helpers
-def update_mismatch(weights: dict, reference: dict, initial: dict) -> float:
-    """||w - w_ref|| / ||w_ref - w_initial|| over all trainable tensors."""
-    num = sum(((weights[k].double() - reference[k].double()) ** 2).sum() for k in reference)
-    den = sum(((reference[k].double() - initial[k].double()) ** 2).sum() for k in reference)
-    return float((num / den).sqrt())
-
-
-def rel_close(a: float, b: float, rtol: float = LOSS_RTOL) -> bool:
-    return abs(a - b) <= rtol * max(abs(a), abs(b), 1e-6)
 
 
 # ---------------------------------------------------------------------------------- tests

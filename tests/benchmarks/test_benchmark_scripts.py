@@ -7,8 +7,7 @@ import subprocess
 import sys
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT  # tests/ is on sys.path (conftest.py)
 
 
 def run(script, *args):
@@ -78,7 +77,7 @@ def test_small_data_benchmark_runs_and_prints_its_ratio():
 def test_quality_methods_pick_by_word_or_by_whole_name():
     from infosam_hf.testing import load_script
 
-    quality = load_script(os.path.join(os.path.dirname(__file__), "..", "benchmarks", "quality.py"), "quality_bench")
+    quality = load_script(os.path.join(ROOT, "benchmarks", "quality.py"), "quality_bench")
     variants = quality.MAIN_VARIANTS
     assert list(quality.select_variants(variants, ["LoRA"])) == ["LoRA (no distillation)"]
     assert list(quality.select_variants(variants, ["Adapter"])) == [

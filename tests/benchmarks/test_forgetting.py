@@ -9,10 +9,9 @@ import subprocess
 import sys
 
 import pytest
+from helpers import ROOT  # tests/ is on sys.path (conftest.py)
 
 from infosam_hf.testing import load_script
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def forgetting():

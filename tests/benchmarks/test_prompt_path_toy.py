@@ -4,10 +4,11 @@ import os
 
 import pytest
 import torch
+from helpers import ROOT  # tests/ is on sys.path (conftest.py)
 
 from infosam_hf.testing import load_script
 
-TOY = load_script(os.path.join(os.path.dirname(__file__), "..", "benchmarks", "prompt_path_toy.py"), "prompt_path_toy")
+TOY = load_script(os.path.join(ROOT, "benchmarks", "prompt_path_toy.py"), "prompt_path_toy")
 
 
 def test_targets_are_the_filled_boxes():

@@ -2,7 +2,7 @@
 
 `accelerate launch --num_machines 2 --machine_rank {0,1} --main_process_ip 127.0.0.1` starts one
 torchrun node per machine rank; the two nodes meet at the static rendezvous and form one gloo
-group of world size 2. What must hold is what tests/test_distributed.py checks for one machine:
+group of world size 2. What must hold is what tests/distributed/test_trainer_ddp.py checks for one machine:
 both ranks end with identical weights, the gathered InfoSAM terms and the trained weights equal a
 single process on the global batch, and only the global rank 0 writes the checkpoint.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
-from test_distributed import (
+from helpers import (  # tests/ is on sys.path (conftest.py)
     CONFIGS,
     PER_DEVICE_BATCH,
     REPO,

@@ -145,7 +145,7 @@ def test_the_trainer_applies_the_run_local_teacher_dtype_and_plain_arguments_kee
 @pytest.mark.slow
 def test_a_run_with_a_local_store_and_teacher_saves_and_pushes_no_path_of_the_machine(tmp_path):
     """train.py with --teacher_store and --teacher_model_name_or_path on local folders: no saved file names them."""
-    from test_train_script import load_script
+    from helpers import load_example
 
     from infosam_hf.builtin import BUILTIN_MODEL_PATH
     from infosam_hf.synthetic import write_synthetic_dataset
@@ -155,7 +155,7 @@ def test_a_run_with_a_local_store_and_teacher_saves_and_pushes_no_path_of_the_ma
     SamModel.from_pretrained(BUILTIN_MODEL_PATH).save_pretrained(teacher)
     data = write_synthetic_dataset(tmp_path / "data", "specialised", num_train=4, num_test=2, image_size=128, seed=1)
     out = tmp_path / "run"
-    load_script("train").main(
+    load_example("train").main(
         ["--dataset_name", str(data), "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size",
          "2", "--eval_overlays", "0", "--max_eval_samples", "2", "--disable_tqdm", "true", "--teacher_store",
          str(store), "--teacher_model_name_or_path", str(teacher), "--save_strategy", "steps", "--save_steps", "2"]
