@@ -248,7 +248,8 @@ def card_kwargs(data_args) -> dict:
             f", at most {data_args.retention_max_samples} images" if data_args.retention_max_samples is not None else ""
         )
         name = retention_name(data_args)
-        retention = {"retention_dataset": "the built-in synthetic 'general' domain" if name == "general" else
+        builtin = data_args.retention_dataset is None
+        retention = {"retention_dataset": "the built-in synthetic 'general' domain" if builtin else
                      f"local data `{name}`" if os.path.exists(data_args.retention_source) else name,
                      "retention_dataset_args": retention_split}
     if source is None:
