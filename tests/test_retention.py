@@ -73,12 +73,15 @@ def _trainer(data, tmp_path, retention: bool, **args):
 
 @pytest.fixture(scope="module")
 def runs(data, tmp_path_factory):
+    """With and without a retention set. A DataLoader worker (each takes its seed from torch's generator when its
+    loader starts) makes the training prompts depend on every random draw an evaluation could make."""
     return {
-        retention: _trainer(data, tmp_path_factory.mktemp(f"run-{retention}"), retention)
+        retention: _trainer(data, tmp_path_factory.mktemp(f"run-{retention}"), retention, dataloader_num_workers=1)
         for retention in (True, False)
     }
 
 
+@pytest.mark.slow  # two 2-step runs with a DataLoader worker, ~2 min on 2 shared cores
 def test_retention_metrics_are_logged_beside_the_target_metrics(runs):
     trainer, before, *_ = runs[True]
     assert {"zero_shot_retention_iou", "zero_shot_retention_dice", "zero_shot_iou", "zero_shot_dice"} <= set(before)
@@ -98,6 +101,7 @@ def test_retention_metrics_are_logged_beside_the_target_metrics(runs):
         assert not any("retention" in key for key in without)
 
 
+@pytest.mark.slow  # two 2-step runs with a DataLoader worker, ~2 min on 2 shared cores
 def test_retention_metrics_equal_the_evaluation_of_that_set(runs):
     trainer, before, processor, raw_retention, retention_set = runs[True]
     after = trainer.evaluate()
@@ -111,6 +115,7 @@ def test_retention_metrics_equal_the_evaluation_of_that_set(runs):
     assert after["eval_retention_iou"] != pytest.approx(before["zero_shot_retention_iou"], abs=1e-6)  # it trained
 
 
+@pytest.mark.slow  # two 2-step runs with a DataLoader worker, ~2 min on 2 shared cores
 def test_retention_set_does_not_change_the_trained_adapter(runs):
     """Scoring the retention set draws no training randomness: the adapter is the same to the bit."""
     with_retention, without = (runs[r][0].model.student for r in (True, False))
