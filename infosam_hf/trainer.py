@@ -12,6 +12,7 @@ and custom loops can call it alone (as TRL does for its distillation trainers).
 from __future__ import annotations
 
 import os
+import time
 from collections import defaultdict
 
 import torch
@@ -538,6 +539,7 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         self.eval_data_collator = copy.deepcopy(collator)  # its prompt sampler's state is the target's to advance
         python_state, numpy_state = random.getstate(), np.random.get_state()
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        start = time.perf_counter()
         try:
             with torch.random.fork_rng(devices=devices):
                 retention = self.evaluation_loop(
@@ -552,6 +554,8 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
             np.random.set_state(numpy_state)
             self.eval_data_collator = collator
             self._loss_parts["eval"] = parts
+        # what the retention set costs each evaluation (`<prefix>_runtime` covers both sets)
+        retention.metrics[f"{prefix}_runtime"] = round(time.perf_counter() - start, 4)
         output.metrics.update(retention.metrics)
         return output
 

@@ -89,6 +89,7 @@ def test_retention_metrics_are_logged_beside_the_target_metrics(runs):
     assert [entry["step"] for entry in evaluations] == [1, 2]
     for entry in evaluations:  # one log entry per evaluation, both families in it
         assert {"eval_retention_iou", "eval_retention_dice", "eval_iou", "eval_dice"} <= set(entry)
+        assert 0 < entry["eval_retention_runtime"] < entry["eval_runtime"]  # its cost, part of the evaluation's
     saved = json.loads(open(os.path.join(trainer.args.output_dir, "checkpoint-2", "trainer_state.json")).read())
     assert [e["eval_retention_iou"] for e in saved["log_history"] if "eval_retention_iou" in e] == [
         e["eval_retention_iou"] for e in evaluations
