@@ -526,7 +526,7 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         (one `on_evaluate`, so callbacks that read the target's metrics see them as before).
 
         The retention pass leaves every random state as it found it (a DataLoader draws its base seed from torch's
-        generator; the evaluation prompt sampler advances): the target's metrics and the trained adapter do not
+        generator; a prompt sampler advances): the target's metrics and the trained adapter do not
         depend on whether a retention set is scored. Its loss parts stay out of the target's `eval_loss_*`."""
         import copy
         import random
@@ -536,7 +536,8 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         prefix, self._retention_prefix = self._retention_prefix, None
         parts, self._loss_parts["eval"] = self._loss_parts["eval"], defaultdict(list)
         collator = self.eval_data_collator
-        self.eval_data_collator = copy.deepcopy(collator)  # its prompt sampler's state is the target's to advance
+        # a copy: the prompt sampler's state is the target's (or, without an evaluation collator, training's)
+        self.eval_data_collator = copy.deepcopy(collator if collator is not None else self.data_collator)
         python_state, numpy_state = random.getstate(), np.random.get_state()
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         start = time.perf_counter()
