@@ -166,3 +166,25 @@ def test_train_script_reports_retention_and_puts_it_on_the_card(data, tmp_path, 
     assert values["zero_shot_iou"] == pytest.approx(summary["zero_shot_retention_iou"])
     assert "model_preparation_time" not in values
     assert "Retention: the same metrics on local data" in card.text
+
+
+def test_retention_pass_leaves_the_training_prompts_alone(data, tmp_path):
+    """Without an evaluation collator the Trainer evaluates with the training one: the retention pass must not
+    advance its prompt sampler (training's prompts would then depend on whether a retention set is scored)."""
+    processor = SamProcessor.from_pretrained(BUILTIN_MODEL_PATH)
+    _, target = _prepared(data["target"], processor)
+    _, retention_set = _prepared(data["retention"], processor)
+    states = []
+    for retention in (retention_set, None):
+        collator = SamSegmentationCollator(PromptSampler(seed=0, box_probability=0.5))
+        trainer = InfoSAMTrainer(
+            model=SamModel.from_pretrained(BUILTIN_MODEL_PATH),
+            args=TrainingArguments(output_dir=str(tmp_path / "run"), per_device_eval_batch_size=3, report_to="none",
+                                   disable_tqdm=True, use_cpu=True),
+            peft_config=PeftArguments(lora_r=2), eval_dataset=target, retention_dataset=retention,
+            data_collator=collator, processing_class=processor, compute_metrics=build_compute_metrics(),
+        )
+        metrics = trainer.evaluate()
+        assert ("eval_retention_iou" in metrics) == (retention is not None)
+        states.append((json.dumps(collator.prompt_sampler.state_dict(), default=str), metrics["eval_iou"]))
+    assert states[0] == states[1]
