@@ -4,7 +4,8 @@ With no arguments it runs the built-in default: the tiny SAM shipped with the pa
 (pre-trained on the synthetic "general" domain by examples/pretrain_builtin_sam.py)
 is fine-tuned on the shifted "specialised" synthetic domain, read from parquet shards
 (decoded once into a cache, see --streaming), and its IoU on held-out images is printed
-before and after.
+before and after, with the IoU on the "general" domain it was pre-trained on (what fine-tuning cost:
+--retention_dataset names another set, `none` turns it off).
 
     python examples/train.py
     python examples/train.py --builtin_model sam2   # the same run on the built-in tiny SAM 2
@@ -34,7 +35,7 @@ from infosam_hf.callbacks import EvalOverlayCallback
 from infosam_hf.cli import ScriptArgumentParser, run_with_error_line
 from infosam_hf.data import CorruptSampleLog, SamSegmentationPreprocessor, check_masks_not_empty
 from infosam_hf.data.arguments import DataArguments
-from infosam_hf.data.training_data import build_collators, build_datasets, validate_data
+from infosam_hf.data.training_data import build_collators, build_datasets, build_retention_dataset, validate_data
 from infosam_hf.metrics import build_compute_metrics
 from infosam_hf.run_setup import (
     card_kwargs,
@@ -44,6 +45,7 @@ from infosam_hf.run_setup import (
     load_model_and_processor,
     quiet_replicas,
     report_run,
+    retention_name,
     use_cpu_under_a_launcher_without_gpu,
 )
 from infosam_hf.script_arguments import (
@@ -81,7 +83,9 @@ def main(argv: list[str] | None = None) -> dict:
     transformers.logging.set_verbosity_warning()
     quiet_replicas(training_args)
     check_sources(model_args, data_args.dataset_name, infosam_config.teacher_model_name_or_path,
-                  training_args.teacher_store, token=training_args.hub_token)
+                  training_args.teacher_store, token=training_args.hub_token,
+                  retention_dataset=None if (data_args.retention_dataset or "none").lower() == "none"
+                  else data_args.retention_dataset)
     if data_args.validate_data:
         validate_data(data_args)
     claim_output_dir(training_args, output_args.overwrite_output_dir)
@@ -94,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     preprocessor = SamSegmentationPreprocessor.from_processor(processor)
     corrupt_log = CorruptSampleLog()  # one count of skipped samples for training, evaluation and overlays
     train_dataset, eval_dataset, raw_eval_dataset = build_datasets(data_args, preprocessor, training_args, corrupt_log)
+    retention_dataset = build_retention_dataset(data_args, preprocessor, corrupt_log)  # what it must not forget
     objects = data_args.instance_format is not None  # metrics per object
     if not (data_args.allow_empty_masks or objects):  # instance data drops images without objects
         check_masks_not_empty(train_dataset, "training")
@@ -108,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
         peft_config=None if model_args.resume_adapter else peft_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
+        retention_dataset=retention_dataset,
         data_collator=train_collator,
         eval_data_collator=eval_collator,
         processing_class=processor,
@@ -135,7 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     after = trainer.evaluate()
     trainer.save_model()
-    summary = report_run(trainer, before, after, corrupt_log, per_object=objects)
+    summary = report_run(trainer, before, after, corrupt_log, per_object=objects,
+                         retention_name=retention_name(data_args))
 
     # ---------------------------------------------------------------------------------------------- card or push
     card = {**card_kwargs(data_args), "baseline_metrics": before}

@@ -44,6 +44,8 @@ CITATION = """@inproceedings{zhang2025infosam,
 # `trainer.evaluate(metric_key_prefix="zero_shot")` before training (as examples/train.py does) logs the
 # base model's scores under this prefix; the card shows them beside the adapter's.
 BASELINE_PREFIX = "zero_shot_"
+# InfoSAMTrainer(retention_dataset=...) logs the retention set's metrics as `eval_retention_<metric>`.
+RETENTION_PREFIX = "retention_"
 DEFAULT_TAGS = ("infosam", "sam", "segment-anything", "peft", "mask-generation")
 # Trainer log keys that describe speed or position, not quality.
 _NON_METRIC_KEYS = {
@@ -346,6 +348,8 @@ def model_card_info(
     dataset_tags: str | list[str] | None = None,
     dataset: str | list[str] | None = None,
     dataset_args: str | list[str] | None = None,
+    retention_dataset: str | None = None,
+    retention_dataset_args: str | None = None,
     epochs_trained: Any = _FROM_STATE,
     infosam_active_steps: int | None = None,
     data_parallel: str | None = None,
@@ -363,6 +367,17 @@ def model_card_info(
         baseline = {_strip_prefix(k): float(v) for k, v in baseline_metrics.items()}
     final_metrics = {_strip_prefix(k): float(v) for k, v in (metrics or {}).items()}
     final_metrics = {k: v for k, v in final_metrics.items() if k not in _NON_METRIC_KEYS} or logged_metrics
+    # The retention set's metrics (`eval_retention_iou`, ...) get their own rows and model-index entry.
+    retention = {
+        "dataset": retention_dataset or "retention set",
+        "dataset_args": retention_dataset_args,
+        "metrics": {k[len(RETENTION_PREFIX):]: v for k, v in final_metrics.items()
+                    if k.startswith(RETENTION_PREFIX) and k[len(RETENTION_PREFIX):] not in _NON_METRIC_KEYS},
+        "baseline_metrics": {k[len(RETENTION_PREFIX):]: v for k, v in baseline.items()
+                             if k.startswith(RETENTION_PREFIX) and k[len(RETENTION_PREFIX):] not in _NON_METRIC_KEYS},
+    }
+    final_metrics = {k: v for k, v in final_metrics.items() if not k.startswith(RETENTION_PREFIX)}
+    baseline = {k: v for k, v in baseline.items() if not k.startswith(RETENTION_PREFIX)}
     datasets = _as_list(dataset_tags) or _as_list(dataset)
     dataset_names = _as_list(dataset) or _as_list(dataset_tags)
     if not dataset_names and train_dataset is not None and _dataset_name(train_dataset):
@@ -402,6 +417,7 @@ def model_card_info(
         + ([("data parallel", data_parallel)] if data_parallel else []),
         "metrics": final_metrics,
         "baseline_metrics": baseline,
+        "retention": retention if retention["metrics"] else None,
         "evaluations": evaluations,
         "files": sorted(set(files)),
         "has_processor": has_processor,
@@ -457,6 +473,26 @@ def _card_data(info: Mapping[str, Any]):
         for name, value in (info.get("metrics") or {}).items()
         if not _is_loss(name)
     ]
+    retention = info.get("retention")
+    if retention and eval_results:  # a second dataset entry: what the adapter kept of what the base could do
+        retention_name = retention.get("dataset") or "retention set"
+        eval_results += [
+            EvalResult(
+                task_type=PIPELINE_TAG,
+                task_name="Mask generation",
+                # a dataset entry is keyed by its type: a local retention set gets its own
+                dataset_type=retention_name if is_hub_id(retention_name) else "retention",
+                dataset_name=f"{retention_name} (retention)",
+                dataset_args=retention.get("dataset_args"),
+                metric_type=name if adapter else f"zero_shot_{name}",
+                metric_name=name if adapter else f"{name} (zero-shot base)",
+                metric_value=float(value),
+            )
+            for adapter, metrics in ((True, retention.get("metrics") or {}),
+                                     (False, retention.get("baseline_metrics") or {}))
+            for name, value in metrics.items()
+            if not _is_loss(name)
+        ]
     return ModelCardData(
         library_name="peft",
         base_model=hub_base,
@@ -508,6 +544,20 @@ def _eval_history_table(evaluations: list[dict], metric_names: list[str]) -> dic
             _fmt(v) if v is not None else "" for v in values
         ]])
     return {"header": header, "rows": rows}
+
+
+def _retention_table(retention: Mapping[str, Any] | None) -> dict | None:
+    """The retention set's rows for the card: (metric, adapter, zero-shot base) and a line naming the set."""
+    if not retention or not retention.get("metrics"):
+        return None
+    baseline = retention.get("baseline_metrics") or {}
+    split = f" ({retention['dataset_args']})" if retention.get("dataset_args") else ""
+    return {
+        "intro": f"Retention: the same metrics on {retention.get('dataset') or 'the retention set'}{split}, what the "
+        "base model segmented before fine-tuning (what the adapter kept of it):",
+        "rows": [(name, _fmt(value), _fmt(baseline[name]) if name in baseline else "–")
+                 for name, value in retention["metrics"].items() if not _is_loss(name)],
+    }
 
 
 def render_model_card(info: Mapping[str, Any], template: str | None = None) -> str:
@@ -566,6 +616,7 @@ def render_model_card(info: Mapping[str, Any], template: str | None = None) -> s
         baseline=[_fmt(baseline[name]) if name in baseline else "–" for name in metrics] if baseline else None,
         card_marker=CARD_MARKER,
         metrics_intro=metrics_intro,
+        retention=_retention_table(info.get("retention")),
         eval_history=_eval_history_table(list(info.get("evaluations") or []), list(metrics)),
         has_relation_module=info.get("has_relation_module", True),
         files=[(f, _file_description(f)) for f in info.get("files") or [MODEL_CARD_NAME]],

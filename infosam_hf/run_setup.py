@@ -54,7 +54,7 @@ def quiet_replicas(training_args) -> None:
 
 # ---------------------------------------------------------------------------------------------- inputs and outputs
 def check_sources(model_args: ModelArguments, dataset_name: str | None, teacher: str | None,
-                  teacher_store: str | None, token=None) -> None:
+                  teacher_store: str | None, token=None, retention_dataset: str | None = None) -> None:
     """One line at once, before anything loads, for a path or Hub id the run cannot use (and a teacher store that
     can be neither written nor read)."""
     from .data.sources import check_local_path
@@ -63,7 +63,8 @@ def check_sources(model_args: ModelArguments, dataset_name: str | None, teacher:
     sources = [(model_args.model_name_or_path, "--model_name_or_path", "model"),
                (model_args.resume_adapter, "--resume_adapter", "model"),
                (teacher, "--teacher_model_name_or_path", "model"),
-               (dataset_name, "--dataset_name", "dataset")]
+               (dataset_name, "--dataset_name", "dataset"),
+               (retention_dataset, "--retention_dataset", "dataset")]
     for name, flag, repo_type in sources:
         if name:
             check_local_path(name, flag)
@@ -186,9 +187,10 @@ def describe_schedule(trainer, data_args=None) -> str:
     )
 
 
-def report_run(trainer, before: dict, after: dict, corrupt_log, per_object: bool) -> dict:
-    """The run's summary (IoU and Dice before and after, processes), printed and written to
-    <output_dir>/iou_before_after.json by the main process; returned by every process."""
+def report_run(trainer, before: dict, after: dict, corrupt_log, per_object: bool,
+               retention_name: str | None = None) -> dict:
+    """The run's summary (IoU and Dice before and after, on the retention set too when the run has one, processes),
+    printed and written to <output_dir>/iou_before_after.json by the main process; returned by every process."""
     args = trainer.args
     summary = {
         "zero_shot_iou": before.get("zero_shot_iou"),
@@ -196,6 +198,9 @@ def report_run(trainer, before: dict, after: dict, corrupt_log, per_object: bool
         "iou": after.get("eval_iou"),
         "dice": after.get("eval_dice"),
         "metrics_per": "object" if per_object else "image",
+        **({"zero_shot_retention_iou": before["zero_shot_retention_iou"], "retention_iou": after["eval_retention_iou"],
+            "zero_shot_retention_dice": before.get("zero_shot_retention_dice"),
+            "retention_dice": after.get("eval_retention_dice")} if "eval_retention_iou" in after else {}),
         "processes": args.world_size,
         "data_parallel": trainer.data_parallel_summary(),
     }
@@ -205,6 +210,10 @@ def report_run(trainer, before: dict, after: dict, corrupt_log, per_object: bool
             f"{summary['iou']:.4f} (Dice {summary['zero_shot_dice']:.4f} -> {summary['dice']:.4f}); adapter saved to "
             f"{args.output_dir}"
         )
+        if "retention_iou" in summary:
+            print(f"{retention_name or 'retention set'} (retention) IoU before {summary['zero_shot_retention_iou']:.4f} "
+                  f"-> after {summary['retention_iou']:.4f} (Dice {summary['zero_shot_retention_dice']:.4f} -> "
+                  f"{summary['retention_dice']:.4f})")
         with open(os.path.join(args.output_dir, "iou_before_after.json"), "w") as f:
             json.dump(summary, f, indent=2)
         if summary["data_parallel"]:
@@ -215,6 +224,16 @@ def report_run(trainer, before: dict, after: dict, corrupt_log, per_object: bool
     return summary
 
 
+def retention_name(data_args) -> str | None:
+    """What the summary line and the card call the retention set: 'general' for the built-in default."""
+    source = data_args.retention_source
+    if source is None:
+        return None
+    if data_args.retention_dataset is None:
+        return "general"
+    return os.path.basename(os.path.normpath(source)) if os.path.exists(source) else source
+
+
 def card_kwargs(data_args) -> dict:
     """What the model card says about the data: Hub ids become `datasets:` metadata, local folders only a name."""
     source = data_args.dataset_name
@@ -223,8 +242,19 @@ def card_kwargs(data_args) -> dict:
     )
     if data_args.instance_format:
         split += ", one prompt per object, metrics averaged over objects"
+    retention = {}
+    if data_args.retention_source is not None:
+        retention_split = f"split {data_args.retention_split}" + (
+            f", at most {data_args.retention_max_samples} images" if data_args.retention_max_samples is not None else ""
+        )
+        name = retention_name(data_args)
+        builtin = data_args.retention_dataset is None
+        retention = {"retention_dataset": "the built-in synthetic 'general' domain" if builtin else
+                     f"local data `{name}`" if os.path.exists(data_args.retention_source) else name,
+                     "retention_dataset_args": retention_split}
     if source is None:
-        return {"dataset": "the built-in synthetic 'specialised' domain", "dataset_args": split}
+        return {"dataset": "the built-in synthetic 'specialised' domain", "dataset_args": split, **retention}
     if os.path.exists(source):
-        return {"dataset": f"local data `{os.path.basename(os.path.normpath(source))}`", "dataset_args": split}
-    return {"dataset": source, "dataset_tags": source, "dataset_args": split}
+        return {"dataset": f"local data `{os.path.basename(os.path.normpath(source))}`", "dataset_args": split,
+                **retention}
+    return {"dataset": source, "dataset_tags": source, "dataset_args": split, **retention}

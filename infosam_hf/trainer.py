@@ -12,6 +12,7 @@ and custom loops can call it alone (as TRL does for its distillation trainers).
 from __future__ import annotations
 
 import os
+import time
 from collections import defaultdict
 
 import torch
@@ -200,6 +201,10 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         teacher_model: optional separate teacher, a `SamModel` or id.
         eval_data_collator: a collator for evaluation (e.g. fixed box prompts), where
             `data_collator` samples training prompts at random.
+        retention_dataset: a prepared evaluation dataset (like `eval_dataset`) of what the base already segmented
+            well, e.g. its pre-training domain: scored beside the target set at every `evaluate()` and logged as
+            `eval_retention_iou`, `eval_retention_dice`, ... (`<metric_key_prefix>_retention_<metric>`), so a run
+            shows what fine-tuning cost. It draws no training randomness: a run with it trains the same adapter.
         drop_last_batch_of_one: skip training batches of a single image (the last partial
             batch of an epoch, or what is left after skipped corrupt samples) when the
             InfoSAM terms are on and nothing is gathered across processes: L_r and L_d are 0
@@ -217,6 +222,7 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         teacher_model: nn.Module | str | None = None,
         eval_data_collator=None,
         drop_last_batch_of_one: bool = True,
+        retention_dataset=None,
         **kwargs,
     ):
         if model is None:
@@ -244,6 +250,8 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         super().__init__(model=model, args=args, **kwargs)
         self.add_callback(_InfoSAMStepCounter(self))
         self.eval_data_collator = eval_data_collator
+        self.retention_dataset = retention_dataset
+        self._retention_prefix: str | None = None  # set while evaluate() scores the target set
         # The loss is a per-batch mean that the Trainer divides for gradient accumulation.
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
@@ -408,6 +416,13 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
             self.data_collator = train_collator
 
     def evaluation_loop(self, *args, **kwargs):
+        """The set asked for; during `evaluate()` of the trainer's own set, the retention set right after it."""
+        if self._retention_prefix is not None:  # the target set first, then the retention set beside it
+            output = self._evaluation_loop(*args, **kwargs)
+            return self._evaluate_retention(output, kwargs.get("ignore_keys"))
+        return self._evaluation_loop(*args, **kwargs)
+
+    def _evaluation_loop(self, *args, **kwargs):
         """An evaluation before `train()` (train.py's zero-shot row) leaves the model as it found it.
 
         The stock loop prepares an unwrapped model with `accelerator.prepare_model(..., evaluation_mode=True)`,
@@ -493,11 +508,57 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         self._report_corrupt_samples()
         return output
 
-    def evaluate(self, eval_dataset=None, *args, **kwargs):
-        """The stock evaluation, then the summary of samples skipped as corrupt that no report has named yet."""
-        metrics = super().evaluate(eval_dataset, *args, **kwargs)
-        self._report_corrupt_samples(eval_dataset)
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """The stock evaluation (with the retention set's metrics when the trainer's own eval set is scored), then
+        the summary of samples skipped as corrupt that no report has named yet."""
+        alongside = eval_dataset is None and self.retention_dataset is not None and not isinstance(self.eval_dataset,
+                                                                                                   dict)
+        self._retention_prefix = f"{metric_key_prefix}_retention" if alongside else None
+        try:
+            metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        finally:
+            self._retention_prefix = None
+        self._report_corrupt_samples(eval_dataset, self.retention_dataset)
         return metrics
+
+    def _evaluate_retention(self, output, ignore_keys=None):
+        """Adds the retention set's metrics to the target evaluation's, before the Trainer logs them as one entry
+        (one `on_evaluate`, so callbacks that read the target's metrics see them as before).
+
+        The retention pass leaves every random state as it found it (a DataLoader draws its base seed from torch's
+        generator; a prompt sampler advances): the target's metrics and the trained adapter do not
+        depend on whether a retention set is scored. Its loss parts stay out of the target's `eval_loss_*`."""
+        import copy
+        import random
+
+        import numpy as np
+
+        prefix, self._retention_prefix = self._retention_prefix, None
+        parts, self._loss_parts["eval"] = self._loss_parts["eval"], defaultdict(list)
+        collator = self.eval_data_collator
+        # a copy: the prompt sampler's state is the target's (or, without an evaluation collator, training's)
+        self.eval_data_collator = copy.deepcopy(collator if collator is not None else self.data_collator)
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        start = time.perf_counter()
+        try:
+            with torch.random.fork_rng(devices=devices):
+                retention = self.evaluation_loop(
+                    self.get_eval_dataloader(self.retention_dataset),
+                    description="Retention evaluation",
+                    prediction_loss_only=True if self.compute_metrics is None else None,
+                    ignore_keys=ignore_keys,
+                    metric_key_prefix=prefix,
+                )
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+            self.eval_data_collator = collator
+            self._loss_parts["eval"] = parts
+        # what the retention set costs each evaluation (`<prefix>_runtime` covers both sets)
+        retention.metrics[f"{prefix}_runtime"] = round(time.perf_counter() - start, 4)
+        output.metrics.update(retention.metrics)
+        return output
 
     def _report_corrupt_samples(self, *more_datasets) -> None:
         """Lists the samples skipped from this trainer's data sets and overlays (their `corrupt_log`) since the

@@ -106,3 +106,26 @@ class DataArguments(DatasetArguments):
             "<output_dir>/eval_overlays/step-<N>/ at every evaluation; 0 to turn off."
         },
     )
+    retention_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "What fine-tuning must not forget, scored beside the target set at every evaluation and logged "
+            "as eval_retention_iou, eval_retention_dice (same layouts as --dataset_name, one mask per image). "
+            "Default: the built-in 'general' domain when the run uses the built-in data, else none; 'none' turns "
+            "it off."
+        },
+    )
+    retention_split: str = field(default="test", metadata={"help": "The --retention_dataset split to score."})
+    retention_max_samples: int | None = field(
+        default=64, metadata={"help": "Score at most this many --retention_dataset images (bounds its cost)."}
+    )
+
+    @property
+    def retention_source(self) -> str | None:
+        """The retention set to read: --retention_dataset, or the built-in 'general' domain (the built-in base's
+        pre-training data) for a run on the built-in data; None when there is none or 'none'."""
+        from ..builtin import builtin_dataset_path
+
+        if self.retention_dataset is not None:
+            return None if self.retention_dataset.lower() in ("", "none") else self.retention_dataset
+        return None if self.dataset_name or self.instance_format else builtin_dataset_path("general")

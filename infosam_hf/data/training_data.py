@@ -55,6 +55,21 @@ def build_datasets(data_args: DataArguments, preprocessor, training_args, corrup
     return train, evaluation, raw_evaluation
 
 
+def build_retention_dataset(data_args: DataArguments, preprocessor, corrupt_log=None):
+    """The --retention_dataset split, prepared and scored exactly as the evaluation split (None without one)."""
+    source = data_args.retention_source
+    if source is None:
+        return None
+    if data_args.instance_format:
+        raise SystemExit("--retention_dataset is scored one mask per image: it cannot be combined with "
+                         "--instance_format yet; pass --retention_dataset none.")
+    raw = load_segmentation_dataset(source, split=data_args.retention_split, streaming=False,
+                                    image_column=data_args.image_column, mask_column=data_args.mask_column)
+    if data_args.retention_max_samples is not None:
+        raw = raw.select(range(min(data_args.retention_max_samples, len(raw))))
+    return prepare_dataset(raw, preprocessor, corrupt_log=corrupt_log, keep_original_mask=True)
+
+
 def build_collators(prompt_config, data_args: DataArguments, seed: int):
     """(train, evaluation) collators: training draws the method's prompts under `seed`; evaluation always the same
     prompts (--eval_prompt), every object of an image with instance data (metrics are then per object).
