@@ -7,7 +7,7 @@ and the folder being published), gathered by `model_card_info` so they can be in
 amended before `render_model_card` turns them into Markdown with the Hub metadata header.
 A README.md that infosam_hf did not write (no `CARD_MARKER`) is never overwritten without
 `overwrite=True`. Only whitelisted values reach a card, so no token or local secret can.
-(~660 lines, the card's: one gatherer per source of values and the renderer; nothing loads or pushes here.)
+(~710 lines, the card's: one gatherer per source of values and the renderer; nothing loads or pushes here.)
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`InfoSAMTrainer`: a `transformers.Trainer` that adds InfoSAM's relation distillation to the loss.
 
-(~610 lines: the loss and the stock-Trainer hooks it needs (evaluation gather, teacher cache/store wiring, the
-data-parallel checks), each an override of one Trainer method; no other logic lives here.)
+(~670 lines: the loss and the stock-Trainer hooks it needs (evaluation gather, the retention pass, teacher
+cache/store wiring, the data-parallel checks), each an override of one Trainer method; no other logic lives here.)
 
 Everything else (optimisers, schedulers, mixed precision, gradient accumulation,
 DDP through accelerate, checkpoints, logging, Hub pushes) is the stock Trainer's.
