@@ -8,6 +8,7 @@ tests/distributed (a worker launched 1x and 2x under accelerate, its per-rank re
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import os
 import socket
@@ -30,6 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository
 
 
 # ---------------------------------------------------------------------------------- paths and scripts
+def write_csv_index(path, rows: list[dict]) -> None:
+    """A reference-layout split index (`<root>/<split>.csv`, columns image,label) for the given rows."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def load_example(name: str):
     """examples/<name>.py as module `<name>_script` (a bare "evaluate" would shadow the `evaluate` library)."""
     return load_script(ROOT / "examples" / f"{name}.py", f"{name}_script")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
-from helpers import load_example
+from helpers import load_example, write_csv_index
 
 from infosam_hf.callbacks import EvalOverlayCallback
 from infosam_hf.data import (
@@ -34,10 +33,7 @@ def write_csv(root: Path, masks: dict[str, list[np.ndarray]], size=(40, 48)) -> 
             PIL.Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / image)
             PIL.Image.fromarray(mask.astype(np.uint8) * 255).save(root / mask_file)
             rows.append({"image": image, "label": mask_file})
-        with open(root / f"{split}.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["image", "label"])
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv_index(root / f"{split}.csv", rows)
     return root
 
 

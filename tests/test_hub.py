@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import make_args
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.utils import logging as hf_logging
 from peft import PeftModel
 from PIL import Image
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
-from transformers import SamImageProcessor, SamModel, SamProcessor, TrainingArguments
+from transformers import SamImageProcessor, SamModel, SamProcessor
 
 import infosam_hf
 from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, PeftArguments, build_student
@@ -247,24 +248,10 @@ def test_card_template_ships_in_the_package_and_renders_without_placeholders():
 
 # ---------------------------------------------------------------------------------------------- Trainer
 def trainer_args(tmp_path, **overrides):
-    values = dict(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=2,
-        per_device_eval_batch_size=2,
-        learning_rate=1e-3,
-        max_steps=2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        push_to_hub=True,
-        hub_model_id="tiny/infosam-trainer",
-        hub_strategy="end",
-        hub_token=TOKEN,
-    )
-    values.update(overrides)
-    return TrainingArguments(**values)
+    return make_args(tmp_path, **{
+        "per_device_train_batch_size": 2, "per_device_eval_batch_size": 2, "max_steps": 2, "push_to_hub": True,
+        "hub_model_id": "tiny/infosam-trainer", "hub_strategy": "end", "hub_token": TOKEN, **overrides,
+    })
 
 
 def test_trainer_push_to_hub_sends_adapter_relation_config_and_card(fake_hub, base_on_hub, tmp_path, hub_debug_logs,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_example
 from transformers import SamModel
 
 from infosam_hf import (
@@ -272,28 +273,33 @@ def test_config_validates_the_bound(tmp_path):
         InfoSAMTrainingArguments(output_dir=str(tmp_path), report_to=[], teacher_store="x", teacher_store_max_gb=0)
 
 
+def assert_store_holds_the_teachers_training_embeddings(store, model, data, processor, image_size=None):
+    """What the Trainer would look up: batches of `data`'s training split from the training collator, each image's
+    store entry equal to what the teacher (the student's base) computes for it."""
+    from infosam_hf.data import SamSegmentationPreprocessor, load_segmentation_dataset, prepare_dataset
+
+    prepared = prepare_dataset(load_segmentation_dataset(str(data), split="train", streaming=True),
+                               SamSegmentationPreprocessor.from_processor(processor))
+    batch = SamSegmentationCollator(PromptSampler(seed=0))(list(prepared))
+    if image_size is not None:
+        assert batch["pixel_values"].shape[-2:] == (image_size, image_size)
+    with torch.no_grad():
+        expected = model.student.get_base_model().get_image_embeddings(batch["pixel_values"])
+    for pixels, embedding in zip(batch["pixel_values"], expected):
+        entry = store.get(content_key(pixels))
+        assert entry is not None, "the precomputed store misses a training image"
+        torch.testing.assert_close(entry["image_embeddings"], embedding, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_precompute_script_fills_the_store_train_py_reads(tmp_path):
     """The script's keys are the training collator's keys, and its embeddings the training teacher's."""
-    import importlib.util
-    import os
-    import sys
-
     from transformers import SamProcessor
 
     from infosam_hf.builtin import BUILTIN_MODEL_PATH
-    from infosam_hf.data import (
-        SamSegmentationPreprocessor,
-        load_segmentation_dataset,
-        prepare_dataset,
-    )
     from infosam_hf.synthetic import write_synthetic_dataset
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("precompute_teacher", os.path.join(root, "examples", "precompute_teacher.py"))
-    script = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = script
-    spec.loader.exec_module(script)
+    script = load_example("precompute_teacher")
 
     data = write_synthetic_dataset(tmp_path / "data", "specialised", num_train=6, num_test=2, image_size=128, seed=3)
     store_dir = tmp_path / "store"
@@ -310,15 +316,7 @@ def test_precompute_script_fills_the_store_train_py_reads(tmp_path):
     store = TeacherEmbeddingStore.for_teacher(store_dir, model.teacher_image_encoder, model.sam_config)
     assert store.folder == type(store)(store_dir, store.fingerprint).folder and len(store) == 6
     processor = SamProcessor.from_pretrained(BUILTIN_MODEL_PATH)
-    prepared = prepare_dataset(load_segmentation_dataset(str(data), split="train", streaming=True),
-                               SamSegmentationPreprocessor.from_processor(processor))
-    batch = SamSegmentationCollator(PromptSampler(seed=0))(list(prepared))
-    with torch.no_grad():
-        expected = model.student.get_base_model().get_image_embeddings(batch["pixel_values"])
-    for pixels, embedding in zip(batch["pixel_values"], expected):
-        entry = store.get(content_key(pixels))
-        assert entry is not None, "the precomputed store misses a training image"
-        torch.testing.assert_close(entry["image_embeddings"], embedding, rtol=1e-5, atol=1e-6)
+    assert_store_holds_the_teachers_training_embeddings(store, model, data, processor)
 
 
 @pytest.mark.slow
@@ -327,17 +325,10 @@ def test_precompute_at_another_image_size_fills_the_folder_training_at_that_size
     from transformers import SamProcessor
 
     from infosam_hf.builtin import BUILTIN_MODEL_PATH
-    from infosam_hf.data import (
-        SamSegmentationPreprocessor,
-        load_segmentation_dataset,
-        prepare_dataset,
-    )
     from infosam_hf.resolution import adapt_model, adapt_processor
     from infosam_hf.synthetic import write_synthetic_dataset
-    from infosam_hf.testing import load_script
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    script = load_script(os.path.join(root, "examples", "precompute_teacher.py"), "precompute_teacher")
+    script = load_example("precompute_teacher")
     data = write_synthetic_dataset(tmp_path / "data", "specialised", num_train=3, num_test=1, image_size=128, seed=3)
     store_dir = tmp_path / "store"
     summary = script.main(["--teacher_store", str(store_dir), "--dataset_name", str(data), "--image_size", "64"])
@@ -349,16 +340,7 @@ def test_precompute_at_another_image_size_fills_the_folder_training_at_that_size
     store = TeacherEmbeddingStore.for_teacher(store_dir, model.teacher_image_encoder, model.sam_config)
     assert str(store.folder) == summary["folder"]
     processor = adapt_processor(SamProcessor.from_pretrained(BUILTIN_MODEL_PATH), 64)
-    prepared = prepare_dataset(load_segmentation_dataset(str(data), split="train", streaming=True),
-                               SamSegmentationPreprocessor.from_processor(processor))
-    batch = SamSegmentationCollator(PromptSampler(seed=0))(list(prepared))
-    assert batch["pixel_values"].shape[-2:] == (64, 64)
-    with torch.no_grad():
-        expected = model.student.get_base_model().get_image_embeddings(batch["pixel_values"])
-    for pixels, embedding in zip(batch["pixel_values"], expected):
-        entry = store.get(content_key(pixels))
-        assert entry is not None, "the precomputed store misses a training image"
-        torch.testing.assert_close(entry["image_embeddings"], embedding, rtol=1e-5, atol=1e-6)
+    assert_store_holds_the_teachers_training_embeddings(store, model, data, processor, image_size=64)
 
 
 @pytest.mark.parametrize("model_class", ["SamModel", "SamHQModel", "Sam2Model", "Sam3TrackerModel", "EdgeTamModel"])

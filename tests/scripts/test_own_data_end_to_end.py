@@ -10,7 +10,6 @@ test needs one. Model: the built-in tiny SAM (128 px) or `tiny_sam_config`.
 from __future__ import annotations
 
 import copy
-import csv
 import os
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from helpers import ROOT, load_example
+from helpers import ROOT, load_example, write_csv_index
 from transformers import SamModel, TrainingArguments
 
 from infosam_hf import InfoSAMConfig, InfoSAMTrainer
@@ -70,10 +69,7 @@ def write_csv_layout(root: Path, train_sizes, test_sizes, corrupt=(), mis_sized=
                 mask = mask.resize((w + 7, h + 3), PIL.Image.NEAREST)
             mask.save(root / mask_path)
             rows.append({"image": image_path, "label": mask_path})
-        with open(root / f"{split}.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["image", "label"])
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv_index(root / f"{split}.csv", rows)
     return root
 
 
