@@ -385,6 +385,10 @@ class InfoSAMModel(nn.Module):
         first = prompts.get("input_boxes", prompts.get("input_points"))
         if first.shape[1] > 1 or (prompt_mask is not None and not bool(prompt_mask.all())):
             return self._forward_prompts(pixel_values, prompts, prompt_mask, with_teacher, multimask)
+        # The frozen teacher runs first: its no-grad activations are freed before the student's autograd graph is
+        # built, so InfoSAM's peak memory is the student's, not the student's plus the teacher's.
+        distill = with_teacher and self.infosam_config.uses_distillation
+        teacher = self._run_teacher(pixel_values, prompts, multimask) if distill else None
         with capture_sam_features(self.student) as feats:
             outputs = self.student(pixel_values=pixel_values, multimask_output=multimask, **prompts)
         student_image_feats, student_mask_tokens = feats.image_feats, feats.mask_token
@@ -396,9 +400,9 @@ class InfoSAMModel(nn.Module):
             student_image_feats=student_image_feats,
             student_mask_tokens=student_mask_tokens,
         )
-        if not with_teacher or not self.infosam_config.uses_distillation:
+        if teacher is None:
             return result
-        teacher_image_feats, teacher_mask_tokens = self._run_teacher(pixel_values, prompts, multimask)
+        teacher_image_feats, teacher_mask_tokens = teacher
         result.teacher_image_feats = teacher_image_feats
         result.teacher_mask_tokens = teacher_mask_tokens
         result.relation_teacher = self.relation_module(teacher_image_feats, teacher_mask_tokens)
@@ -415,6 +419,8 @@ class InfoSAMModel(nn.Module):
         )
         if valid.shape != first.shape[:2]:
             raise ValueError(f"prompt_mask {tuple(valid.shape)} does not match the prompts {tuple(first.shape[:2])}.")
+        distill = with_teacher and self.infosam_config.uses_distillation  # the teacher first, as in `forward`
+        teacher = self._run_teacher(pixel_values, prompts, multimask, per_prompt=True) if distill else None
         try:
             with capture_sam_features(self.student) as feats:
                 outputs = self.student(pixel_values=pixel_values, multimask_output=multimask, **prompts)
@@ -434,9 +440,9 @@ class InfoSAMModel(nn.Module):
             image_index=image_index,
             prompt_mask=valid,
         )
-        if not with_teacher or not self.infosam_config.uses_distillation:
+        if teacher is None:
             return result
-        teacher_image_feats, teacher_tokens = self._run_teacher(pixel_values, prompts, multimask, per_prompt=True)
+        teacher_image_feats, teacher_tokens = teacher
         result.teacher_image_feats = teacher_image_feats
         result.teacher_mask_tokens = teacher_tokens[valid].unsqueeze(1)
         result.relation_teacher = self.relation_module.forward_prompts(teacher_image_feats, teacher_tokens)[valid]
