@@ -419,9 +419,9 @@ class InfoSAMModel(nn.Module):
         )
         if valid.shape != first.shape[:2]:
             raise ValueError(f"prompt_mask {tuple(valid.shape)} does not match the prompts {tuple(first.shape[:2])}.")
-        distill = with_teacher and self.infosam_config.uses_distillation  # the teacher first, as in `forward`
-        teacher = self._run_teacher(pixel_values, prompts, multimask, per_prompt=True) if distill else None
-        try:
+        distill = with_teacher and self.infosam_config.uses_distillation
+        try:  # the teacher first, as in `forward`; either pass may run out of memory decoding N prompts
+            teacher = self._run_teacher(pixel_values, prompts, multimask, per_prompt=True) if distill else None
             with capture_sam_features(self.student) as feats:
                 outputs = self.student(pixel_values=pixel_values, multimask_output=multimask, **prompts)
         except (torch.OutOfMemoryError, RuntimeError) as err:

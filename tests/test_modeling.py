@@ -378,7 +378,7 @@ def test_bf16_teacher_runs_in_bf16_and_keeps_the_loss_parts_close_to_float32():
         lambda _m, _i, out: dtypes.append(out.last_hidden_state.dtype)
     )
     outputs, parts = loss_parts(model, batch)
-    assert dtypes == [torch.float32, torch.bfloat16], "student in float32, then the teacher in bf16"
+    assert dtypes == [torch.bfloat16, torch.float32], "the teacher first, in bf16, then the student in float32"
     assert outputs.teacher_image_feats.dtype == torch.float32  # handed to the relation module in float32
     assert not torch.equal(outputs.teacher_image_feats, reference.teacher_image_feats), "bf16 must round"
     torch.testing.assert_close(outputs.student_image_feats, reference.student_image_feats, rtol=0, atol=0)
