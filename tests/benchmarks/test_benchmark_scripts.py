@@ -85,3 +85,14 @@ def test_quality_methods_pick_by_word_or_by_whole_name():
     # a whole name: that variant only, not the Adapter one that contains it
     assert list(quality.select_variants(variants, ["LoRA", "InfoSAM (λ1=1, λ2=0.5)"])) == [
         "LoRA (no distillation)", "InfoSAM (λ1=1, λ2=0.5)"]
+
+
+@pytest.mark.slow
+def test_retention_cost_benchmark_times_both_runs_and_prints_their_ratio():
+    lines = run("retention_cost.py", "--repeats", "1", "--no_warmup", "--", "--max_steps", "2",
+                "--max_eval_samples", "4", "--retention_max_samples", "4", "--eval_overlays", "0")
+    walls = {line.split()[2]: float(line.split()[3]) for line in lines if line.startswith("repeat 0")}
+    assert set(walls) == {"retention", "none"}
+    assert ratios(lines[-1])["wall_ratio"] == pytest.approx(walls["retention"] / walls["none"], abs=2e-3)
+    (metrics_line,) = [line for line in lines if line.startswith("retention metrics of the last run:")]
+    assert "retention_iou" in metrics_line  # the run with a retention set scored it; the other one did not run it
