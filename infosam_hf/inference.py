@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.preprocessing import SamSegmentationPreprocessor
+from .models import family_of
 from .packing import as_batch, binarize, pack_maps, to_numpy
 
 __all__ = [
@@ -67,15 +68,11 @@ def encode_image(model: torch.nn.Module, pixel_values: torch.Tensor) -> dict[str
     """The image encoding as the keyword inputs that replace `pixel_values` in the model's forward.
 
     What the decoder needs besides the prompts, computed once (adapters as currently enabled): the image
-    embeddings, plus SAM-HQ's intermediate ViT features (`get_image_embeddings` returns a pair there), or
-    SAM 2's feature levels (a list, finest first, as that forward's `image_embeddings=` takes them).
+    embeddings, plus SAM-HQ's intermediate ViT features, or SAM 2's feature levels (a list, finest first, as that
+    forward's `image_embeddings=` takes them): each family's spec says which (`SamFamily.encoding_inputs`).
     """
     sam = unwrap_sam_model(model)
-    embeddings = sam.get_image_embeddings(_on_model(sam, pixel_values))
-    if isinstance(embeddings, tuple):  # SAM-HQ: (image embeddings, the early ViT features its HQ token fuses)
-        image, intermediate = embeddings
-        return {"image_embeddings": image, "intermediate_embeddings": list(intermediate)}
-    return {"image_embeddings": embeddings}
+    return family_of(sam).encoding_inputs(sam.get_image_embeddings(_on_model(sam, pixel_values)))
 
 
 @torch.no_grad()

@@ -23,6 +23,22 @@ PEFT = PeftArguments(lora_r=2)
 
 
 @pytest.mark.parametrize("model_class", FAMILIES)
+def test_the_predictors_image_encoding_decodes_as_the_whole_forward(model_class):
+    """`encode_image` (what `Predictor.set_image` keeps) must hold everything the family's decoder reads from the image:
+    SAM-HQ's early ViT features, SAM 2's feature levels. A missing part changes or breaks the masks."""
+    from infosam_hf.inference import encode_image
+
+    model = tiny_family_model(model_class).eval()
+    batch = family_batch(model)
+    with torch.no_grad():
+        whole = model(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"], multimask_output=False)
+        encoding = encode_image(model, batch["pixel_values"])
+        again = model(**encoding, input_boxes=batch["input_boxes"], multimask_output=False)
+    assert "pixel_values" not in encoding
+    torch.testing.assert_close(again.pred_masks, whole.pred_masks)
+
+
+@pytest.mark.parametrize("model_class", FAMILIES)
 def test_z_m_is_the_token_the_decoder_feeds_its_first_mask_hypernetwork(model_class):
     model = tiny_family_model(model_class)
     batch = family_batch(model)

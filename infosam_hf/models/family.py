@@ -36,6 +36,10 @@ def image_embeddings_only(decoder_kwargs: dict) -> dict:
     return {"image_embeddings": decoder_kwargs["image_embeddings"]}
 
 
+def embeddings_as_inputs(embeddings) -> dict:
+    return {"image_embeddings": embeddings}
+
+
 def sam_set_image_size(config, size: int) -> None:
     # SAM / SAM-HQ: the ViT's patch grid (absolute position embedding, global-attention relative-position
     # tables) and the prompt encoder's input frame and embedding grid all follow these three fields.
@@ -79,6 +83,9 @@ class SamFamily:
     """Why the bottleneck Adapter cannot adapt this family (its error names it and suggests LoRA)."""
     cache_inputs: Callable[[dict], dict] = image_embeddings_only
     """Decoder keyword inputs -> the model's keyword inputs that replace `pixel_values` (teacher cache)."""
+    encoding_inputs: Callable[[object], dict] = embeddings_as_inputs
+    """`get_image_embeddings(pixel_values)`'s result -> the keyword inputs that replace `pixel_values` (the
+    predictor's image encoding: one tensor for SAM, a list of feature levels for SAM 2, a pair for SAM-HQ)."""
     prepare_for_peft: Callable[[nn.Module], None] | None = None
     """Fix-up applied to the base model before `get_peft_model`."""
     opt_in_checkpointing: bool = False

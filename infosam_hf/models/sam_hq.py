@@ -12,6 +12,12 @@ def _with_intermediate_embeddings(decoder_kwargs: dict) -> dict:
     }
 
 
+def _embeddings_and_intermediate(embeddings) -> dict:
+    # `SamHQModel.get_image_embeddings` returns (image embeddings, the early ViT features its HQ token fuses).
+    image, intermediate = embeddings
+    return {"image_embeddings": image, "intermediate_embeddings": list(intermediate)}
+
+
 SAM_HQ = SamFamily(
     processor_class="SamHQProcessor",
     name="SAM-HQ",
@@ -25,5 +31,6 @@ SAM_HQ = SamFamily(
     geometry=LONGEST_SIDE_PAD,
     adapter_targets=SAM_VIT_ADAPTER_TARGETS,
     cache_inputs=_with_intermediate_embeddings,
+    encoding_inputs=_embeddings_and_intermediate,
     example_checkpoint="syscv-community/sam-hq-vit-base",
 )
