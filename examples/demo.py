@@ -5,12 +5,18 @@
     python examples/demo.py --adapter you/sam-polyp-infosam    # any adapter folder or Hub id
     python examples/demo.py --adapter outputs/run --port 7861 --share
 
-Pick an example image (the built-in "specialised" domain, with its ground truth) or upload
-one, then click on it: foreground points, background points, or two box corners, as the
-mode says. Both models segment the same prompt; each result shows the mask over the image,
+Pick an example image (the built-in "specialised" domain the adapter was trained for, or the
+"general" domain of ordinary objects the base was pre-trained on, each with its ground truth)
+or upload one, then click on it: foreground points, background points, or two box corners, as
+the mode says. Both models segment the same prompt; each result shows the mask over the image,
 SAM's predicted IoU and, for the example images, the IoU against the ground truth. The
 prompt is also a JSON text field (`{"box": [x1, y1, x2, y2], "points": [[x, y]], "labels": [1]}`,
 original image pixels) that can be typed, and what the `/segment` API endpoint takes.
+
+Beside the results, the figures the adapter's model card publishes (its `model-index`): the
+target set's metrics and, when the run scored one, the retention set's, the zero-shot base
+beside the adapter, so a click on a general-domain image can be read against what the
+adapter was measured to keep.
 
 The base side is the adapter's own base with the adapter switched off
 (`PeftModel.disable_adapter()`): one copy of SAM in memory, and exactly the weights the
@@ -38,6 +44,14 @@ NO_ADAPTER = (
     "`python examples/train.py` (a few minutes on CPU), or pass --adapter <folder or Hub id>."
 )
 EXAMPLE_SEEDS = (11, 12, 13, 14)
+GENERAL_EXAMPLE_SEEDS = (21, 22, 23, 24)
+# The gallery, one block per built-in domain: (domain, seeds, label).
+GALLERY = (
+    ("specialised", EXAMPLE_SEEDS, 'Built-in "specialised" domain: what the adapter was trained for (the box is the '
+     "ground truth's)"),
+    ("general", GENERAL_EXAMPLE_SEEDS, 'Built-in "general" domain: ordinary objects the base was pre-trained on; does '
+     "the adapter still follow the prompt? (the box is the ground truth's)"),
+)
 
 
 @dataclass
@@ -54,6 +68,7 @@ class Segmenter:
 
     def __init__(self, adapter: str | None = None, base_model: str | None = None, device: str | None = None):
         from infosam_hf import Predictor, builtin
+        from infosam_hf.card_results import read_card_results
         from infosam_hf.loading import load_model_or_base
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -63,6 +78,8 @@ class Segmenter:
         self.model, processor = load_model_or_base(self.adapter, self.base, device=self.device)
         self.predictor = Predictor(self.model, processor)
         self.examples = example_images()
+        self.card_folder = adapter_folder(self.adapter) if self.adapter else None
+        self.card_results = read_card_results(self.card_folder) if self.card_folder else []
         if self.base is None:
             self.base = self.model.peft_config["default"].base_model_name_or_path
 
@@ -139,23 +156,57 @@ def image_key(image) -> str:
 
 
 def example_images(folder: str | None = None) -> dict[str, dict]:
-    """Built-in "specialised" domain samples written as PNGs: {content hash: {"path", "mask", "box"}}."""
+    """Built-in "specialised" then "general" domain samples written as PNGs:
+    {content hash: {"path", "mask", "box", "domain"}}."""
     from infosam_hf.builtin import BUILTIN_IMAGE_SIZE
     from infosam_hf.synthetic import make_synthetic_sample
 
     folder = folder or os.path.join(tempfile.gettempdir(), "infosam-demo-examples")
     os.makedirs(folder, exist_ok=True)
     examples = {}
-    for seed in EXAMPLE_SEEDS:
-        image, mask = make_synthetic_sample("specialised", BUILTIN_IMAGE_SIZE, np.random.default_rng(seed))
-        path = os.path.join(folder, f"specialised-{seed}.png")
-        if not os.path.isfile(path):
-            image.save(path)
-        mask = np.asarray(mask) > 0
-        ys, xs = np.nonzero(mask)
-        box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
-        examples[image_key(image)] = {"path": path, "mask": mask, "box": box}
+    for domain, seeds, _ in GALLERY:
+        for seed in seeds:
+            image, mask = make_synthetic_sample(domain, BUILTIN_IMAGE_SIZE, np.random.default_rng(seed))
+            path = os.path.join(folder, f"{domain}-{seed}.png")
+            if not os.path.isfile(path):
+                image.save(path)
+            mask = np.asarray(mask) > 0
+            ys, xs = np.nonzero(mask)
+            box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+            examples[image_key(image)] = {"path": path, "mask": mask, "box": box, "domain": domain}
     return examples
+
+
+def adapter_folder(adapter: str) -> str:
+    """The adapter's folder, where its model card is: the folder given, or the Hub repo's downloaded snapshot."""
+    from infosam_hf.loading import resolve_folder
+
+    return adapter if os.path.isdir(adapter) else resolve_folder(adapter)
+
+
+def card_markdown(segmenter: Segmenter) -> str:
+    """The card's figures as a table (set, metric, adapter, zero-shot base), or what is missing and why."""
+    if not segmenter.has_adapter:
+        return ""
+    results = segmenter.card_results
+    if not results:
+        if not os.path.isfile(os.path.join(segmenter.card_folder, "README.md")):
+            return f"No figures from the adapter's model card: `{segmenter.adapter}` has no model card (README.md)."
+        return (f"No figures from the adapter's model card: the card of `{segmenter.adapter}` has no `model-index` "
+                "metadata (infosam_hf writes it from a run's metrics: `examples/train.py`, `InfoSAMTrainer`).")
+    lines = ["**From the adapter's model card** (`model-index`)", "",
+             "| set | metric | adapter | zero-shot base |", "| --- | --- | --- | --- |"]
+    for entry in results:
+        name = f"{entry.dataset} (retention)" if entry.retention else entry.dataset
+        for metric, adapter, base in entry.rows:
+            lines.append(f"| {name} | {metric} | {_figure(adapter)} | {_figure(base)} |")
+    if not any(entry.retention for entry in results):
+        lines += ["", "The card has no retention figures: its run scored no retention set (`--retention_dataset`)."]
+    return "\n".join(lines)
+
+
+def _figure(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -220,16 +271,18 @@ def build_demo(segmenter: Segmenter):
             base_out = gr.Image(label="Zero-shot base", elem_id="base-out", interactive=False, format="png", height=320)
             tuned_out = gr.Image(label="Fine-tuned adapter", elem_id="tuned-out", interactive=False, format="png", height=320)
         scores = gr.Markdown(elem_id="scores")
+        gr.Markdown(card_markdown(segmenter), elem_id="card-figures")
         with gr.Accordion("Binary masks", open=False):
             with gr.Row():
                 base_mask = gr.Image(label="Base mask", interactive=False, format="png")
                 tuned_mask = gr.Image(label="Adapter mask", interactive=False, format="png")
         outputs = [base_out, tuned_out, scores, base_mask, tuned_mask]
-        gr.Examples(
-            [[e["path"], json.dumps({"box": e["box"]})] for e in segmenter.examples.values()],
-            inputs=[image_in, prompt],
-            label='Built-in "specialised" domain (the box is the ground truth\'s)',
-        )
+        for domain, _, label in GALLERY:
+            gr.Examples(
+                [[e["path"], json.dumps({"box": e["box"]})] for e in segmenter.examples.values() if e["domain"] == domain],
+                inputs=[image_in, prompt],
+                label=label,
+            )
         run.click(segment, [image_in, prompt], outputs, api_name="segment")
         prompt.submit(segment, [image_in, prompt], outputs, api_name=False)
         image_in.select(on_click, [image_in, prompt, mode], [prompt, *outputs], api_name=False)

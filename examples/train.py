@@ -31,7 +31,6 @@ import transformers
 from transformers import set_seed
 
 from infosam_hf import InfoSAMConfig, InfoSAMTrainer, InfoSAMTrainingArguments, PeftArguments
-from infosam_hf.callbacks import EvalOverlayCallback
 from infosam_hf.cli import ScriptArgumentParser, run_with_error_line
 from infosam_hf.data import CorruptSampleLog, SamSegmentationPreprocessor, check_masks_not_empty
 from infosam_hf.data.arguments import DataArguments
@@ -43,6 +42,7 @@ from infosam_hf.run_setup import (
     claim_output_dir,
     describe_schedule,
     load_model_and_processor,
+    overlay_callbacks,
     quiet_replicas,
     report_run,
     retention_name,
@@ -119,19 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=processor,
         compute_metrics=build_compute_metrics(structure_measures=data_args.structure_measures),
     )
-    if data_args.eval_overlays > 0:
-        trainer.add_callback(
-            EvalOverlayCallback(
-                raw_eval_dataset,
-                num_samples=data_args.eval_overlays,
-                prompt_type="box" if data_args.eval_prompt == "box" else "points",
-                num_points=data_args.eval_num_points,
-                preprocessor=preprocessor,
-                corrupt_log=corrupt_log,
-                instance_format=data_args.instance_format,
-                min_object_area=data_args.min_object_area,
-            )
-        )
+    for callback in overlay_callbacks(data_args, raw_eval_dataset, preprocessor, corrupt_log):
+        trainer.add_callback(callback)  # the evaluation set's and the retention set's, logged to --report_to too
     if trainer.is_world_process_zero():
         print(describe_schedule(trainer))
         print(trainer.teacher_cache_decision)  # --cache_teacher_embeddings auto: on or off, and why

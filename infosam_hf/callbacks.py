@@ -14,10 +14,16 @@ evaluation and writes, under ``<output_dir>/eval_overlays/step-<N>/``:
 * ``scores.json``: each sample's IoU and Dice at probability 0.5 (per object, and their
   mean, for instance data), and the evaluation's metrics.
 
+:class:`RetentionOverlayCallback` draws a few images of the retention set the same way, into
+``step-<N>-retention/``, so that forgetting shows as pictures too; with ``--report_to
+tensorboard`` (or trackio) both grids are logged as images beside the metrics
+(``infosam_hf.tracking``).
+
 Usage::
 
     raw_eval = load_segmentation_dataset(path, split="test", streaming=False)
     trainer = InfoSAMTrainer(..., callbacks=[EvalOverlayCallback(raw_eval, num_samples=4)])
+    trainer.add_callback(RetentionOverlayCallback(raw_general_rows, num_samples=4))
 
 The samples are raw ``{"image", "mask"}`` rows (what ``load_segmentation_dataset`` yields,
 before ``prepare_dataset``), because the overlay is drawn on the original image.
@@ -38,7 +44,7 @@ from .inference import postprocess_logits, prompt_logits, sam_low_res_logits, un
 from .metrics import binary_iou_dice
 from .visualization import image_grid, render_objects
 
-__all__ = ["EvalOverlayCallback", "sam_low_res_logits", "unwrap_sam_model"]
+__all__ = ["EvalOverlayCallback", "RetentionOverlayCallback", "sam_low_res_logits", "unwrap_sam_model"]
 
 
 def with_legend(overlay, prompt: Mapping[str, Any], objects: bool = False):
@@ -67,10 +73,17 @@ def with_legend(overlay, prompt: Mapping[str, Any], objects: bool = False):
 
 
 def _metric_prefix(metrics: Mapping[str, Any] | None) -> str:
-    for key in metrics or {}:
-        if key.endswith("_runtime"):
-            return key[: -len("_runtime")]
-    return "eval"
+    """The evaluation's `metric_key_prefix`: the shortest `<prefix>_runtime` key's (a retention set scored beside
+    the evaluation set adds its own `<prefix>_retention_runtime`, ahead of the Trainer's `<prefix>_runtime`)."""
+    prefixes = [key[: -len("_runtime")] for key in metrics or {} if key.endswith("_runtime")]
+    return min(prefixes, key=len) if prefixes else "eval"
+
+
+def _folder_suffix(prefix: str) -> str:
+    """`step-<N><suffix>`: "" for "eval", "-retention" for "eval_retention", "-zero_shot" for "zero_shot"."""
+    if prefix == "eval":
+        return ""
+    return "-" + (prefix[len("eval_") :] if prefix.startswith("eval_") else prefix)
 
 
 class EvalOverlayCallback(TrainerCallback):
@@ -99,6 +112,13 @@ class EvalOverlayCallback(TrainerCallback):
             object is prompted and drawn, as evaluation scores it. ``None``: one binary mask.
         min_object_area: instance data: objects smaller than this (pixels) are left out,
             as ``prepare_instance_dataset`` leaves them out of training and evaluation.
+        set_name: the samples come from the set scored beside the evaluation set under this name
+            (``"retention"``: ``InfoSAMTrainer(retention_dataset=...)``'s ``eval_retention_*`` metrics): drawn
+            only at evaluations that score it, into ``step-<N>-<set_name>/``. ``None``: the evaluation set.
+
+    With ``--report_to tensorboard`` (or trackio) the grid is also logged as an image at the evaluation's
+    step, tag ``<metric prefix>/overlays`` (``eval/overlays``, ``zero_shot/overlays``), beside the loss parts
+    and metrics: ``InfoSAMTrainer`` links the callback to its trackers (``infosam_hf.tracking``).
 
     The forward runs on every process (a sharded model needs them all); only the main
     process writes.
@@ -117,6 +137,7 @@ class EvalOverlayCallback(TrainerCallback):
         corrupt_log: Any = None,
         instance_format: str | None = None,
         min_object_area: int = 4,
+        set_name: str | None = None,
     ):
         from .data import INSTANCE_FORMATS
 
@@ -142,6 +163,8 @@ class EvalOverlayCallback(TrainerCallback):
         self.alpha = alpha
         self._batch: dict[str, torch.Tensor] | None = None
         self.last_output_dir: str | None = None
+        self.set_name = set_name
+        self._trainer_callbacks: list | None = None  # the Trainer's callbacks, for its trackers (link_trackers)
 
     @staticmethod
     def _take(
@@ -284,15 +307,27 @@ class EvalOverlayCallback(TrainerCallback):
         return overlays, scores
 
     # ------------------------------------------------------------------ TrainerCallback
+    def link_trackers(self, trainer) -> None:
+        """Logs the grid to the trackers of `trainer` (`--report_to tensorboard`/`trackio`) at each evaluation;
+        `InfoSAMTrainer` calls it when the callback is added (see `infosam_hf.tracking`)."""
+        self._trainer_callbacks = trainer.callback_handler.callbacks
+
+    def _evaluated_prefix(self, metrics: Mapping[str, Any] | None) -> str | None:
+        """The metric prefix of the set this callback draws, or None when this evaluation did not score it."""
+        prefix = _metric_prefix(metrics)
+        if self.set_name is None:
+            return prefix
+        prefix = f"{prefix}_{self.set_name}"
+        return prefix if f"{prefix}_runtime" in (metrics or {}) else None
+
     def on_evaluate(self, args, state, control, model=None, processing_class=None, metrics=None, **kwargs):
-        if model is None:
+        prefix = self._evaluated_prefix(metrics)
+        if model is None or prefix is None:
             return
         overlays, scores = self.render(model, processing_class)
         if not state.is_world_process_zero:
             return
-        prefix = _metric_prefix(metrics)
-        suffix = "" if prefix == "eval" else "-" + (prefix[len("eval_") :] if prefix.startswith("eval_") else prefix)
-        folder = os.path.join(args.output_dir, self.output_subdir, f"step-{state.global_step}{suffix}")
+        folder = os.path.join(args.output_dir, self.output_subdir, f"step-{state.global_step}{_folder_suffix(prefix)}")
         os.makedirs(folder, exist_ok=True)
         for i, overlay in enumerate(overlays):
             overlay.save(os.path.join(folder, f"sample-{i:02d}.png"))
@@ -309,3 +344,19 @@ class EvalOverlayCallback(TrainerCallback):
         with open(os.path.join(folder, "scores.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
         self.last_output_dir = folder
+        if self._trainer_callbacks is not None:
+            from .tracking import log_image, overlay_tag
+
+            log_image(self._trainer_callbacks, state, overlay_tag(prefix), legend)
+
+
+class RetentionOverlayCallback(EvalOverlayCallback):
+    """`EvalOverlayCallback` for the retention set (`InfoSAMTrainer(retention_dataset=...)`): a few fixed images
+    of what the base already segmented, drawn at each evaluation that scores that set, so that forgetting shows
+    as pictures beside `eval_retention_iou`. Writes `step-<N>-retention/` (`step-0-zero_shot_retention/` for the
+    zero-shot evaluation) and logs the tag `eval_retention/overlays`. A class of its own, so that the Trainer
+    holds it beside the evaluation set's callback without a warning; the arguments are `EvalOverlayCallback`'s.
+    """
+
+    def __init__(self, samples: Iterable[Any], num_samples: int = 4, **kwargs: Any):
+        super().__init__(samples, num_samples, set_name="retention", **kwargs)

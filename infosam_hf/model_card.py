@@ -71,7 +71,8 @@ _FILE_DESCRIPTIONS = {
     "scheduler.safetensors": "learning-rate scheduler state, to resume this checkpoint",
     "scaler.safetensors": "fp16 gradient-scaler state, to resume this checkpoint",
     "iou_before_after.json": "IoU and Dice of the base model (zero-shot) and of this adapter (examples/train.py)",
-    "eval_overlays/": "the same few evaluation images drawn at every evaluation (`EvalOverlayCallback`)",
+    "eval_overlays/": "the same few evaluation images drawn at every evaluation (`EvalOverlayCallback`; retention "
+                      "images in `step-<N>-retention/`)",
     "runs/": "training logs (TensorBoard)",
     MODEL_CARD_NAME: "this model card",
 }

@@ -163,6 +163,29 @@ def apply_resume_overrides(model, adapter: str, parsed: InfoSAMConfig, explicit:
         logger.info(f"--resume_adapter {adapter}: the command line replaces the adapter's saved {replaced}.")
 
 
+# ---------------------------------------------------------------------------------------------- overlays
+def overlay_callbacks(data_args, raw_eval_dataset, preprocessor, corrupt_log) -> list:
+    """--eval_overlays: the evaluation set's overlay callback and, when the run scores a retention set, the
+    retention set's (the first --eval_overlays rows of its split): both drawn at every evaluation and logged to
+    the --report_to tracker (infosam_hf.tracking)."""
+    from .callbacks import EvalOverlayCallback, RetentionOverlayCallback
+
+    if data_args.eval_overlays <= 0:
+        return []
+    common = dict(num_samples=data_args.eval_overlays, prompt_type="box" if data_args.eval_prompt == "box" else
+                  "points", num_points=data_args.eval_num_points, preprocessor=preprocessor, corrupt_log=corrupt_log,
+                  instance_format=data_args.instance_format, min_object_area=data_args.min_object_area)
+    callbacks = [EvalOverlayCallback(raw_eval_dataset, **common)]
+    if data_args.retention_source is not None:
+        from .data import load_segmentation_dataset
+
+        rows = load_segmentation_dataset(data_args.retention_source, split=data_args.retention_split,
+                                         streaming=False, image_column=data_args.image_column,
+                                         mask_column=data_args.mask_column)
+        callbacks.append(RetentionOverlayCallback(rows, **common))
+    return callbacks
+
+
 # ---------------------------------------------------------------------------------------------- what is printed
 def describe_schedule(trainer, data_args=None) -> str:
     """The effective schedule, so that defaults meant for another run cannot apply unseen."""

@@ -38,6 +38,7 @@ from .modeling import (
 )
 from .models import load_sam_model
 from .packing import pack_maps, pack_maps_per_image, unpack_maps
+from .tracking import TrackerLinkMixin
 from .training_args import InfoSAMTrainingArguments, run_setting
 from .training_state import SafetensorsTrainingStateMixin
 
@@ -184,7 +185,7 @@ class _InfoSAMStepCounter(TrainerCallback):
         self.trainer._infosam_active_now = False
 
 
-class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
+class InfoSAMTrainer(SafetensorsTrainingStateMixin, TrackerLinkMixin, Trainer):
     """Fine-tune SAM with a PEFT adapter and InfoSAM's relation distillation.
 
     Args:

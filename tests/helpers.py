@@ -50,6 +50,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def write_target_and_retention(root, num_retention_test: int = 4) -> dict[str, str]:
+    """A small target set (the built-in "specialised" domain) and a retention set (the "general" domain the built-in
+    SAM was pre-trained on), 128 px: {"target": folder, "retention": folder}."""
+    from infosam_hf.synthetic import write_synthetic_dataset
+
+    return {
+        "target": str(write_synthetic_dataset(Path(root) / "specialised", "specialised", num_train=8, num_test=4,
+                                              image_size=128, seed=1)),
+        "retention": str(write_synthetic_dataset(Path(root) / "general", "general", num_train=2,
+                                                 num_test=num_retention_test, image_size=128, seed=2)),
+    }
+
+
 # ---------------------------------------------------------------------------------- tiny models and batches
 def make_args(tmp_path, args_class=TrainingArguments, **overrides):
     values = dict(

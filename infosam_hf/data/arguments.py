@@ -103,7 +103,9 @@ class DataArguments(DatasetArguments):
         default=4,
         metadata={
             "help": "Save overlays of this many evaluation images (same prompts each time) under "
-            "<output_dir>/eval_overlays/step-<N>/ at every evaluation; 0 to turn off."
+            "<output_dir>/eval_overlays/step-<N>/ at every evaluation, and of as many retention images under "
+            "step-<N>-retention/; with --report_to tensorboard (or trackio) each grid is logged as an image too; "
+            "0 to turn off."
         },
     )
     retention_dataset: str | None = field(

@@ -119,6 +119,82 @@ def test_without_an_adapter_it_serves_the_base_and_says_how_to_make_one(tmp_path
     assert result["adapter"] is None and result["base"][0].shape == (128, 128) and result["base"][0].any()
 
 
+def _card_adapter(folder, retention=True):
+    """An adapter folder with the card our model_card.py writes for a run: the target set's metrics and, with
+    `retention`, the retention set's beside the zero-shot base's."""
+    from infosam_hf.model_card import write_model_card
+
+    model = fine_tuned(0.05)
+    model.save_pretrained(folder, processor=SamProcessor.from_pretrained(BUILTIN_MODEL_PATH))
+    metrics = {"eval_iou": 0.8123, "eval_dice": 0.8654}
+    baseline = {"zero_shot_iou": 0.7011, "zero_shot_dice": 0.7712}
+    if retention:
+        metrics |= {"eval_retention_iou": 0.9412, "eval_retention_dice": 0.9671}
+        baseline |= {"zero_shot_retention_iou": 0.9688, "zero_shot_retention_dice": 0.9841}
+    write_model_card(None, output_dir=folder, model=model, overwrite=True, metrics=metrics, baseline_metrics=baseline,
+                     dataset="the built-in synthetic 'specialised' domain",
+                     **({"retention_dataset": "the built-in synthetic 'general' domain"} if retention else {}))
+    return str(folder)
+
+
+def _shown(segmenter, elem_id):
+    """The value of the demo's component `elem_id`, as the page shows it."""
+    blocks = demo.build_demo(segmenter)
+    (block,) = [b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == elem_id]
+    return block.value
+
+
+def test_the_demo_shows_the_target_and_retention_figures_of_the_adapters_card(tmp_path):
+    folder = _card_adapter(tmp_path / "adapter")
+    shown = _shown(demo.Segmenter(folder), "card-figures")
+    assert "| the built-in synthetic 'specialised' domain | iou | 0.8123 | – |" in shown
+    assert "| the built-in synthetic 'general' domain (retention) | iou | 0.9412 | 0.9688 |" in shown
+    assert "| the built-in synthetic 'general' domain (retention) | dice | 0.9671 | 0.9841 |" in shown
+    assert "no retention figures" not in shown
+    # a value changed on the card is what the demo shows
+    card = tmp_path / "adapter" / "README.md"
+    card.write_text(card.read_text().replace("value: 0.9412", "value: 0.5011"))
+    shown = _shown(demo.Segmenter(folder), "card-figures")
+    assert "| the built-in synthetic 'general' domain (retention) | iou | 0.5011 | 0.9688 |" in shown
+    assert "0.9412" not in shown
+
+
+def test_an_adapter_without_retention_figures_or_without_a_card_shows_what_it_has(tmp_path):
+    folder = _card_adapter(tmp_path / "adapter", retention=False)
+    shown = _shown(demo.Segmenter(folder), "card-figures")
+    assert "| iou | 0.8123 |" in shown and "(retention)" not in shown
+    assert "The card has no retention figures" in shown
+    model_level = tmp_path / "saved"  # save_pretrained's card: the model's values, no run's metrics
+    fine_tuned(0.05).save_pretrained(model_level, processor=SamProcessor.from_pretrained(BUILTIN_MODEL_PATH))
+    shown = _shown(demo.Segmenter(str(model_level)), "card-figures")
+    assert "the card of" in shown and "has no `model-index`" in shown and "|" not in shown
+    os.remove(os.path.join(folder, "README.md"))
+    shown = _shown(demo.Segmenter(folder), "card-figures")
+    assert "has no model card (README.md)" in shown and "|" not in shown
+
+
+def test_the_gallery_holds_general_domain_images_beside_the_specialised_ones():
+    import gradio as gr
+
+    examples = demo.example_images()
+    domains = [e["domain"] for e in examples.values()]
+    assert domains == ["specialised"] * len(demo.EXAMPLE_SEEDS) + ["general"] * len(demo.GENERAL_EXAMPLE_SEEDS)
+    general = [e for e in examples.values() if e["domain"] == "general"]
+    assert all(e["mask"].any() and os.path.basename(e["path"]).startswith("general-") for e in general)
+    blocks = demo.build_demo(demo.Segmenter(base_model=BUILTIN_MODEL_PATH))
+    galleries = {b.label: [os.path.basename(s[0]["orig_name"]) for s in b.samples]
+                 for b in blocks.blocks.values() if isinstance(b, gr.Dataset)}
+    (label,) = [label for label in galleries if '"general" domain' in label]
+    assert galleries[label] == [os.path.basename(e["path"]) for e in general]  # labelled, and only general images
+    assert any('"specialised" domain' in label for label in galleries)
+    # a general example is scored against its ground truth like a specialised one
+    segmenter = demo.Segmenter(base_model=BUILTIN_MODEL_PATH)
+    image = Image.open(general[0]["path"]).convert("RGB")
+    assert demo.image_key(image) in segmenter.examples
+    mask, _ = segmenter.segment(image, {"box": general[0]["box"], "points": [], "labels": []})["base"]
+    assert demo._iou(mask, general[0]["mask"]) > 0.5  # the base segments the general domain it was trained on
+
+
 def _browser():
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
