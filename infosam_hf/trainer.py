@@ -38,6 +38,7 @@ from .modeling import (
 )
 from .models import load_sam_model
 from .packing import pack_maps, pack_maps_per_image, unpack_maps
+from .selection import ModelSelection
 from .training_args import InfoSAMTrainingArguments, run_setting
 from .training_state import SafetensorsTrainingStateMixin
 
@@ -252,6 +253,8 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         self.eval_data_collator = eval_data_collator
         self.retention_dataset = retention_dataset
         self._retention_prefix: str | None = None  # set while evaluate() scores the target set
+        # --best_model_metric / --max_retention_drop, checked here against what the evaluations log (selection.py)
+        self.model_selection = ModelSelection.for_trainer(self, loss_names=("loss", *LOSS_PARTS))
         # The loss is a per-batch mean that the Trainer divides for gradient accumulation.
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
@@ -479,6 +482,7 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
         Under several processes each part is the mean over the ranks of their local means, as the Trainer logs
         `loss`, so the parts add up to the logged loss instead of being rank 0's share of it.
         """
+        self.model_selection.add_metrics(logs, self.state.global_step)  # eval_retention_drop, eval_selection_score
         mode = "train" if "loss" in logs else "eval" if "eval_loss" in logs else None
         if mode is not None:
             prefix = "" if mode == "train" else "eval_"
@@ -502,7 +506,9 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
 
     def train(self, *args, **kwargs):
         """The stock training, then a check that several processes really trained one model (`data_parallel`), and
-        the summary of samples skipped as corrupt."""
+        the summary of samples skipped as corrupt. The zero-shot retention IoU is measured first when a selection
+        flag needs it and no `zero_shot` evaluation gave it (`ModelSelection.before_training`)."""
+        self.model_selection.before_training(self)
         output = super().train(*args, **kwargs)
         self.data_parallel = self._check_data_parallel()
         self._report_corrupt_samples()
