@@ -1,6 +1,6 @@
 """`InfoSAMTrainer`: a `transformers.Trainer` that adds InfoSAM's relation distillation to the loss.
 
-(~670 lines: the loss and the stock-Trainer hooks it needs (evaluation gather, the retention pass, teacher
+(~680 lines: the loss and the stock-Trainer hooks it needs (evaluation gather, the retention pass, teacher
 cache/store wiring, the data-parallel checks), each an override of one Trainer method; no other logic lives here.)
 
 Everything else (optimisers, schedulers, mixed precision, gradient accumulation,
@@ -193,7 +193,8 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, Trainer):
             model id/path (the student's base; the default teacher is the same weights
             with the adapters disabled). Any family in `infosam_hf.models` (SAM-HQ,
             SAM 2, SAM 3 tracker, EdgeTAM) goes wherever `SamModel` is named here.
-        args: `InfoSAMTrainingArguments` (the run-local teacher store, cache, dtype and gathering), or plain
+        args: `InfoSAMTrainingArguments` (the run-local teacher store, cache, dtype and gathering; the choice of
+            checkpoint by gain and forgetting, `best_model_metric`, and the stop, `max_retention_drop`), or plain
             `TrainingArguments`, which leave those at their defaults. `remove_unused_columns` is forced off (the
             batch carries prompts and `gt_masks`), `label_names` defaults to `["gt_masks"]`.
         infosam_config: the method's knobs; defaults to `InfoSAMConfig()`.

@@ -45,7 +45,7 @@ class InfoSAMTrainingArguments(TrainingArguments):
     teacher_cache_max_gb: float | None = field(
         default=None,
         metadata={
-            "help": "Memory bound of the teacher-embedding cache (GB, per process). Default: 25% of the memory "
+            "help": "Memory bound of the teacher-embedding cache (GB, per process). Default: a quarter of the memory "
             "available when training starts (RAM; the GPU's free memory where the cache lives there), shared by "
             "the processes of the machine."
         },

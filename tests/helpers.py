@@ -44,6 +44,20 @@ def load_example(name: str):
     return load_script(ROOT / "examples" / f"{name}.py", f"{name}_script")
 
 
+def target_and_retention_data(root, num_retention_test: int = 4) -> dict[str, str]:
+    """Two small synthetic sets at 128 px: "target" (the shifted 'specialised' domain, 8 train + 4 test images) to
+    fine-tune on, and "retention" (the 'general' domain the built-in SAM was pre-trained on) to score forgetting."""
+    from infosam_hf.synthetic import write_synthetic_dataset
+
+    root = Path(root)
+    return {
+        "target": str(write_synthetic_dataset(root / "specialised", "specialised", num_train=8, num_test=4,
+                                              image_size=128, seed=1)),
+        "retention": str(write_synthetic_dataset(root / "general", "general", num_train=2,
+                                                 num_test=num_retention_test, image_size=128, seed=2)),
+    }
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -52,6 +52,19 @@ def test_the_three_dataclasses_hold_disjoint_fields_that_cover_every_flag():
     assert not (names(TrainingArguments) & (method | peft))  # one HfArgumentParser takes them all
 
 
+def test_the_train_script_help_renders_every_flag():
+    """argparse formats each help string with %: a bare '%' in one (it was "25% of the memory") broke --help."""
+    from infosam_hf.cli import ScriptArgumentParser
+    from infosam_hf.data.arguments import DataArguments
+    from infosam_hf.script_arguments import ModelArguments, OutputArguments
+
+    parser = ScriptArgumentParser(
+        (ModelArguments, DataArguments, InfoSAMConfig, PeftArguments, OutputArguments, InfoSAMTrainingArguments)
+    )
+    text = parser.format_help()
+    assert "--best_model_metric" in text and "--max_retention_drop" in text and "--teacher_cache_max_gb" in text
+
+
 def test_every_flag_keeps_its_name_and_value_on_the_train_script_parser():
     from infosam_hf.cli import ScriptArgumentParser
 

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from helpers import target_and_retention_data
 from huggingface_hub import ModelCard
 from transformers import SamModel, SamProcessor, TrainingArguments
 
@@ -20,7 +21,6 @@ from infosam_hf.data import (
 )
 from infosam_hf.evaluation import evaluate_segmentation
 from infosam_hf.metrics import build_compute_metrics
-from infosam_hf.synthetic import write_synthetic_dataset
 from infosam_hf.testing import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,13 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("retention-data")
-    return {
-        "target": str(write_synthetic_dataset(root / "specialised", "specialised", num_train=8, num_test=4,
-                                              image_size=128, seed=1)),
-        "retention": str(write_synthetic_dataset(root / "general", "general", num_train=2, num_test=5,
-                                                 image_size=128, seed=2)),
-    }
+    return target_and_retention_data(tmp_path_factory.mktemp("retention-data"), num_retention_test=5)
 
 
 def _prepared(folder, processor):

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import load_example, make_model
+from helpers import load_example, make_model, target_and_retention_data
 from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import EvalPrediction, SamModel, SamProcessor, Trainer, TrainerState, TrainingArguments
@@ -26,7 +26,6 @@ from infosam_hf.data import (
 from infosam_hf.metrics import build_compute_metrics
 from infosam_hf.modeling import ADAPTER_WEIGHTS_NAME
 from infosam_hf.selection import MetricExpression, ModelSelection, RetentionDropCallback
-from infosam_hf.synthetic import write_synthetic_dataset
 from infosam_hf.testing import toy_segmentation_dataset
 
 METRICS = {"eval_iou": 0.8, "eval_dice": 0.9, "eval_loss": 0.5, "eval_retention_drop": 0.1}
@@ -244,13 +243,7 @@ def test_the_stop_callback_stops_only_during_training_past_the_margin():
 # ---------------------------------------------------------------------------------------------- short real runs
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("selection-data")
-    return {
-        "target": str(write_synthetic_dataset(root / "specialised", "specialised", num_train=8, num_test=4,
-                                              image_size=128, seed=1)),
-        "retention": str(write_synthetic_dataset(root / "general", "general", num_train=2, num_test=4,
-                                                 image_size=128, seed=2)),
-    }
+    return target_and_retention_data(tmp_path_factory.mktemp("selection-data"))
 
 
 def _prepared(folder, split, processor, **kwargs):
