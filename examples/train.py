@@ -18,7 +18,9 @@ before and after, with the IoU on the "general" domain it was pre-trained on (wh
 
 Every `TrainingArguments` flag works; `InfoSAMConfig` flags (`--lambda_1`, `--lambda_2`, `--seg_loss`, ...) set
 the method, `PeftArguments` flags (`--peft_method`, `--lora_r`, ...) the adapter, and `InfoSAMTrainingArguments`
-flags (`--teacher_store`, `--teacher_dtype`, ...) where and how this run computes the teacher's side.
+flags (`--teacher_store`, `--teacher_dtype`, ...) where and how this run computes the teacher's side, and which
+checkpoint it keeps and when it stops for forgetting (`--best_model_metric "iou - 0.5*retention_drop"`,
+`--max_retention_drop 0.02`, see docs/first-hour.md).
 """
 
 from __future__ import annotations

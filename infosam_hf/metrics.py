@@ -649,6 +649,16 @@ class SamComputeMetrics:
                 predictions = F.interpolate(t, lab.shape[1:], mode="bilinear", align_corners=False)[:, 0]
         accumulator.update(predictions, labels)
 
+    def metric_names(self) -> set[str]:
+        """The keys a call returns (`iou`, `dice`, ...), read from one scored 8x8 probe: what
+        `--best_model_metric` may name (infosam_hf.selection checks it at start-up)."""
+        logits = np.full((1, 8, 8), -5.0, dtype=np.float32)
+        masks = np.zeros((1, 8, 8), dtype=np.float32)
+        logits[:, 2:6, 2:6], masks[:, 2:6, 2:6] = 5.0, 1.0
+        probe = SegmentationMetrics(**self.metric_kwargs)
+        probe._measure(logits, masks)
+        return set(probe.compute())
+
     def __call__(self, eval_pred: Any, compute_result: bool | None = None) -> dict[str, float]:
         if compute_result is None:
             one_shot = SegmentationMetrics(**self.metric_kwargs)

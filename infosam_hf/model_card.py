@@ -24,6 +24,7 @@ from .builtin import BUILTIN_SAM2_PATH, builtin_model_path
 from .config import INFOSAM_CONFIG_NAME, InfoSAMConfig
 from .modeling import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, RELATION_WEIGHTS_NAME, InfoSAMModel
 from .models import family_of
+from .selection import NOT_CARD_METRICS
 
 MODEL_CARD_NAME = "README.md"
 CARD_TEMPLATE_NAME = "infosam_adapter_card.md"
@@ -56,6 +57,7 @@ _NON_METRIC_KEYS = {
     "step",
     "total_flos",
     "model_preparation_time",
+    *NOT_CARD_METRICS,  # retention_drop, selection_score: derived for choosing a checkpoint (selection.py)
 }
 _LOCAL_BUILDERS = {"generator", "json", "csv", "parquet", "arrow", "text", "imagefolder", "webdataset", "pandas"}
 _FILE_DESCRIPTIONS = {

@@ -1,6 +1,6 @@
 """`InfoSAMTrainer`: a `transformers.Trainer` that adds InfoSAM's relation distillation to the loss.
 
-(~670 lines: the loss and the stock-Trainer hooks it needs (evaluation gather, the retention pass, teacher
+(~680 lines: the loss and the stock-Trainer hooks it needs (evaluation gather, the retention pass, teacher
 cache/store wiring, the data-parallel checks), each an override of one Trainer method; no other logic lives here.)
 
 Everything else (optimisers, schedulers, mixed precision, gradient accumulation,
@@ -38,6 +38,7 @@ from .modeling import (
 )
 from .models import load_sam_model
 from .packing import pack_maps, pack_maps_per_image, unpack_maps
+from .selection import ModelSelection
 from .tracking import TrackerLinkMixin
 from .training_args import InfoSAMTrainingArguments, run_setting
 from .training_state import SafetensorsTrainingStateMixin
@@ -193,7 +194,8 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, TrackerLinkMixin, Trainer):
             model id/path (the student's base; the default teacher is the same weights
             with the adapters disabled). Any family in `infosam_hf.models` (SAM-HQ,
             SAM 2, SAM 3 tracker, EdgeTAM) goes wherever `SamModel` is named here.
-        args: `InfoSAMTrainingArguments` (the run-local teacher store, cache, dtype and gathering), or plain
+        args: `InfoSAMTrainingArguments` (the run-local teacher store, cache, dtype and gathering; the choice of
+            checkpoint by gain and forgetting, `best_model_metric`, and the stop, `max_retention_drop`), or plain
             `TrainingArguments`, which leave those at their defaults. `remove_unused_columns` is forced off (the
             batch carries prompts and `gt_masks`), `label_names` defaults to `["gt_masks"]`.
         infosam_config: the method's knobs; defaults to `InfoSAMConfig()`.
@@ -253,6 +255,8 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, TrackerLinkMixin, Trainer):
         self.eval_data_collator = eval_data_collator
         self.retention_dataset = retention_dataset
         self._retention_prefix: str | None = None  # set while evaluate() scores the target set
+        # --best_model_metric / --max_retention_drop, checked here against what the evaluations log (selection.py)
+        self.model_selection = ModelSelection.for_trainer(self, loss_names=("loss", *LOSS_PARTS))
         # The loss is a per-batch mean that the Trainer divides for gradient accumulation.
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
@@ -480,6 +484,7 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, TrackerLinkMixin, Trainer):
         Under several processes each part is the mean over the ranks of their local means, as the Trainer logs
         `loss`, so the parts add up to the logged loss instead of being rank 0's share of it.
         """
+        self.model_selection.add_metrics(logs, self.state.global_step)  # eval_retention_drop, eval_selection_score
         mode = "train" if "loss" in logs else "eval" if "eval_loss" in logs else None
         if mode is not None:
             prefix = "" if mode == "train" else "eval_"
@@ -503,7 +508,9 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, TrackerLinkMixin, Trainer):
 
     def train(self, *args, **kwargs):
         """The stock training, then a check that several processes really trained one model (`data_parallel`), and
-        the summary of samples skipped as corrupt."""
+        the summary of samples skipped as corrupt. The zero-shot retention IoU is measured first when a selection
+        flag needs it and no `zero_shot` evaluation gave it (`ModelSelection.before_training`)."""
+        self.model_selection.before_training(self)
         output = super().train(*args, **kwargs)
         self.data_parallel = self._check_data_parallel()
         self._report_corrupt_samples()

@@ -1,7 +1,9 @@
 """`InfoSAMTrainingArguments`: `TrainingArguments` plus InfoSAM's run-local settings, as trl's SFTConfig extends them.
 
 What is here belongs to one run on one machine (where the teacher's embeddings are kept, in which precision the
-teacher runs, whether relation features are gathered across processes) and is never saved with the adapter.
+teacher runs, whether relation features are gathered across processes) and is never saved with the adapter; so is
+how the run picks its best checkpoint and when it stops for forgetting (`best_model_metric`, `max_retention_drop`,
+see `infosam_hf.selection`).
 `InfoSAMTrainer` also takes plain `TrainingArguments`: these settings then keep their defaults (`run_setting`).
 """
 
@@ -15,6 +17,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from .config import RUN_LOCAL_FIELDS, _auto_or_bool, check_teacher_dtype
+from .selection import apply_selection_arguments
 
 
 @dataclass
@@ -42,7 +45,7 @@ class InfoSAMTrainingArguments(TrainingArguments):
     teacher_cache_max_gb: float | None = field(
         default=None,
         metadata={
-            "help": "Memory bound of the teacher-embedding cache (GB, per process). Default: 25% of the memory "
+            "help": "Memory bound of the teacher-embedding cache (GB, per process). Default: a quarter of the memory "
             "available when training starts (RAM; the GPU's free memory where the cache lives there), shared by "
             "the processes of the machine."
         },
@@ -74,8 +77,27 @@ class InfoSAMTrainingArguments(TrainingArguments):
     teacher_store_max_gb: float | None = field(
         default=None, metadata={"help": "Stop writing new entries to teacher_store beyond this size (GB)."}
     )
+    best_model_metric: str | None = field(
+        default=None,
+        metadata={
+            "help": "Pick the best checkpoint by an arithmetic expression over evaluation metrics (names without "
+            "eval_, numbers, + - * /, parentheses), e.g. \"iou - 0.5*retention_drop\": what the target gained minus "
+            "what the retention set lost. Logged as eval_selection_score, which metric_for_best_model then names "
+            "(greater is better unless --greater_is_better false); use with --load_best_model_at_end or "
+            "--save_strategy best. retention_drop is the zero-shot retention IoU minus the current one."
+        },
+    )
+    max_retention_drop: float | None = field(
+        default=None,
+        metadata={
+            "help": "Stop training (as EarlyStoppingCallback does) at the first evaluation whose retention IoU is "
+            "more than this below its zero-shot value (e.g. 0.02). Needs a retention set and --eval_strategy "
+            "steps or epoch."
+        },
+    )
 
     def __post_init__(self) -> None:
+        apply_selection_arguments(self)  # before the stock checks derive greater_is_better from the metric's name
         super().__post_init__()
         for name in ("teacher_cache_max_gb", "teacher_store_max_gb"):
             value = getattr(self, name)

@@ -21,6 +21,7 @@ from infosam_hf import (
 )
 from infosam_hf.config import MOVED_FIELDS, RUN_LOCAL_FIELDS
 from infosam_hf.models import family_of
+from infosam_hf.selection import SELECTION_FIELDS
 from infosam_hf.testing import tiny_family_model, tiny_sam_config, toy_segmentation_dataset
 from infosam_hf.training_args import run_setting
 from infosam_hf.tuners import BottleneckAdapterConfig
@@ -45,9 +46,23 @@ def test_the_three_dataclasses_hold_disjoint_fields_that_cover_every_flag():
     method, peft = names(InfoSAMConfig), names(PeftArguments)
     run = names(InfoSAMTrainingArguments) - names(TrainingArguments)
     assert not (method & peft) and not (method & run) and not (peft & run)
-    assert method | peft | run == FLAGS_BEFORE_THE_SPLIT
-    assert run == set(RUN_LOCAL_FIELDS) and set(MOVED_FIELDS) == peft | run
+    selection = set(SELECTION_FIELDS)  # new since the split (issue 30): never InfoSAMConfig's, so never "moved"
+    assert method | peft | run == FLAGS_BEFORE_THE_SPLIT | selection
+    assert run == set(RUN_LOCAL_FIELDS) | selection and set(MOVED_FIELDS) == peft | (run - selection)
     assert not (names(TrainingArguments) & (method | peft))  # one HfArgumentParser takes them all
+
+
+def test_the_train_script_help_renders_every_flag():
+    """argparse formats each help string with %: a bare '%' in one (it was "25% of the memory") broke --help."""
+    from infosam_hf.cli import ScriptArgumentParser
+    from infosam_hf.data.arguments import DataArguments
+    from infosam_hf.script_arguments import ModelArguments, OutputArguments
+
+    parser = ScriptArgumentParser(
+        (ModelArguments, DataArguments, InfoSAMConfig, PeftArguments, OutputArguments, InfoSAMTrainingArguments)
+    )
+    text = parser.format_help()
+    assert "--best_model_metric" in text and "--max_retention_drop" in text and "--teacher_cache_max_gb" in text
 
 
 def test_every_flag_keeps_its_name_and_value_on_the_train_script_parser():
