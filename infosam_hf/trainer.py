@@ -255,6 +255,7 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, TrackerLinkMixin, Trainer):
         self.eval_data_collator = eval_data_collator
         self.retention_dataset = retention_dataset
         self._retention_prefix: str | None = None  # set while evaluate() scores the target set
+        self._eval_log_prefix = "eval"  # the metric_key_prefix of the evaluation being logged
         # --best_model_metric / --max_retention_drop, checked here against what the evaluations log (selection.py)
         self.model_selection = ModelSelection.for_trainer(self, loss_names=("loss", *LOSS_PARTS))
         # The loss is a per-batch mean that the Trainer divides for gradient accumulation.
@@ -485,9 +486,12 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, TrackerLinkMixin, Trainer):
         `loss`, so the parts add up to the logged loss instead of being rank 0's share of it.
         """
         self.model_selection.add_metrics(logs, self.state.global_step)  # eval_retention_drop, eval_selection_score
-        mode = "train" if "loss" in logs else "eval" if "eval_loss" in logs else None
+        # An evaluation logs `<metric_key_prefix>_loss` (`eval_loss`, `zero_shot_loss`, ...): its parts go beside it and
+        # are cleared, so a zero-shot evaluation's parts never leak into the next evaluation's means.
+        eval_prefix = self._eval_log_prefix
+        mode = "train" if "loss" in logs else "eval" if f"{eval_prefix}_loss" in logs else None
         if mode is not None:
-            prefix = "" if mode == "train" else "eval_"
+            prefix = "" if mode == "train" else f"{eval_prefix}_"
             for name, value in self._mean_loss_parts(mode).items():
                 logs[f"{prefix}{name}"] = value
             self._loss_parts[mode].clear()
@@ -522,10 +526,11 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, TrackerLinkMixin, Trainer):
         alongside = eval_dataset is None and self.retention_dataset is not None and not isinstance(self.eval_dataset,
                                                                                                    dict)
         self._retention_prefix = f"{metric_key_prefix}_retention" if alongside else None
+        outer_prefix, self._eval_log_prefix = self._eval_log_prefix, metric_key_prefix
         try:
             metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         finally:
-            self._retention_prefix = None
+            self._retention_prefix, self._eval_log_prefix = None, outer_prefix
         self._report_corrupt_samples(eval_dataset, self.retention_dataset)
         return metrics
 

@@ -211,6 +211,27 @@ def test_evaluation_reports_loss_parts_and_mask_predictions(tmp_path):
     assert {"eval_loss", "eval_loss_seg", "eval_loss_r", "eval_loss_d", "eval_fraction_positive"} <= set(metrics)
 
 
+def test_a_zero_shot_evaluations_loss_parts_are_its_own(tmp_path):
+    """`evaluate(metric_key_prefix="zero_shot")` logs `zero_shot_loss_*` and clears them: the next evaluation of the
+    same model on the same set logs the same parts (they once leaked into it and were averaged with its own)."""
+    model = make_model()
+    trainer = InfoSAMTrainer(model=model, args=make_args(tmp_path, per_device_eval_batch_size=2),
+                             eval_dataset=toy_segmentation_dataset(4))
+    before = trainer.evaluate(metric_key_prefix="zero_shot")
+    with torch.no_grad():  # another model: the parts of the next evaluation differ from the zero-shot ones
+        for p in model.student.parameters():
+            if p.requires_grad:
+                p.add_(0.05)
+    after = trainer.evaluate()
+    again = trainer.evaluate()
+    for name in ("loss_seg", "loss_r", "loss_d"):
+        assert after[f"eval_{name}"] == pytest.approx(again[f"eval_{name}"], rel=1e-6)
+    assert after["eval_loss_seg"] != pytest.approx(before["zero_shot_loss_seg"], rel=1e-4)
+    total = after["eval_loss_seg"] + model.infosam_config.lambda_1 * after["eval_loss_r"] + \
+        model.infosam_config.lambda_2 * after["eval_loss_d"]
+    assert after["eval_loss"] == pytest.approx(total, rel=1e-4, abs=1e-5)
+
+
 def test_nan_loss_raises_a_clear_error(tmp_path):
     model = make_model()
     data = toy_segmentation_dataset(4)
