@@ -11,7 +11,7 @@ adapter to `outputs/infosam-builtin`, that adapter too:
     python examples/evaluate_adapter.py --adapter user/sam-road-infosam --dataset_name /data/road --prompt points \\
         --num_points 5
     python examples/evaluate_adapter.py --model_name_or_path facebook/sam-vit-base --dataset_name /data/polyp  # base
-    python examples/evaluate_adapter.py --adapter user/sam-vit-base-polyp-infosam --dataset_name /data/polyp \
+    python examples/evaluate_adapter.py --adapter user/sam-vit-base-polyp-infosam --dataset_name /data/polyp \\
         --retention_dataset /data/coco-sam-500 --retention_instance_format coco   # what fine-tuning cost
 
 A retention set (`--retention_dataset`, by default the built-in "general" domain when the data is the built-in
@@ -135,9 +135,11 @@ def main(argv: list[str] | None = None) -> dict:
     (args,) = ScriptArgumentParser(EvaluationArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
-    for path, flag in ((args.dataset_name, "--dataset_name"), (args.retention_dataset, "--retention_dataset")):
-        if path and not (flag == "--retention_dataset" and args.retention_off):
-            check_local_path(path, flag)  # before any model loads
+    # a missing local path fails before any model loads
+    for path, flag in ((args.dataset_name, "--dataset_name"),
+                       (None if args.retention_off else args.retention_dataset, "--retention_dataset")):
+        if path:
+            check_local_path(path, flag)
     adapter, base = resolve_models(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, processor = load_model_or_base(adapter, base, device=device, dtype=getattr(torch, args.dtype),
