@@ -11,6 +11,13 @@ adapter to `outputs/infosam-builtin`, that adapter too:
     python examples/evaluate_adapter.py --adapter user/sam-road-infosam --dataset_name /data/road --prompt points \\
         --num_points 5
     python examples/evaluate_adapter.py --model_name_or_path facebook/sam-vit-base --dataset_name /data/polyp  # base
+    python examples/evaluate_adapter.py --adapter user/sam-vit-base-polyp-infosam --dataset_name /data/polyp \\
+        --retention_dataset /data/coco-sam-500 --retention_instance_format coco   # what fine-tuning cost
+
+A retention set (`--retention_dataset`, by default the built-in "general" domain when the data is the built-in
+one, as examples/train.py scores it) gets a second table, adapter against zero-shot base, with the names and
+numbers train.py logs for it (`infosam_hf.retention`): IoU and Dice, and on instance data
+(`--retention_instance_format`) prompt following, `object_iou` and `confusion`.
 
 Both rows of the table are measured in one pass over the data, on the same batches with
 the same prompts: the zero-shot row runs the adapter's own base weights with the adapter
@@ -47,16 +54,18 @@ import torch
 from infosam_hf import builtin
 from infosam_hf.cli import ScriptArgumentParser
 from infosam_hf.data import CorruptSampleLog, load_segmentation_dataset
-from infosam_hf.data.arguments import DatasetArguments
+from infosam_hf.data.arguments import DatasetArguments, RetentionArguments
+from infosam_hf.data.sources import check_local_path
 from infosam_hf.evaluation import base_name, describe_prompt, evaluate_segmentation, format_table
 from infosam_hf.loading import load_model_or_base
 from infosam_hf.resolution import allow_image_size_change_argument, image_size_argument
+from infosam_hf.retention import describe_retention_sets, evaluate_retention
 
 logger = logging.getLogger("infosam_hf.evaluate")
 
 
 @dataclass
-class EvaluationArguments(DatasetArguments):
+class EvaluationArguments(DatasetArguments, RetentionArguments):
     adapter: str | None = field(
         default=None,
         metadata={"help": "Trained InfoSAM adapter: a folder written by examples/train.py or a Hub id."},
@@ -126,6 +135,11 @@ def main(argv: list[str] | None = None) -> dict:
     (args,) = ScriptArgumentParser(EvaluationArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
+    # a missing local path fails before any model loads
+    for path, flag in ((args.dataset_name, "--dataset_name"),
+                       (None if args.retention_off else args.retention_dataset, "--retention_dataset")):
+        if path:
+            check_local_path(path, flag)
     adapter, base = resolve_models(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, processor = load_model_or_base(adapter, base, device=device, dtype=getattr(torch, args.dtype),
@@ -135,14 +149,18 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = load_segmentation_dataset(source, split=args.split, image_column=args.image_column,
                                         mask_column=args.mask_column, streaming=args.streaming)
     corrupt_log = CorruptSampleLog()
+    # the settings both tables share: the retention table is scored as train.py scores its retention sets
+    settings = dict(prompt=args.prompt, num_points=args.num_points, box_noise=args.box_noise, seed=args.seed,
+                    batch_size=args.batch_size, num_workers=args.num_workers, min_object_area=args.min_object_area,
+                    structure_measures=args.structure_measures, reference_protocol=args.reference_protocol,
+                    compare_base=args.compare_base, disable_tqdm=args.disable_tqdm)
     scores = evaluate_segmentation(
-        model, processor, dataset, prompt=args.prompt, num_points=args.num_points, box_noise=args.box_noise,
-        seed=args.seed, batch_size=args.batch_size, num_workers=args.num_workers, max_samples=args.max_samples,
-        instance_format=args.instance_format, min_object_area=args.min_object_area,
-        structure_measures=args.structure_measures, reference_protocol=args.reference_protocol,
-        compare_base=args.compare_base, disable_tqdm=args.disable_tqdm, corrupt_log=corrupt_log,
-        dataset_description=f"The {args.split!r} split of {source}",
+        model, processor, dataset, max_samples=args.max_samples, instance_format=args.instance_format,
+        corrupt_log=corrupt_log, dataset_description=f"The {args.split!r} split of {source}", **settings,
     )
+    retention = evaluate_retention(model, processor, args.retention_specs(args.dataset_name),
+                                   image_column=args.image_column, mask_column=args.mask_column,
+                                   corrupt_log=corrupt_log, **settings)
     rows = scores["metrics"]
     result = {
         "dataset": str(source),
@@ -153,7 +171,10 @@ def main(argv: list[str] | None = None) -> dict:
             **({"adapter": adapter} if adapter is not None else {}),
         },
         **{k: v for k, v in scores.items() if k != "num_images"},
+        **({"retention": retention} if retention else {}),
     }
+    if corrupt_log.count:  # both tables' skipped samples
+        result["skipped_samples"] = list(corrupt_log.skipped)
 
     prompt = describe_prompt(args.prompt, args.num_points, args.box_noise)
     if args.instance_format:
@@ -165,6 +186,9 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         print(f"\n{source} [{args.split}], {result['num_images']} images, {prompt}:\n")
         print(format_table(rows, result["num_images"]))
+    if retention:
+        print(f"\n{describe_retention_sets(retention['sets'])}:\n")
+        print(format_table(retention["metrics"], retention["sets"][0]["num_images"]))
     if corrupt_log.count:
         print(f"\n{corrupt_log.report()}")
     if args.output_file:

@@ -4,8 +4,9 @@ With no arguments it runs the built-in default: the tiny SAM shipped with the pa
 (pre-trained on the synthetic "general" domain by examples/pretrain_builtin_sam.py)
 is fine-tuned on the shifted "specialised" synthetic domain, read from parquet shards
 (decoded once into a cache, see --streaming), and its IoU on held-out images is printed
-before and after, with the IoU on the "general" domain it was pre-trained on (what fine-tuning cost:
---retention_dataset names another set, `none` turns it off).
+before and after, with the IoU on the "general" domain it was pre-trained on and how well it still follows prompts
+on that domain's multi-object images (what fine-tuning cost: --retention_dataset names another set, `none` turns
+it off; see docs/first-hour.md).
 
     python examples/train.py
     python examples/train.py --builtin_model sam2   # the same run on the built-in tiny SAM 2
@@ -48,6 +49,7 @@ from infosam_hf.run_setup import (
     quiet_replicas,
     report_run,
     retention_name,
+    retention_per_object,
     use_cpu_under_a_launcher_without_gpu,
 )
 from infosam_hf.script_arguments import (
@@ -86,8 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     quiet_replicas(training_args)
     check_sources(model_args, data_args.dataset_name, infosam_config.teacher_model_name_or_path,
                   training_args.teacher_store, token=training_args.hub_token,
-                  retention_dataset=None if (data_args.retention_dataset or "none").lower() == "none"
-                  else data_args.retention_dataset)
+                  retention_dataset=None if data_args.retention_off else data_args.retention_dataset)
     if data_args.validate_data:
         validate_data(data_args)
     claim_output_dir(training_args, output_args.overwrite_output_dir)
@@ -98,9 +99,10 @@ def main(argv: list[str] | None = None) -> dict:
     model, processor = load_model_and_processor(model_args, infosam_config, training_args.seed,
                                                 flags_on_command_line(argv), peft_args)
     preprocessor = SamSegmentationPreprocessor.from_processor(processor)
-    corrupt_log = CorruptSampleLog()  # one count of skipped samples for training, evaluation and overlays
+    # one count of skipped samples for training, evaluation, retention and overlays, listed once at the end
+    corrupt_log = CorruptSampleLog(summary_by_caller=True)
     train_dataset, eval_dataset, raw_eval_dataset = build_datasets(data_args, preprocessor, training_args, corrupt_log)
-    retention_dataset = build_retention_dataset(data_args, preprocessor, corrupt_log)  # what it must not forget
+    retention_dataset = build_retention_dataset(data_args, preprocessor, corrupt_log)  # what it must not forget (list)
     objects = data_args.instance_format is not None  # metrics per object
     if not (data_args.allow_empty_masks or objects):  # instance data drops images without objects
         check_masks_not_empty(train_dataset, "training")
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     after = trainer.evaluate()
     trainer.save_model()
     summary = report_run(trainer, before, after, corrupt_log, per_object=objects,
-                         retention_name=retention_name(data_args))
+                         retention_name=retention_name(data_args), retention_per_object=retention_per_object(data_args))
 
     # ---------------------------------------------------------------------------------------------- card or push
     card = {**card_kwargs(data_args), "baseline_metrics": before}

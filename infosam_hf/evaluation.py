@@ -38,8 +38,9 @@ from .data import (
 from .data.images import image_size_hw
 from .data.instances import decode_instances
 from .data.sources import _without_decoding
-from .inference import prompt_logits, sam_low_res_logits
+from .inference import postprocess_logits, prompt_logits, sam_low_res_logits
 from .metrics import SegmentationMetrics
+from .prompt_following import PromptFollowingMetrics
 
 logger = logging.getLogger("infosam_hf.evaluate")
 
@@ -97,8 +98,12 @@ class EvaluationStream(torch.utils.data.IterableDataset):
     def _instances(self, row, index: int):
         """One prompt per object; an image without any object has nothing to prompt: counted and left out."""
         source = _source_name(row["image"], index)
-        image = decode_image(row["image"], "image")
-        masks = decode_instances(row["mask"], self.instances, image_size_hw(image), source)
+        try:  # a bad sample is skipped, counted and named, as in training
+            image = decode_image(row["image"], "image")
+            masks = decode_instances(row["mask"], self.instances, image_size_hw(image), source)
+        except CorruptImageError as err:
+            self.corrupt_log.add(source, err)
+            return None
         masks = [m for m in masks if int(m.sum()) >= self.min_object_area]
         if not masks:
             self.images_without_objects += 1
@@ -148,8 +153,11 @@ def first_samples(dataset, max_samples: int | None):
     return dataset, len(dataset)
 
 
-def score_batches(model, loader, runs: dict, metric_kwargs: dict, total: int | None, disable_tqdm: bool = False):
-    """One pass over the data; every run (zero-shot, adapter) scores the same batch, prompts included."""
+def score_batches(model, loader, runs: dict, metric_kwargs: dict, total: int | None, disable_tqdm: bool = False,
+                  prompt_following: dict | None = None):
+    """One pass over the data; every run (zero-shot, adapter) scores the same batch, prompts included.
+
+    `prompt_following` (instance data): run name -> `PromptFollowingMetrics`, fed each image's objects together."""
     metrics = {name: SegmentationMetrics(**metric_kwargs) for name in runs}
     metrics_image_of_object = []  # instance data: the image of every scored object, in update order
     images_seen = 0
@@ -166,6 +174,9 @@ def score_batches(model, loader, runs: dict, metric_kwargs: dict, total: int | N
                 for name, context in runs.items():
                     with context():
                         logits = prompt_logits(model, batch["pixel_values"], **prompts).cpu()[valid]
+                    if prompt_following is not None:
+                        _score_objects_of_images(metrics[name], prompt_following[name], logits, gts, image, batch)
+                        continue
                     metrics[name].update(
                         logits,
                         gts,
@@ -189,6 +200,19 @@ def score_batches(model, loader, runs: dict, metric_kwargs: dict, total: int | N
     for accumulator in metrics.values():
         accumulator.image_of_object = metrics_image_of_object
     return metrics
+
+
+def _score_objects_of_images(metrics: SegmentationMetrics, following, logits, gts, image, batch) -> None:
+    """Each object's logits at its image's own size, scored as `SegmentationMetrics.update` scores them, and each
+    image's objects together for prompt following."""
+    size = batch["pixel_values"].shape[-1]
+    maps = [postprocess_logits(logits[i : i + 1], batch["original_sizes"][j], batch["reshaped_input_sizes"][j],
+                               size)[0] for i, j in enumerate(image.tolist())]
+    for logit_map, gt in zip(maps, gts):
+        metrics.update(logit_map[None], gt[None])
+    for j in dict.fromkeys(image.tolist()):
+        objects = [i for i, k in enumerate(image.tolist()) if k == j]
+        following.update_image([maps[i] for i in objects], [gts[i] for i in objects])
 
 
 def per_image_means(accumulator) -> dict[str, float]:
@@ -220,13 +244,16 @@ def evaluate_segmentation(
     disable_tqdm: bool = False,
     corrupt_log: CorruptSampleLog | None = None,
     dataset_description: str = "The dataset",
+    prompt_following: bool = False,
 ) -> dict:
     """Scores `model` on `dataset` (rows with `image` and `mask`, as `load_segmentation_dataset` returns them).
 
     A PEFT model (an InfoSAM adapter) gives the row "adapter" and, with `compare_base`, the row "zero_shot" (its
     base, adapter switched off, same prompts); any other model the row "zero_shot" only. `instance_format`
     ('ids', 'masks', 'coco'): one prompt per object and metrics per object, plus per image under
-    `metrics_per_image`. `reference_protocol`: structure measures as the InfoSAM reference code computes them.
+    `metrics_per_image`; with `prompt_following`, each row adds `object_iou` and `confusion`
+    (`infosam_hf.prompt_following.PromptFollowingMetrics`, as `InfoSAMTrainer`'s retention pass reports them).
+    `reference_protocol`: structure measures as the InfoSAM reference code computes them.
     Returns `num_images`, `prompt`, `protocol`, `metrics` (row -> name -> value), `improvement` (adapter - base)
     when both rows ran, and `skipped_samples` (undecodable rows, skipped and counted in `corrupt_log` as in
     training). `dataset_description` starts the error raised when no image could be scored.
@@ -252,7 +279,8 @@ def evaluate_segmentation(
         runs["adapter"] = contextlib.nullcontext
     metric_kwargs = REFERENCE_PROTOCOL if reference_protocol else dict(structure_measures=structure_measures)
 
-    accumulators = score_batches(model, loader, runs, metric_kwargs, total, disable_tqdm)
+    following = {name: PromptFollowingMetrics() for name in runs} if prompt_following and instance_format else None
+    accumulators = score_batches(model, loader, runs, metric_kwargs, total, disable_tqdm, following)
     reference = next(iter(accumulators.values()))
     num_images = reference.num_images  # objects, with instance data
     if instance_format:
@@ -261,6 +289,8 @@ def evaluate_segmentation(
         why = f" Every sample was skipped: {' | '.join(corrupt_log.reasons)}" if corrupt_log.count else ""
         raise ValueError(f"{dataset_description} gave no images to evaluate.{why}")
     scores = {name: acc.compute() for name, acc in accumulators.items()}
+    for name, accumulator in (following or {}).items():
+        scores[name].update(accumulator.compute())
     for name, values in scores.items():
         bad = {k: v for k, v in values.items() if not (math.isfinite(v) and 0.0 <= v <= 1.0)}
         if bad:  # a broken metric must never reach a results table

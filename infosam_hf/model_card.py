@@ -555,9 +555,12 @@ def _retention_table(retention: Mapping[str, Any] | None) -> dict | None:
         return None
     baseline = retention.get("baseline_metrics") or {}
     split = f" ({retention['dataset_args']})" if retention.get("dataset_args") else ""
+    following = (" `object_iou` and `confusion` are prompt following on images of several objects, each prompted: "
+                 "the IoU per object and the share of prompts answered with another object's mask (lower is better)."
+                 if "confusion" in retention["metrics"] else "")
     return {
         "intro": f"Retention: the same metrics on {retention.get('dataset') or 'the retention set'}{split}, what the "
-        "base model segmented before fine-tuning (what the adapter kept of it):",
+        f"base model segmented before fine-tuning (what the adapter kept of it).{following}",
         "rows": [(name, _fmt(value), _fmt(baseline[name]) if name in baseline else "–")
                  for name, value in retention["metrics"].items() if not _is_loss(name)],
     }

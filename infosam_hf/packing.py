@@ -24,6 +24,7 @@ __all__ = [
     "pack_maps_per_image",
     "to_numpy",
     "unpack_maps",
+    "unpack_maps_per_image",
 ]
 
 # Per-image maps of different sizes travel through the Trainer's gathering (which pads and
@@ -101,17 +102,24 @@ def pack_maps_per_image(maps: Sequence[Any], counts: Sequence[int]) -> torch.Ten
 
 def unpack_maps(packed: Any) -> list[np.ndarray]:
     """The inverse of `pack_maps` and `pack_maps_per_image`: the (h, w) maps in order, padding dropped."""
-    maps = []
+    return [m for maps in unpack_maps_per_image(packed) for m in maps]
+
+
+def unpack_maps_per_image(packed: Any) -> list[list[np.ndarray]]:
+    """The maps row by row: each `pack_maps_per_image` row gives its image's objects together (prompt following
+    compares them), each `pack_maps` row one map."""
+    images = []
     for row in to_numpy(packed):
         if row[0] >= 0:
-            maps.append(row[2 : 2 + int(row[0]) * int(row[1])].reshape(int(row[0]), int(row[1])))
+            images.append([row[2 : 2 + int(row[0]) * int(row[1])].reshape(int(row[0]), int(row[1]))])
             continue
-        at = 1
+        maps, at = [], 1
         for _ in range(int(-row[0]) - 1):
             h, w = int(row[at]), int(row[at + 1])
             maps.append(row[at + 2 : at + 2 + h * w].reshape(h, w))
             at += 2 + h * w
-    return maps
+        images.append(maps)
+    return images
 
 
 def is_packed(array: Any) -> bool:

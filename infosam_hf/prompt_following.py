@@ -4,11 +4,14 @@ A model that learned "segment the salient object" answers every prompt on an ima
 the same mask: its IoU per object can still look fine on one-object data, so this
 measures on images with several objects, one prompt per object, and counts a
 *confusion* when the predicted mask covers more of another object than of the prompted
-one.
+one. `PromptFollowingMetrics` accumulates both over an evaluation at each image's own size:
+`InfoSAMTrainer`'s retention pass (through `WithPromptFollowing`) and
+`infosam_hf.evaluation.evaluate_segmentation(prompt_following=True)` report them with it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +22,7 @@ from scipy.ndimage import distance_transform_edt
 from .data.collator import SamSegmentationCollator
 from .data.prompts import PromptSampler
 from .inference import prompt_logits  # noqa: F401  (the batched decoder call; also imported from here)
+from .packing import unpack_maps_per_image
 
 # "point": one foreground pixel drawn uniformly (as in training: it may sit on the edge next to
 # another object); "center_point": the SAM paper's 1-point protocol, the pixel deepest inside the object.
@@ -81,6 +85,75 @@ def score_objects(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, siz
             area = objects[t].sum().item() / float(h * w)
             records.append({"image": b, "iou": inter / max(union, 1.0), "confused": confused, "area": area})
     return records
+
+
+class PromptFollowingMetrics:
+    """IoU per object and the confusion rate over an evaluation, image by image (`score_objects` on each image's
+    objects at the image's own size; a prompt's mask is logit > 0).
+
+    `compute()` gives `object_iou` (the mean over objects of the IoU with the prompted object) and `confusion`
+    (the share of prompts whose mask covers more of another object of the image than of the prompted one). Only
+    floats are kept, never masks.
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.records: list[dict] = []
+
+    @property
+    def num_objects(self) -> int:
+        return len(self.records)
+
+    def update_image(self, logits: Sequence[Any], masks: Sequence[Any]) -> None:
+        """One image: the (h, w) logit map of every prompted object, and those objects' masks in the same order."""
+        if len(logits) != len(masks):
+            raise ValueError(f"{len(logits)} logit maps for {len(masks)} object masks of one image.")
+        if not masks:
+            return
+        gt = torch.from_numpy(np.stack([np.asarray(m, dtype=np.float32) for m in masks]))[None]
+        pred = torch.from_numpy(np.stack([np.asarray(lg) for lg in logits]) > 0)[None]
+        if pred.shape != gt.shape:
+            raise ValueError(f"Logit maps {tuple(pred.shape[1:])} and object masks {tuple(gt.shape[1:])} differ.")
+        every = torch.ones(gt.shape[:2], dtype=torch.bool)
+        self.records += score_objects(pred, gt, every, torch.tensor([gt.shape[-2:]]))
+
+    def compute(self) -> dict[str, float]:
+        if not self.records:
+            raise ValueError("PromptFollowingMetrics.compute() called before any object was scored.")
+        return {"object_iou": float(np.mean([r["iou"] for r in self.records])),
+                "confusion": float(np.mean([r["confused"] for r in self.records]))}
+
+
+class WithPromptFollowing:
+    """A Trainer `compute_metrics` for instance data, plus `PromptFollowingMetrics`' `object_iou` and `confusion`.
+
+    `InfoSAMTrainer` packs the evaluation's logits and masks one row per image (`pack_maps_per_image`), so every
+    object of an image arrives together, as the confusion rate needs. Works with and without
+    `batch_eval_metrics` (`compute_result`), like the metrics it wraps.
+    """
+
+    def __init__(self, compute_metrics):
+        self.compute_metrics = compute_metrics
+        self.metrics = PromptFollowingMetrics()
+
+    def __call__(self, eval_pred, compute_result: bool | None = None) -> dict[str, float]:
+        predictions, labels = eval_pred.predictions, eval_pred.label_ids
+        predictions = predictions[0] if isinstance(predictions, (tuple, list)) else predictions
+        labels = labels[0] if isinstance(labels, (tuple, list)) else labels
+        for logit_maps, masks in zip(unpack_maps_per_image(predictions), unpack_maps_per_image(labels)):
+            self.metrics.update_image(logit_maps, masks)
+        if compute_result is None:
+            result = self.compute_metrics(eval_pred)
+        else:
+            result = self.compute_metrics(eval_pred, compute_result=compute_result)
+            if not compute_result:
+                return result
+        try:
+            return {**result, **self.metrics.compute()}
+        finally:
+            self.metrics.reset()
 
 
 # Object size bins (share of the image): where a model's errors sit, small objects or all of them.

@@ -211,9 +211,13 @@ def describe_schedule(trainer, data_args=None) -> str:
 
 
 def report_run(trainer, before: dict, after: dict, corrupt_log, per_object: bool,
-               retention_name: str | None = None) -> dict:
-    """The run's summary (IoU and Dice before and after, on the retention set too when the run has one, processes),
-    printed and written to <output_dir>/iou_before_after.json by the main process; returned by every process."""
+               retention_name: str | None = None, retention_per_object: bool = False) -> dict:
+    """The run's summary (IoU and Dice before and after, on the retention sets too when the run has them, with their
+    prompt following on instance data, processes), printed and written to <output_dir>/iou_before_after.json by the
+    main process; returned by every process. The samples skipped as corrupt are listed here, once: the run's
+    `corrupt_log` says `summary_by_caller`, so the trainer leaves that list to this report."""
+    from .retention import retention_lines, retention_summary
+
     args = trainer.args
     summary = {
         "zero_shot_iou": before.get("zero_shot_iou"),
@@ -221,9 +225,7 @@ def report_run(trainer, before: dict, after: dict, corrupt_log, per_object: bool
         "iou": after.get("eval_iou"),
         "dice": after.get("eval_dice"),
         "metrics_per": "object" if per_object else "image",
-        **({"zero_shot_retention_iou": before["zero_shot_retention_iou"], "retention_iou": after["eval_retention_iou"],
-            "zero_shot_retention_dice": before.get("zero_shot_retention_dice"),
-            "retention_dice": after.get("eval_retention_dice")} if "eval_retention_iou" in after else {}),
+        **retention_summary(before, after),
         "processes": args.world_size,
         "data_parallel": trainer.data_parallel_summary(),
     }
@@ -233,10 +235,8 @@ def report_run(trainer, before: dict, after: dict, corrupt_log, per_object: bool
             f"{summary['iou']:.4f} (Dice {summary['zero_shot_dice']:.4f} -> {summary['dice']:.4f}); adapter saved to "
             f"{args.output_dir}"
         )
-        if "retention_iou" in summary:
-            print(f"{retention_name or 'retention set'} (retention) IoU before {summary['zero_shot_retention_iou']:.4f} "
-                  f"-> after {summary['retention_iou']:.4f} (Dice {summary['zero_shot_retention_dice']:.4f} -> "
-                  f"{summary['retention_dice']:.4f})")
+        for line in retention_lines(summary, retention_name, retention_per_object):
+            print(line)
         with open(os.path.join(args.output_dir, "iou_before_after.json"), "w") as f:
             json.dump(summary, f, indent=2)
         if summary["data_parallel"]:
@@ -257,6 +257,23 @@ def retention_name(data_args) -> str | None:
     return os.path.basename(os.path.normpath(source)) if os.path.exists(source) else source
 
 
+def retention_per_object(data_args) -> bool:
+    """Whether the retention IoU and Dice are per object: the first retention set holds several objects per image."""
+    specs = data_args.retention_specs(data_args.dataset_name)
+    return bool(specs) and specs[0].instance_format is not None
+
+
+def _describe_retention_set(spec, index: int, count: int) -> str:
+    text = f"split {spec.split}" + (f", at most {spec.max_samples} images" if spec.max_samples is not None else "")
+    if spec.instance_format is None:
+        return text
+    scored = "one prompt per object, metrics averaged over objects, with prompt following (object_iou, confusion)"
+    if index and count > 1:  # the built-in run: the general domain's multi-object variant
+        scored = "prompt following (object_iou, confusion), one prompt per object"
+        return f"its multi-object variant, {text}: {scored}"
+    return f"{text}, {scored}"
+
+
 def card_kwargs(data_args) -> dict:
     """What the model card says about the data: Hub ids become `datasets:` metadata, local folders only a name."""
     source = data_args.dataset_name
@@ -266,10 +283,9 @@ def card_kwargs(data_args) -> dict:
     if data_args.instance_format:
         split += ", one prompt per object, metrics averaged over objects"
     retention = {}
-    if data_args.retention_source is not None:
-        retention_split = f"split {data_args.retention_split}" + (
-            f", at most {data_args.retention_max_samples} images" if data_args.retention_max_samples is not None else ""
-        )
+    specs = data_args.retention_specs(data_args.dataset_name)
+    if specs:
+        retention_split = "; ".join(_describe_retention_set(spec, i, len(specs)) for i, spec in enumerate(specs))
         name = retention_name(data_args)
         builtin = data_args.retention_dataset is None
         retention = {"retention_dataset": "the built-in synthetic 'general' domain" if builtin else

@@ -1,6 +1,6 @@
 """`InfoSAMTrainer`: a `transformers.Trainer` that adds InfoSAM's relation distillation to the loss.
 
-(~680 lines: the loss and the stock-Trainer hooks it needs (evaluation gather, the retention pass, teacher
+(~720 lines: the loss and the stock-Trainer hooks it needs (evaluation gather, the retention pass, teacher
 cache/store wiring, the data-parallel checks), each an override of one Trainer method; no other logic lives here.)
 
 Everything else (optimisers, schedulers, mixed precision, gradient accumulation,
@@ -204,10 +204,13 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, TrackerLinkMixin, Trainer):
         teacher_model: optional separate teacher, a `SamModel` or id.
         eval_data_collator: a collator for evaluation (e.g. fixed box prompts), where
             `data_collator` samples training prompts at random.
-        retention_dataset: a prepared evaluation dataset (like `eval_dataset`) of what the base already segmented
-            well, e.g. its pre-training domain: scored beside the target set at every `evaluate()` and logged as
-            `eval_retention_iou`, `eval_retention_dice`, ... (`<metric_key_prefix>_retention_<metric>`), so a run
-            shows what fine-tuning cost. It draws no training randomness: a run with it trains the same adapter.
+        retention_dataset: a prepared evaluation dataset (like `eval_dataset`), or a list of them, of what the base
+            already segmented well, e.g. its pre-training domain: scored beside the target set at every `evaluate()`
+            and logged as `eval_retention_iou`, `eval_retention_dice`, ... (`<metric_key_prefix>_retention_<metric>`),
+            so a run shows what fine-tuning cost. A set prepared by `prepare_instance_dataset` (with
+            `keep_original_mask=True`) is scored per object and adds prompt following, `eval_retention_object_iou`
+            and `eval_retention_confusion` (see `infosam_hf.retention`). It draws no training randomness: a run with
+            it trains the same adapter.
         drop_last_batch_of_one: skip training batches of a single image (the last partial
             batch of an epoch, or what is left after skipped corrupt samples) when the
             InfoSAM terms are on and nothing is gathered across processes: L_r and L_d are 0
@@ -523,65 +526,88 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, TrackerLinkMixin, Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """The stock evaluation (with the retention set's metrics when the trainer's own eval set is scored), then
         the summary of samples skipped as corrupt that no report has named yet."""
-        alongside = eval_dataset is None and self.retention_dataset is not None and not isinstance(self.eval_dataset,
-                                                                                                   dict)
+        from .retention import retention_sets
+
+        retention = retention_sets(self.retention_dataset)
+        alongside = eval_dataset is None and bool(retention) and not isinstance(self.eval_dataset, dict)
         self._retention_prefix = f"{metric_key_prefix}_retention" if alongside else None
         outer_prefix, self._eval_log_prefix = self._eval_log_prefix, metric_key_prefix
         try:
             metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         finally:
             self._retention_prefix, self._eval_log_prefix = None, outer_prefix
-        self._report_corrupt_samples(eval_dataset, self.retention_dataset)
+        self._report_corrupt_samples(eval_dataset, *retention)
         return metrics
 
     def _evaluate_retention(self, output, ignore_keys=None):
-        """Adds the retention set's metrics to the target evaluation's, before the Trainer logs them as one entry
+        """Adds the retention sets' metrics to the target evaluation's, before the Trainer logs them as one entry
         (one `on_evaluate`, so callbacks that read the target's metrics see them as before).
+
+        Each set is prompted alike at every evaluation (`infosam_hf.retention.retention_collator`); on instance data
+        every object is prompted and prompt following (`<prefix>_retention_object_iou`, `..._confusion`) is added.
+        Where two sets give one metric, the first set's value is kept (`merge_retention_metrics`).
 
         The retention pass leaves every random state as it found it (a DataLoader draws its base seed from torch's
         generator; a prompt sampler advances): the target's metrics and the trained adapter do not
         depend on whether a retention set is scored. Its loss parts stay out of the target's `eval_loss_*`."""
-        import copy
+        import dataclasses
         import random
 
         import numpy as np
 
+        from .prompt_following import WithPromptFollowing
+        from .retention import is_instance_set, merge_retention_metrics, retention_collator, retention_sets
+
         prefix, self._retention_prefix = self._retention_prefix, None
         parts, self._loss_parts["eval"] = self._loss_parts["eval"], defaultdict(list)
-        collator = self.eval_data_collator
-        # a copy: the prompt sampler's state is the target's (or, without an evaluation collator, training's)
-        self.eval_data_collator = copy.deepcopy(collator if collator is not None else self.data_collator)
+        collator, compute_metrics = self.eval_data_collator, self.compute_metrics
+        # The student alone: what the adapter kept is its masks, and the teacher's forward would double the cost
+        # (`<prefix>_retention_loss` is the segmentation loss).
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        config = model.infosam_config
+        model.infosam_config = dataclasses.replace(config, lambda_1=0.0, lambda_2=0.0)
         python_state, numpy_state = random.getstate(), np.random.get_state()
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        metrics = {}
         start = time.perf_counter()
         try:
             with torch.random.fork_rng(devices=devices):
-                retention = self.evaluation_loop(
-                    self.get_eval_dataloader(self.retention_dataset),
-                    description="Retention evaluation",
-                    prediction_loss_only=True if self.compute_metrics is None else None,
-                    ignore_keys=ignore_keys,
-                    metric_key_prefix=prefix,
-                )
+                for dataset in retention_sets(self.retention_dataset):
+                    # without an evaluation collator the Trainer evaluates with training's: its state stays training's
+                    self.eval_data_collator = retention_collator(collator if collator is not None
+                                                                 else self.data_collator, dataset)
+                    if compute_metrics is not None and is_instance_set(dataset):
+                        self.compute_metrics = WithPromptFollowing(compute_metrics)
+                    retention = self.evaluation_loop(
+                        self.get_eval_dataloader(dataset),
+                        description="Retention evaluation",
+                        prediction_loss_only=True if compute_metrics is None else None,
+                        ignore_keys=ignore_keys,
+                        metric_key_prefix=prefix,
+                    )
+                    self.compute_metrics = compute_metrics
+                    merge_retention_metrics(metrics, retention.metrics)
         finally:
             random.setstate(python_state)
             np.random.set_state(numpy_state)
-            self.eval_data_collator = collator
+            self.eval_data_collator, self.compute_metrics = collator, compute_metrics
             self._loss_parts["eval"] = parts
-        # what the retention set costs each evaluation (`<prefix>_runtime` covers both sets)
-        retention.metrics[f"{prefix}_runtime"] = round(time.perf_counter() - start, 4)
-        output.metrics.update(retention.metrics)
+            model.infosam_config = config
+        # what the retention sets cost each evaluation (`<prefix>_runtime` covers the target set and them)
+        metrics[f"{prefix}_runtime"] = round(time.perf_counter() - start, 4)
+        output.metrics.update(metrics)
         return output
 
     def _report_corrupt_samples(self, *more_datasets) -> None:
         """Lists the samples skipped from this trainer's data sets and overlays (their `corrupt_log`) since the
         last report, once each: the end-of-run summary, printed here because importing infosam_hf installs no
-        exit hook."""
+        exit hook; a log whose maker prints the summary itself (`summary_by_caller`, examples/train.py) is left
+        to it."""
         evaluation = self.eval_dataset.values() if isinstance(self.eval_dataset, dict) else [self.eval_dataset]
         holders = [self.train_dataset, *evaluation, *more_datasets, *self.callback_handler.callbacks]
         logs = {id(log): log for log in (getattr(h, "corrupt_log", None) for h in holders) if log is not None}
         for log in logs.values():
-            if log.unreported():
+            if log.unreported() and not getattr(log, "summary_by_caller", False):
                 logger.warning(log.report())
 
     def _check_data_parallel(self) -> dict | None:

@@ -131,6 +131,13 @@ def test_bad_retention_path_fails_before_any_model_loads(tmp_path, monkeypatch):
     missing = str(tmp_path / "no-such-folder")
     with pytest.raises(FileNotFoundError, match="--retention_dataset .*not found"):
         script.main(["--retention_dataset", missing, "--output_dir", str(tmp_path / "run")])
+    with pytest.raises(FileNotFoundError, match="--retention_dataset .*not found"):  # with a layout too
+        script.main(["--retention_dataset", missing, "--retention_instance_format", "ids", "--output_dir",
+                     str(tmp_path / "run")])
+    evaluate = load_script(os.path.join(ROOT, "examples", "evaluate_adapter.py"), "evaluate_retention_script")
+    monkeypatch.setattr(evaluate, "load_model_or_base", no_model)
+    with pytest.raises(FileNotFoundError, match="--retention_dataset .*not found"):
+        evaluate.main(["--retention_dataset", missing, "--retention_instance_format", "coco"])
 
 
 @pytest.mark.slow
@@ -160,6 +167,14 @@ def test_train_script_reports_retention_and_puts_it_on_the_card(data, tmp_path, 
     assert values["zero_shot_iou"] == pytest.approx(summary["zero_shot_retention_iou"])
     assert "model_preparation_time" not in values
     assert "Retention: the same metrics on local data" in card.text
+    # examples/evaluate_adapter.py's retention table for the saved adapter: the run's numbers
+    evaluated = load_script(os.path.join(ROOT, "examples", "evaluate_adapter.py"), "evaluate_retention_script").main(
+        ["--adapter", str(out), "--dataset_name", data["target"], "--retention_dataset", data["retention"],
+         "--disable_tqdm", "true", "--max_samples", "1"])
+    for name in ("iou", "dice"):
+        for prefix, row in (("zero_shot_", "zero_shot"), ("", "adapter")):
+            assert summary[f"{prefix}retention_{name}"] == pytest.approx(
+                evaluated["retention"]["metrics"][row][name], abs=1e-6)
 
 
 def test_retention_pass_leaves_the_training_prompts_alone(data, tmp_path):

@@ -1,8 +1,8 @@
 """The data flags of examples/train.py and examples/evaluate_adapter.py, declared once.
 
 `DatasetArguments` holds what both scripts read the same way (where the data is, its columns, its
-instance layout, the structure measures); `DataArguments` adds training's splits, streaming and
-evaluation-during-training flags. The evaluation script's own flags (`--split`, `--max_samples`,
+instance layout, the structure measures), `RetentionArguments` the retention sets both score beside it;
+`DataArguments` adds training's splits, streaming and evaluation-during-training flags. The evaluation script's own flags (`--split`, `--max_samples`,
 `--streaming` as a plain switch) keep their names and live beside its model flags.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from .instances import INSTANCE_FORMATS
 
 
-def instance_format(value: str | None) -> str | None:
+def instance_format(value: str | None, flag: str = "--instance_format") -> str | None:
     """The instance layout of a mask column (one of `INSTANCE_FORMATS`), or None for one binary mask per image.
 
     `None`, `""` and `"none"` (any case) all mean one binary mask per image; anything else unknown is a
@@ -21,8 +21,19 @@ def instance_format(value: str | None) -> str | None:
     if value in (None, "") or value.lower() == "none":
         return None
     if value not in INSTANCE_FORMATS:
-        raise ValueError(f"--instance_format must be one of {INSTANCE_FORMATS} or 'none', got {value!r}.")
+        raise ValueError(f"{flag} must be one of {INSTANCE_FORMATS} or 'none', got {value!r}.")
     return value
+
+
+@dataclass(frozen=True)
+class RetentionSpec:
+    """One retention set to read: where, which split, how many images at most, and its instance layout (None: one
+    mask per image; a layout: one prompt per object, with prompt following measured)."""
+
+    source: str
+    split: str = "test"
+    max_samples: int | None = None
+    instance_format: str | None = None
 
 
 @dataclass
@@ -54,6 +65,7 @@ class DatasetArguments:
     def __post_init__(self):
         # checked when the flags are parsed, before any model or data loads; None = one binary mask per image
         self.instance_format = instance_format(self.instance_format)
+        getattr(super(), "__post_init__", lambda: None)()  # the other mixins' checks (RetentionArguments)
 
     @property
     def source(self) -> str:
@@ -64,7 +76,86 @@ class DatasetArguments:
 
 
 @dataclass
-class DataArguments(DatasetArguments):
+class RetentionArguments:
+    """What fine-tuning must not forget: the retention flags of examples/train.py and examples/evaluate_adapter.py.
+
+    Each retention set is scored beside the target set (train.py: at every evaluation, evaluate_adapter.py: a second
+    table), adapter against zero-shot base. Metric names: `retention_iou`, `retention_dice`, ... (per object on
+    instance data) and, on instance data, the prompt following of `infosam_hf.prompt_following`:
+    `retention_object_iou` (IoU per object of the mask at logit 0) and `retention_confusion` (the share of prompts
+    whose mask covers more of another object than of the prompted one).
+    """
+
+    retention_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "What fine-tuning must not forget, scored beside the target set (same layouts as --dataset_name) "
+            "and logged as eval_retention_iou, eval_retention_dice (and, with --retention_instance_format, "
+            "eval_retention_object_iou, eval_retention_confusion). Default: the built-in 'general' domain, one "
+            "mask per image and its multi-object variant, when the data is the built-in one, else none; 'none' "
+            "turns it off."
+        },
+    )
+    retention_split: str = field(default="test", metadata={"help": "The --retention_dataset split to score."})
+    retention_max_samples: int | None = field(
+        default=64, metadata={"help": "Score at most this many --retention_dataset images (bounds its cost)."}
+    )
+    retention_instance_format: str | None = field(
+        default=None,
+        metadata={
+            "help": "The --retention_dataset's mask layout when it holds several objects per image: 'ids', "
+            "'masks' or 'coco', as --instance_format. Every object is prompted; metrics per object, plus prompt "
+            "following (retention_object_iou, retention_confusion). Default: one binary mask per image."
+        },
+    )
+    retention_object_images: int = field(
+        default=32,
+        metadata={
+            "help": "The built-in default's multi-object retention set: prompt following on this many images of "
+            "the general domain's multi-object test split (0: none). --retention_dataset replaces it."
+        },
+    )
+
+    def __post_init__(self):
+        self.retention_instance_format = instance_format(self.retention_instance_format, "--retention_instance_format")
+        if self.retention_max_samples is not None and self.retention_max_samples < 1:
+            raise ValueError(f"--retention_max_samples must be at least 1, got {self.retention_max_samples}.")
+        if self.retention_instance_format and (self.retention_dataset is None or self.retention_off):
+            raise ValueError(f"--retention_instance_format {self.retention_instance_format} names the layout of "
+                             "--retention_dataset's masks: pass --retention_dataset <folder or Hub id> too (the "
+                             "built-in default already scores the general domain's multi-object variant).")
+        if self.retention_object_images < 0:
+            raise ValueError(f"--retention_object_images must be 0 (none) or more, got {self.retention_object_images}.")
+        getattr(super(), "__post_init__", lambda: None)()
+
+    @property
+    def retention_off(self) -> bool:
+        return self.retention_dataset is not None and self.retention_dataset.lower() in ("", "none")
+
+    def retention_specs(self, dataset_name: str | None) -> list[RetentionSpec]:
+        """The retention sets to score: --retention_dataset's, or, for a run on the built-in data
+        (`dataset_name` None), the built-in 'general' domain the built-in base was pre-trained on: its one-mask
+        test split, and its multi-object variant for prompt following. Empty when there is none or 'none'."""
+        from ..builtin import builtin_dataset_path
+        from ..synthetic import MAX_OBJECTS
+
+        if self.retention_off:
+            return []
+        split, most = self.retention_split, self.retention_max_samples
+        if self.retention_dataset is not None:
+            return [RetentionSpec(self.retention_dataset, split, most, self.retention_instance_format)]
+        if dataset_name is not None:
+            return []
+        specs = [RetentionSpec(builtin_dataset_path("general"), split, most)]
+        if self.retention_object_images:
+            specs.append(RetentionSpec(builtin_dataset_path("general", max_objects=MAX_OBJECTS), split,
+                                       min(self.retention_object_images, most or self.retention_object_images),
+                                       "ids"))
+        return specs
+
+
+@dataclass
+class DataArguments(RetentionArguments, DatasetArguments):
     """examples/train.py's data flags: the shared ones plus its splits, data mode and evaluation during training."""
 
     train_split: str = field(default="train")
@@ -108,26 +199,9 @@ class DataArguments(DatasetArguments):
             "0 to turn off."
         },
     )
-    retention_dataset: str | None = field(
-        default=None,
-        metadata={
-            "help": "What fine-tuning must not forget, scored beside the target set at every evaluation and logged "
-            "as eval_retention_iou, eval_retention_dice (same layouts as --dataset_name, one mask per image). "
-            "Default: the built-in 'general' domain when the run uses the built-in data, else none; 'none' turns "
-            "it off."
-        },
-    )
-    retention_split: str = field(default="test", metadata={"help": "The --retention_dataset split to score."})
-    retention_max_samples: int | None = field(
-        default=64, metadata={"help": "Score at most this many --retention_dataset images (bounds its cost)."}
-    )
 
     @property
     def retention_source(self) -> str | None:
-        """The retention set to read: --retention_dataset, or the built-in 'general' domain (the built-in base's
-        pre-training data) for a run on the built-in data; None when there is none or 'none'."""
-        from ..builtin import builtin_dataset_path
-
-        if self.retention_dataset is not None:
-            return None if self.retention_dataset.lower() in ("", "none") else self.retention_dataset
-        return None if self.dataset_name or self.instance_format else builtin_dataset_path("general")
+        """The first retention set's source (None without one): what the summary and the card name."""
+        specs = self.retention_specs(self.dataset_name)
+        return specs[0].source if specs else None

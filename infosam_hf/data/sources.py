@@ -424,9 +424,13 @@ class CorruptSampleLog(PicklableWithLock):
     and `evaluate()`, and the example scripts print the report at their end (no exit hook:
     importing infosam_hf changes nothing in the process). Data-loader workers hold their own copies:
     with `num_workers > 0` the per-skip warnings (emitted in the workers) are the record.
+
+    `summary_by_caller=True`: whoever made the log prints `report()` itself at the end of its run
+    (examples/train.py), so the trainer leaves the list to it and a run names its skipped samples once.
     """
 
-    def __init__(self):
+    def __init__(self, summary_by_caller: bool = False):
+        self.summary_by_caller = summary_by_caller
         self.skipped: list[str] = []
         self.reasons: list[str] = []  # why each one was skipped, in the same order
         self.reported = 0  # how many skips a report() has summarised

@@ -40,7 +40,7 @@ def build_datasets(data_args: DataArguments, preprocessor, training_args, corrup
         training_args.accelerator_config.dispatch_batches = False
     if instances:  # several objects per image: prepared per step from the stream (the cache holds one mask per image)
         prepare = partial(prepare_instance_dataset, instance_format=instances,
-                          min_object_area=data_args.min_object_area)
+                          min_object_area=data_args.min_object_area, corrupt_log=corrupt_log)
     else:
         prepare = partial(prepare_dataset, corrupt_log=corrupt_log)
     if mode.streaming:  # shuffle file references, not preprocessed tensors (4 GB per 256 at 1024 px)
@@ -56,17 +56,24 @@ def build_datasets(data_args: DataArguments, preprocessor, training_args, corrup
 
 
 def build_retention_dataset(data_args: DataArguments, preprocessor, corrupt_log=None):
-    """The --retention_dataset split, prepared and scored exactly as the evaluation split (None without one)."""
-    source = data_args.retention_source
-    if source is None:
-        return None
-    if data_args.instance_format:
-        raise SystemExit("--retention_dataset is scored one mask per image: it cannot be combined with "
-                         "--instance_format yet; pass --retention_dataset none.")
-    raw = load_segmentation_dataset(source, split=data_args.retention_split, streaming=False,
+    """The retention sets (`DataArguments.retention_specs`), each prepared and scored exactly as an evaluation split
+    of its layout: a list for `InfoSAMTrainer(retention_dataset=...)`, None without any. Instance data is prepared
+    with `prepare_instance_dataset` (every object prompted, prompt following measured)."""
+    sets = [prepare_retention_set(spec, preprocessor, data_args, corrupt_log)
+            for spec in data_args.retention_specs(data_args.dataset_name)]
+    return sets or None
+
+
+def prepare_retention_set(spec, preprocessor, data_args, corrupt_log=None):
+    """One `RetentionSpec`'s rows, prepared with the original masks kept (scored at each image's own size)."""
+    raw = load_segmentation_dataset(spec.source, split=spec.split, streaming=False,
                                     image_column=data_args.image_column, mask_column=data_args.mask_column)
-    if data_args.retention_max_samples is not None:
-        raw = raw.select(range(min(data_args.retention_max_samples, len(raw))))
+    if spec.max_samples is not None:
+        raw = raw.select(range(min(spec.max_samples, len(raw))))
+    if spec.instance_format:
+        return prepare_instance_dataset(raw, preprocessor, instance_format=spec.instance_format,
+                                        min_object_area=data_args.min_object_area, corrupt_log=corrupt_log,
+                                        keep_original_mask=True)
     return prepare_dataset(raw, preprocessor, corrupt_log=corrupt_log, keep_original_mask=True)
 
 

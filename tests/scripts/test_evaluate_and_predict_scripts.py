@@ -222,10 +222,16 @@ def test_evaluate_mask_of_another_size_is_a_clear_error(evaluate_script, assets,
 
 def test_evaluate_defaults_to_the_builtin_model(evaluate_script, assets, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no outputs/infosam-builtin here: zero-shot only
-    monkeypatch.setattr(infosam_hf.builtin, "builtin_dataset_path", lambda domain: assets["data"])
+    monkeypatch.setattr(infosam_hf.builtin, "builtin_dataset_path", lambda domain, max_objects=1: assets["data"])
     result = evaluate_script.main(["--disable_tqdm", "true"])
     assert result["models"] == {"zero_shot": BUILTIN_MODEL_PATH} and result["split"] == "test"
     check_scores(result["metrics"]["zero_shot"])
+    # and the retention sets train.py scores by default (here the same images: the same numbers; then read as
+    # instance ids, for prompt following)
+    assert [s["instance_format"] for s in result["retention"]["sets"]] == [None, "ids"]
+    retention = result["retention"]["metrics"]["zero_shot"]
+    assert {k: retention[k] for k in METRIC_KEYS} == result["metrics"]["zero_shot"]
+    assert {"object_iou", "confusion"} <= set(retention)
     # The built-in model was pre-trained on this domain: its box-prompted masks are far from chance.
     assert result["metrics"]["zero_shot"]["iou@0.5"] > 0.5
     adapter_dir = tmp_path / "outputs" / "infosam-builtin"
