@@ -228,6 +228,7 @@ def report_run(trainer, before: dict, after: dict, corrupt_log, per_object: bool
         **retention_summary(before, after),
         "processes": args.world_size,
         "data_parallel": trainer.data_parallel_summary(),
+        "stopped_early": _stop_reason(trainer),
     }
     if trainer.is_world_process_zero():
         print(
@@ -241,10 +242,21 @@ def report_run(trainer, before: dict, after: dict, corrupt_log, per_object: bool
             json.dump(summary, f, indent=2)
         if summary["data_parallel"]:
             print(summary["data_parallel"][0].upper() + summary["data_parallel"][1:] + ".")
+        if summary["stopped_early"]:
+            print(summary["stopped_early"])
         print(corrupt_log.report())
         if trainer.dropped_batches_of_one:
             print(f"Skipped {trainer.dropped_batches_of_one} training batch(es) of a single image (L_r, L_d need 2+).")
     return summary
+
+
+def _stop_reason(trainer) -> str | None:
+    """Why training ended before its schedule (`--max_retention_drop`), or None: the summary says so, not only a log."""
+    from .selection import RetentionDropCallback
+
+    reasons = [cb.stop_reason for cb in trainer.callback_handler.callbacks
+               if isinstance(cb, RetentionDropCallback) and cb.stop_reason]
+    return reasons[0] if reasons else None
 
 
 def retention_name(data_args) -> str | None:

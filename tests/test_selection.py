@@ -392,12 +392,16 @@ def test_train_script_stops_a_run_that_forgets_and_not_the_same_run_without_the_
     assert reason.startswith(f"Stopped training at step {state['global_step']} of 6: the retention IoU fell from "
                              f"{stopped['zero_shot_retention_iou']:.4f} (zero-shot) to ")
     assert "> --max_retention_drop 0.02" in reason
+    assert stopped["stopped_early"] == reason  # the run's summary (iou_before_after.json) says why it ended early
+    written = json.loads((tmp_path / "stopped" / "iou_before_after.json").read_text())
+    assert written["stopped_early"] == reason
     drops = [e["eval_retention_drop"] for e in state["log_history"] if "eval_retention_drop" in e]
     assert drops[-1] > 0.02 and all(d <= 0.02 for d in drops[:-1])
     caplog.clear()
     _train_script(data, tmp_path / "full")
     state = _last_checkpoint_state(tmp_path / "full")
     assert state["global_step"] == 6
+    assert json.loads((tmp_path / "full" / "iou_before_after.json").read_text())["stopped_early"] is None
     assert not any(r.getMessage().startswith("Stopped training") for r in caplog.records)
     assert any(e.get("eval_retention_drop", 0) > 0.02 for e in state["log_history"])  # it forgot as much: no stop
     card = (tmp_path / "full" / "README.md").read_text()

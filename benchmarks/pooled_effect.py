@@ -1,0 +1,97 @@
+"""InfoSAM's paired effect pooled over every domain x training-set size x seed of `benchmarks/forgetting.py` grids.
+
+One interval per (domain, size) cell is many comparisons: with 20 of them, one excludes 0 by chance alone. This
+reads the per-run JSON files of several grids (one `--results` folder per domain and recipe) and prints, for each
+InfoSAM variant against its plain partner (LoRA + InfoSAM - LoRA, Adapter + InfoSAM - Adapter) and each metric:
+
+- the pooled effect: the mean over (domain, size) strata of the mean paired difference over seeds (each stratum
+  weighs the same, however many seeds it has), with a 95% interval from a stratified paired bootstrap (seeds resampled
+  with replacement within each stratum, 10,000 resamples, fixed generator seed: the same files give the same output);
+- how many strata's own 95% t-intervals exclude 0, beside how many chance alone would give (5% of the strata).
+
+    python benchmarks/pooled_effect.py outputs/grid-lesions-paper-e20 outputs/grid-camouflage-paper-e20
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from forgetting import load_results, paired_difference  # noqa: E402  (the grid's own files and statistics)
+
+PAIRS = {"LoRA + InfoSAM": "LoRA", "Adapter + InfoSAM": "Adapter"}
+METRICS = [  # (key in a cell's metrics, header, True where higher is better)
+    ("spec/box/iou", "target IoU, box", True),
+    ("spec/point/iou", "target IoU, 1 point", True),
+    ("gen/box/iou", "general IoU, box (retention)", True),
+    ("multi/box/iou_per_object", "general IoU per object", True),
+    ("multi/box/confusion_rate", "general confusion rate", False),
+]
+
+
+def strata(folders: list[str], treated: str, partner: str, key: str) -> dict[tuple[str, int], np.ndarray]:
+    """(domain, size) -> the per-seed differences treated - partner, over the seeds both have."""
+    out = {}
+    for folder in folders:
+        cells = load_results(folder)
+        if not cells:
+            raise SystemExit(f"error: {folder} holds no run files (<method>/n<size>-seed<seed>.json): pass a "
+                             "benchmarks/forgetting.py --results folder.")
+        domain = next(iter(cells.values()))["settings"].get("domain", "specialised")
+        recipe = next(iter(cells.values()))["settings"].get("recipe", "steps")
+        for size in sorted({s for (m, s, _) in cells if m == treated}):
+            seeds = sorted(seed for (m, s, seed) in cells if m == treated and s == size
+                           and (partner, size, seed) in cells)
+            values = [(cells[(treated, size, s)]["metrics"].get(key), cells[(partner, size, s)]["metrics"].get(key))
+                      for s in seeds]
+            if seeds and all(a is not None and b is not None for a, b in values):
+                out[(f"{domain} ({recipe})", size)] = np.array([a - b for a, b in values])
+    return out
+
+
+def pooled(diffs: dict[tuple[str, int], np.ndarray], resamples: int = 10_000, seed: int = 0) -> dict:
+    """Equal-weight mean over strata and its stratified paired-bootstrap 95% interval."""
+    rng = np.random.default_rng(seed)
+    means = np.array([d.mean() for d in diffs.values()])
+    boot = np.zeros(resamples)
+    for d in diffs.values():
+        picks = rng.integers(0, len(d), size=(resamples, len(d)))
+        boot += d[picks].mean(axis=1)
+    boot /= len(diffs)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    excluding = sum(paired_difference(list(d), [0.0] * len(d))["excludes_zero"] for d in diffs.values())
+    return {"mean": float(means.mean()), "low": float(low), "high": float(high), "strata": len(diffs),
+            "seeds": int(sum(len(d) for d in diffs.values())), "excluding_zero": int(excluding)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", help="benchmarks/forgetting.py --results folders")
+    parser.add_argument("--resamples", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    lines = ["| comparison | metric | strata (domain x size) | seeds | pooled effect [95% bootstrap] | strata whose "
+             "interval excludes 0 | by chance alone |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    found = {}
+    for treated, partner in PAIRS.items():
+        for key, header, higher_better in METRICS:
+            diffs = strata(args.results, treated, partner, key)
+            if not diffs:
+                continue
+            p = found[(treated, key)] = pooled(diffs, args.resamples)
+            text = f"{p['mean']:+.4f} [{p['low']:+.4f}, {p['high']:+.4f}]"
+            bold = p["low"] > 0 or p["high"] < 0
+            lines.append(f"| {treated} − {partner} | {header}{'' if higher_better else ' (lower is better)'} | "
+                         f"{p['strata']} | {p['seeds']} | {'**' + text + '**' if bold else text} | "
+                         f"{p['excluding_zero']} of {p['strata']} | {0.05 * p['strata']:.1f} |")
+    if not found:
+        raise SystemExit("error: no InfoSAM variant with its plain partner on the same seeds in " + ", ".join(args.results))
+    print("\n".join(lines))
+    return found
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""benchmarks/pooled_effect.py: InfoSAM's paired effect pooled over domains x sizes x seeds of forgetting.py grids."""
+
+import os
+
+import pytest
+from helpers import ROOT  # tests/ is on sys.path (conftest.py)
+
+from infosam_hf.testing import load_script
+
+
+def pooled_effect():
+    return load_script(os.path.join(ROOT, "benchmarks", "pooled_effect.py"), "pooled_effect_benchmark")
+
+
+def write_grid(module, folder, domain, effects_by_size, seeds=5):
+    """A forgetting.py results folder: LoRA at a per-seed level, LoRA + InfoSAM that level + the size's effect[seed]."""
+    f = module.__dict__["load_results"].__globals__  # forgetting.py's namespace, as pooled_effect.py imports it
+    settings = {"recipe": "paper", "domain": domain}
+    for size, effects in effects_by_size.items():
+        for seed in range(seeds):
+            level = 0.5 + 0.03 * seed
+            for method, value in (("LoRA", level), ("LoRA + InfoSAM", level + effects[seed])):
+                metrics = {key: value for key, _, _ in module.METRICS}
+                f["write_cell"](f["cell_path"](str(folder), method, size, seed),
+                                {"method": method, "size": size, "seed": seed, "settings": settings, "metrics": metrics})
+    return str(folder)
+
+
+def test_a_constant_effect_pools_to_itself_and_every_stratum_excludes_zero(tmp_path):
+    m = pooled_effect()
+    a = write_grid(m, tmp_path / "a", "lesions v1", {16: [0.01] * 5, 64: [0.01] * 5})
+    b = write_grid(m, tmp_path / "b", "roads v2", {16: [0.01] * 5})
+    found = m.main([a, b, "--resamples", "500"])
+    p = found[("LoRA + InfoSAM", "spec/box/iou")]
+    assert (p["strata"], p["seeds"], p["excluding_zero"]) == (3, 15, 3)
+    assert (p["mean"], p["low"], p["high"]) == pytest.approx((0.01, 0.01, 0.01), abs=1e-9)
+    assert ("Adapter + InfoSAM", "spec/box/iou") not in found  # no Adapter runs: no row
+
+
+def test_strata_weigh_the_same_and_opposite_effects_pool_to_an_interval_around_zero(tmp_path):
+    m = pooled_effect()
+    noisy = [0.02, -0.01, 0.03, 0.0, 0.01]  # mean +0.01 over 5 seeds; the other stratum -0.01 over 3 seeds
+    a = write_grid(m, tmp_path / "a", "lesions v1", {16: noisy})
+    write_grid(m, tmp_path / "a", "lesions v1", {64: [-0.02, 0.0, -0.01]}, seeds=3)
+    found = m.main([a, "--resamples", "2000"])
+    p = found[("LoRA + InfoSAM", "gen/box/iou")]
+    assert (p["strata"], p["seeds"]) == (2, 8)
+    assert p["mean"] == pytest.approx(0.0, abs=1e-12)  # weighed by seeds it would be (0.05 - 0.03) / 8 = +0.0025
+    assert p["low"] < 0 < p["high"]
+    assert m.main([a, "--resamples", "2000"])[("LoRA + InfoSAM", "gen/box/iou")] == p  # fixed seed: same output
+
+
+def test_a_folder_without_runs_is_named(tmp_path):
+    with pytest.raises(SystemExit, match="empty.*holds no run files"):
+        pooled_effect().main([str(tmp_path / "empty")])
