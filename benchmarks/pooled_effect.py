@@ -33,8 +33,10 @@ METRICS = [  # (key in a cell's metrics, header, True where higher is better)
 ]
 
 
-def strata(folders: list[str], treated: str, partner: str, key: str) -> dict[tuple[str, int], np.ndarray]:
-    """(domain, size) -> the per-seed differences treated - partner, over the seeds both have."""
+def strata(folders: list[str], treated: str, partner: str, key: str, min_seeds: int = 1
+           ) -> dict[tuple[str, int], np.ndarray]:
+    """(domain, size) -> the per-seed differences treated - partner, over the seeds both have; a stratum with fewer
+    than `min_seeds` paired seeds (a grid still running) is left out whole, never pooled with some of its seeds."""
     out = {}
     for folder in folders:
         cells = load_results(folder)
@@ -48,7 +50,7 @@ def strata(folders: list[str], treated: str, partner: str, key: str) -> dict[tup
                            and (partner, size, seed) in cells)
             values = [(cells[(treated, size, s)]["metrics"].get(key), cells[(partner, size, s)]["metrics"].get(key))
                       for s in seeds]
-            if seeds and all(a is not None and b is not None for a, b in values):
+            if len(seeds) >= min_seeds and all(a is not None and b is not None for a, b in values):
                 out[(f"{domain} ({recipe})", size)] = np.array([a - b for a, b in values])
     return out
 
@@ -72,13 +74,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", help="benchmarks/forgetting.py --results folders")
     parser.add_argument("--resamples", type=int, default=10_000)
+    parser.add_argument("--min_seeds", type=int, default=5, help="leave out (domain, size) cells with fewer paired "
+                        "seeds (default 5, the grid's count): a cell still running is not pooled")
     args = parser.parse_args(argv)
     lines = ["| comparison | metric | strata (domain x size) | seeds | pooled effect [95% bootstrap] | strata whose "
              "interval excludes 0 | by chance alone |", "| --- | --- | --- | --- | --- | --- | --- |"]
     found = {}
     for treated, partner in PAIRS.items():
         for key, header, higher_better in METRICS:
-            diffs = strata(args.results, treated, partner, key)
+            diffs = strata(args.results, treated, partner, key, args.min_seeds)
             if not diffs:
                 continue
             p = found[(treated, key)] = pooled(diffs, args.resamples)

@@ -42,12 +42,13 @@ def test_strata_weigh_the_same_and_opposite_effects_pool_to_an_interval_around_z
     noisy = [0.02, -0.01, 0.03, 0.0, 0.01]  # mean +0.01 over 5 seeds; the other stratum -0.01 over 3 seeds
     a = write_grid(m, tmp_path / "a", "lesions v1", {16: noisy})
     write_grid(m, tmp_path / "a", "lesions v1", {64: [-0.02, 0.0, -0.01]}, seeds=3)
-    found = m.main([a, "--resamples", "2000"])
+    found = m.main([a, "--resamples", "2000", "--min_seeds", "3"])
     p = found[("LoRA + InfoSAM", "gen/box/iou")]
     assert (p["strata"], p["seeds"]) == (2, 8)
+    assert m.main([a, "--resamples", "2000"])[("LoRA + InfoSAM", "gen/box/iou")]["strata"] == 1  # 3 < 5 seeds: out
     assert p["mean"] == pytest.approx(0.0, abs=1e-12)  # weighed by seeds it would be (0.05 - 0.03) / 8 = +0.0025
     assert p["low"] < 0 < p["high"]
-    assert m.main([a, "--resamples", "2000"])[("LoRA + InfoSAM", "gen/box/iou")] == p  # fixed seed: same output
+    assert m.main([a, "--resamples", "2000", "--min_seeds", "3"])[("LoRA + InfoSAM", "gen/box/iou")] == p  # same
 
 
 def test_a_folder_without_runs_is_named(tmp_path):
