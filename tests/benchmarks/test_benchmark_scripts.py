@@ -93,6 +93,7 @@ def test_retention_cost_benchmark_times_both_runs_and_prints_their_ratio():
                 "--max_eval_samples", "4", "--retention_max_samples", "4", "--eval_overlays", "0")
     walls = {line.split()[2]: float(line.split()[3]) for line in lines if line.startswith("repeat 0")}
     assert set(walls) == {"retention", "none"}
-    assert ratios(lines[-1])["wall_ratio"] == pytest.approx(walls["retention"] / walls["none"], abs=2e-3)
+    # the walls are printed to 0.1 s: on these short runs their quotient moves by up to ~1% with the rounding
+    assert ratios(lines[-1])["wall_ratio"] == pytest.approx(walls["retention"] / walls["none"], rel=0.01)
     (metrics_line,) = [line for line in lines if line.startswith("retention metrics of the last run:")]
     assert "retention_iou" in metrics_line  # the run with a retention set scored it; the other one did not run it
