@@ -205,13 +205,14 @@ def score_batches(model, loader, runs: dict, metric_kwargs: dict, total: int | N
 def _score_objects_of_images(metrics: SegmentationMetrics, following, logits, gts, image, batch) -> None:
     """Each object's logits at its image's own size, scored as `SegmentationMetrics.update` scores them, and each
     image's objects together for prompt following."""
-    size = batch["pixel_values"].shape[-1]
+    size, image_of = batch["pixel_values"].shape[-1], image.tolist()
     maps = [postprocess_logits(logits[i : i + 1], batch["original_sizes"][j], batch["reshaped_input_sizes"][j],
-                               size)[0] for i, j in enumerate(image.tolist())]
-    for logit_map, gt in zip(maps, gts):
+                               size)[0] for i, j in enumerate(image_of)]
+    objects_of: dict[int, list[int]] = {}  # image -> its objects, in batch order
+    for i, (logit_map, gt, j) in enumerate(zip(maps, gts, image_of)):
         metrics.update(logit_map[None], gt[None])
-    for j in dict.fromkeys(image.tolist()):
-        objects = [i for i, k in enumerate(image.tolist()) if k == j]
+        objects_of.setdefault(j, []).append(i)
+    for objects in objects_of.values():
         following.update_image([maps[i] for i in objects], [gts[i] for i in objects])
 
 
