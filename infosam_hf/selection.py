@@ -45,13 +45,6 @@ _ALLOWED = ("evaluation metric names without the eval_ prefix (iou, dice, loss, 
             'numbers, + - * /, unary minus and parentheses, e.g. "iou - 0.5*retention_drop"')
 
 
-def _has_retention_set(trainer) -> bool:
-    """`retention_dataset` is one set or a list of them (`infosam_hf.retention.retention_sets`, which this module does
-    not import: the model card imports this module, and the retention layer reaches the card through loading)."""
-    sets = trainer.retention_dataset
-    return bool(sets) if isinstance(sets, (list, tuple)) else sets is not None
-
-
 class MetricExpression:
     """`iou - 0.5*retention_drop`: an arithmetic expression over evaluation metrics, checked when parsed.
 
@@ -191,7 +184,7 @@ class ModelSelection:
         args = trainer.args
         text, max_drop = getattr(args, "best_model_metric", None), getattr(args, "max_retention_drop", None)
         selection = cls(MetricExpression(text) if text is not None else None, max_drop)
-        retention = _has_retention_set(trainer) and not isinstance(trainer.eval_dataset, dict)
+        retention = bool(trainer.retention_sets()) and not isinstance(trainer.eval_dataset, dict)
         if max_drop is not None:
             if not retention:
                 raise ValueError(
@@ -217,7 +210,7 @@ class ModelSelection:
         stops = any(isinstance(cb, RetentionDropCallback) for cb in trainer.callback_handler.callbacks)
         scores = self.expression is not None and RETENTION_DROP in self.expression.names
         chosen = _metric_name(trainer.args.metric_for_best_model or "") == RETENTION_DROP
-        return (stops or scores or chosen) and _has_retention_set(trainer)
+        return (stops or scores or chosen) and bool(trainer.retention_sets())
 
     def before_training(self, trainer) -> None:
         """Measure the zero-shot retention IoU (the base: the adapters disabled) when a flag needs it and no

@@ -523,12 +523,16 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, TrackerLinkMixin, Trainer):
         self._report_corrupt_samples()
         return output
 
+    def retention_sets(self) -> list:
+        """`retention_dataset` as a list of sets (None: none), as the retention pass and model selection read it."""
+        from .retention import retention_sets
+
+        return retention_sets(self.retention_dataset)
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """The stock evaluation (with the retention set's metrics when the trainer's own eval set is scored), then
         the summary of samples skipped as corrupt that no report has named yet."""
-        from .retention import retention_sets
-
-        retention = retention_sets(self.retention_dataset)
+        retention = self.retention_sets()
         alongside = eval_dataset is None and bool(retention) and not isinstance(self.eval_dataset, dict)
         self._retention_prefix = f"{metric_key_prefix}_retention" if alongside else None
         outer_prefix, self._eval_log_prefix = self._eval_log_prefix, metric_key_prefix
@@ -556,7 +560,7 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, TrackerLinkMixin, Trainer):
         import numpy as np
 
         from .prompt_following import WithPromptFollowing
-        from .retention import is_instance_set, merge_retention_metrics, retention_collator, retention_sets
+        from .retention import is_instance_set, merge_retention_metrics, retention_collator
 
         prefix, self._retention_prefix = self._retention_prefix, None
         parts, self._loss_parts["eval"] = self._loss_parts["eval"], defaultdict(list)
@@ -572,7 +576,7 @@ class InfoSAMTrainer(SafetensorsTrainingStateMixin, TrackerLinkMixin, Trainer):
         start = time.perf_counter()
         try:
             with torch.random.fork_rng(devices=devices):
-                for dataset in retention_sets(self.retention_dataset):
+                for dataset in self.retention_sets():
                     # without an evaluation collator the Trainer evaluates with training's: its state stays training's
                     self.eval_data_collator = retention_collator(collator if collator is not None
                                                                  else self.data_collator, dataset)
