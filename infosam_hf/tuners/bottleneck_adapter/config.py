@@ -78,7 +78,15 @@ class BottleneckAdapterConfig(PeftConfig):
     )
 
     def __post_init__(self):
-        super().__post_init__()
+        # PEFT >= 0.22 refuses `layers_to_transform` beside a regex `target_modules`, because its
+        # own tuners would ignore it. This tuner honours it (`model.target_kind` reads the block
+        # index from the matched name, and SAM's default targets are regexes), so the check is
+        # held off for the parent's validation and the value restored after it.
+        layers, self.layers_to_transform = self.layers_to_transform, None
+        try:
+            super().__post_init__()
+        finally:
+            self.layers_to_transform = layers
         self.peft_type = PEFT_TYPE
         if isinstance(self.target_modules, (list, tuple, set)):
             self.target_modules = list(self.target_modules)
