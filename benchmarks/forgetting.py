@@ -288,7 +288,7 @@ def run_cell(data: Data, processor, method_flags: list[str] | None, size: int, s
     from transformers import HfArgumentParser, PrinterCallback
 
     from infosam_hf import InfoSAMConfig, InfoSAMTrainer, InfoSAMTrainingArguments, PeftArguments
-    from infosam_hf.builtin import BUILTIN_MODEL_PATH
+    from infosam_hf.builtin import BUILTIN_MODELS
     from infosam_hf.data import PromptSampler, SamSegmentationCollator
     from infosam_hf.metrics import build_compute_metrics
     from infosam_hf.models import load_sam_model
@@ -310,7 +310,7 @@ def run_cell(data: Data, processor, method_flags: list[str] | None, size: int, s
         )
         subset = data.subset(size, seed) if method_flags is not None else None
         trainer = InfoSAMTrainer(
-            model=load_sam_model(BUILTIN_MODEL_PATH), args=args, infosam_config=infosam_config, peft_config=peft_args,
+            model=load_sam_model(BUILTIN_MODELS[settings.get("builtin_model", "sam")]), args=args, infosam_config=infosam_config, peft_config=peft_args,
             train_dataset=subset,
             data_collator=SamSegmentationCollator(sampler), processing_class=processor,
             compute_metrics=build_compute_metrics(),
@@ -501,6 +501,8 @@ def main(argv: list[str] | None = None) -> dict:
                         f"(default {PAPER_RECIPE['epochs']})")
     parser.add_argument("--validation", action="store_true",
                         help="also score on the domain's validation split (val/* metrics, to pick --epochs)")
+    parser.add_argument("--builtin_model", choices=["sam", "sam2"], default="sam",
+                        help="the built-in model to fine-tune, as examples/train.py --builtin_model (default sam)")
     args = parser.parse_args(argv)
     from infosam_hf.synthetic import DOMAINS, _canonical_domain
 
@@ -518,7 +520,7 @@ def main(argv: list[str] | None = None) -> dict:
             setattr(args, key, value)
     if args.recipe == "paper" and args.epochs is None:
         args.epochs = 1 if args.quick else PAPER_RECIPE["epochs"]
-    name = grid_name(args.domain, args.recipe, args.epochs, args.validation)
+    name = grid_name(args.domain, args.recipe, args.epochs, args.validation, args.builtin_model)
     results = args.results or os.path.join("outputs", name + ("-quick" if args.quick else ""))
 
     if not args.report:
@@ -531,7 +533,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(text, flush=True)
     settings = next(iter(cells.values()))["settings"]  # the markers and plots are named by what the cells hold
     name = grid_name(settings.get("domain", DEFAULT_DOMAIN).split()[0], settings.get("recipe", "steps"),
-                     settings.get("epochs"), "validation" in settings)
+                     settings.get("epochs"), "validation" in settings, settings.get("builtin_model", "sam"))
     plots = []
     folder = args.plots or (os.path.dirname(os.path.abspath(args.write)) if args.write else None)
     if folder:
@@ -549,9 +551,10 @@ def main(argv: list[str] | None = None) -> dict:
     return {"cells": cells, "table": table, "plots": plots, "text": text}
 
 
-def grid_name(domain: str, recipe: str, epochs: float | None, validation: bool) -> str:
+def grid_name(domain: str, recipe: str, epochs: float | None, validation: bool, builtin_model: str = "sam") -> str:
     """"forgetting" for the first edition's grid, else e.g. "forgetting-lesions-paper-e10": folder, markers, plots."""
-    return ("forgetting" + ("" if domain == DEFAULT_DOMAIN else f"-{domain}")
+    return ("forgetting" + ("" if builtin_model == "sam" else f"-{builtin_model}")
+            + ("" if domain == DEFAULT_DOMAIN else f"-{domain}")
             + ("" if recipe == "steps" else f"-paper-e{epochs:g}") + ("-validation" if validation else ""))
 
 
@@ -571,6 +574,8 @@ def run_settings(args, model_sha256: str) -> dict:
         settings["domain"] = f"{args.domain} v{DOMAIN_VERSIONS.get(args.domain, 0)}"
     if args.validation:
         settings["validation"] = f"seed-{VALIDATION_SEED} test split"
+    if args.builtin_model != "sam":  # absent for SAM, so the folders of the SAM grids stay readable
+        settings["builtin_model"] = args.builtin_model
     return settings
 
 
@@ -578,7 +583,7 @@ def run_grid(args, results: str) -> None:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from infosam_hf.builtin import BUILTIN_MODEL_PATH
+    from infosam_hf.builtin import BUILTIN_MODELS
     from infosam_hf.loading import load_processor
     from infosam_hf.models import load_sam_model
 
@@ -591,14 +596,15 @@ def run_grid(args, results: str) -> None:
         if unknown:
             raise SystemExit(f"error: unknown --methods {unknown}; choose from {list({**METHODS, **ABLATIONS})}.")
         methods = {m: {**METHODS, **ABLATIONS}[m] for m in args.methods}
-    settings = run_settings(args, file_sha256(os.path.join(BUILTIN_MODEL_PATH, "model.safetensors")))
+    model_path = BUILTIN_MODELS[args.builtin_model]
+    settings = run_settings(args, file_sha256(os.path.join(model_path, "model.safetensors")))
     # seed by seed: a grid stopped early still holds complete pairs of every size for the seeds it finished
     todo = [(ZERO_SHOT, 0, 0)] + [(m, size, seed) for seed in args.seeds for size in args.sizes for m in methods]
     todo = [cell for cell in todo if read_cell(cell_path(results, *cell), settings) is None]
     print(f"{len(todo)} run(s) to do in {results} (finished ones are kept and skipped)", flush=True)
     if not todo:
         return
-    processor = load_processor(None, BUILTIN_MODEL_PATH, load_sam_model(BUILTIN_MODEL_PATH))
+    processor = load_processor(None, model_path, load_sam_model(model_path))
     from infosam_hf.data import SamSegmentationPreprocessor
 
     data = Data(SamSegmentationPreprocessor.from_processor(processor), args.eval_images, args.multi_images,

@@ -43,15 +43,20 @@ def strata(folders: list[str], treated: str, partner: str, key: str, min_seeds: 
         if not cells:
             raise SystemExit(f"error: {folder} holds no run files (<method>/n<size>-seed<seed>.json): pass a "
                              "benchmarks/forgetting.py --results folder.")
-        domain = next(iter(cells.values()))["settings"].get("domain", "specialised")
-        recipe = next(iter(cells.values()))["settings"].get("recipe", "steps")
+        settings = next(iter(cells.values()))["settings"]
+        domain, recipe = settings.get("domain", "specialised"), settings.get("recipe", "steps")
+        model = settings.get("builtin_model", "sam")  # SAM 2's grid on a domain is its own stratum, never SAM's
         for size in sorted({s for (m, s, _) in cells if m == treated}):
             seeds = sorted(seed for (m, s, seed) in cells if m == treated and s == size
                            and (partner, size, seed) in cells)
             values = [(cells[(treated, size, s)]["metrics"].get(key), cells[(partner, size, s)]["metrics"].get(key))
                       for s in seeds]
             if len(seeds) >= min_seeds and all(a is not None and b is not None for a, b in values):
-                out[(f"{domain} ({recipe})", size)] = np.array([a - b for a, b in values])
+                label = f"{domain} ({recipe})" if model == "sam" else f"{domain} ({recipe}, {model})"
+                if (label, size) in out:
+                    raise SystemExit(f"error: two folders hold the {label} grid at {size} images ({folder} is the "
+                                     "second): pass each grid once.")
+                out[(label, size)] = np.array([a - b for a, b in values])
     return out
 
 

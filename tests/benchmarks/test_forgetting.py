@@ -159,7 +159,7 @@ def test_domain_and_recipe_name_the_settings_folder_and_markers_without_touching
         import argparse
 
         base = dict(steps=50, eval_images=24, multi_images=16, domain="specialised", recipe="steps", epochs=None,
-                    validation=False)
+                    validation=False, builtin_model="sam")
         return argparse.Namespace(**{**base, **kw})
 
     # the first edition's grid keeps its settings keys, so its results folders stay readable
@@ -172,6 +172,9 @@ def test_domain_and_recipe_name_the_settings_folder_and_markers_without_touching
                                      "4", "--learning_rate", "0.0002"]
     assert f.recipe_flags({"steps": 50}) == ["--max_steps", "50"]
     assert f.grid_name("roads", "paper", 10, True) == "forgetting-roads-paper-e10-validation"
+    sam2 = f.run_settings(args(domain="lesions", recipe="paper", epochs=20, builtin_model="sam2"), "sha2")
+    assert sam2["builtin_model"] == "sam2" and "builtin_model" not in paper  # SAM's folders keep their settings
+    assert f.grid_name("lesions", "paper", 20, False, "sam2") == "forgetting-sam2-lesions-paper-e20"
 
     md = tmp_path / "BENCHMARKS.md"
     md.write_text("# B\n\n<!-- forgetting:begin -->\nfirst edition\n<!-- forgetting:end -->\n")
@@ -207,3 +210,28 @@ def test_quick_paper_recipe_runs_on_each_paper_regime_domain(domain, tmp_path):
     assert 0 <= validation <= 1 and validation != test  # other images than the test split
     assert "| 16 | LoRA | 1 |" in out.stdout and f"{domain} IoU, box" in out.stdout
     assert f"{domain} validation IoU" in out.stdout
+
+
+@pytest.mark.slow
+def test_builtin_sam2_grid_fine_tunes_and_scores_sam2_not_sam(tmp_path):
+    from infosam_hf.builtin import BUILTIN_MODEL_PATH, BUILTIN_SAM2_PATH
+
+    f = forgetting()
+    zero_shot = {}
+    for model in ("sam", "sam2"):
+        results = tmp_path / model
+        command = [sys.executable, os.path.join(ROOT, "benchmarks", "forgetting.py"), "--quick", "--domain", "lesions",
+                   "--recipe", "paper", "--methods", "LoRA", "--seeds", "0", "--threads", "1",
+                   "--builtin_model", model, "--results", str(results)]
+        out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900)
+        assert out.returncode == 0, out.stderr[-3000:]
+        cells = f.load_results(str(results))
+        assert set(cells) == {("Zero-shot", 0, 0), ("LoRA", 16, 0)}
+        settings = cells[("LoRA", 16, 0)]["settings"]
+        path = BUILTIN_SAM2_PATH if model == "sam2" else BUILTIN_MODEL_PATH
+        assert settings["model_sha256"] == f.file_sha256(os.path.join(path, "model.safetensors"))
+        assert settings.get("builtin_model", "sam") == model
+        zero_shot[model] = cells[("Zero-shot", 0, 0)]["metrics"]
+    # the same images and prompts, another pre-trained model: another zero-shot score
+    assert zero_shot["sam"]["spec/box/iou"] != zero_shot["sam2"]["spec/box/iou"]
+    assert zero_shot["sam"]["gen/box/iou"] != zero_shot["sam2"]["gen/box/iou"]

@@ -54,3 +54,18 @@ def test_strata_weigh_the_same_and_opposite_effects_pool_to_an_interval_around_z
 def test_a_folder_without_runs_is_named(tmp_path):
     with pytest.raises(SystemExit, match="empty.*holds no run files"):
         pooled_effect().main([str(tmp_path / "empty")])
+
+
+def test_sam2_on_a_domain_is_its_own_stratum_and_a_grid_passed_twice_is_refused(tmp_path):
+    m = pooled_effect()
+    sam = write_grid(m, tmp_path / "sam", "lesions v1", {16: [0.01] * 5})
+    sam2 = write_grid(m, tmp_path / "sam2", "lesions v1", {16: [0.03] * 5})
+    f = m.__dict__["load_results"].__globals__
+    for path in (tmp_path / "sam2").rglob("*.json"):  # the same grid, fine-tuning the built-in SAM 2
+        cell = f["read_cell"](str(path), None)
+        cell["settings"]["builtin_model"] = "sam2"
+        f["write_cell"](str(path), cell)
+    p = m.main([sam, sam2, "--resamples", "500"])[("LoRA + InfoSAM", "spec/box/iou")]
+    assert p["strata"] == 2 and p["mean"] == pytest.approx(0.02, abs=1e-9)
+    with pytest.raises(SystemExit, match="two folders hold the lesions v1 \\(paper\\) grid at 16 images"):
+        m.main([sam, sam, "--resamples", "500"])

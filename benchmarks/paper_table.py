@@ -1,0 +1,127 @@
+"""The paper-regime grids in the InfoSAM paper's layout: methods as rows, domains as columns, zero-shot first.
+
+The paper (Table 1) gives one number per (method, data set); `benchmarks/forgetting.py` gives one table per domain with
+every size, seed and metric. This reads several of its `--results` folders (one per domain) and prints, at the
+largest training-set size that every folder holds complete (all four methods, at least `--min_seeds` paired seeds;
+`--sizes` for others):
+
+- the target task's box IoU per domain (mean over seeds; the paper's metric differs per data set: IoU for leaf
+  disease and roads, S-alpha for CAMO and Kvasir, Jaccard for ISIC: here it is IoU everywhere);
+- the same layout for the general domain's box IoU (retention), which the paper does not report;
+- InfoSAM's pooled paired effect on both (`benchmarks/pooled_effect.py`), over every folder and every size with
+  `--min_seeds` paired seeds, the table's or not: the headline is the whole grid, not one slice of it.
+
+`--write README.md` replaces the block between `<!-- paper-table:begin -->` and `<!-- paper-table:end -->`, so the
+README's table is regenerated from the committed result files, never typed.
+
+    python benchmarks/paper_table.py benchmarks/results/paper-regime/{lesions,camouflage}-paper-e20 \\
+        benchmarks/results/paper-regime/roads-paper-e40
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from forgetting import ZERO_SHOT, load_results, write_between_markers  # noqa: E402
+from pooled_effect import PAIRS, pooled, strata  # noqa: E402
+
+METHODS = ["LoRA", "LoRA + InfoSAM", "Adapter", "Adapter + InfoSAM"]
+# What each synthetic domain stands for in the paper's Table 1.
+STANDS_FOR = {"lesions": "leaf disease", "roads": "roads", "camouflage": "CAMO / Kvasir", "specialised": "-"}
+TABLES = [("spec/box/iou", "Target task, box IoU"), ("gen/box/iou", "General domain (retention), box IoU")]
+NAME = "paper-table"
+
+
+def grid(folder: str, min_seeds: int) -> dict:
+    """One folder's domain, model, zero-shot metrics and the sizes at which all four methods have `min_seeds` seeds."""
+    cells = load_results(folder)
+    if not cells:
+        raise SystemExit(f"error: {folder} holds no run files (<method>/n<size>-seed<seed>.json): pass a "
+                         "benchmarks/forgetting.py --results folder.")
+    settings = next(iter(cells.values()))["settings"]
+    zero = next((c["metrics"] for (m, _, _), c in cells.items() if m == ZERO_SHOT), None)
+    if zero is None:
+        raise SystemExit(f"error: {folder} has no zero-shot run ({ZERO_SHOT.lower()}.json); run the grid again "
+                         "with benchmarks/forgetting.py --results on that folder to add it.")
+    complete = {}
+    for size in sorted({s for (m, s, _) in cells if m != ZERO_SHOT}):
+        seeds = set.intersection(*({seed for (m, s, seed) in cells if m == method and s == size}
+                                   for method in METHODS))
+        if len(seeds) >= min_seeds:
+            complete[size] = sorted(seeds)
+    return {"folder": folder, "cells": cells, "zero": zero, "complete": complete,
+            "domain": settings.get("domain", "specialised").split()[0],
+            "model": settings.get("builtin_model", "sam"), "recipe": settings.get("recipe", "steps"),
+            "epochs": settings.get("epochs")}
+
+
+def table(grids: list[dict], size: int, key: str, title: str) -> list[str]:
+    """Markdown rows: methods x domains at one size, zero-shot first, the mean over domains last."""
+    def column(g):
+        recipe = f"{g['epochs']:g} epochs" if g["recipe"] == "paper" else "steps recipe"
+        model = "" if g["model"] == "sam" else f", {g['model']}"
+        return f"{g['domain']} ({STANDS_FOR.get(g['domain'], '-')}; {recipe}{model})"
+
+    seeds = min(len(g["complete"][size]) for g in grids)
+    lines = [f"**{title}**, {size} training images, mean over {seeds}+ paired seeds:", "",
+             "| method | " + " | ".join(column(g) for g in grids) + " | mean |",
+             "| --- | " + " | ".join("---" for _ in grids) + " | --- |"]
+    rows = [("Zero-shot", [g["zero"].get(key) for g in grids])]
+    for method in METHODS:
+        rows.append((method, [statistics.mean(g["cells"][(method, size, s)]["metrics"][key]
+                                              for s in g["complete"][size]) for g in grids]))
+    for name, values in rows:
+        cells = [f"{v:.3f}" if v is not None else "-" for v in values]
+        mean = f"{statistics.mean(values):.3f}" if all(v is not None for v in values) else "-"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", help="benchmarks/forgetting.py --results folders, one per domain")
+    parser.add_argument("--sizes", type=int, nargs="+", help="training-set sizes of the tables (default: the largest "
+                        "complete in all folders)")
+    parser.add_argument("--min_seeds", type=int, default=5, help="paired seeds a size needs, per method and folder, "
+                        "to count as complete (default 5)")
+    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples of the pooled effect")
+    parser.add_argument("--write", metavar="FILE", help=f"replace the block between the {NAME} markers of FILE")
+    args = parser.parse_args(argv)
+    grids = [grid(folder, args.min_seeds) for folder in args.results]
+    common = sorted(set.intersection(*(set(g["complete"]) for g in grids)))
+    sizes = args.sizes or common[-1:]
+    missing = {g["folder"]: size for size in sizes for g in grids if size not in g["complete"]}
+    if not sizes or missing:
+        raise SystemExit("error: no training-set size is complete in every folder (all four methods, "
+                         f"{args.min_seeds} seeds): " + (", ".join(f"{f} lacks {s}" for f, s in missing.items())
+                                                          or "pass --min_seeds lower or run the grids further."))
+    lines = []
+    for size in sizes:
+        for key, title in TABLES:
+            lines += table(grids, size, key, title) + [""]
+    lines += ["InfoSAM's paired effect, pooled over these domains at every size they hold with "
+              f"{args.min_seeds}+ paired seeds (equal weight per domain x size, stratified paired bootstrap over seeds, "
+              "`benchmarks/pooled_effect.py`):", ""]
+    for key, title in TABLES:
+        for treated, partner in PAIRS.items():
+            diffs = strata(args.results, treated, partner, key, args.min_seeds)
+            if not diffs:
+                continue
+            p = pooled(diffs, args.resamples)
+            verdict = ("helps" if p["low"] > 0 else "hurts" if p["high"] < 0 else "no effect distinguishable from 0")
+            lines.append(f"- {title.split(',')[0].lower()}, {treated} − {partner}: **{p['mean']:+.4f}** "
+                         f"[{p['low']:+.4f}, {p['high']:+.4f}] over {p['strata']} strata and {p['seeds']} seeds: "
+                         f"{verdict}.")
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        write_between_markers(args.write, text, "What InfoSAM buys you", name=NAME)
+    return text
+
+
+if __name__ == "__main__":
+    main()
