@@ -1,8 +1,8 @@
 """The figures an adapter's model card publishes, read back from its Hub metadata (`model-index`).
 
-`model_card` writes one `model-index` entry per data set: the target set (the adapter's metrics) and, when the run
-scored one, the retention set (`"<name> (retention)"`: the adapter's `<metric>` beside the zero-shot base's
-`zero_shot_<metric>`). Whoever shows an adapter (examples/demo.py) shows what it was measured to do there and what
+`model_card` writes one `model-index` entry per data set: the target set and, when the run scored one, the retention
+set (`"<name> (retention)"`), each with the adapter's `<metric>` beside the zero-shot base's `zero_shot_<metric>`
+where the run measured the base (examples/train.py does, before training). Whoever shows an adapter (examples/demo.py) shows what it was measured to do there and what
 fine-tuning cost on what the base already segmented, from the same card the Hub renders, instead of figures of
 its own. A folder without a card, or a card without `model-index`, has no figures: an empty list, never an error.
 """
@@ -17,8 +17,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CardResults", "read_card_results"]
 
-ZERO_SHOT_PREFIX = "zero_shot_"  # model_card._card_data's name of the base model's metric
-RETENTION_SUFFIX = " (retention)"  # ... and of the retention set's entry
+# The names `model_card` writes the metadata with, defined here (the light module) and imported there, so that the
+# writer and this reader cannot drift apart.
+ZERO_SHOT_PREFIX = "zero_shot_"  # the zero-shot base's value of a metric: `zero_shot_iou` beside `iou`
+RETENTION_SUFFIX = " (retention)"  # the retention set's entry: "<set name> (retention)"
 
 
 @dataclass

@@ -21,6 +21,7 @@ from importlib import resources
 from typing import Any
 
 from .builtin import BUILTIN_SAM2_PATH, builtin_model_path
+from .card_results import RETENTION_SUFFIX, ZERO_SHOT_PREFIX
 from .config import INFOSAM_CONFIG_NAME, InfoSAMConfig
 from .modeling import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, RELATION_WEIGHTS_NAME, InfoSAMModel
 from .models import family_of
@@ -462,40 +463,35 @@ def _card_data(info: Mapping[str, Any]):
     datasets = [d for d in info.get("datasets") or [] if is_hub_id(d)]  # a local path is no Hub metadata
     names = list(info.get("dataset_names") or datasets)
     split_args = list(info.get("dataset_args") or [])
-    eval_results = [
-        EvalResult(
-            task_type=PIPELINE_TAG,
-            task_name="Mask generation",
-            dataset_type=datasets[0] if datasets else "custom",
-            dataset_name=names[0] if names else "held-out evaluation set",
-            dataset_args=split_args[0] if split_args else None,
-            metric_type=name,
-            metric_name=name,
-            metric_value=float(value),
-        )
-        for name, value in (info.get("metrics") or {}).items()
-        if not _is_loss(name)
-    ]
-    retention = info.get("retention")
-    if retention and eval_results:  # a second dataset entry: what the adapter kept of what the base could do
-        retention_name = retention.get("dataset") or "retention set"
-        eval_results += [
+    def entry(dataset_type, dataset_name, dataset_args, metrics, baseline) -> list:
+        """One data set's results: the adapter's metrics, then the zero-shot base's on the same set (only those the
+        adapter also has), so a reader of the metadata (the Hub, `card_results`, the demo) sees what fine-tuning changed."""
+        metrics = {k: v for k, v in (metrics or {}).items() if not _is_loss(k)}
+        baseline = {k: v for k, v in (baseline or {}).items() if k in metrics}
+        return [
             EvalResult(
                 task_type=PIPELINE_TAG,
                 task_name="Mask generation",
-                # a dataset entry is keyed by its type: a local retention set gets its own
-                dataset_type=retention_name if is_hub_id(retention_name) else "retention",
-                dataset_name=f"{retention_name} (retention)",
-                dataset_args=retention.get("dataset_args"),
-                metric_type=name if adapter else f"zero_shot_{name}",
+                dataset_type=dataset_type,
+                dataset_name=dataset_name,
+                dataset_args=dataset_args,
+                metric_type=name if adapter else f"{ZERO_SHOT_PREFIX}{name}",
                 metric_name=name if adapter else f"{name} (zero-shot base)",
                 metric_value=float(value),
             )
-            for adapter, metrics in ((True, retention.get("metrics") or {}),
-                                     (False, retention.get("baseline_metrics") or {}))
-            for name, value in metrics.items()
-            if not _is_loss(name)
+            for adapter, values in ((True, metrics), (False, baseline))
+            for name, value in values.items()
         ]
+
+    eval_results = entry(datasets[0] if datasets else "custom", names[0] if names else "held-out evaluation set",
+                         split_args[0] if split_args else None, info.get("metrics"), info.get("baseline_metrics"))
+    retention = info.get("retention")
+    if retention and eval_results:  # a second dataset entry: what the adapter kept of what the base could do
+        retention_name = retention.get("dataset") or "retention set"
+        # a dataset entry is keyed by its type: a local retention set gets its own
+        eval_results += entry(retention_name if is_hub_id(retention_name) else "retention",
+                              f"{retention_name}{RETENTION_SUFFIX}", retention.get("dataset_args"),
+                              retention.get("metrics"), retention.get("baseline_metrics"))
     return ModelCardData(
         library_name="peft",
         base_model=hub_base,

@@ -31,8 +31,8 @@ def test_the_target_and_retention_entries_with_the_zero_shot_base_beside_the_ada
     target, retention = read_card_results(_card(tmp_path))
     assert (target.dataset, target.retention, target.dataset_args) == (TARGET, False, "split test")
     rows = {metric: (adapter, base) for metric, adapter, base in target.rows}
-    # the card's model-index holds the adapter's target metrics (loss and speed stay out)
-    assert rows == {"iou": (0.8123, None), "dice": (0.8654, None)}
+    # the card's model-index holds the adapter's target metrics beside the base's (loss and speed stay out)
+    assert rows == {"iou": (0.8123, 0.7011), "dice": (0.8654, 0.7712)}
     assert (retention.dataset, retention.retention) == (RETENTION, True)
     assert retention.dataset_args == "split test, at most 64 images"
     assert retention.rows == [("iou", 0.9412, 0.9688), ("dice", 0.9671, 0.9841)]
@@ -51,7 +51,7 @@ def test_a_value_edited_on_the_card_is_what_is_read(tmp_path):
 def test_what_a_folder_has_without_figures(tmp_path, caplog):
     assert read_card_results(tmp_path) == []  # no card
     (target,) = read_card_results(_card(tmp_path / "no-retention", retention=False))
-    assert not target.retention and target.rows[0] == ("iou", 0.8123, None)
+    assert not target.retention and target.rows[0] == ("iou", 0.8123, 0.7011)
     (tmp_path / "README.md").write_text("# My adapter\n\nNo metadata at all.\n")
     assert read_card_results(tmp_path) == []
     (tmp_path / "README.md").write_text("---\nmodel-index: [unclosed\n---\n# Broken\n")
@@ -74,3 +74,18 @@ def test_the_rows_follow_the_card_model_card_writes(tmp_path, retention):
     read = read_card_results(folder)
     values = sorted(v for entry in read for _, adapter, base in entry.rows for v in (adapter, base) if v is not None)
     assert values == sorted(r.metric_value for r in written)
+
+
+def test_a_run_that_never_measured_the_base_publishes_no_zero_shot_values(tmp_path):
+    from huggingface_hub import ModelCard
+
+    # the base measured on one metric only, and on one the adapter does not report: only the shared one is published
+    write_model_card(None, output_dir=tmp_path, model=make_model(), overwrite=True,
+                     metrics={"eval_iou": 0.8123, "eval_dice": 0.8654},
+                     baseline_metrics={"zero_shot_iou": 0.7011, "zero_shot_boundary_f1": 0.5}, dataset=TARGET)
+    (target,) = read_card_results(tmp_path)
+    assert target.rows == [("iou", 0.8123, 0.7011), ("dice", 0.8654, None)]
+    write_model_card(None, output_dir=tmp_path, model=make_model(), overwrite=True, metrics={"eval_iou": 0.8123},
+                     dataset=TARGET)
+    types = [r.metric_type for r in ModelCard.load(tmp_path / "README.md").data.eval_results]
+    assert types == ["iou"]
