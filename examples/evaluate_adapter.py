@@ -14,6 +14,10 @@ adapter to `outputs/infosam-builtin`, that adapter too:
     python examples/evaluate_adapter.py --adapter user/sam-vit-base-polyp-infosam --dataset_name /data/polyp \\
         --retention_dataset /data/coco-sam-500 --retention_instance_format coco   # what fine-tuning cost
 
+On instance data (`--instance_format`, several objects per image) the table also has prompt following: `object_iou`
+(IoU of each prompt's mask with its own object) and `confusion` (the share of prompts whose mask covers another object
+more than the prompted one), as `infosam_hf.prompt_following` computes them.
+
 A retention set (`--retention_dataset`, by default the built-in "general" domain when the data is the built-in
 one, as examples/train.py scores it) gets a second table, adapter against zero-shot base, with the names and
 numbers train.py logs for it (`infosam_hf.retention`): IoU and Dice, and on instance data
@@ -156,7 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
                     compare_base=args.compare_base, disable_tqdm=args.disable_tqdm)
     scores = evaluate_segmentation(
         model, processor, dataset, max_samples=args.max_samples, instance_format=args.instance_format,
-        corrupt_log=corrupt_log, dataset_description=f"The {args.split!r} split of {source}", **settings,
+        corrupt_log=corrupt_log, dataset_description=f"The {args.split!r} split of {source}",
+        prompt_following=bool(args.instance_format),  # several objects per image: does each prompt get its own?
+        **settings,
     )
     retention = evaluate_retention(model, processor, args.retention_specs(args.dataset_name),
                                    image_column=args.image_column, mask_column=args.mask_column,

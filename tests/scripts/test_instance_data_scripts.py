@@ -83,11 +83,18 @@ def test_train_script_on_every_instance_layout_draws_each_object_and_scores_as_e
     # same split
     evaluated = load_example("evaluate_adapter").main(
         ["--adapter", str(out), "--dataset_name", str(data), "--disable_tqdm",
-         "true", "--batch_size", "2", "--instance_format", instance_format])
+         "true", "--batch_size", "2", "--instance_format", instance_format,
+         # the same split as a retention set: its prompt-following figures must be the main table's
+         "--retention_dataset", str(data), "--retention_split", "test", "--retention_instance_format", instance_format])
     assert evaluated["num_objects"] == sum(objects)
     for prefix, row in (("zero_shot_", "zero_shot"), ("", "adapter")):
         for key in ("iou", "dice"):
             assert summary[prefix + key] == pytest.approx(evaluated["metrics"][row][key], abs=1e-6), (prefix, key)
+    # on instance data the main table also says whether each prompt got its own object (prompt following)
+    retention = evaluated["retention"]["metrics"]
+    for row in ("zero_shot", "adapter"):
+        for key in ("object_iou", "confusion"):
+            assert evaluated["metrics"][row][key] == pytest.approx(retention[row][key], abs=1e-6), (row, key)
 
 
 @pytest.mark.parametrize("instance_format", FORMATS)
