@@ -81,11 +81,21 @@ def make_args(tmp_path, args_class=TrainingArguments, **overrides):
     return args_class(**values)
 
 
-def make_model(config=None, relation_seed=None):
-    """The same 'pre-trained' base every time (as from_pretrained gives); optionally another relation init."""
+def make_model(config=None, relation_seed=None, *, sam_config=None, peft_args=None, separate_teacher=False,
+               teacher_dtype=None):
+    """The same 'pre-trained' base every time (as from_pretrained gives): the tests' one way to build an InfoSAMModel.
+
+    `relation_seed`: another relation-module init. `separate_teacher`: the teacher a second SamModel of the same
+    weights instead of the student's base with the adapter switched off (the memory-saving default), for the paths
+    that must also work with a distinct teacher (cache, store). `peft_args`: a `PeftArguments` (LoRA by default).
+    """
     torch.manual_seed(0)
     config = config or InfoSAMConfig()
-    model = InfoSAMModel(build_student(SamModel(tiny_sam_config()), config), config)
+    sam_config = sam_config or tiny_sam_config()
+    model = InfoSAMModel(build_student(SamModel(sam_config), config, peft_args), config, teacher_dtype=teacher_dtype)
+    if separate_teacher:
+        torch.manual_seed(0)
+        model = InfoSAMModel(model.student, config, teacher=SamModel(sam_config), teacher_dtype=teacher_dtype)
     if relation_seed is not None:
         torch.manual_seed(relation_seed)
         for module in model.relation_module.modules():

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import instance_row, moved_student_model
+from helpers import instance_row, make_model, moved_student_model
 from transformers import SamModel
 
 from infosam_hf import (
@@ -357,12 +357,6 @@ def test_moved_student_several_prompts_relations_use_each_sides_own_features():
 
 
 # ---------------------------------------- speed switches: a half-precision teacher beside a float32 student, SDPA attention
-def make_model(teacher_dtype=None, **config_kwargs):
-    config = InfoSAMConfig(**config_kwargs)
-    torch.manual_seed(0)
-    return InfoSAMModel(build_student(SamModel(tiny_sam_config()), config), config, teacher_dtype=teacher_dtype)
-
-
 def loss_parts(model, batch):
     outputs = model(**batch)
     parts = InfoSAMTrainer.compute_infosam_loss(outputs, batch["gt_masks"], model.infosam_config)

@@ -5,23 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import instance_row, pair_outputs
-from transformers import SamModel, TrainingArguments
+from helpers import instance_row, make_model, pair_outputs
+from transformers import TrainingArguments
 
-from infosam_hf import InfoSAMConfig, InfoSAMModel, InfoSAMTrainer, build_student
+from infosam_hf import InfoSAMConfig, InfoSAMTrainer
 from infosam_hf.data import PromptSampler, SamSegmentationCollator
 from infosam_hf.losses import (
     relation_compression_loss,
 )
-from infosam_hf.testing import tiny_sam_config
 
 SIZE = 64
-
-
-def make_model(config=None):
-    torch.manual_seed(0)
-    config = config or InfoSAMConfig()
-    return InfoSAMModel(build_student(SamModel(tiny_sam_config()), config), config)
 
 
 def collate(rows, n, kind="box", seed=0):

@@ -4,6 +4,7 @@ memory, off (with the reason) everywhere else, and with the cache on a run's los
 
 import pytest
 import torch
+from helpers import make_model
 from peft import LoraConfig
 from transformers import HfArgumentParser, SamModel, TrainingArguments
 
@@ -20,15 +21,6 @@ from infosam_hf.teacher_cache import TeacherEmbeddingCache, content_key, flatten
 from infosam_hf.testing import tiny_sam_config, toy_batch, toy_segmentation_dataset
 
 IMAGES = 8  # two batches of 4 per epoch
-
-
-def make_model(config, sam_config=None, separate_teacher=False, peft_args=None):
-    torch.manual_seed(0)
-    model = InfoSAMModel(build_student(SamModel(sam_config or tiny_sam_config()), config, peft_args), config)
-    if separate_teacher:
-        torch.manual_seed(0)
-        model = InfoSAMModel(model.student, config, teacher=SamModel(sam_config or tiny_sam_config()))
-    return model
 
 
 def make_trainer(tmp_path, model=None, dataset=None, epochs=3, max_steps=-1, run=None, **kwargs):
@@ -192,7 +184,7 @@ def test_auto_refuses_a_teacher_whose_encoder_trains_and_forced_on_raises(tmp_pa
 def test_auto_is_off_when_the_shared_teacher_applies_dropout(tmp_path):
     sam_config = tiny_sam_config()
     sam_config.vision_config.attention_dropout = 0.1
-    decision = make_trainer(tmp_path, make_model(InfoSAMConfig(), sam_config)).teacher_cache_decision
+    decision = make_trainer(tmp_path, make_model(InfoSAMConfig(), sam_config=sam_config)).teacher_cache_decision
     assert not decision.enabled and "dropout in training (attention_dropout=0.1)" in decision.reason
 
 

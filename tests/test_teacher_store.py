@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import load_example
+from helpers import load_example, make_model
 from transformers import SamModel
 
 from infosam_hf import (
@@ -27,11 +27,6 @@ from infosam_hf.teacher_store import TeacherEmbeddingStore, check_store_root, es
 from infosam_hf.testing import tiny_sam_config, toy_batch, toy_segmentation_dataset
 
 STEPS = 3  # one epoch of 12 images in batches of 4: every image is seen once per run
-
-
-def make_model(config):
-    torch.manual_seed(0)
-    return InfoSAMModel(build_student(SamModel(tiny_sam_config()), config), config)
 
 
 def run(tmp_path, name, store, separate_teacher=False):
