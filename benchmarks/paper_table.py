@@ -5,9 +5,9 @@ every size, seed and metric. This reads several of its `--results` folders (one 
 largest training-set size that every folder holds complete (all four methods, at least `--min_seeds` paired seeds;
 `--sizes` for others):
 
-- the target task's box IoU per domain (mean over seeds; the paper's metric differs per data set: IoU for leaf
-  disease and roads, S-alpha for CAMO and Kvasir, Jaccard for ISIC: here it is IoU everywhere);
-- the same layout for the general domain's box IoU (retention), which the paper does not report;
+- per domain, the target task's box IoU (mean over seeds; the paper's metric differs per data set: IoU for leaf
+  disease and roads, S-alpha for CAMO and Kvasir, Jaccard for ISIC: here it is IoU everywhere) and, beside it, the
+  general domain's box IoU (retention), which the paper does not report;
 - InfoSAM's pooled paired effect on both (`benchmarks/pooled_effect.py`), over every folder and every size with
   `--min_seeds` paired seeds, the table's or not: the headline is the whole grid, not one slice of it.
 
@@ -31,8 +31,9 @@ from pooled_effect import PAIRS, pooled, strata  # noqa: E402
 
 METHODS = ["LoRA", "LoRA + InfoSAM", "Adapter", "Adapter + InfoSAM"]
 # What each synthetic domain stands for in the paper's Table 1.
-STANDS_FOR = {"lesions": "leaf disease", "roads": "roads", "camouflage": "CAMO / Kvasir", "specialised": "-"}
-TABLES = [("spec/box/iou", "Target task, box IoU"), ("gen/box/iou", "General domain (retention), box IoU")]
+STANDS_FOR = {"lesions": "leaf disease", "roads": "remote-sensing roads", "camouflage": "CAMO / Kvasir",
+              "specialised": "-"}
+TABLES = [("spec/box/iou", "target"), ("gen/box/iou", "kept")]  # (metric, the column's word)
 NAME = "paper-table"
 
 
@@ -59,25 +60,32 @@ def grid(folder: str, min_seeds: int) -> dict:
             "epochs": settings.get("epochs")}
 
 
-def table(grids: list[dict], size: int, key: str, title: str) -> list[str]:
-    """Markdown rows: methods x domains at one size, zero-shot first, the mean over domains last."""
-    def column(g):
-        recipe = f"{g['epochs']:g} epochs" if g["recipe"] == "paper" else "steps recipe"
-        model = "" if g["model"] == "sam" else f", {g['model']}"
-        return f"{g['domain']} ({STANDS_FOR.get(g['domain'], '-')}; {recipe}{model})"
-
+def table(grids: list[dict], size: int) -> list[str]:
+    """Markdown rows: methods x (domain target, domain kept) at one size, zero-shot first, the means over domains
+    last; a line under it names each domain's recipe."""
     seeds = min(len(g["complete"][size]) for g in grids)
-    lines = [f"**{title}**, {size} training images, mean over {seeds}+ paired seeds:", "",
-             "| method | " + " | ".join(column(g) for g in grids) + " | mean |",
-             "| --- | " + " | ".join("---" for _ in grids) + " | --- |"]
-    rows = [("Zero-shot", [g["zero"].get(key) for g in grids])]
-    for method in METHODS:
-        rows.append((method, [statistics.mean(g["cells"][(method, size, s)]["metrics"][key]
-                                              for s in g["complete"][size]) for g in grids]))
-    for name, values in rows:
-        cells = [f"{v:.3f}" if v is not None else "-" for v in values]
-        mean = f"{statistics.mean(values):.3f}" if all(v is not None for v in values) else "-"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} |")
+    names = [g["domain"] + ("" if g["model"] == "sam" else f" ({g['model']})") for g in grids]
+    header = [f"{name}: {word}" for name in [*names, "mean"] for _, word in TABLES]
+    lines = [f"**Box IoU at {size} training images**, mean over {seeds} paired seeds. *target*: the domain's test "
+             "split; *kept*: the general domain the base was pre-trained on (retention).", "",
+             "| method | " + " | ".join(header) + " |", "| --- |" + " --- |" * len(header)]
+    for method in ["Zero-shot", *METHODS]:
+        values = []
+        for g in grids:
+            for key, _ in TABLES:
+                if method == "Zero-shot":
+                    values.append(g["zero"].get(key))
+                else:
+                    values.append(statistics.mean(g["cells"][(method, size, s)]["metrics"][key]
+                                                  for s in g["complete"][size]))
+        for i, _ in enumerate(TABLES):
+            column = values[i::len(TABLES)]
+            values.append(statistics.mean(column) if all(v is not None for v in column) else None)
+        lines.append(f"| {method} | " + " | ".join(f"{v:.3f}" if v is not None else "-" for v in values) + " |")
+    recipes = [f"{g['domain']} {g['epochs']:g} epochs" if g["recipe"] == "paper" else f"{g['domain']} steps recipe"
+               for g in grids]
+    lines += ["", "Stands for: " + ", ".join(f"{g['domain']} = {STANDS_FOR.get(g['domain'], '-')}" for g in grids)
+              + "; recipe: " + ", ".join(recipes) + "."]
     return lines
 
 
@@ -101,21 +109,20 @@ def main(argv: list[str] | None = None) -> str:
                                                           or "pass --min_seeds lower or run the grids further."))
     lines = []
     for size in sizes:
-        for key, title in TABLES:
-            lines += table(grids, size, key, title) + [""]
-    lines += ["InfoSAM's paired effect, pooled over these domains at every size they hold with "
-              f"{args.min_seeds}+ paired seeds (equal weight per domain x size, stratified paired bootstrap over seeds, "
-              "`benchmarks/pooled_effect.py`):", ""]
-    for key, title in TABLES:
+        lines += table(grids, size) + [""]
+    lines += [f"InfoSAM minus its plain partner, pooled over every domain x size with {args.min_seeds}+ paired seeds "
+              "(`benchmarks/pooled_effect.py`: equal weight per stratum, 95% stratified paired bootstrap):", ""]
+    for key, word in TABLES:
         for treated, partner in PAIRS.items():
             diffs = strata(args.results, treated, partner, key, args.min_seeds)
             if not diffs:
                 continue
             p = pooled(diffs, args.resamples)
-            verdict = ("helps" if p["low"] > 0 else "hurts" if p["high"] < 0 else "no effect distinguishable from 0")
-            lines.append(f"- {title.split(',')[0].lower()}, {treated} − {partner}: **{p['mean']:+.4f}** "
-                         f"[{p['low']:+.4f}, {p['high']:+.4f}] over {p['strata']} strata and {p['seeds']} seeds: "
-                         f"{verdict}.")
+            verdict = ("InfoSAM higher" if p["low"] > 0 else "InfoSAM lower" if p["high"] < 0
+                       else "no difference distinguishable from 0")
+            lines.append(f"- {word}, {treated} − {partner}: **{p['mean']:+.4f}** [{p['low']:+.4f}, {p['high']:+.4f}], "
+                         f"{p['seeds']} seeds: {verdict}; {p['excluding_zero']} of {p['strata']} strata exclude 0 "
+                         f"alone (chance: {0.05 * p['strata']:.1f}).")
     text = "\n".join(lines)
     print(text)
     if args.write:

@@ -39,18 +39,22 @@ def test_methods_are_rows_domains_columns_at_the_largest_size_every_folder_compl
     a = write_grid(m, tmp_path / "a", "lesions", 0.5, [16, 64])
     b = write_grid(m, tmp_path / "b", "roads", 0.3, [16, 64], skip={("Adapter", 64, 4)})  # 64 incomplete here
     text = m.main([a, b, "--resamples", "200"])
-    assert "16 training images" in text and "64 training images" not in text
-    target = text.split("**General domain")[0]
-    rows = [line for line in target.splitlines() if line.startswith("| ") and "---" not in line]
+    assert "at 16 training images" in text and "at 64 training images" not in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert [r.split(" | ")[0] for r in rows] == ["| method", "| Zero-shot", "| LoRA", "| LoRA + InfoSAM", "| Adapter",
                                                  "| Adapter + InfoSAM"]
-    assert "lesions (leaf disease; 20 epochs)" in rows[0] and "roads (roads; 20 epochs)" in rows[0]
-    assert rows[1] == "| Zero-shot | 0.100 | 0.100 | 0.100 |"
-    assert rows[3] == "| LoRA + InfoSAM | 0.512 | 0.312 | 0.412 |"  # mean over seeds 0..4 of level + 0.01 + 0.001*seed
+    assert rows[0] == ("| method | lesions: target | lesions: kept | roads: target | roads: kept | mean: target | "
+                       "mean: kept |")
+    assert rows[1] == "| Zero-shot | 0.100 | 0.900 | 0.100 | 0.900 | 0.100 | 0.900 |"
+    # mean over seeds 0..4 of level + 0.01 + 0.001*seed; kept = 0.5 + that
+    assert rows[3] == "| LoRA + InfoSAM | 0.512 | 1.012 | 0.312 | 0.812 | 0.412 | 0.912 |"
+    assert "lesions = leaf disease, roads = remote-sensing roads; recipe: lesions 20 epochs, roads 20 epochs" in text
     # pooled over every stratum where the pair has 5 seeds (the Adapter pair lacks roads at 64), +0.01 in each
-    assert "target task, LoRA + InfoSAM − LoRA: **+0.0100** [+0.0100, +0.0100] over 4 strata and 20 seeds: helps" in text
-    assert "Adapter + InfoSAM − Adapter: **+0.0100** [+0.0100, +0.0100] over 3 strata and 15 seeds: helps" in text
-    assert "64 training images" in m.main([a, "--resamples", "200"])  # one folder: its largest complete size
+    assert ("target, LoRA + InfoSAM − LoRA: **+0.0100** [+0.0100, +0.0100], 20 seeds: InfoSAM higher; 4 of 4 strata "
+            "exclude 0 alone (chance: 0.2)") in text
+    assert ("kept, Adapter + InfoSAM − Adapter: **+0.0100** [+0.0100, +0.0100], 15 seeds: InfoSAM higher; 3 of 3 "
+            "strata exclude 0 alone (chance: 0.2)") in text  # 0.05 x 3 = 0.15000000000000002
+    assert "at 64 training images" in m.main([a, "--resamples", "200"])  # one folder: its largest complete size
 
 
 def test_write_replaces_only_the_marked_block_and_bad_folders_are_named(tmp_path):
@@ -61,7 +65,7 @@ def test_write_replaces_only_the_marked_block_and_bad_folders_are_named(tmp_path
     m.main([a, "--resamples", "200", "--write", str(readme)])
     m.main([a, "--resamples", "200", "--write", str(readme)])
     text = readme.read_text()
-    assert "old table" not in text and text.count("| Zero-shot |") == 2 and "before" in text and "after" in text
+    assert "old table" not in text and text.count("| Zero-shot |") == 1  # written twice, there once and "before" in text and "after" in text
     assert text.index("before") < text.index("| Zero-shot |") < text.index("after")
     with pytest.raises(SystemExit, match="no zero-shot run"):
         m.main([write_grid(m, tmp_path / "z", "lesions", 0.5, [16], zero_shot=False)])
