@@ -60,12 +60,12 @@ def main(argv: list[str] | None = None) -> dict:
         for mode in MODES if repeat % 2 == 0 else reversed(list(MODES)):
             wall, summary[mode] = run_once(mode, extra, args.threads)
             walls[mode].append(wall)
-            print(f"repeat {repeat} {mode:<9} {wall:8.1f} s", flush=True)
+            print(f"repeat {repeat} {mode:<9} {wall:8.2f} s", flush=True)
     retained = {k: v for k, v in summary["retention"].items() if "retention" in k or "confusion" in k}
     print("retention metrics of the last run:", json.dumps(retained))
     best = {mode: min(values) for mode, values in walls.items()}
     ratio = best["retention"] / best["none"]
-    print(f"best of {args.repeats}: with retention {best['retention']:.1f} s, without {best['none']:.1f} s")
+    print(f"best of {args.repeats}: with retention {best['retention']:.2f} s, without {best['none']:.2f} s")
     print(f"wall_ratio={ratio:.3f}")
     return {"walls": walls, "wall_ratio": ratio}
 
