@@ -310,7 +310,8 @@ def run_cell(data: Data, processor, method_flags: list[str] | None, size: int, s
         )
         subset = data.subset(size, seed) if method_flags is not None else None
         trainer = InfoSAMTrainer(
-            model=load_sam_model(BUILTIN_MODELS[settings.get("builtin_model", "sam")]), args=args, infosam_config=infosam_config, peft_config=peft_args,
+            model=load_sam_model(BUILTIN_MODELS[settings.get("builtin_model", "sam")]), args=args,
+            infosam_config=infosam_config, peft_config=peft_args,
             train_dataset=subset,
             data_collator=SamSegmentationCollator(sampler), processing_class=processor,
             compute_metrics=build_compute_metrics(),

@@ -5,8 +5,9 @@ and one point; IoU averaged over logit thresholds at each image's own size, as
 `benchmarks/forgetting.py` scores), the mask-resolution ceiling (the IoU of a perfect
 low-resolution mask after the upsampling, `infosam_hf.prompt_following.mask_resolution_ceiling`:
 what no fine-tuning of this model can beat), and mean mask area / box area (how little the box
-says). What the zero-shot model segments instead: its mask's area / box area (at logit 0) and the share
-of the ground-truth mask it covers (lesions: most of the box, hardly any of the spots: the leaf). A domain qualifies when zero-shot box IoU <= 0.50 and plain LoRA at 256 images (paper
+says). What the zero-shot model segments instead: its mask's area / box area (at logit 0) and the
+share of the ground-truth mask it covers (lesions: most of the box, hardly any of the spots: the
+leaf). A domain qualifies when zero-shot box IoU <= 0.50 and plain LoRA at 256 images (paper
 recipe, `benchmarks/forgetting.py --recipe paper`) reaches >= 0.70, or >= zero-shot + 0.30 where
 the ceiling is low. Never tune a generator on InfoSAM's numbers.
 

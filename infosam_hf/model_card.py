@@ -465,7 +465,8 @@ def _card_data(info: Mapping[str, Any]):
     split_args = list(info.get("dataset_args") or [])
     def entry(dataset_type, dataset_name, dataset_args, metrics, baseline) -> list:
         """One data set's results: the adapter's metrics, then the zero-shot base's on the same set (only those the
-        adapter also has), so a reader of the metadata (the Hub, `card_results`, the demo) sees what fine-tuning changed."""
+        adapter also has), so a reader of the metadata (the Hub, `card_results`, the demo) sees what fine-tuning
+        changed."""
         metrics = {k: v for k, v in (metrics or {}).items() if not _is_loss(k)}
         baseline = {k: v for k, v in (baseline or {}).items() if k in metrics}
         return [

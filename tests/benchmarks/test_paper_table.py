@@ -65,7 +65,8 @@ def test_write_replaces_only_the_marked_block_and_bad_folders_are_named(tmp_path
     m.main([a, "--resamples", "200", "--write", str(readme)])
     m.main([a, "--resamples", "200", "--write", str(readme)])
     text = readme.read_text()
-    assert "old table" not in text and text.count("| Zero-shot |") == 1  # written twice, there once and "before" in text and "after" in text
+    # written twice, there once, the text around the markers kept
+    assert "old table" not in text and text.count("| Zero-shot |") == 1 and "before" in text and "after" in text
     assert text.index("before") < text.index("| Zero-shot |") < text.index("after")
     with pytest.raises(SystemExit, match="no zero-shot run"):
         m.main([write_grid(m, tmp_path / "z", "lesions", 0.5, [16], zero_shot=False)])
