@@ -26,8 +26,8 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from forgetting import ZERO_SHOT, load_results, write_between_markers  # noqa: E402
-from pooled_effect import PAIRS, pooled, strata  # noqa: E402
+from forgetting import ZERO_SHOT, write_between_markers  # noqa: E402
+from pooled_effect import PAIRS, load_grids, pooled, strata  # noqa: E402
 
 METHODS = ["LoRA", "LoRA + InfoSAM", "Adapter", "Adapter + InfoSAM"]
 # What each synthetic domain stands for in the paper's Table 1.
@@ -37,12 +37,8 @@ TABLES = [("spec/box/iou", "target"), ("gen/box/iou", "kept")]  # (metric, the c
 NAME = "paper-table"
 
 
-def grid(folder: str, min_seeds: int) -> dict:
+def grid(folder: str, cells: dict, min_seeds: int) -> dict:
     """One folder's domain, model, zero-shot metrics and the sizes at which all four methods have `min_seeds` seeds."""
-    cells = load_results(folder)
-    if not cells:
-        raise SystemExit(f"error: {folder} holds no run files (<method>/n<size>-seed<seed>.json): pass a "
-                         "benchmarks/forgetting.py --results folder.")
     settings = next(iter(cells.values()))["settings"]
     zero = next((c["metrics"] for (m, _, _), c in cells.items() if m == ZERO_SHOT), None)
     if zero is None:
@@ -99,7 +95,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples of the pooled effect")
     parser.add_argument("--write", metavar="FILE", help=f"replace the block between the {NAME} markers of FILE")
     args = parser.parse_args(argv)
-    grids = [grid(folder, args.min_seeds) for folder in args.results]
+    runs = load_grids(args.results)
+    grids = [grid(folder, cells, args.min_seeds) for folder, cells in runs]
     common = sorted(set.intersection(*(set(g["complete"]) for g in grids)))
     sizes = args.sizes or common[-1:]
     missing = {g["folder"]: size for size in sizes for g in grids if size not in g["complete"]}
@@ -114,7 +111,7 @@ def main(argv: list[str] | None = None) -> str:
               "(`benchmarks/pooled_effect.py`: equal weight per stratum, 95% stratified paired bootstrap):", ""]
     for key, word in TABLES:
         for treated, partner in PAIRS.items():
-            diffs = strata(args.results, treated, partner, key, args.min_seeds)
+            diffs = strata(runs, treated, partner, key, args.min_seeds)
             if not diffs:
                 continue
             p = pooled(diffs, args.resamples)

@@ -33,16 +33,24 @@ METRICS = [  # (key in a cell's metrics, header, True where higher is better)
 ]
 
 
-def strata(folders: list[str], treated: str, partner: str, key: str, min_seeds: int = 1
-           ) -> dict[tuple[str, int], np.ndarray]:
-    """(domain, size) -> the per-seed differences treated - partner, over the seeds both have; a stratum with fewer
-    than `min_seeds` paired seeds (a grid still running) is left out whole, never pooled with some of its seeds."""
-    out = {}
-    for folder in folders:
-        cells = load_results(folder)
+def load_grids(folders: list[str]) -> list[tuple[str, dict]]:
+    """(folder, its runs) for each folder as given (a folder given twice stays twice, for `strata` to refuse), read
+    once with `forgetting.load_results`; a folder without runs stops with its name."""
+    grids = [(folder, load_results(folder)) for folder in folders]
+    for folder, cells in grids:
         if not cells:
             raise SystemExit(f"error: {folder} holds no run files (<method>/n<size>-seed<seed>.json): pass a "
                              "benchmarks/forgetting.py --results folder.")
+    return grids
+
+
+def strata(grids: list[tuple[str, dict]], treated: str, partner: str, key: str, min_seeds: int = 1
+           ) -> dict[tuple[str, int], np.ndarray]:
+    """(domain, size) -> the per-seed differences treated - partner, over the seeds both have, in `grids`
+    (`load_grids`); a stratum with fewer than `min_seeds` paired seeds (a grid still running) is left out whole,
+    never pooled with some of its seeds."""
+    out = {}
+    for folder, cells in grids:
         settings = next(iter(cells.values()))["settings"]
         domain, recipe = settings.get("domain", "specialised"), settings.get("recipe", "steps")
         model = settings.get("builtin_model", "sam")  # SAM 2's grid on a domain is its own stratum, never SAM's
@@ -85,9 +93,10 @@ def main(argv: list[str] | None = None) -> dict:
     lines = ["| comparison | metric | strata (domain x size) | seeds | pooled effect [95% bootstrap] | strata whose "
              "interval excludes 0 | by chance alone |", "| --- | --- | --- | --- | --- | --- | --- |"]
     found = {}
+    grids = load_grids(args.results)
     for treated, partner in PAIRS.items():
         for key, header, higher_better in METRICS:
-            diffs = strata(args.results, treated, partner, key, args.min_seeds)
+            diffs = strata(grids, treated, partner, key, args.min_seeds)
             if not diffs:
                 continue
             p = found[(treated, key)] = pooled(diffs, args.resamples)

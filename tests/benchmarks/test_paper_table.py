@@ -16,7 +16,7 @@ def paper_table():
 
 def write_grid(module, folder, domain, level, sizes, seeds=5, zero_shot=True, skip=()):
     """A forgetting.py results folder: target IoU = level + the method's offset + 0.001 * seed, retention 0.5 + that."""
-    f = module.__dict__["load_results"].__globals__  # forgetting.py's namespace
+    f = module.__dict__["write_between_markers"].__globals__  # forgetting.py's namespace
     settings = {"recipe": "paper", "epochs": 20, "domain": f"{domain} v1"}
     if zero_shot:
         f["write_cell"](f["cell_path"](str(folder), "Zero-shot", 0, 0),
