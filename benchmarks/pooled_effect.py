@@ -10,6 +10,9 @@ InfoSAM variant against its plain partner (LoRA + InfoSAM - LoRA, Adapter + Info
 - how many strata's own 95% t-intervals exclude 0, beside how many chance alone would give (5% of the strata).
 
     python benchmarks/pooled_effect.py outputs/grid-lesions-paper-e20 outputs/grid-camouflage-paper-e20
+
+`--write BENCHMARKS.md --name pooled-sam` replaces the table between `<!-- pooled-sam:begin -->` and its end marker
+(appended under a heading if the file has none), so a document's pooled tables are regenerated, never re-typed.
 """
 
 from __future__ import annotations
@@ -21,7 +24,11 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from forgetting import load_results, paired_difference  # noqa: E402  (the grid's own files and statistics)
+from forgetting import (  # noqa: E402  (the grid's own files, statistics and marker writer)
+    load_results,
+    paired_difference,
+    write_between_markers,
+)
 
 PAIRS = {"LoRA + InfoSAM": "LoRA", "Adapter + InfoSAM": "Adapter"}
 METRICS = [  # (key in a cell's metrics, header, True where higher is better)
@@ -89,6 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--resamples", type=int, default=10_000)
     parser.add_argument("--min_seeds", type=int, default=5, help="leave out (domain, size) cells with fewer paired "
                         "seeds (default 5, the grid's count): a cell still running is not pooled")
+    parser.add_argument("--write", metavar="FILE", help="also write the table into FILE, between the --name markers")
+    parser.add_argument("--name", default="pooled", help="marker name for --write: the block between "
+                        "`<!-- NAME:begin -->` and `<!-- NAME:end -->` (default pooled)")
     args = parser.parse_args(argv)
     lines = ["| comparison | metric | strata (domain x size) | seeds | pooled effect [95% bootstrap] | strata whose "
              "interval excludes 0 | by chance alone |", "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -108,6 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not found:
         raise SystemExit("error: no InfoSAM variant with its plain partner on the same seeds in " + ", ".join(args.results))
     print("\n".join(lines))
+    if args.write:
+        write_between_markers(args.write, "\n".join(lines), "Pooled: InfoSAM's paired effect", name=args.name)
     return found
 
 

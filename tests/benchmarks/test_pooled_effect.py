@@ -69,3 +69,18 @@ def test_sam2_on_a_domain_is_its_own_stratum_and_a_grid_passed_twice_is_refused(
     assert p["strata"] == 2 and p["mean"] == pytest.approx(0.02, abs=1e-9)
     with pytest.raises(SystemExit, match="two folders hold the lesions v1 \\(paper\\) grid at 16 images"):
         m.main([sam, sam, "--resamples", "500"])
+
+
+def test_write_fills_only_its_named_block_and_leaves_the_text_around_it(tmp_path):
+    m = pooled_effect()
+    a = write_grid(m, tmp_path / "a", "lesions v1", {16: [0.01] * 5})
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text("# B\n\nintro\n\n<!-- pooled-sam:begin -->\nold\n<!-- pooled-sam:end -->\n\n"
+                   "<!-- pooled-all:begin -->\nkeep me\n<!-- pooled-all:end -->\n\nafter\n")
+    m.main([a, "--resamples", "200", "--write", str(doc), "--name", "pooled-sam"])
+    text = doc.read_text()
+    block = text[text.index("<!-- pooled-sam:begin -->"):text.index("<!-- pooled-sam:end -->")]
+    assert "old" not in block
+    assert "| LoRA + InfoSAM − LoRA | target IoU, box | 1 | 5 | **+0.0100 [+0.0100, +0.0100]** | 1 of 1 |" in block
+    assert text.startswith("# B\n\nintro\n\n") and text.endswith("\n\nafter\n")
+    assert "<!-- pooled-all:begin -->\nkeep me\n<!-- pooled-all:end -->" in text  # the other block is untouched
