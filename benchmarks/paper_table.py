@@ -59,10 +59,13 @@ def grid(folder: str, cells: dict, min_seeds: int) -> dict:
 def table(grids: list[dict], size: int) -> list[str]:
     """Markdown rows: methods x (domain target, domain kept) at one size, zero-shot first, the means over domains
     last; a line under it names each domain's recipe."""
-    seeds = min(len(g["complete"][size]) for g in grids)
     names = [g["domain"] + ("" if g["model"] == "sam" else f" ({g['model']})") for g in grids]
+    counts = [len(g["complete"][size]) for g in grids]
+    # a grid that has grown to more seeds in one domain says so, rather than the caption naming one count for all
+    seeds = (f"{counts[0]} paired seeds" if len(set(counts)) == 1 else "each domain's paired seeds ("
+             + ", ".join(f"{name} {n}" for name, n in zip(names, counts)) + ")")
     header = [f"{name}: {word}" for name in [*names, "mean"] for _, word in TABLES]
-    lines = [f"**Box IoU at {size} training images**, mean over {seeds} paired seeds. *target*: the domain's test "
+    lines = [f"**Box IoU at {size} training images**, mean over {seeds}. *target*: the domain's test "
              "split; *kept*: the general domain the base was pre-trained on (retention).", "",
              "| method | " + " | ".join(header) + " |", "| --- |" + " --- |" * len(header)]
     for method in ["Zero-shot", *METHODS]:

@@ -55,6 +55,18 @@ def test_methods_are_rows_domains_columns_at_the_largest_size_every_folder_compl
     assert ("kept, Adapter + InfoSAM − Adapter: **+0.0100** [+0.0100, +0.0100], 15 seeds: InfoSAM higher; 3 of 3 "
             "strata exclude 0 alone (chance: 0.2)") in text  # 0.05 x 3 = 0.15000000000000002
     assert "at 64 training images" in m.main([a, "--resamples", "200"])  # one folder: its largest complete size
+    assert "at 16 training images**, mean over 5 paired seeds." in text
+
+
+def test_the_caption_names_each_domains_seed_count_when_they_differ(tmp_path):
+    m = paper_table()
+    a = write_grid(m, tmp_path / "a", "lesions", 0.5, [16], seeds=10)
+    b = write_grid(m, tmp_path / "b", "roads", 0.3, [16])
+    text = m.main([a, b, "--resamples", "200"])
+    assert "at 16 training images**, mean over each domain's paired seeds (lesions 10, roads 5)." in text
+    rows = [line for line in text.splitlines() if line.startswith("| LoRA |")]
+    # lesions: the mean over seeds 0..9 (0.5045); over the 5 seeds roads has it would be 0.502
+    assert rows == ["| LoRA | 0.504 | 1.004 | 0.302 | 0.802 | 0.403 | 0.903 |"]
 
 
 def test_write_replaces_only_the_marked_block_and_bad_folders_are_named(tmp_path):
