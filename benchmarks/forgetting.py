@@ -330,6 +330,12 @@ def run_cell(data: Data, processor, method_flags: list[str] | None, size: int, s
 
 
 # ---------------------------------------------------------------------------------------------------- the report
+def shown_settings(settings: dict) -> list[tuple[str, str]]:
+    """The settings as the report prints them: only the weights' hash is shortened (a domain such as
+    "camouflage v1" must stay whole)."""
+    return [(k, str(v)[:12] if k.endswith("sha256") else str(v)) for k, v in settings.items()]
+
+
 def report(cells: dict[tuple[str, int, int], dict], command: str | None = None) -> tuple[str, dict]:
     """The regime table and the paired differences (markdown), and the aggregated numbers the plots use."""
     zero = next((c for (m, _, _), c in cells.items() if m == ZERO_SHOT), None)
@@ -348,7 +354,7 @@ def report(cells: dict[tuple[str, int, int], dict], command: str | None = None) 
     minutes = sum(c["train_seconds"] + c["eval_seconds"] for c in cells.values()) / 60
     lines += [
         f"{len(cells)} runs, {minutes:.1f} min of run time in all (sum over runs), commit(s) {', '.join(commits)}; "
-        f"settings: {', '.join(f'{k} {str(v)[:12]}' for k, v in settings.items())}.",
+        f"settings: {', '.join(f'{k} {shown}' for k, shown in shown_settings(settings))}.",
         "",
         "| train images | method | seeds | " + " | ".join(headers[k] for k, _ in columns) + " |",
         "| --- | --- | --- | " + " | ".join("---" for _ in columns) + " |",

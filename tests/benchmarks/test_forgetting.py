@@ -42,7 +42,7 @@ def fake_cell(f, method, size, seed, iou, settings):
 
 def test_report_pairs_each_infosam_run_with_its_partner_of_the_same_seed(tmp_path):
     f = forgetting()
-    settings = {"steps": 1, "eval_images": 1, "multi_images": 1, "model_sha256": "0" * 64}
+    settings = {"steps": 1, "eval_images": 1, "multi_images": 1, "model_sha256": "0" * 64, "domain": "camouflage v1"}
     lora = {0: 0.50, 1: 0.60, 2: 0.70}
     infosam = {0: 0.52, 1: 0.61, 2: 0.73}  # +0.02, +0.01, +0.03 seed by seed
     for seed in lora:
@@ -56,6 +56,7 @@ def test_report_pairs_each_infosam_run_with_its_partner_of_the_same_seed(tmp_pat
     assert d["mean"] == pytest.approx(0.02)
     assert "| 16 | LoRA + InfoSAM | 4 |" in text and "| 16 | LoRA + InfoSAM − LoRA | 3 |" in text
     assert table["methods"]["LoRA"][16]["spec/box/iou"] == [0.50, 0.60, 0.70]
+    assert f"model_sha256 {'0' * 12}, domain camouflage v1." in text  # the hash shortened, the domain whole
 
     other = dict(settings, steps=2)
     f.write_cell(str(tmp_path / "adapter" / "n16-seed0.json"), fake_cell(f, "Adapter", 16, 0, 0.5, other))
