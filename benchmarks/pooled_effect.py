@@ -117,9 +117,10 @@ def main(argv: list[str] | None = None) -> dict:
                          f"{p['excluding_zero']} of {p['strata']} | {0.05 * p['strata']:.1f} |")
     if not found:
         raise SystemExit("error: no InfoSAM variant with its plain partner on the same seeds in " + ", ".join(args.results))
-    print("\n".join(lines))
+    text = "\n".join(lines)
+    print(text)
     if args.write:
-        write_between_markers(args.write, "\n".join(lines), "Pooled: InfoSAM's paired effect", name=args.name)
+        write_between_markers(args.write, text, "Pooled: InfoSAM's paired effect", name=args.name)
     return found
 
 

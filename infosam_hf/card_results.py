@@ -4,7 +4,8 @@
 set (`"<name> (retention)"`), each with the adapter's `<metric>` beside the zero-shot base's `zero_shot_<metric>`
 where the run measured the base (examples/train.py does, before training). Whoever shows an adapter
 (examples/demo.py) shows what it was measured to do there and what fine-tuning cost on what the base already
-segmented, from the same card the Hub renders, instead of figures of its own. A folder without a card, or a card without `model-index`, has no figures: an empty list, never an error.
+segmented, from the same card the Hub renders, instead of figures of its own. A folder without a card, or a card
+without `model-index`, has no figures: an empty list, never an error.
 """
 
 from __future__ import annotations
